@@ -1,0 +1,26 @@
+"""The `localmodel` command line: one group, one subcommand per job.
+
+Subcommands live beside the code they drive and are attached here, so `--help` lists them all.
+"""
+
+from __future__ import annotations
+
+import click
+
+from localmodel import __version__
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+def main() -> None:
+    """localmodel: a node-local model cache for Kubernetes.
+
+    It keeps models on each node's disk so inference pods start in seconds. It speaks KServe's
+    serving.kserve.io/v1alpha1 LocalModelCache API and on-disk layout
+    (<root>/models/<sha256(uri)[:16]>), so it can replace KServe's controller and node agent.
+    """
+
+
+@main.command()
+def version() -> None:
+    """Print the localmodel version."""
+    click.echo(__version__)
