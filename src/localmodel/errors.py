@@ -1,0 +1,67 @@
+"""One error tree for localmodel. Each error says whether retrying can help.
+
+    LocalModelError
+    ├── PermanentError                 retrying the same input cannot help
+    │   ├── InvalidURIError(ValueError)       malformed URI, unknown scheme, credentials in URI
+    │   ├── UnsafePathError(ValueError)       hostile object key or archive member
+    │   ├── SourceNotFoundError(FileNotFoundError)  404 / no such bucket, prefix or repo
+    │   ├── SourceAuthError(PermissionError)  401 / 403 / missing or bad credentials
+    │   └── InsufficientSpaceError(OSError)   not enough free space or storageLimit exceeded
+    └── TransientError                 worth retrying with backoff
+        ├── SourceUnavailableError            5xx, 429, timeouts, connection resets
+        │                                     (carries retry_after seconds when the server said so)
+        └── IntegrityError                    size or digest mismatch after download
+
+Source modules translate their SDK's exceptions into this tree where they enter
+(`raise ... from exc`), so no SDK exception leaks into the engine, the agent or the CLI.
+Messages never contain credentials.
+"""
+
+from __future__ import annotations
+
+
+class LocalModelError(Exception):
+    """Root of every error localmodel raises on purpose."""
+
+    #: A short CamelCase reason, used in status, Events and metrics labels.
+    reason: str = "Error"
+
+
+class PermanentError(LocalModelError):
+    """Retrying the same input cannot succeed; fix the input first."""
+
+
+class TransientError(LocalModelError):
+    """A retry after a backoff may succeed."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class InvalidURIError(PermanentError, ValueError):
+    reason = "InvalidURI"
+
+
+class UnsafePathError(PermanentError, ValueError):
+    reason = "UnsafePath"
+
+
+class SourceNotFoundError(PermanentError, FileNotFoundError):
+    reason = "NotFound"
+
+
+class SourceAuthError(PermanentError, PermissionError):
+    reason = "AccessDenied"
+
+
+class InsufficientSpaceError(PermanentError, OSError):
+    reason = "InsufficientSpace"
+
+
+class SourceUnavailableError(TransientError):
+    reason = "SourceUnavailable"
+
+
+class IntegrityError(TransientError):
+    reason = "IntegrityCheckFailed"

@@ -1,0 +1,75 @@
+"""The protocol every source implements, and the values it returns.
+
+A source is opened for one model URI. It lists the model's files once, then serves byte ranges
+of them, possibly from many threads at once (so implementations must be thread-safe).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+
+@dataclass(frozen=True)
+class Digest:
+    """A provider-given checksum of a whole file."""
+
+    #: "sha256", "md5", "crc32c" (GCS, base64 big-endian in the provider, hex here) or
+    #: "s3-etag" (multipart ETag: md5 of part md5s, "-N" suffix; verified when part size is known).
+    algorithm: str
+    #: Lower-case hex (or the raw provider string for "s3-etag").
+    value: str
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    """One file of a model, as the source lists it."""
+
+    #: Relative POSIX path inside the model folder. Validated by the engine before any write.
+    path: str
+    #: Size in bytes.
+    size: int
+    #: The provider's checksum, when it gives one.
+    digest: Digest | None = None
+    #: An opaque version tag (ETag, generation, blob sha) used to detect a change mid-download.
+    version: str | None = None
+
+
+@dataclass(frozen=True)
+class Listing:
+    """What a model is made of, at one resolved revision."""
+
+    files: tuple[RemoteFile, ...]
+    #: The exact revision the files belong to (HF commit sha, object generation...), if any.
+    revision: str | None = None
+    #: Extra facts worth keeping in the manifest (e.g. {"archive": "tar.gz"}).
+    details: Mapping[str, str] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Source(Protocol):
+    """A model location that can list its files and read byte ranges of them."""
+
+    #: The URI this source was opened for, with any credentials removed.
+    uri: str
+
+    def list_files(self) -> Listing:
+        """List every file of the model. Raises a `localmodel.errors` error on failure."""
+        ...
+
+    def read_range(self, path: str, offset: int, length: int) -> Iterator[bytes]:
+        """Yield the bytes [offset, offset+length) of `path`, in order, in chunks of any size.
+
+        Raises `SourceUnavailableError` for transient failures (the caller retries from the
+        last byte it received), and a permanent error otherwise.
+        """
+        ...
+
+    def close(self) -> None:
+        """Release connections."""
+        ...
+
+
+Settings = Mapping[str, str]
+"""Environment-style settings for a source (e.g. AWS_ACCESS_KEY_ID, HF_TOKEN), never os.environ."""
