@@ -24,3 +24,30 @@ def main() -> None:
 def version() -> None:
     """Print the localmodel version."""
     click.echo(__version__)
+
+
+@main.command()
+@click.option(
+    "--write",
+    "write_dir",
+    type=click.Path(file_okay=False),
+    help="Write one YAML file per CRD into this directory instead of printing them.",
+)
+def crds(write_dir: str | None) -> None:
+    """Print the CustomResourceDefinitions (serving.kserve.io/v1alpha1) as YAML.
+
+    They are generated from localmodel's types; `kubectl apply -f -` installs them.
+    """
+    from pathlib import Path
+
+    from localmodel.api.crds import render_all
+
+    rendered = render_all()
+    if write_dir is None:
+        click.echo("".join(rendered.values()), nl=False)
+        return
+    out = Path(write_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, text in rendered.items():
+        (out / name).write_text(text)
+        click.echo(f"wrote {out / name}")
