@@ -1,0 +1,349 @@
+"""The Helm chart: lints, renders the kustomize base's objects, and each value does its job."""
+
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from localmodel.api.crds import render_all
+from tests.packaging import manifests
+from tests.packaging.conftest import REPO, Render
+
+CHART = REPO / "charts" / "localmodel"
+PART_OF = "app.kubernetes.io/part-of"
+WEBHOOK_KINDS = {"ValidatingWebhookConfiguration", "MutatingWebhookConfiguration"}
+
+
+def _only(objects: list[dict[str, Any]], kind: str, name: str | None = None) -> dict[str, Any]:
+    found = [o for o in objects if o["kind"] == kind and name in (None, o["metadata"]["name"])]
+    assert len(found) == 1, f"expected one {kind} {name or ''}, got {[manifests.key(o) for o in found]}"
+    return found[0]
+
+
+def _container(objects: list[dict[str, Any]], kind: str) -> dict[str, Any]:
+    containers = _only(objects, kind)["spec"]["template"]["spec"]["containers"]
+    assert [c["name"] for c in containers] == ["manager"]
+    return containers[0]
+
+
+def _values_like_kustomize(kustomize_objects: list[dict[str, Any]]) -> dict[str, Any]:
+    """Chart values that select the same optional objects as the kustomize base has."""
+    kinds = {o["kind"] for o in kustomize_objects}
+    values: dict[str, Any] = {"namespace": {"create": True}}
+    if kinds & WEBHOOK_KINDS:
+        uses_cert_manager = any(o["apiVersion"].startswith("cert-manager.io/") for o in kustomize_objects)
+        values["webhooks"] = {
+            "enabled": True,
+            "validating": "ValidatingWebhookConfiguration" in kinds,
+            "mutating": "MutatingWebhookConfiguration" in kinds,
+            "certificate": {"source": "certManager" if uses_cert_manager else "manual",
+                            "caBundle": base64.b64encode(b"placeholder").decode()},
+        }
+    return values
+
+
+# ---- helm itself and the CRDs -----------------------------------------------------------------
+
+def test_helm_is_the_pinned_version(helm: Path) -> None:
+    out = subprocess.run([str(helm), "version", "--short"], capture_output=True, text=True,
+                         check=True).stdout
+    pinned = next(line.split('"')[1] for line in (REPO / "hack" / "build-helm.sh").read_text().splitlines()
+                  if line.startswith("HELM_VERSION="))
+    assert pinned.split(":-")[1].rstrip("}") in out
+
+
+@pytest.mark.parametrize("values", [
+    {},
+    {"webhooks": {"enabled": True, "mutating": True}},
+    {"webhooks": {"enabled": True, "certificate": {"source": "helm"}}},
+    {"namespace": {"name": "", "create": True}, "config": {"create": False}},
+], ids=["defaults", "webhooks-cert-manager", "webhooks-helm-cert", "release-namespace"])
+def test_lint_strict(helm: Path, values: dict[str, Any], tmp_path: Path) -> None:
+    values_file = tmp_path / "values.yaml"
+    values_file.write_text(yaml.safe_dump(values))
+    done = subprocess.run([str(helm), "lint", "--strict", str(CHART), "--values", str(values_file)],
+                          capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "0 chart(s) failed" in done.stdout
+
+
+def test_chart_crds_are_the_generated_crds() -> None:
+    """One source of truth: charts/localmodel/crds and deploy/crds both are `localmodel crds`."""
+    generated = render_all()
+    chart_files = {p.name: p.read_text() for p in (CHART / "crds").iterdir()}
+    assert chart_files == generated, (
+        "charts/localmodel/crds is stale: run `localmodel crds --write charts/localmodel/crds`")
+    deploy_files = {p.name: p.read_text() for p in (REPO / "deploy" / "crds").iterdir()}
+    assert chart_files == deploy_files
+
+
+def test_include_crds_renders_each_crd_once(render_chart: Render) -> None:
+    objects = render_chart(include_crds=True)
+    crds = {o["metadata"]["name"]: o for o in objects if o["kind"] == "CustomResourceDefinition"}
+    expected = {doc["metadata"]["name"]: doc
+                for text in render_all().values() for doc in manifests.load_documents(text)}
+    assert crds == expected
+
+
+# ---- equivalence with the kustomize base ------------------------------------------------------
+
+def test_renders_the_kustomize_base_objects(render_chart: Render,
+                                            kustomize_objects: list[dict[str, Any]]) -> None:
+    chart = manifests.by_key(render_chart(_values_like_kustomize(kustomize_objects)))
+    base = manifests.by_key(o for o in kustomize_objects if o["kind"] != "CustomResourceDefinition")
+    assert sorted(chart) == sorted(base)
+
+
+def test_default_objects_equal_the_kustomize_base(render_chart: Render,
+                                                  kustomize_objects: list[dict[str, Any]]) -> None:
+    """Same specs, not just the same names: default values change nothing but labels."""
+    chart = manifests.by_key(render_chart(_values_like_kustomize(kustomize_objects)))
+    base = manifests.by_key(kustomize_objects)
+    compared = 0
+    for key, theirs in base.items():
+        if key[0] == "CustomResourceDefinition":
+            continue
+        ours = chart[key]
+        assert ours["metadata"]["labels"][PART_OF] == "localmodel", key
+        ours, theirs = _normalised(ours), _normalised(theirs)
+        if key[0] in WEBHOOK_KINDS:
+            assert _webhook_routes(ours) == _webhook_routes(theirs), key
+        else:
+            assert ours == theirs, key
+        compared += 1
+    assert compared >= 20
+
+
+def _normalised(obj: dict[str, Any]) -> dict[str, Any]:
+    obj = manifests.without_helm_labels(obj)
+    labels = obj["metadata"].get("labels", {})
+    labels.pop(PART_OF, None)
+    if not labels:
+        obj["metadata"].pop("labels", None)
+    if obj["kind"] == "ConfigMap":
+        obj["data"] = {k: json.loads(v) for k, v in obj["data"].items()}
+    return obj
+
+
+def _webhook_routes(obj: dict[str, Any]) -> list[tuple[str, str, str]]:
+    return sorted((hook["name"], hook["clientConfig"]["service"]["path"], json.dumps(hook["rules"]))
+                  for hook in obj["webhooks"])
+
+
+# ---- values -----------------------------------------------------------------------------------
+
+def test_image_is_one_for_agent_and_controller(render_chart: Render) -> None:
+    objects = render_chart({"image": {"repository": "registry.example/lm", "tag": "1.2.3",
+                                      "pullPolicy": "Always"},
+                            "imagePullSecrets": [{"name": "regcred"}]})
+    for kind in ("DaemonSet", "Deployment"):
+        container = _container(objects, kind)
+        assert container["image"] == "registry.example/lm:1.2.3"
+        assert container["imagePullPolicy"] == "Always"
+        assert _only(objects, kind)["spec"]["template"]["spec"]["imagePullSecrets"] == [{"name": "regcred"}]
+
+
+def test_image_defaults_to_app_version_and_digest_wins(render_chart: Render) -> None:
+    app_version = yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"]
+    assert _container(render_chart(), "DaemonSet")["image"] == f"ghcr.io/localmodel/localmodel:{app_version}"
+    digest = "sha256:" + "ab" * 32
+    pinned = render_chart({"image": {"tag": "ignored", "digest": digest}})
+    assert _container(pinned, "Deployment")["image"] == f"ghcr.io/localmodel/localmodel@{digest}"
+
+
+def test_agent_host_path_node_selector_tolerations(render_chart: Render) -> None:
+    tolerations = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    # Helm merges maps into the defaults: the default label is dropped with null.
+    objects = render_chart({"agent": {"hostPath": "/var/lib/models", "tolerations": tolerations,
+                                      "nodeSelector": {"pool": "gpu", "kserve/localmodel": None}}})
+    pod = _only(objects, "DaemonSet")["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == {"pool": "gpu"}
+    assert pod["tolerations"] == tolerations
+    models = next(v for v in pod["volumes"] if v["name"] == "models")
+    assert models["hostPath"] == {"path": "/var/lib/models", "type": "DirectoryOrCreate"}
+    # The container's view stays KServe's /mnt/models whatever the host path.
+    assert pod["containers"][0]["command"][:4] == ["localmodel", "agent", "--root", "/mnt/models"]
+
+
+def test_agent_without_node_selector_runs_everywhere(render_chart: Render) -> None:
+    pod = _only(render_chart({"agent": {"nodeSelector": None}}), "DaemonSet")["spec"]["template"]["spec"]
+    assert "nodeSelector" not in pod
+
+
+def test_resources_and_replicas(render_chart: Render) -> None:
+    agent_resources = {"requests": {"cpu": "1", "memory": "1Gi"}, "limits": {"cpu": "2", "memory": "2Gi"}}
+    controller_resources = {"requests": {"cpu": "50m", "memory": "64Mi"},
+                            "limits": {"cpu": "1", "memory": "128Mi"}}
+    objects = render_chart({"agent": {"resources": agent_resources},
+                            "controller": {"resources": controller_resources, "replicas": 2}})
+    assert _container(objects, "DaemonSet")["resources"] == agent_resources
+    assert _container(objects, "Deployment")["resources"] == controller_resources
+    assert _only(objects, "Deployment")["spec"]["replicas"] == 2
+
+
+def test_metrics_and_health_ports(render_chart: Render) -> None:
+    objects = render_chart({"agent": {"ports": {"metrics": 9100, "health": 9101}},
+                            "controller": {"ports": {"metrics": 9200, "health": 9201, "webhook": 9444},
+                                           "metricsService": {"port": 80}}})
+    agent = _container(objects, "DaemonSet")
+    assert {p["name"]: p["containerPort"] for p in agent["ports"]} == {"metrics": 9100, "health": 9101}
+    assert agent["command"][4:] == ["--metrics-port=9100", "--health-port=9101"]
+    controller = _container(objects, "Deployment")
+    assert {p["name"]: p["containerPort"] for p in controller["ports"]} == {
+        "metrics": 9200, "health": 9201, "webhook-server": 9444}
+    assert controller["command"][4:] == ["--metrics-port=9200", "--health-port=9201", "--webhook-port=9444"]
+    service = _only(objects, "Service", "kserve-localmodel-metrics")
+    assert service["spec"]["ports"] == [{"name": "metrics", "port": 80, "targetPort": "metrics"}]
+
+
+def test_default_ports_add_no_flags(render_chart: Render) -> None:
+    objects = render_chart()
+    assert _container(objects, "DaemonSet")["command"] == ["localmodel", "agent", "--root", "/mnt/models"]
+    assert _container(objects, "Deployment")["command"] == [
+        "localmodel", "controller", "--webhook-cert-dir", "/tmp/k8s-webhook-server/serving-certs"]
+
+
+def test_extra_args_are_appended(render_chart: Render) -> None:
+    objects = render_chart({"agent": {"extraArgs": ["--log-level=debug"]}})
+    assert _container(objects, "DaemonSet")["command"][-1] == "--log-level=debug"
+
+
+def test_namespaces_follow_values(render_chart: Render) -> None:
+    objects = render_chart({"namespace": {"name": "ml-system", "create": True},
+                            "jobNamespace": {"name": "ml-downloads"}})
+    namespaced = [o for o in objects if "namespace" in o["metadata"]]
+    assert {o["metadata"]["namespace"] for o in namespaced} == {"ml-system", "ml-downloads"}
+    assert {manifests.key(o) for o in namespaced if o["metadata"]["namespace"] == "ml-downloads"} == {
+        ("Role", "ml-downloads", "kserve-localmodelnode-agent-credentials"),
+        ("RoleBinding", "ml-downloads", "kserve-localmodelnode-agent-credentials")}
+    assert {o["metadata"]["name"] for o in objects if o["kind"] == "Namespace"} == {"ml-system", "ml-downloads"}
+    config = json.loads(_only(objects, "ConfigMap")["data"]["localModel"])
+    assert config["jobNamespace"] == "ml-downloads"
+    policy = _only(objects, "ValidatingAdmissionPolicy")
+    assert "'system:serviceaccount:ml-system:kserve-localmodelnode-agent'" in \
+        policy["spec"]["matchConditions"][0]["expression"]
+    for binding in (o for o in objects if o["kind"] in ("RoleBinding", "ClusterRoleBinding")):
+        assert {s["namespace"] for s in binding["subjects"]} == {"ml-system"}, manifests.key(binding)
+
+
+def test_empty_namespace_means_the_release_namespace(helm: Path) -> None:
+    text = manifests.helm_template(helm, CHART, {"namespace": {"name": ""}}, namespace="team-a")
+    namespaced = [o for o in manifests.load_documents(text)
+                  if "namespace" in o["metadata"] and o["metadata"]["name"] != "kserve-localmodelnode-agent-credentials"]
+    assert namespaced and {o["metadata"]["namespace"] for o in namespaced} == {"team-a"}
+
+
+def test_namespaces_can_be_left_to_others(render_chart: Render) -> None:
+    """With KServe installed: its namespaces and its inferenceservice-config stay its own."""
+    objects = render_chart({"jobNamespace": {"create": False}, "config": {"create": False}})
+    assert not [o for o in objects if o["kind"] in ("Namespace", "ConfigMap")]
+
+
+def test_config_values_reach_the_config_map(render_chart: Render) -> None:
+    objects = render_chart({"config": {"localModel": {"reconcilationFrequencyInSecs": 15,
+                                                      "disableVolumeManagement": True}}})
+    config = json.loads(_only(objects, "ConfigMap")["data"]["localModel"])
+    assert config["reconcilationFrequencyInSecs"] == 15
+    assert config["disableVolumeManagement"] is True
+    assert config["fsGroup"] == 1000  # untouched defaults stay
+
+
+def test_admission_policy_can_be_turned_off(render_chart: Render) -> None:
+    objects = render_chart({"agent": {"ownNodeAdmissionPolicy": False}})
+    assert not [o for o in objects if o["kind"].startswith("ValidatingAdmissionPolicy")]
+
+
+# ---- webhooks and their certificate -----------------------------------------------------------
+
+def test_webhooks_off_by_default(render_chart: Render) -> None:
+    kinds = {o["kind"] for o in render_chart()}
+    assert not kinds & (WEBHOOK_KINDS | {"Certificate", "Issuer", "Secret"})
+
+
+def test_webhooks_with_cert_manager(render_chart: Render) -> None:
+    objects = render_chart({"webhooks": {"enabled": True, "mutating": True}})
+    certificate = _only(objects, "Certificate")
+    assert certificate["spec"]["secretName"] == "localmodel-webhook-server-cert"
+    assert certificate["spec"]["dnsNames"] == [
+        "localmodel-webhook-server-service.kserve.svc",
+        "localmodel-webhook-server-service.kserve.svc.cluster.local"]
+    assert certificate["spec"]["issuerRef"] == {"kind": "Issuer", "name": "localmodel-selfsigned-issuer"}
+    assert _only(objects, "Issuer")["spec"] == {"selfSigned": {}}
+    for kind in WEBHOOK_KINDS:
+        configuration = _only(objects, kind)
+        assert configuration["metadata"]["annotations"] == {
+            "cert-manager.io/inject-ca-from": "kserve/localmodel-serving-cert"}
+        for hook in configuration["webhooks"]:
+            assert "caBundle" not in hook["clientConfig"]
+            assert hook["clientConfig"]["service"]["name"] == "localmodel-webhook-server-service"
+    validating = _only(objects, "ValidatingWebhookConfiguration")
+    assert [h["clientConfig"]["service"]["path"] for h in validating["webhooks"]] == [
+        "/validate-serving-kserve-io-v1alpha1-localmodelcache",
+        "/validate-serving-kserve-io-v1alpha1-localmodelnamespacecache"]
+
+
+def test_webhooks_with_an_existing_issuer(render_chart: Render) -> None:
+    objects = render_chart({"webhooks": {"enabled": True, "certificate": {
+        "issuerRef": {"kind": "ClusterIssuer", "name": "corp-ca"}}}})
+    assert not [o for o in objects if o["kind"] == "Issuer"]
+    assert _only(objects, "Certificate")["spec"]["issuerRef"] == {"kind": "ClusterIssuer", "name": "corp-ca"}
+
+
+def test_webhooks_with_a_certificate_made_by_helm(render_chart: Render, tmp_path: Path) -> None:
+    objects = render_chart({"webhooks": {"enabled": True, "mutating": True,
+                                         "certificate": {"source": "helm"}}})
+    secret = _only(objects, "Secret", "localmodel-webhook-server-cert")
+    assert secret["type"] == "kubernetes.io/tls"
+    files = {}
+    for field in ("ca.crt", "tls.crt", "tls.key"):
+        files[field] = tmp_path / field
+        files[field].write_bytes(base64.b64decode(secret["data"][field]))
+    verify = subprocess.run(["openssl", "verify", "-CAfile", str(files["ca.crt"]), str(files["tls.crt"])],
+                            capture_output=True, text=True, check=False)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    names = subprocess.run(["openssl", "x509", "-noout", "-ext", "subjectAltName", "-in", str(files["tls.crt"])],
+                           capture_output=True, text=True, check=True).stdout
+    assert "DNS:localmodel-webhook-server-service.kserve.svc" in names
+    cert_key = subprocess.run(["openssl", "x509", "-noout", "-pubkey", "-in", str(files["tls.crt"])],
+                              capture_output=True, text=True, check=True).stdout
+    private_key = subprocess.run(["openssl", "pkey", "-pubout", "-in", str(files["tls.key"])],
+                                 capture_output=True, text=True, check=True).stdout
+    assert cert_key == private_key
+    bundles = {hook["clientConfig"]["caBundle"] for kind in WEBHOOK_KINDS
+               for hook in _only(objects, kind)["webhooks"]}
+    assert bundles == {secret["data"]["ca.crt"]}
+    assert not [o for o in objects if o["kind"] in ("Certificate", "Issuer")]
+
+
+def test_webhooks_with_a_manual_certificate(render_chart: Render) -> None:
+    bundle = base64.b64encode(b"-----BEGIN CERTIFICATE-----\n...").decode()
+    objects = render_chart({"webhooks": {"enabled": True, "certificate": {"source": "manual",
+                                                                          "caBundle": bundle}}})
+    hooks = _only(objects, "ValidatingWebhookConfiguration")["webhooks"]
+    assert {h["clientConfig"]["caBundle"] for h in hooks} == {bundle}
+    assert not [o for o in objects if o["kind"] in ("Certificate", "Issuer", "Secret")]
+
+
+@pytest.mark.parametrize(("webhooks", "message"), [
+    ({"enabled": True, "certificate": {"source": "manual"}}, "webhooks.certificate.caBundle is required"),
+    ({"enabled": True, "certificate": {"source": "vault"}}, "must be certManager, helm or manual"),
+    ({"enabled": True, "validating": False}, "needs webhooks.validating or webhooks.mutating"),
+])
+def test_bad_webhook_values_fail_with_a_reason(render_chart: Render, webhooks: dict[str, Any],
+                                               message: str) -> None:
+    with pytest.raises(manifests.HelmError, match=message):
+        render_chart({"webhooks": webhooks})
+
+
+def test_controller_mounts_the_webhook_secret(render_chart: Render) -> None:
+    objects = render_chart({"webhooks": {"enabled": True, "secretName": "my-cert",
+                                         "certificate": {"source": "helm"}}})
+    volumes = _only(objects, "Deployment")["spec"]["template"]["spec"]["volumes"]
+    assert next(v for v in volumes if v["name"] == "cert")["secret"]["secretName"] == "my-cert"
+    assert _only(objects, "Secret")["metadata"]["name"] == "my-cert"
