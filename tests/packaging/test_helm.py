@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -98,6 +99,17 @@ def test_renders_the_kustomize_base_objects(render_chart: Render,
     chart = manifests.by_key(render_chart(_values_like_kustomize(kustomize_objects)))
     base = manifests.by_key(o for o in kustomize_objects if o["kind"] != "CustomResourceDefinition")
     assert sorted(chart) == sorted(base)
+
+
+def test_python_kustomize_loader_matches_kubectl() -> None:
+    """The stand-in loader (used while no kubectl is built) renders what kubectl does."""
+    kubectl = manifests.kubectl_binary()
+    if kubectl is None:
+        pytest.skip("no kubectl in this tree (the control-plane harness builds one)")
+    done = subprocess.run([str(kubectl), "kustomize", str(REPO / "deploy")], capture_output=True,
+                          text=True, check=True)
+    expected = manifests.by_key(manifests.load_documents(done.stdout))
+    assert manifests.by_key(manifests.kustomize_build_python(REPO / "deploy")) == expected
 
 
 def test_default_objects_equal_the_kustomize_base(render_chart: Render,
@@ -332,13 +344,26 @@ def test_webhooks_with_a_manual_certificate(render_chart: Render) -> None:
 
 @pytest.mark.parametrize(("webhooks", "message"), [
     ({"enabled": True, "certificate": {"source": "manual"}}, "webhooks.certificate.caBundle is required"),
-    ({"enabled": True, "certificate": {"source": "vault"}}, "must be certManager, helm or manual"),
+    ({"enabled": True, "certificate": {"source": "vault"}}, "must be one of 'certManager', 'helm', 'manual'"),
     ({"enabled": True, "validating": False}, "needs webhooks.validating or webhooks.mutating"),
 ])
 def test_bad_webhook_values_fail_with_a_reason(render_chart: Render, webhooks: dict[str, Any],
                                                message: str) -> None:
     with pytest.raises(manifests.HelmError, match=message):
         render_chart({"webhooks": webhooks})
+
+
+@pytest.mark.parametrize(("values", "where"), [
+    ({"webhook": {"enabled": True}}, "additional properties 'webhook' not allowed"),
+    ({"agent": {"hostPath": "models"}}, "/agent/hostPath"),
+    ({"agent": {"ports": {"metrics": 70000}}}, "/agent/ports/metrics"),
+    ({"image": {"pullPolicy": "Sometimes"}}, "/image/pullPolicy"),
+    ({"image": {"digest": "latest"}}, "/image/digest"),
+])
+def test_values_schema_rejects_typos_and_nonsense(render_chart: Render, values: dict[str, Any],
+                                                  where: str) -> None:
+    with pytest.raises(manifests.HelmError, match=re.escape(where)):
+        render_chart(values)
 
 
 def test_controller_mounts_the_webhook_secret(render_chart: Render) -> None:
