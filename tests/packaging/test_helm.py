@@ -6,12 +6,14 @@ import base64
 import json
 import re
 import subprocess
+import tarfile
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+import localmodel
 from localmodel.api.crds import render_all
 from tests.packaging import manifests
 from tests.packaging.conftest import REPO, Render
@@ -72,6 +74,26 @@ def test_lint_strict(helm: Path, values: dict[str, Any], tmp_path: Path) -> None
                           capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "0 chart(s) failed" in done.stdout
+
+
+def test_versions_agree() -> None:
+    """Chart, image tag in both install paths, and the Python package are released together."""
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    kustomization = yaml.safe_load((REPO / "deploy" / "kustomization.yaml").read_text())
+    image = next(i for i in kustomization["images"] if i["name"] == "localmodel")
+    assert chart["version"] == chart["appVersion"] == image["newTag"] == localmodel.__version__
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert values["image"]["repository"] == image["newName"]
+
+
+def test_package(helm: Path, tmp_path: Path) -> None:
+    done = subprocess.run([str(helm), "package", str(CHART), "--destination", str(tmp_path)],
+                          capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    with tarfile.open(tmp_path / f"localmodel-{localmodel.__version__}.tgz") as archive:
+        names = set(archive.getnames())
+    assert {f"localmodel/crds/{name}" for name in render_all()} <= names
+    assert {"localmodel/Chart.yaml", "localmodel/values.yaml", "localmodel/values.schema.json"} <= names
 
 
 def test_chart_crds_are_the_generated_crds() -> None:
