@@ -41,10 +41,13 @@ def _values_like_kustomize(kustomize_objects: list[dict[str, Any]]) -> dict[str,
     values: dict[str, Any] = {"namespace": {"create": True}}
     if kinds & WEBHOOK_KINDS:
         uses_cert_manager = any(o["apiVersion"].startswith("cert-manager.io/") for o in kustomize_objects)
+        paths = {hook["clientConfig"]["service"]["path"] for o in kustomize_objects
+                 if o["kind"] in WEBHOOK_KINDS for hook in o["webhooks"]}
         values["webhooks"] = {
             "enabled": True,
             "validating": "ValidatingWebhookConfiguration" in kinds,
-            "mutating": "MutatingWebhookConfiguration" in kinds,
+            "pods": "/mutate-pods" in paths,
+            "inferenceServices": "/mutate-serving-kserve-io-v1beta1-inferenceservice" in paths,
             "certificate": {"source": "certManager" if uses_cert_manager else "manual",
                             "caBundle": base64.b64encode(b"placeholder").decode()},
         }
@@ -63,7 +66,7 @@ def test_helm_is_the_pinned_version(helm: Path) -> None:
 
 @pytest.mark.parametrize("values", [
     {},
-    {"webhooks": {"enabled": True, "mutating": True}},
+    {"webhooks": {"enabled": True, "inferenceServices": True}},
     {"webhooks": {"enabled": True, "certificate": {"source": "helm"}}},
     {"namespace": {"name": "", "create": True}, "config": {"create": False}},
 ], ids=["defaults", "webhooks-cert-manager", "webhooks-helm-cert", "release-namespace"])
@@ -243,6 +246,23 @@ def test_default_ports_add_no_flags(render_chart: Render) -> None:
         "localmodel", "controller", "--webhook-cert-dir", "/tmp/k8s-webhook-server/serving-certs"]
 
 
+@pytest.mark.parametrize(("kind", "command"), [("DaemonSet", "agent"), ("Deployment", "controller")])
+def test_cli_accepts_every_flag_the_chart_passes(render_chart: Render, kind: str, command: str) -> None:
+    from localmodel.cli import main
+
+    subcommand = main.commands.get(command)  # type: ignore[attr-defined]
+    if subcommand is None:
+        pytest.skip(f"`localmodel {command}` is not in this tree yet")
+    every_port = {"metrics": 9100, "health": 9101, "webhook": 9102}
+    objects = render_chart({"agent": {"ports": {k: every_port[k] for k in ("metrics", "health")}},
+                            "controller": {"ports": every_port}})
+    argv = _container(objects, kind)["command"]
+    assert argv[:2] == ["localmodel", command]
+    passed = {arg.split("=", 1)[0] for arg in argv[2:] if arg.startswith("--")}
+    accepted = {option for param in subcommand.params for option in param.opts}
+    assert passed <= accepted, f"`localmodel {command}` lacks {sorted(passed - accepted)}"
+
+
 def test_extra_args_are_appended(render_chart: Render) -> None:
     objects = render_chart({"agent": {"extraArgs": ["--log-level=debug"]}})
     assert _container(objects, "DaemonSet")["command"][-1] == "--log-level=debug"
@@ -301,7 +321,7 @@ def test_webhooks_off_by_default(render_chart: Render) -> None:
 
 
 def test_webhooks_with_cert_manager(render_chart: Render) -> None:
-    objects = render_chart({"webhooks": {"enabled": True, "mutating": True}})
+    objects = render_chart({"webhooks": {"enabled": True, "inferenceServices": True}})
     certificate = _only(objects, "Certificate")
     assert certificate["spec"]["secretName"] == "localmodel-webhook-server-cert"
     assert certificate["spec"]["dnsNames"] == [
@@ -322,6 +342,24 @@ def test_webhooks_with_cert_manager(render_chart: Render) -> None:
         "/validate-serving-kserve-io-v1alpha1-localmodelnamespacecache"]
 
 
+def test_mutating_webhooks_follow_their_switches(render_chart: Render) -> None:
+    def paths(webhooks: dict[str, Any]) -> list[str]:
+        objects = render_chart({"webhooks": {"enabled": True, **webhooks}})
+        found = [o for o in objects if o["kind"] == "MutatingWebhookConfiguration"]
+        return [h["clientConfig"]["service"]["path"] for o in found for h in o["webhooks"]]
+
+    assert paths({}) == ["/mutate-pods"]
+    assert paths({"pods": False}) == []
+    assert paths({"pods": False, "inferenceServices": True}) == [
+        "/mutate-serving-kserve-io-v1beta1-inferenceservice",
+        "/mutate-serving-kserve-io-v1alpha1-llminferenceservice"]
+    pod_hook = _only(render_chart({"webhooks": {"enabled": True}}), "MutatingWebhookConfiguration")["webhooks"][0]
+    assert pod_hook["objectSelector"] == {
+        "matchExpressions": [{"key": "localmodel.kserve.io/cache", "operator": "Exists"}]}
+    assert pod_hook["rules"] == [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"],
+                                  "resources": ["pods"]}]
+
+
 def test_webhooks_with_an_existing_issuer(render_chart: Render) -> None:
     objects = render_chart({"webhooks": {"enabled": True, "certificate": {
         "issuerRef": {"kind": "ClusterIssuer", "name": "corp-ca"}}}})
@@ -330,7 +368,7 @@ def test_webhooks_with_an_existing_issuer(render_chart: Render) -> None:
 
 
 def test_webhooks_with_a_certificate_made_by_helm(render_chart: Render, tmp_path: Path) -> None:
-    objects = render_chart({"webhooks": {"enabled": True, "mutating": True,
+    objects = render_chart({"webhooks": {"enabled": True, "inferenceServices": True,
                                          "certificate": {"source": "helm"}}})
     secret = _only(objects, "Secret", "localmodel-webhook-server-cert")
     assert secret["type"] == "kubernetes.io/tls"
@@ -367,7 +405,7 @@ def test_webhooks_with_a_manual_certificate(render_chart: Render) -> None:
 @pytest.mark.parametrize(("webhooks", "message"), [
     ({"enabled": True, "certificate": {"source": "manual"}}, "webhooks.certificate.caBundle is required"),
     ({"enabled": True, "certificate": {"source": "vault"}}, "must be one of 'certManager', 'helm', 'manual'"),
-    ({"enabled": True, "validating": False}, "needs webhooks.validating or webhooks.mutating"),
+    ({"enabled": True, "validating": False, "pods": False}, "needs one of webhooks.validating"),
 ])
 def test_bad_webhook_values_fail_with_a_reason(render_chart: Render, webhooks: dict[str, Any],
                                                message: str) -> None:

@@ -45,7 +45,7 @@ def _create_namespaces(cluster: Any, objects: list[dict[str, Any]]) -> None:
 
 @pytest.mark.parametrize("values", [
     {"namespace": {"create": True}},
-    {"webhooks": {"enabled": True, "mutating": True, "certificate": {"source": "helm"}}},
+    {"webhooks": {"enabled": True, "inferenceServices": True, "certificate": {"source": "helm"}}},
     {"namespace": {"name": "ml-system"}, "jobNamespace": {"name": "ml-downloads"},
      "agent": {"nodeSelector": None, "hostPath": "/var/lib/models",
                "tolerations": [{"operator": "Exists"}],
