@@ -4,6 +4,7 @@ test runs, copies only what .dockerignore lets through, and runs as UID 1000 wit
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import tomllib
@@ -66,6 +67,7 @@ def test_two_stages_on_one_python_base() -> None:
 def test_builder_runs_the_tested_install_script() -> None:
     runs = [i.arguments for i in _instructions() if i.keyword == "RUN" and i.stage == 0]
     assert runs == ["hack/install-venv.sh /opt/localmodel"]
+    assert os.access(REPO / "hack" / "install-venv.sh", os.X_OK), "RUN calls it directly: keep it executable"
     copies = [i.arguments for i in _final_stage() if i.keyword == "COPY"]
     assert copies == ["--from=builder /opt/localmodel /opt/localmodel"]
 
