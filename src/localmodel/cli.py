@@ -8,6 +8,7 @@ from __future__ import annotations
 import click
 
 from localmodel import __version__
+from localmodel.dev.commands import dev
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -24,3 +25,6 @@ def main() -> None:
 def version() -> None:
     """Print the localmodel version."""
     click.echo(__version__)
+
+
+main.add_command(dev)
