@@ -213,9 +213,15 @@ class ControlPlane:
             if process is not None:
                 process.stop(self.stop_timeout)
 
-    def stop_apiserver(self) -> None:
-        """Stop only the apiserver; etcd, data, ports and credentials stay for start_apiserver()."""
-        self._require(self._apiserver).stop(self.stop_timeout)
+    def stop_apiserver(self, grace: float = 5.0) -> None:
+        """Stop only the apiserver; etcd, data, ports and credentials stay for start_apiserver().
+
+        It stops listening as soon as it gets SIGTERM, then drains open connections for up to
+        its request timeout (60 s) while watchers such as the controller manager hold them.
+        An outage does not need that drain: after `grace` seconds it gets SIGKILL (0 = at once,
+        like a crash).
+        """
+        self._require(self._apiserver).stop(grace)
 
     def start_apiserver(self) -> None:
         """(Re)start the apiserver on the same port and wait until it is ready."""
