@@ -95,6 +95,8 @@ class ControlPlane:
         self.kubeconfig = self.workdir / "kubeconfig"
         self._kubeconfigs_dir = self.workdir / "kubeconfigs"
         self._ports: dict[str, int] = {}
+        self._server_ca: CertificateAuthority | None = None
+        self._client_ca: CertificateAuthority | None = None
         self._etcd: ManagedProcess | None = None
         self._apiserver: ManagedProcess | None = None
         self._controller_manager: ManagedProcess | None = None
@@ -116,6 +118,21 @@ class ControlPlane:
     def server(self) -> str:
         """The apiserver URL, e.g. https://127.0.0.1:43121."""
         return f"https://127.0.0.1:{self.apiserver_port}"
+
+    @property
+    def server_ca(self) -> CertificateAuthority:
+        """The CA that signed the apiserver's serving certificate. Tests sign local webhook
+        servers' certificates with it (`issue_serving_cert`) and pass its PEM as `caBundle`."""
+        if self._server_ca is None:
+            raise ControlPlaneError("the control plane has not been started")
+        return self._server_ca
+
+    @property
+    def client_ca(self) -> CertificateAuthority:
+        """The CA the apiserver trusts for client certificates (CN = user, O = groups)."""
+        if self._client_ca is None:
+            raise ControlPlaneError("the control plane has not been started")
+        return self._client_ca
 
     @property
     def server_ca_file(self) -> Path:
@@ -252,8 +269,8 @@ class ControlPlane:
     # ---- internals ----------------------------------------------------------------------------
 
     def _prepare_pki(self) -> None:
-        self.server_ca = CertificateAuthority(self.pki_dir, "server-ca", "localmodel-server-ca")
-        self.client_ca = CertificateAuthority(self.pki_dir, "client-ca", "localmodel-client-ca")
+        self._server_ca = CertificateAuthority(self.pki_dir, "server-ca", "localmodel-server-ca")
+        self._client_ca = CertificateAuthority(self.pki_dir, "client-ca", "localmodel-client-ca")
         self._service_account_key = ensure_service_account_key(self.pki_dir)
         # Reissued on every start: cheap, and never stale after the CA files were replaced.
         self._serving = self.server_ca.issue_serving_cert(
