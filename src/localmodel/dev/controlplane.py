@@ -25,6 +25,7 @@ build time shows on its own).
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import socket
@@ -201,6 +202,9 @@ class ControlPlane:
     def start(self) -> ControlPlane:
         """Start everything and return once the apiserver's /readyz answers ok."""
         paths = self.paths
+        # A caller that never reaches stop() (an unhandled error, sys.exit) must not leave
+        # etcd and the apiserver running: stop them when the interpreter exits.
+        atexit.register(self.stop)
         self._prepare_pki()
         self._choose_ports()
         try:
@@ -229,6 +233,7 @@ class ControlPlane:
         for process in (self._controller_manager, self._apiserver, self._etcd):
             if process is not None:
                 process.stop(self.stop_timeout)
+        atexit.unregister(self.stop)
 
     def stop_apiserver(self, grace: float = 5.0) -> None:
         """Stop only the apiserver; etcd, data, ports and credentials stay for start_apiserver().
