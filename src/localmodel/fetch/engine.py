@@ -103,6 +103,7 @@ class _File:
     done: RangeSet = field(default_factory=RangeSet)
     hashed: int = 0
     hashing: bool = False
+    finished: bool = False
     fd: int | None = None
     result: HashResult | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -226,9 +227,9 @@ class _Download:
         for state in self.files:
             if state.result is None and state.remote.size == 0:
                 self._open(state)
-                self._finish(state)
+                self._advance_hash(state)
             elif state.result is None and state.done.prefix_end() > 0:
-                tasks.append((self._hash_forward_task, state))
+                tasks.append((self._hash_resumed, state))
         requests = planning.plan_requests(
             [f.remote.size if f.result is None else 0 for f in self.files],
             [f.done for f in self.files], self.options.chunk_size,
@@ -261,7 +262,8 @@ class _Download:
     def _open(self, state: _File) -> int:
         with state.lock:
             if state.fd is None:
-                state.fd = create_file(state.target, state.remote.size)
+                state.fd = create_file(state.target, state.remote.size,
+                                       preallocate=self.staging.preallocate)
             return state.fd
 
     def _fetch(self, request: planning.Request) -> None:
@@ -280,6 +282,7 @@ class _Download:
                     if self.bucket is not None:
                         self.bucket.take(len(view), cancelled=self.cancelled)
                     self._write(fd, view, position, state)
+                    self._hash_in_stream(state, view, position)
                     position += len(view)
                     budget.progress()
                     if position - unrecorded >= self.options.checkpoint_size:
@@ -326,55 +329,74 @@ class _Download:
         self.staging.record_range(state.index, start, end)
         with state.lock:
             state.done.add(start, end)
-            claim = not state.hashing and state.done.prefix_end() > state.hashed
-            if claim:
-                state.hashing = True
         with self._counter_lock:
             self.bytes_done += end - start
-        if claim:
-            self._hash_forward(state)
+        self._advance_hash(state)
 
-    def _hash_forward_task(self, state: _File) -> None:
-        self._open(state)
+    def _hash_in_stream(self, state: _File, view: memoryview, position: int) -> None:
+        """Hash bytes just written straight from memory when they sit at the hash frontier
+        (always true for the first request of a file), sparing a re-read."""
         with state.lock:
-            if state.hashing or state.done.prefix_end() <= state.hashed:
+            if state.hashing or state.hashed != position:
                 return
             state.hashing = True
-        self._hash_forward(state)
+        hashed = position
+        try:
+            state.hasher.update(view)
+            hashed = position + len(view)
+        finally:
+            with state.lock:
+                state.hashed = hashed
+                state.hashing = False
+        self._advance_hash(state)
 
-    def _hash_forward(self, state: _File) -> None:
-        """Hash the file's contiguous written prefix, from the page cache, while one exists.
+    def _advance_hash(self, state: _File) -> None:
+        """Hash the file's contiguous written prefix from the page cache, if no other thread
+        is hashing it, and finish the file once all of it is hashed.
 
-        Only the thread that set `state.hashing` runs this; it keeps going while other
-        threads extend the prefix, so exactly one thread sees the file complete.
+        Whoever holds `state.hashing` re-checks after letting go, so progress recorded by
+        others meanwhile is never left behind, and exactly one thread finishes the file.
         """
+        while True:
+            with state.lock:
+                if state.hashing or state.finished:
+                    return
+                end = state.done.prefix_end()
+                size = state.remote.size
+                if end > state.hashed:
+                    state.hashing = True
+                    position = state.hashed
+                elif state.hashed == size and end == size:
+                    state.finished = True
+                    break
+                else:
+                    return
+            hashed = position
+            try:
+                hashed = self._hash_from_disk(state, position, end)
+            finally:
+                with state.lock:
+                    state.hashed = hashed
+                    state.hashing = False
+        self._finish(state)
+
+    def _hash_from_disk(self, state: _File, position: int, end: int) -> int:
         buffer: memoryview | None = getattr(self._local, "buffer", None)
         if buffer is None:
             buffer = self._local.buffer = memoryview(bytearray(_HASH_READ_SIZE))
         fd = self._open(state)
-        try:
-            while True:
-                with state.lock:
-                    end = state.done.prefix_end()
-                    if end <= state.hashed:
-                        state.hashing = False
-                        complete = state.hashed == state.remote.size
-                        break
-                    position = state.hashed
-                while position < end:
-                    count = os.preadv(fd, [buffer[: min(len(buffer), end - position)]], position)
-                    if count == 0:
-                        raise IntegrityError(f"staging copy of {state.remote.path!r} is short")
-                    state.hasher.update(buffer[:count])
-                    position += count
-                with state.lock:
-                    state.hashed = end
-        except BaseException:
-            with state.lock:
-                state.hashing = False
-            raise
-        if complete:
-            self._finish(state)
+        while position < end:
+            count = os.preadv(fd, [buffer[: min(len(buffer), end - position)]], position)
+            if count == 0:
+                raise IntegrityError(f"staging copy of {state.remote.path!r} is short")
+            state.hasher.update(buffer[:count])
+            position += count
+        return position
+
+    def _hash_resumed(self, state: _File) -> None:
+        """A task for a resumed file: hash what an earlier run left on disk."""
+        self._open(state)
+        self._advance_hash(state)
 
     def _finish(self, state: _File) -> None:
         result = state.hasher.finish(state.remote.path)
