@@ -145,7 +145,8 @@ def _unpack_zip(archive: Path, into: Path, budget: _Budget) -> Iterator[Unpacked
                 checker.add_folder(name)
                 make_parents(into, name + "/x", folders)
                 continue
-            if stat.S_ISLNK(mode) or (mode and not stat.S_ISREG(mode)):
+            # Type bits are often absent (0): that is a plain file. Any other type is refused.
+            if stat.S_IFMT(mode) not in (0, stat.S_IFREG):
                 raise UnsafePathError(f"archive member {name!r} is a link or special file")
             if info.flag_bits & 0x1:
                 raise UnsafePathError(f"archive member {name!r} is encrypted")
