@@ -1,7 +1,8 @@
 """Retry timing: exponential backoff with jitter, honouring a server's Retry-After. Pure.
 
-The budget counts failures in a row; it resets as soon as a retried request delivers bytes,
-so a long download over a flaky link is not failed by errors spread across hours.
+The budget counts failures in a row; the engine resets it once a retried request delivers
+real progress (1 MiB), so a long download over a flaky link is not failed by errors spread
+across hours, while a server that drops every connection after a few bytes still is.
 """
 
 from __future__ import annotations

@@ -62,6 +62,9 @@ logger = logging.getLogger(__name__)
 #: Largest write() per call: ext4 here is ~10x slower per byte with 1 MiB+ writes.
 WRITE_SIZE = 512 * 1024
 _HASH_READ_SIZE = 1024 * 1024
+#: Bytes that must arrive after a failure before the retry budget is reset, so a server that
+#: drops every connection after a few bytes still exhausts the budget.
+_PROGRESS_RESETS_RETRIES = 1024 * 1024
 _NO_SETTINGS: Settings = MappingProxyType({})
 
 
@@ -132,6 +135,20 @@ class _Download:
 
     # -- 2. listing ------------------------------------------------------------------------
 
+    def _list(self) -> Listing:
+        budget = RetryBudget(self.options.backoff)
+        while True:
+            try:
+                return self.source.list_files()
+            except SourceUnavailableError as exc:
+                if not budget.failed():
+                    raise
+                delay = backoff_delay(budget.failures, self.options.backoff,
+                                      retry_after=exc.retry_after)
+                logger.warning("retrying the listing after a transient error", extra={
+                    "attempt": budget.failures, "delay": round(delay, 2), "error": str(exc)})
+                time.sleep(delay)
+
     def _select(self, listing: Listing) -> list[RemoteFile]:
         # Zero-byte "folder/" objects are how S3 consoles draw folders: not files.
         files = [f for f in listing.files if not f.path.endswith("/")]
@@ -154,7 +171,7 @@ class _Download:
 
     def run(self) -> Manifest:
         started = time.monotonic()
-        listing = self.source.list_files()
+        listing = self._list()
         selected = self._select(listing)
         kind = self._archive_kind(listing, selected)
         plan = {
@@ -270,7 +287,7 @@ class _Download:
         state = self.files[request.file_index]
         fd = self._open(state)
         budget = RetryBudget(self.options.backoff)
-        position = unrecorded = request.start
+        position = unrecorded = failed_at = request.start
         while position < request.end:
             self._check_cancelled()
             pieces = iter(self.source.read_range(state.remote.path, position, request.end - position))
@@ -284,7 +301,8 @@ class _Download:
                     self._write(fd, view, position, state)
                     self._hash_in_stream(state, view, position)
                     position += len(view)
-                    budget.progress()
+                    if position - failed_at >= _PROGRESS_RESETS_RETRIES:
+                        budget.progress()
                     if position - unrecorded >= self.options.checkpoint_size:
                         self._record(state, unrecorded, position)
                         unrecorded = position
@@ -297,6 +315,7 @@ class _Download:
                 if position > unrecorded:
                     self._record(state, unrecorded, position)
                     unrecorded = position
+                failed_at = position
                 if not budget.failed():
                     raise
                 delay = backoff_delay(budget.failures, self.options.backoff,

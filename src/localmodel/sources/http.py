@@ -33,7 +33,13 @@ from urllib.parse import unquote, urlsplit
 
 import urllib3
 from urllib3.exceptions import HTTPError as Urllib3Error
-from urllib3.exceptions import SSLError
+from urllib3.exceptions import (
+    MaxRetryError,
+    NewConnectionError,
+    ResponseError,
+    SSLError,
+)
+from urllib3.exceptions import TimeoutError as TimeoutErrorBase
 
 from localmodel.errors import (
     IntegrityError,
@@ -163,12 +169,20 @@ class HTTPSource:
         try:
             return self._pool.request(method, self._url, headers={**self._headers, **headers},
                                       preload_content=False, decode_content=False)
-        except SSLError as exc:
-            raise PermanentError(f"TLS failure talking to {self.uri}: {exc.reason!s}"[:300]) from exc
-        except Urllib3Error as exc:
-            raise SourceUnavailableError(f"{self.uri}: {type(exc).__name__}") from exc
-        except OSError as exc:
-            raise SourceUnavailableError(f"{self.uri}: {exc.strerror or exc}") from exc
+        except (Urllib3Error, OSError) as exc:
+            raise self._translate(exc) from exc
+
+    def _translate(self, exc: Exception) -> LocalModelError:
+        reason = exc.reason if isinstance(exc, MaxRetryError) and exc.reason else exc
+        if isinstance(reason, SSLError):
+            return PermanentError(f"TLS failure talking to {self.uri}: {reason}"[:400])
+        if isinstance(reason, ResponseError):  # e.g. too many redirects
+            return PermanentError(f"{self.uri}: {reason}"[:400])
+        if isinstance(reason, (TimeoutError, TimeoutErrorBase)):
+            return SourceUnavailableError(f"{self.uri}: timed out")
+        if isinstance(reason, NewConnectionError):
+            return SourceUnavailableError(f"{self.uri}: cannot connect ({reason.__cause__ or reason})"[:400])
+        return SourceUnavailableError(f"{self.uri}: {type(reason).__name__}: {reason}"[:400])
 
     def _raise_for_status(self, response: urllib3.BaseHTTPResponse) -> None:
         status = response.status
@@ -281,7 +295,9 @@ class HTTPSource:
             complete = True
         except LocalModelError:
             raise
-        except (Urllib3Error, http.client.HTTPException, OSError, ValueError) as exc:
+        except (Urllib3Error, OSError) as exc:
+            raise self._translate(exc) from exc
+        except (http.client.HTTPException, ValueError) as exc:
             raise SourceUnavailableError(f"{self.uri}: {type(exc).__name__} while reading") from exc
         finally:
             if complete and reusable:
