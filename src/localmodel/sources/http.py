@@ -178,10 +178,11 @@ class HTTPSource:
             return PermanentError(f"TLS failure talking to {self.uri}: {reason}"[:400])
         if isinstance(reason, ResponseError):  # e.g. too many redirects
             return PermanentError(f"{self.uri}: {reason}"[:400])
+        if isinstance(reason, NewConnectionError):  # before timeouts: it subclasses one
+            return SourceUnavailableError(f"{self.uri}: cannot connect"
+                                          f" ({reason.__cause__ or reason})"[:400])
         if isinstance(reason, (TimeoutError, TimeoutErrorBase)):
             return SourceUnavailableError(f"{self.uri}: timed out")
-        if isinstance(reason, NewConnectionError):
-            return SourceUnavailableError(f"{self.uri}: cannot connect ({reason.__cause__ or reason})"[:400])
         return SourceUnavailableError(f"{self.uri}: {type(reason).__name__}: {reason}"[:400])
 
     def _raise_for_status(self, response: urllib3.BaseHTTPResponse) -> None:
