@@ -18,13 +18,14 @@ from localmodel.fetch import (
     verify_full,
     verify_quick,
 )
+from localmodel.fetch.progress import Progress
 from tests.fetch.models import NESTED, SMALL_CHUNKS, all_paths, content, read_tree, write_tree
 
 
 def test_nested_model_is_copied_byte_exact_with_manifest(tmp_path: Path) -> None:
     source = write_tree(tmp_path / "src", NESTED)
     dest = tmp_path / "out" / "model"
-    seen = []
+    seen: list[Progress] = []
     manifest = download(str(source), dest, options=SMALL_CHUNKS, progress=seen.append)
 
     assert read_tree(dest) == NESTED
@@ -129,8 +130,8 @@ def test_single_file_and_file_uri_and_pvc(tmp_path: Path) -> None:
     data = content("single", 200_000)
     write_tree(tmp_path / "vol", {"models/llm/model.gguf": data})
     file_uri = f"file://{tmp_path}/vol/models/llm/model.gguf"
-    assert read_tree(download(file_uri, tmp_path / "a", options=SMALL_CHUNKS) and tmp_path / "a") \
-        == {"model.gguf": data}
+    download(file_uri, tmp_path / "a", options=SMALL_CHUNKS)
+    assert read_tree(tmp_path / "a") == {"model.gguf": data}
     settings = {"LOCALMODEL_PVC_ROOT": str(tmp_path / "vol")}
     download("pvc://my-claim/models/llm", tmp_path / "b", settings=settings, options=SMALL_CHUNKS)
     assert read_tree(tmp_path / "b") == {"model.gguf": data}

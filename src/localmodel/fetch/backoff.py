@@ -33,8 +33,8 @@ def backoff_delay(failures: int, policy: BackoffPolicy, *, retry_after: float | 
     """
     if failures < 1:
         raise ValueError("failures counts from 1")
-    exponential = min(policy.max_delay, policy.base_delay * 2 ** (failures - 1))
-    draw = (rand or random).random()
+    exponential = min(policy.max_delay, policy.base_delay * 2.0 ** (failures - 1))
+    draw: float = rand.random() if rand is not None else random.random()
     delay = exponential / 2 + draw * exponential / 2
     if retry_after is not None and retry_after > 0:
         delay = max(delay, min(retry_after, policy.max_retry_after))

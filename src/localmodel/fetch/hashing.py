@@ -20,7 +20,7 @@ from localmodel.sources.base import Digest
 logger = logging.getLogger(__name__)
 
 try:  # optional: 11 GiB/s in C; the pure-Python fallback would be far too slow to use
-    import google_crc32c as _crc32c
+    import google_crc32c as _crc32c  # type: ignore[import-not-found, unused-ignore]
 except ImportError:  # pragma: no cover - depends on the environment
     _crc32c = None
 

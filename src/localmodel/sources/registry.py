@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import importlib
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from urllib.parse import urlsplit, urlunsplit
@@ -147,7 +147,11 @@ def scheme_of(uri: str, settings: Settings = MappingProxyType({})) -> str:
     return scheme
 
 
-def source_class(scheme: str) -> type[Source]:
+#: How every source class is built: `Cls(uri, settings)`.
+SourceFactory = Callable[[str, Settings], Source]
+
+
+def source_class(scheme: str) -> SourceFactory:
     """Import and return the class registered for `scheme`."""
     entry = _registry[scheme]
     module_name, _, class_name = entry.target.partition(":")
@@ -158,8 +162,8 @@ def source_class(scheme: str) -> type[Source]:
         raise ImportError(
             f"the {scheme} source needs a package that is missing ({exc.name or exc}){hint}"
         ) from exc
-    cls: type[Source] = getattr(module, class_name)
-    return cls
+    factory: SourceFactory = getattr(module, class_name)
+    return factory
 
 
 def open_source(uri: str, settings: Settings = MappingProxyType({})) -> Source:
