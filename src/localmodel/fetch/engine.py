@@ -21,12 +21,14 @@ next run resumes where this one stopped. Nothing is ever written outside staging
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import shutil
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -80,17 +82,33 @@ def download(source_uri: str, dest: str | os.PathLike[str] | Layout, *,
     options = options or FetchOptions()
     layout = dest if isinstance(dest, Layout) else Layout.for_path(dest)
     source_name = redact_uri(source_uri)
-    if not options.force:
-        existing = manifests.read_manifest(layout)
-        if existing is not None and existing.source == source_name \
-                and not manifests.verify_quick(layout, existing):
-            logger.info("already complete", extra={"dest": str(layout.dest)})
-            return existing
-    source = open_source(source_uri, settings)
+    with _exclusive(layout):
+        if not options.force:
+            existing = manifests.read_manifest(layout)
+            if existing is not None and existing.source == source_name \
+                    and not manifests.verify_quick(layout, existing):
+                logger.info("already complete", extra={"dest": str(layout.dest)})
+                return existing
+        source = open_source(source_uri, settings)
+        try:
+            return _Download(source, source_name, layout, options, progress).run()
+        finally:
+            source.close()
+
+
+@contextmanager
+def _exclusive(layout: Layout) -> Iterator[None]:
+    """One download per destination at a time, across processes: a second caller waits, then
+    finds the first one's manifest. (flock is reliable on local filesystems, which is where
+    a node cache lives; correctness does not rest on it anyway, only on staging + rename.)"""
+    layout.staging.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(layout.staging.parent / f"{layout.staging.name}.lock",
+                 os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:
-        return _Download(source, source_name, layout, options, progress).run()
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
     finally:
-        source.close()
+        os.close(fd)  # releases the lock
 
 
 class _Cancelled(Exception):
