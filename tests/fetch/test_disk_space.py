@@ -66,3 +66,14 @@ def test_disk_filling_up_midway_is_a_clean_error(small_disk: Path, tmp_path: Pat
     assert not Layout.beside(dest).staging.exists()
     filler.unlink()
     download(str(source), dest, options=FetchOptions(fsync=False))  # fine once space is back
+
+
+def test_a_mount_point_destination_is_filled_in_place(small_disk: Path, tmp_path: Path) -> None:
+    # As a storage-initializer's /mnt/models: the folder itself cannot be renamed.
+    source = write_tree(tmp_path / "src", {"config.json": b"{}", "w/x.bin": content("x", MiB)})
+    layout = Layout.for_path(small_disk)
+    assert layout.in_place
+    manifest = download(str(source), small_disk, options=FetchOptions())  # with fsync
+    assert sorted(os.listdir(small_disk)) == [".localmodel", "config.json", "w"]
+    assert layout.manifest == small_disk / ".localmodel" / "manifest.json"
+    assert download(str(source), small_disk) == manifest  # complete: nothing to do

@@ -505,6 +505,10 @@ class _Download:
 
     def _publish(self, manifest: Manifest) -> None:
         layout, staging = self.layout, self.staging
+        if self.options.fsync:
+            # File data is already synced (see _finish); folders hold the names.
+            for folder, _, _ in os.walk(staging.data):
+                manifests.fsync_dir(Path(folder))
         manifests.remove_manifest(layout)
         shutil.rmtree(staging.old, ignore_errors=True)
         staging.old.mkdir()
