@@ -142,7 +142,7 @@ def test_dropped_connection_resumes_from_the_last_byte(fault_server: FaultServer
 
 
 def test_read_timeout_is_a_transient_error(fault_server: FaultServer, tmp_path: Path) -> None:
-    url = fault_server.add("/slow/w.bin", b"x" * 1000, stall_seconds=3)
+    url = fault_server.add("/slow/w.bin", b"x" * 1000, stall_seconds=1.5)
     settings = {"LOCALMODEL_HTTP_READ_TIMEOUT": "0.2"}
     options = FetchOptions(fsync=False, backoff=BackoffPolicy(max_retries=1, base_delay=0.01))
     with pytest.raises(SourceUnavailableError, match="Timeout|timed out"):
@@ -181,3 +181,28 @@ def test_rate_limit_is_shared(fault_server: FaultServer, tmp_path: Path) -> None
     assert read_tree(tmp_path / "m") == {"w.bin": data}
     assert len(seen) >= 3  # at ~1 MB/s, 600 KB takes several progress intervals
     assert seen[-1].phase == "done"
+
+
+def test_downloads_go_through_a_proxy_when_configured(nginx: NginxServer, tmp_path: Path) -> None:
+    data = content("proxied", 200_000)
+    path = _publish(nginx, "w.bin", data)
+    settings = {"HTTP_PROXY": nginx.proxy_url}
+    download(nginx.http_url + path, tmp_path / "a", settings=settings, options=OPTIONS)
+    assert read_tree(tmp_path / "a") == {"w.bin": data}
+    proxied = nginx.records("proxy:" + path)
+    assert [r.method for r in proxied][:1] == ["HEAD"] and len(proxied) == 1 + 4
+    # NO_PROXY bypasses it.
+    settings = {"http_proxy": nginx.proxy_url, "no_proxy": "localhost,127.0.0.1"}
+    download(nginx.http_url + path, tmp_path / "b", settings=settings, options=OPTIONS)
+    assert len(nginx.records("proxy:" + path)) == 5
+
+
+def test_proxy_selection() -> None:
+    from localmodel.sources.http import proxy_for
+
+    settings = {"HTTPS_PROXY": "proxy.corp:3128", "NO_PROXY": ".internal,10.0.0.1"}
+    assert proxy_for("https", "models.example.com", None, settings) == "http://proxy.corp:3128"
+    assert proxy_for("http", "models.example.com", None, settings) is None
+    assert proxy_for("https", "store.internal", None, settings) is None
+    assert proxy_for("https", "10.0.0.1", 443, settings) is None
+    assert proxy_for("https", "x", None, {"https_proxy": "http://p:1", "no_proxy": "*"}) is None

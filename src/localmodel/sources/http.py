@@ -10,6 +10,7 @@ Settings (all optional):
                                   SSL_CERT_FILE are honoured too, in that order
     LOCALMODEL_HTTP_VERIFY        "false" disables TLS verification (for tests and lab setups)
     LOCALMODEL_HTTP_CONNECT_TIMEOUT, LOCALMODEL_HTTP_READ_TIMEOUT   seconds (10 and 60)
+    HTTP_PROXY, HTTPS_PROXY, NO_PROXY (or lower case)   proxies, as curl and requests read them
 
 The data path is urllib3 with one pool shared by the engine's threads; each body is read with
 `readinto` into a reused buffer (measured here: httpx is ~3x slower, and `read()` costs an extra
@@ -27,6 +28,7 @@ import json
 import posixpath
 import re
 import time
+import urllib.request
 from collections.abc import Iterator, Mapping
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -114,6 +116,22 @@ def provider_digest(headers: Mapping[str, str]) -> Digest | None:
     return None
 
 
+def proxy_for(scheme: str, host: str, port: int | None, settings: Settings) -> str | None:
+    """The proxy URL for a request, from HTTP(S)_PROXY / NO_PROXY settings (either case),
+    the way curl and requests read them."""
+    def setting(name: str) -> str:
+        return settings.get(name) or settings.get(name.lower()) or ""
+
+    proxy = setting(f"{scheme.upper()}_PROXY")
+    if not proxy:
+        return None
+    target = f"{host}:{port}" if port else host
+    no_proxy = setting("NO_PROXY")
+    if no_proxy and urllib.request.proxy_bypass_environment(target, {"no": no_proxy}):
+        return None
+    return proxy if "://" in proxy else f"http://{proxy}"
+
+
 def _is_strong_etag(etag: str | None) -> bool:
     return bool(etag) and not etag.startswith("W/") and etag.startswith('"')  # type: ignore[union-attr]
 
@@ -141,7 +159,7 @@ class HTTPSource:
             raise InvalidURIError(f"no file name in URL {self.uri!r}")
         self._headers = {"Accept-Encoding": "identity",
                          **request_headers(parts.hostname, settings)}
-        self._pool = urllib3.PoolManager(
+        pool_options: dict[str, Any] = dict(
             num_pools=4, maxsize=64, block=False,
             timeout=urllib3.Timeout(
                 connect=_float_setting(settings, "LOCALMODEL_HTTP_CONNECT_TIMEOUT", 10.0),
@@ -151,6 +169,10 @@ class HTTPSource:
             retries=urllib3.Retry(total=None, connect=0, read=0, status=0, other=0, redirect=10),
             **self._tls_options(settings),
         )
+        proxy = proxy_for(parts.scheme, parts.hostname, parts.port, settings)
+        self._pool: urllib3.PoolManager = (
+            urllib3.ProxyManager(proxy, **pool_options) if proxy
+            else urllib3.PoolManager(**pool_options))
         self._file: RemoteFile | None = None
 
     @staticmethod
