@@ -127,7 +127,8 @@ def proxy_for(scheme: str, host: str, port: int | None, settings: Settings) -> s
         return None
     target = f"{host}:{port}" if port else host
     no_proxy = setting("NO_PROXY")
-    if no_proxy and urllib.request.proxy_bypass_environment(target, {"no": no_proxy}):
+    bypass = urllib.request.proxy_bypass_environment  # type: ignore[attr-defined]
+    if no_proxy and bypass(target, {"no": no_proxy}):
         return None
     return proxy if "://" in proxy else f"http://{proxy}"
 
