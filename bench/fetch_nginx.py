@@ -120,6 +120,9 @@ def main() -> None:
     parser.add_argument("--https", action="store_true")
     parser.add_argument("--concurrency", type=int, nargs="*", default=[4, 8])
     parser.add_argument("--chunk-mib", type=int, nargs="*", default=[16, 64])
+    parser.add_argument("--rate-limit-mb", type=float, default=None,
+                        help="cap the engine's intake (MB/s) to mimic a network-bound source: "
+                             "then hashing should cost no wall time, only CPU")
     args = parser.parse_args()
 
     WORK.mkdir(parents=True, exist_ok=True)
@@ -140,7 +143,9 @@ def main() -> None:
               f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}", flush=True)
         for concurrency in args.concurrency:
             for chunk in args.chunk_mib:
-                options = FetchOptions(concurrency=concurrency, chunk_size=chunk * MiB, fsync=False)
+                options = FetchOptions(
+                    concurrency=concurrency, chunk_size=chunk * MiB, fsync=False,
+                    rate_limit=args.rate_limit_mb * 1e6 if args.rate_limit_mb else None)
                 tag = f"c={concurrency} chunk={chunk}Mi"
                 measure(f"engine, sha256      {tag}",
                         lambda: engine_run(url, settings, options, True), size, server.process.pid,
@@ -148,9 +153,10 @@ def main() -> None:
                 measure(f"engine, no hashing  {tag}",
                         lambda: engine_run(url, settings, options, False), size,
                         server.process.pid, args.runs)
-                measure(f"bare urllib3 loop   {tag}",
-                        lambda: raw_run(url, settings, options), size, server.process.pid,
-                        args.runs)
+                if not args.rate_limit_mb:
+                    measure(f"bare urllib3 loop   {tag}",
+                            lambda: raw_run(url, settings, options), size, server.process.pid,
+                            args.runs)
         digest = hashlib.sha256()
         with open(model, "rb") as handle:
             while block := handle.read(MiB):

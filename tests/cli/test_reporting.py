@@ -64,3 +64,19 @@ def test_rate_meter_uses_a_sliding_window() -> None:
     now[0] = 4
     assert meter.sample(400) == pytest.approx(50)  # only the last two seconds count
     assert eta(0, 0) == 0 and eta(5, 0) is None
+
+
+def test_progress_bar_renders_bytes_and_files() -> None:
+    from rich.console import Console
+
+    from localmodel.fetch.reporting import ProgressBar
+
+    output = io.StringIO()
+    console = Console(file=output, force_terminal=True, width=120)
+    with ProgressBar(console, "s3://bucket/model") as bar:
+        bar(Progress("download", 0, 2_000_000, 0, 2, 0.0, None))
+        bar(Progress("done", 2_000_000, 2_000_000, 2, 2, 1e6, 0.0))
+    text = output.getvalue()
+    assert "s3://bucket/model (done)" in text
+    assert "2/2 files" in text
+    assert "2.0/2.0 MB" in text
