@@ -1,1 +1,1 @@
-pytest_plugins = ["tests.servers.s3"]
+pytest_plugins = ["tests.servers.s3", "tests.servers.hf"]

@@ -101,8 +101,12 @@ class HTTPFailure:
 
 def read_failure(resp: urllib3.BaseHTTPResponse,
                  parse_body: Callable[[bytes], tuple[str, str]] | None = None, *,
-                 preloaded: bool = False) -> HTTPFailure:
-    """Read (a bounded part of) an error response and release its connection."""
+                 preloaded: bool = False, code_header: str | None = None) -> HTTPFailure:
+    """Read (a bounded part of) an error response and release its connection.
+
+    The error code comes from `code_header` when the response has it (HF's X-Error-Code),
+    else from `parse_body` (S3's and Azure's XML <Code>).
+    """
     body = b""
     try:
         if preloaded:
@@ -123,22 +127,31 @@ def read_failure(resp: urllib3.BaseHTTPResponse,
             code, message = ("", "")
     if not message:
         message = body[:300].decode("utf-8", "replace").strip()
+    if code_header and resp.headers.get(code_header):
+        code = resp.headers[code_header]
     return HTTPFailure(resp.status, code, message,
                        parse_retry_after(resp.headers.get("Retry-After")))
 
 
 def raise_for_failure(failure: HTTPFailure, what: str, *,
-                      not_found_codes: frozenset[str] = frozenset()) -> None:
-    """Translate a failed answer into the error tree. Always raises."""
+                      not_found_codes: frozenset[str] = frozenset(),
+                      auth_codes: frozenset[str] = frozenset()) -> None:
+    """Translate a failed answer into the error tree. Always raises.
+
+    Provider codes win over the status: HF answers 401 RepoNotFound for an unknown repo, and
+    rclone's S3 answers 400 UnsupportedAlgorithm to an unsigned request.
+    """
     detail = f"{what}: HTTP {failure.status}"
     if failure.code:
         detail += f" {failure.code}"
     if failure.message:
         detail += f": {failure.message[:300]}"
     status = failure.status
-    if status in (401, 403):
+    if failure.code in not_found_codes:
+        raise errors.SourceNotFoundError(detail)
+    if failure.code in auth_codes or status in (401, 403):
         raise errors.SourceAuthError(detail)
-    if status == 404 or failure.code in not_found_codes:
+    if status == 404:
         raise errors.SourceNotFoundError(detail)
     if status in (408, 425, 429) or status >= 500:
         raise errors.SourceUnavailableError(detail, retry_after=failure.retry_after)
@@ -187,7 +200,9 @@ def stream_range(
     headers: Mapping[str, str] | None = None,
     what: str,
     parse_error: Callable[[bytes], tuple[str, str]] | None = None,
+    code_header: str | None = None,
     not_found_codes: frozenset[str] = frozenset(),
+    auth_codes: frozenset[str] = frozenset(),
 ) -> Iterator[bytes]:
     """Yield bytes [offset, offset+length) of `url` in chunks of at most CHUNK_SIZE.
 
@@ -201,7 +216,8 @@ def stream_range(
     all_headers["Range"] = f"bytes={offset}-{offset + length - 1}"
     resp = request(pool, "GET", url, headers=all_headers, what=what, preload=False)
     if resp.status not in (200, 206):
-        raise_for_failure(read_failure(resp, parse_error), what, not_found_codes=not_found_codes)
+        raise_for_failure(read_failure(resp, parse_error, code_header=code_header), what,
+                          not_found_codes=not_found_codes, auth_codes=auth_codes)
     complete = False
     try:
         start = _content_range_start(resp.headers.get("Content-Range"))

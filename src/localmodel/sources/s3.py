@@ -201,12 +201,11 @@ class S3Source:
             with self._lock:
                 self._region = region
             return self._send(method, key, what, query=query, extra=extra)
-        if failure.code in _AUTH_CODES:
-            raise errors.SourceAuthError(f"{what}: {failure.code}: {failure.message[:300]}")
         if resp.status == 301:
             raise errors.InvalidURIError(
                 f"{what}: the bucket is in another region; set AWS_REGION ({failure.message})")
-        _cloudhttp.raise_for_failure(failure, what, not_found_codes=_NOT_FOUND_CODES)
+        _cloudhttp.raise_for_failure(failure, what, not_found_codes=_NOT_FOUND_CODES,
+                                     auth_codes=_AUTH_CODES)
         raise AssertionError("unreachable")
 
     # -- listing ----------------------------------------------------------------------------
@@ -328,7 +327,7 @@ class S3Source:
         headers = self._signed_headers("GET", url, extra)
         return _cloudhttp.stream_range(self._pool, url, offset, length, headers=headers,
                                        what=what, parse_error=_parse_error_xml,
-                                       not_found_codes=_NOT_FOUND_CODES)
+                                       not_found_codes=_NOT_FOUND_CODES, auth_codes=_AUTH_CODES)
 
     def close(self) -> None:
         self._pool.clear()
