@@ -1,1 +1,1 @@
-pytest_plugins = ["tests.servers.s3", "tests.servers.hf", "tests.servers.gcs"]
+pytest_plugins = ["tests.servers.s3", "tests.servers.hf", "tests.servers.gcs", "tests.servers.azure"]
