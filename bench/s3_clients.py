@@ -1,6 +1,7 @@
 """Compare S3 data-path clients for ranged GETs against `rclone serve s3` on loopback.
 
 Run: .venv/bin/python bench/s3_clients.py [--size-mib 512] [--files 4] [--threads 8] [--part-mib 64]
+     [--clients localmodel,boto3,urllib3-sigv4] (obstore: `pip install obstore`, --part-mib 0)
 
 It writes random files under /dev/shm, serves them with `rclone serve s3`, and reads every file
 in `part` ranges from a pool of threads with each client, discarding the bytes. It prints GB/s
@@ -95,6 +96,23 @@ def _obstore_reader(endpoint: str, as_bytes: bool) -> Callable[[str, int, int], 
     return read
 
 
+def _localmodel_reader(endpoint: str) -> Callable[[str, int, int], Iterator[bytes]]:
+    from localmodel.sources.s3 import S3Source
+
+    source = S3Source("s3://bench", {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": KEY,
+                                     "AWS_SECRET_ACCESS_KEY": SECRET})
+    source.list_files()
+    return source.read_range
+
+
+def _warm(endpoint: str, files: list[str]) -> None:
+    """rclone computes each object's MD5 ETag on first access: do it before timing."""
+    read = _urllib3_sigv4_reader(endpoint)
+    for name in files:
+        for _ in read(name, 0, 1):
+            pass
+
+
 def _run(name: str, read: Callable[[str, int, int], Iterator[bytes]], files: list[str],
          size: int, part: int, threads: int) -> None:
     jobs = [(f, off, min(part, size - off)) for f in files for off in range(0, size, part)]
@@ -125,7 +143,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=8)
     ap.add_argument("--part-mib", type=int, default=64, help="0: whole objects, one GET each")
     ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--clients", default="boto3,urllib3-sigv4,obstore,obstore-bytes")
+    ap.add_argument("--clients", default="localmodel,boto3,urllib3-sigv4,obstore",
+                    help="obstore needs `pip install obstore` and whole objects (--part-mib 0)")
     args = ap.parse_args()
     size = args.size_mib << 20
     root = Path(tempfile.mkdtemp(prefix="lm-s3bench-", dir="/dev/shm"))
@@ -152,7 +171,9 @@ def main() -> None:
                 break
             except OSError:
                 time.sleep(0.1)
+        _warm(endpoint, files)
         makers: dict[str, Callable[[], Callable[[str, int, int], Iterator[bytes]]]] = {
+            "localmodel": lambda: _localmodel_reader(endpoint),
             "boto3": lambda: _boto3_reader(endpoint),
             "urllib3-sigv4": lambda: _urllib3_sigv4_reader(endpoint),
             "obstore": lambda: _obstore_reader(endpoint, as_bytes=False),

@@ -296,7 +296,7 @@ class LocalHub:
 
     # -- lifecycle --------------------------------------------------------------------------
 
-    def start(self) -> None:
+    def start(self, port: int = 0) -> None:
         ready = threading.Event()
 
         def run() -> None:
@@ -304,10 +304,10 @@ class LocalHub:
             self._loop = loop
             runner = web.AppRunner(self._app(), access_log=None)
             loop.run_until_complete(runner.setup())
-            site = web.TCPSite(runner, "127.0.0.1", 0)
+            site = web.TCPSite(runner, "127.0.0.1", port)
             loop.run_until_complete(site.start())
-            port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-            self.url = f"http://127.0.0.1:{port}"
+            bound = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+            self.url = f"http://127.0.0.1:{bound}"
             self._runner = runner
             ready.set()
             loop.run_forever()
@@ -398,3 +398,37 @@ def hf_hub(hf_hub_server: LocalHub) -> Iterator[LocalHub]:
     hf_hub_server.reset()
     yield hf_hub_server
     hf_hub_server.reset()
+
+
+def serve_folders(repos: Mapping[str, Path], port: int = 0) -> LocalHub:
+    """Start a hub whose repos are folders on disk (every file LFS, served with sendfile)."""
+    hub = LocalHub()
+    for repo, folder in repos.items():
+        files = {p.relative_to(folder).as_posix(): p for p in sorted(folder.rglob("*"))
+                 if p.is_file()}
+        hub.add_commit(repo, files)
+    hub.start(port)
+    return hub
+
+
+def main() -> None:
+    """`python -m tests.servers.hf --repo owner/name=DIR [--port N]`: serve folders until killed
+    (benchmarks run the hub in its own process so its CPU is not counted as the client's)."""
+    import argparse
+    import signal
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--repo", action="append", required=True, metavar="OWNER/NAME=DIR")
+    parser.add_argument("--port", type=int, default=0)
+    args = parser.parse_args()
+    repos = {spec.split("=", 1)[0]: Path(spec.split("=", 1)[1]) for spec in args.repo}
+    stop_signals = {signal.SIGTERM, signal.SIGINT}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)  # the server thread inherits this
+    hub = serve_folders(repos, args.port)
+    print(hub.url, flush=True)
+    signal.sigwait(stop_signals)
+    hub.stop()
+
+
+if __name__ == "__main__":
+    main()
