@@ -30,6 +30,7 @@ from tests.servers.azure import ACCOUNT, ACCOUNT_KEY, azurite_binary  # noqa: E4
 from tests.servers.ports import free_port, stop_process, wait_for_port  # noqa: E402
 
 Reader = Callable[[str, int, int], Iterator[bytes]]
+Setup = tuple[dict[str, Callable[[], Reader]], Callable[[], None]]
 CHUNK = 512 * 1024
 
 
@@ -57,7 +58,7 @@ def _measure(name: str, read: Reader, sizes: dict[str, int], part: int, threads:
 # -- Hugging Face -------------------------------------------------------------------------------
 
 
-def _hf(root: Path, sizes: dict[str, int]) -> tuple[dict[str, Callable[[], Reader]], Callable[[], None]]:
+def _hf(root: Path, sizes: dict[str, int]) -> Setup:
     proc = subprocess.Popen([sys.executable, "-m", "tests.servers.hf", "--repo",
                              f"bench/model={root}"], stdout=subprocess.PIPE, text=True,
                             cwd=Path(__file__).resolve().parent.parent)
@@ -120,7 +121,7 @@ def _hf_snapshot(root: Path, threads: int) -> None:
 # -- GCS ----------------------------------------------------------------------------------------
 
 
-def _gcs(root: Path, sizes: dict[str, int]) -> tuple[dict[str, Callable[[], Reader]], Callable[[], None]]:
+def _gcs(root: Path, sizes: dict[str, int]) -> Setup:
     from google.auth.credentials import AnonymousCredentials
     from google.cloud import storage
 
@@ -158,7 +159,7 @@ def _gcs(root: Path, sizes: dict[str, int]) -> tuple[dict[str, Callable[[], Read
 # -- Azure --------------------------------------------------------------------------------------
 
 
-def _azure(root: Path, sizes: dict[str, int]) -> tuple[dict[str, Callable[[], Reader]], Callable[[], None]]:
+def _azure(root: Path, sizes: dict[str, int]) -> Setup:
     from azure.storage.blob import BlobServiceClient
 
     port = free_port()

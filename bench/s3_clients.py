@@ -48,7 +48,8 @@ def _boto3_reader(endpoint: str) -> Callable[[str, int, int], Iterator[bytes]]:
     )
 
     def read(key: str, offset: int, length: int) -> Iterator[bytes]:
-        resp = client.get_object(Bucket="bench", Key=key, Range=f"bytes={offset}-{offset + length - 1}")
+        resp = client.get_object(Bucket="bench", Key=key,
+                                 Range=f"bytes={offset}-{offset + length - 1}")
         yield from resp["Body"].iter_chunks(CHUNK)
 
     return read
@@ -88,7 +89,8 @@ def _obstore_reader(endpoint: str, as_bytes: bool) -> Callable[[str, int, int], 
     def read(key: str, offset: int, length: int) -> Iterator[bytes]:
         # rclone answers ranged GETs with 200 + Content-Range, which obstore rejects (NotPartial):
         # it can only be measured here on whole-object reads.
-        options = {} if offset == 0 and length == _SIZES[key] else {"range": (offset, offset + length)}
+        whole = offset == 0 and length == _SIZES[key]
+        options = {} if whole else {"range": (offset, offset + length)}
         result = obstore.get(store, key, options=options)
         for chunk in result.stream(min_chunk_size=CHUNK):
             yield bytes(chunk) if as_bytes else chunk  # type: ignore[misc]

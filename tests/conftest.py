@@ -1,1 +1,6 @@
-pytest_plugins = ["tests.servers.s3", "tests.servers.hf", "tests.servers.gcs", "tests.servers.azure"]
+pytest_plugins = [
+    "tests.servers.s3",
+    "tests.servers.gcs",
+    "tests.servers.azure",
+    "tests.servers.hf",
+]

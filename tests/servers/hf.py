@@ -339,7 +339,8 @@ class _FileSlice(web.StreamResponse):
         transport = request.transport
         assert transport is not None
         with open(self._slice_path, "rb") as f:
-            await loop.sendfile(transport, f, self._slice_start, self._slice_end - self._slice_start)
+            await loop.sendfile(transport, f, self._slice_start,
+                                self._slice_end - self._slice_start)
         await super().write_eof()
         return writer
 

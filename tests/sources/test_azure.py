@@ -73,7 +73,7 @@ def test_sas_in_connection_string(azure_container: tuple[Azurite, Any]) -> None:
     sas = generate_container_sas(
         server.account, "models", account_key=server.key,
         permission=ContainerSasPermissions(read=True, list=True),
-        expiry=datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(hours=1))
+        expiry=datetime.datetime.now(datetime.UTC) + datetime.timedelta(hours=1))
     settings = {"AZURE_STORAGE_CONNECTION_STRING":
                 f"BlobEndpoint={server.endpoint};SharedAccessSignature={sas}"}
     source = AzureBlobSource(server.uri("models", "llm"), settings)

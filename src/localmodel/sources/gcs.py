@@ -78,12 +78,14 @@ class _TokenSource:
             with open(path, encoding="utf-8") as f:
                 info = json.load(f)
             kind = info.get("type") if isinstance(info, dict) else None
-            if kind == "service_account":
-                self._credentials = (google.oauth2.service_account.Credentials
-                                     .from_service_account_info(info, scopes=[READ_ONLY_SCOPE]))
-            elif kind == "authorized_user":
-                self._credentials = google.oauth2.credentials.Credentials.from_authorized_user_info(
-                    info, scopes=[READ_ONLY_SCOPE])
+            loaders: dict[str, Any] = {
+                "service_account":
+                    google.oauth2.service_account.Credentials.from_service_account_info,
+                "authorized_user":
+                    google.oauth2.credentials.Credentials.from_authorized_user_info,
+            }
+            if kind in loaders:
+                self._credentials: Any = loaders[kind](info, scopes=[READ_ONLY_SCOPE])
             else:
                 raise errors.SourceAuthError(
                     f"GOOGLE_APPLICATION_CREDENTIALS: unsupported credentials type {kind!r}")
@@ -100,7 +102,8 @@ class _TokenSource:
 
         with self._lock:
             if not self._credentials.valid:
-                request = google.auth.transport.urllib3.Request(_cloudhttp.make_pool(self._tls))
+                make_request: Any = google.auth.transport.urllib3.Request
+                request = make_request(_cloudhttp.make_pool(self._tls))
                 try:
                     self._credentials.refresh(request)
                 except google.auth.exceptions.TransportError as exc:

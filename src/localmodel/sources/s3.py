@@ -49,7 +49,8 @@ _NOT_FOUND_CODES = frozenset({"NoSuchBucket", "NoSuchKey"})
 #: Error codes that mean "who you are" is the problem. rclone (gofakes3) answers an unsigned
 #: request to a server that wants signatures with 400 UnsupportedAlgorithm.
 _AUTH_CODES = frozenset({"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch",
-                         "InvalidToken", "ExpiredToken", "AllAccessDisabled", "TokenRefreshRequired",
+                         "InvalidToken", "ExpiredToken", "AllAccessDisabled",
+                         "TokenRefreshRequired",
                          "MissingSecurityHeader", "UnsupportedAlgorithm"})
 #: Parallel HEAD requests when fetching checksums of many objects.
 _HEAD_WORKERS = 8
@@ -91,7 +92,8 @@ class S3Settings:
                      or _truthy(settings.get("AWS_ANONYMOUS_CREDENTIAL"))
                      or not access_key)
         if not anonymous and not secret_key:
-            raise errors.SourceAuthError("AWS_ACCESS_KEY_ID is set but AWS_SECRET_ACCESS_KEY is not")
+            raise errors.SourceAuthError(
+                "AWS_ACCESS_KEY_ID is set but AWS_SECRET_ACCESS_KEY is not")
         return cls(
             endpoint=endpoint,
             region=(settings.get("AWS_REGION") or settings.get("AWS_DEFAULT_REGION")
@@ -302,7 +304,7 @@ class S3Source:
         checksums: dict[str, Digest | None] = {}
         if wanted:
             with concurrent.futures.ThreadPoolExecutor(min(_HEAD_WORKERS, len(wanted))) as pool:
-                checksums = dict(zip(wanted, pool.map(self._checksum_digest, wanted)))
+                checksums = dict(zip(wanted, pool.map(self._checksum_digest, wanted), strict=True))
 
         files = []
         listed: dict[str, tuple[str, str]] = {}
