@@ -13,9 +13,10 @@ Like the real Hub, LFS files answer `resolve` with a 302 to another host (the CD
 same server as http://localhost:PORT) carrying X-Linked-Etag (the sha256) and X-Linked-Size,
 and an unknown repo answers 401 (no token) or 404 with X-Error-Code.
 
-Fault switches (reset around every test by the `hf_hub` fixture): answer 429 with Retry-After,
-403 (gated), require a token, corrupt a byte of a file, serve files under LFS without a
-redirect. `bytes_served` counts the body bytes of file responses.
+Fault switches (reset around every test by the `hf_hub` fixture): answer 429 (or any status)
+with Retry-After, 403 (gated), require a token, corrupt bytes of a file, cut responses short and
+drop the connection, serve LFS files without a redirect. `bytes_served` counts the body bytes of
+file responses; `tokens_sent_to_cdn` counts CDN requests that carried a token (a leak).
 """
 
 from __future__ import annotations
@@ -82,15 +83,18 @@ class HubFile:
 class Faults:
     """Switches that make the hub misbehave on purpose."""
 
-    #: Answer the next N requests with 429 and this Retry-After.
-    rate_limited_requests: int = 0
-    retry_after: int = 7
+    #: Answer the next N requests with `failing_status` (and Retry-After, unless None).
+    failing_requests: int = 0
+    failing_status: int = 429
+    retry_after: int | None = 7
     #: Repos that answer 403 (gated, access not granted).
     gated: set[str] = field(default_factory=set)
     #: When set, every request must carry `Authorization: Bearer <token>`.
     required_token: str | None = None
     #: (repo, path) -> absolute byte offsets whose served value is flipped.
     corrupt: dict[tuple[str, str], set[int]] = field(default_factory=dict)
+    #: (repo, path) -> send only this many body bytes of each response, then drop the connection.
+    truncate: dict[tuple[str, str], int] = field(default_factory=dict)
     #: Serve LFS files directly from `resolve` instead of redirecting to /_lfs/.
     no_redirect: bool = False
 
@@ -103,6 +107,8 @@ class LocalHub:
         self.tree_page_size = tree_page_size
         self.faults = Faults()
         self.bytes_served = 0
+        #: Requests to the CDN path that carried an Authorization header (must stay 0).
+        self.tokens_sent_to_cdn = 0
         self.requests: list[tuple[str, str]] = []
         self._commits: dict[str, dict[str, dict[str, HubFile]]] = {}  # repo -> sha -> files
         self._refs: dict[str, dict[str, str]] = {}  # repo -> ref -> sha
@@ -174,11 +180,15 @@ class LocalHub:
     async def _faults_middleware(self, request: web.Request, handler):  # type: ignore[no-untyped-def]
         self.requests.append((request.method, request.path_qs))
         faults = self.faults
-        if faults.rate_limited_requests > 0:
+        if request.path.startswith("/_lfs/") and "Authorization" in request.headers:
             with self._lock:
-                faults.rate_limited_requests -= 1
-            return web.Response(status=429, text="rate limited",
-                                headers={"Retry-After": str(faults.retry_after)})
+                self.tokens_sent_to_cdn += 1
+        if faults.failing_requests > 0:
+            with self._lock:
+                faults.failing_requests -= 1
+            headers = {} if faults.retry_after is None else {"Retry-After": str(faults.retry_after)}
+            return web.Response(status=faults.failing_status, text="injected failure",
+                                headers=headers)
         if faults.required_token is not None and not request.path.startswith("/_lfs/"):
             if request.headers.get("Authorization") != f"Bearer {faults.required_token}":
                 return web.Response(status=401, text="Invalid credentials in Authorization header",
@@ -257,17 +267,17 @@ class LocalHub:
                             "Location": f"{_cdn_origin(request)}/_lfs/{entry.sha256}"
                                         f"?repo={quote(repo)}&path={quote(entry.path)}"})
             return web.Response(status=302, headers=headers)
-        return self._serve(request, repo, entry, headers)
+        return await self._serve(request, repo, entry, headers)
 
     async def _lfs(self, request: web.Request) -> web.StreamResponse:
         entry = self._lfs_blobs.get(request.match_info["sha256"])
         if entry is None:
             raise _error(404, "EntryNotFound", "no such blob")
         repo = request.query.get("repo", "")
-        return self._serve(request, repo, entry, {"ETag": f'"{entry.sha256}"'})
+        return await self._serve(request, repo, entry, {"ETag": f'"{entry.sha256}"'})
 
-    def _serve(self, request: web.Request, repo: str, entry: HubFile,
-               headers: dict[str, str]) -> web.StreamResponse:
+    async def _serve(self, request: web.Request, repo: str, entry: HubFile,
+                     headers: dict[str, str]) -> web.StreamResponse:
         headers = {**headers, "Accept-Ranges": "bytes", "Content-Type": "application/octet-stream"}
         start, end = 0, entry.size
         status = 200
@@ -284,8 +294,11 @@ class LocalHub:
         if request.method == "HEAD":
             return web.Response(status=status, headers=headers)
         corrupt = self.faults.corrupt.get((repo, entry.path), set())
+        cut = self.faults.truncate.get((repo, entry.path))
         with self._lock:
-            self.bytes_served += end - start
+            self.bytes_served += end - start if cut is None else min(cut, end - start)
+        if cut is not None:
+            return await _send_truncated(request, status, headers, entry.read(start, end)[:cut])
         if entry.data is None and not corrupt:
             return _FileSlice(entry.disk_path, start, end, status, headers)  # type: ignore[arg-type]
         body = bytearray(entry.read(start, end))
@@ -343,6 +356,17 @@ class _FileSlice(web.StreamResponse):
                                 self._slice_end - self._slice_start)
         await super().write_eof()
         return writer
+
+
+async def _send_truncated(request: web.Request, status: int, headers: dict[str, str],
+                          partial: bytes) -> web.StreamResponse:
+    """Promise the full Content-Length, send `partial`, then drop the connection."""
+    resp = web.StreamResponse(status=status, headers=headers)
+    await resp.prepare(request)
+    await resp.write(partial)
+    if request.transport is not None:
+        request.transport.close()
+    return resp
 
 
 def _cdn_origin(request: web.Request) -> str:

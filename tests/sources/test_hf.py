@@ -123,6 +123,7 @@ def test_token_is_sent_as_bearer(hf_hub: LocalHub, repo: str) -> None:
     source = open_source(hf_hub, f"hf://{repo}", HF_TOKEN="hf_secret_token")
     check_listing(source.list_files(), MODEL)
     assert read_all(source, BIG, 0, 10) == MODEL[BIG][:10]
+    assert hf_hub.tokens_sent_to_cdn == 0  # the token stays on the Hub's host
 
 
 def test_bad_token_is_auth_error(hf_hub: LocalHub, repo: str) -> None:
@@ -144,16 +145,50 @@ def test_gated_repo_is_auth_error(hf_hub: LocalHub, repo: str) -> None:
 
 def test_rate_limit_is_transient_with_retry_after(hf_hub: LocalHub, repo: str) -> None:
     source = open_source(hf_hub, f"hf://{repo}")
-    hf_hub.faults.rate_limited_requests = 1
+    hf_hub.faults.failing_requests = 1
     hf_hub.faults.retry_after = 13
     with pytest.raises(errors.SourceUnavailableError) as caught:
         source.list_files()
     assert caught.value.retry_after == 13
     source.list_files()  # the next request goes through
-    hf_hub.faults.rate_limited_requests = 1
+    hf_hub.faults.failing_requests = 1
     with pytest.raises(errors.SourceUnavailableError) as on_read:
         read_all(source, BIG, 0, 10)
     assert on_read.value.retry_after == 13
+
+
+def test_server_errors_are_transient(hf_hub: LocalHub, repo: str) -> None:
+    source = open_source(hf_hub, f"hf://{repo}")
+    source.list_files()
+    hf_hub.faults.failing_requests = 1
+    hf_hub.faults.failing_status = 503
+    hf_hub.faults.retry_after = None
+    with pytest.raises(errors.SourceUnavailableError) as caught:
+        read_all(source, BIG, 0, 10)
+    assert caught.value.retry_after is None
+    assert read_all(source, BIG, 0, 10) == MODEL[BIG][:10]
+
+
+def test_connection_dropped_mid_range_is_transient(hf_hub: LocalHub, repo: str) -> None:
+    source = open_source(hf_hub, f"hf://{repo}")
+    hf_hub.faults.truncate[(repo, BIG)] = 700_000
+    received = bytearray()
+    with pytest.raises(errors.SourceUnavailableError):
+        for chunk in source.read_range(BIG, 1000, 2_000_000):
+            received += chunk
+    # What arrived before the drop is correct, so the engine can resume from there.
+    assert bytes(received) == MODEL[BIG][1000:1000 + len(received)]
+    del hf_hub.faults.truncate[(repo, BIG)]
+    rest = read_all(source, BIG, 1000 + len(received), 2_000_000 - len(received))
+    assert bytes(received) + rest == MODEL[BIG][1000:2_001_000]
+
+
+def test_abandoned_read_does_not_poison_the_connection(hf_hub: LocalHub, repo: str) -> None:
+    source = open_source(hf_hub, f"hf://{repo}")
+    for _ in source.read_range(BIG, 0, 5_000_000):
+        break  # the consumer stops early; the generator is closed
+    assert read_all(source, "config.json", 0, 10) == MODEL["config.json"][:10]
+    assert read_all(source, BIG, 7, 3_000_000) == MODEL[BIG][7:3_000_007]
 
 
 def test_corruption_switch_changes_served_bytes(hf_hub: LocalHub, repo: str) -> None:
