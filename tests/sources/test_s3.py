@@ -12,7 +12,7 @@ import pytest
 
 from localmodel import errors
 from localmodel.sources.s3 import S3Settings, S3Source, parse_s3_uri
-from tests.servers.s3 import RcloneS3Server, S3Server
+from tests.servers.s3 import RcloneS3Server, S3Server, ca_bundle
 from tests.sources.modeldata import (
     BIG,
     check_listing,
@@ -268,6 +268,46 @@ def test_rclone_bad_credentials_on_read(rclone_model: RcloneS3Server) -> None:
 def test_rclone_missing_bucket(rclone_model: RcloneS3Server) -> None:
     with pytest.raises(errors.SourceNotFoundError):
         open_source(rclone_model, "s3://absent-bucket/llm").list_files()
+
+
+@pytest.fixture(scope="module")
+def rclone_tls_model(rclone_s3_tls: RcloneS3Server) -> RcloneS3Server:
+    target = rclone_s3_tls.bucket("tls-models") / "llm" / "config.json"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(MODEL["config.json"])
+    return rclone_s3_tls
+
+
+def test_https_endpoint_with_ca_bundle(rclone_tls_model: RcloneS3Server) -> None:
+    settings = rclone_tls_model.settings(AWS_CA_BUNDLE=str(ca_bundle(rclone_tls_model)))
+    source = S3Source("s3://tls-models/llm", settings)
+    check_listing(source.list_files(), {"config.json": MODEL["config.json"]}, algorithms={"md5"})
+    assert read_all(source, "config.json", 0, 5) == MODEL["config.json"][:5]
+
+
+@pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")
+def test_https_host_port_endpoint_without_verification(rclone_tls_model: RcloneS3Server) -> None:
+    settings = rclone_tls_model.settings(
+        S3_ENDPOINT=rclone_tls_model.endpoint.removeprefix("https://"), S3_VERIFY_SSL="0")
+    del settings["AWS_ENDPOINT_URL"]  # host:port + S3_USE_HTTPS unset -> https
+    source = S3Source("s3://tls-models/llm", settings)
+    assert [f.path for f in source.list_files().files] == ["config.json"]
+
+
+def test_untrusted_certificate_fails(rclone_tls_model: RcloneS3Server) -> None:
+    source = S3Source("s3://tls-models/llm", rclone_tls_model.settings())
+    with pytest.raises(errors.SourceUnavailableError) as caught:
+        source.list_files()
+    assert "SSL" in str(caught.value) or "certificate" in str(caught.value)
+
+
+def test_abandoned_read_does_not_poison_the_connection(rclone_model: RcloneS3Server) -> None:
+    source = open_source(rclone_model, "s3://rclone-models/llm")
+    source.list_files()
+    for _ in source.read_range(BIG, 0, 5_000_000):
+        break
+    assert read_all(source, "config.json", 0, 10) == MODEL["config.json"][:10]
+    assert read_all(source, BIG, 3, 2_000_000) == MODEL[BIG][3:2_000_003]
 
 
 def test_unreachable_endpoint_is_transient() -> None:
