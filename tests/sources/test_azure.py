@@ -208,3 +208,10 @@ def test_client_secret_settings_select_a_bearer_token() -> None:
         "AZURE_CLIENT_ID": "id", "AZURE_TENANT_ID": "tenant", "AZURE_CLIENT_SECRET": "s",
         "AZURE_STORAGE_ACCESS_KEY": "a2V5"})
     assert source._bearer is not None and source._shared_key is None
+
+
+def test_listing_pages_through_markers(azure_container: tuple[Azurite, Any]) -> None:
+    server, _ = azure_container
+    source = AzureBlobSource(server.uri("models", "llm"), key_settings(server))
+    source.list_page_size = 2
+    check_listing(source.list_files(), MODEL, algorithms={"md5"})

@@ -373,3 +373,26 @@ def test_aws_urls_use_virtual_hosts_unless_the_bucket_has_dots() -> None:
 def test_sha256_from_base64() -> None:
     value = base64.b64encode(hashlib.sha256(b"x").digest()).decode()
     assert base64.b64decode(value).hex() == hashlib.sha256(b"x").hexdigest()
+
+
+def test_listing_pages_through_continuation_tokens(moto_bucket: tuple[S3Server, Any]) -> None:
+    server, _ = moto_bucket
+    source = open_source(server, "s3://models/llm")
+    source.list_page_size = 2
+    check_listing(source.list_files(), MODEL, algorithms={"md5"})
+
+
+def test_crc32c_checksum_is_used_when_no_sha256(moto_s3: S3Server) -> None:
+    import google_crc32c
+
+    client = moto_s3.client()
+    client.create_bucket(Bucket="crc-checksums")
+    data = b"crc" * 5000
+    crc = base64.b64encode(google_crc32c.value(data).to_bytes(4, "big")).decode()
+    # Given explicitly: botocore computes CRC32C only with the optional awscrt package.
+    client.put_object(Bucket="crc-checksums", Key="m/w.bin", Body=data, ChecksumCRC32C=crc,
+                      ChecksumAlgorithm="CRC32C")
+    [remote] = open_source(moto_s3, "s3://crc-checksums/m").list_files().files
+    assert remote.digest is not None
+    assert (remote.digest.algorithm, remote.digest.value) == (
+        "crc32c", f"{google_crc32c.value(data):08x}")

@@ -186,6 +186,9 @@ class _BearerToken:
 class AzureBlobSource:
     """A container prefix or single blob, read with signed ranged GETs."""
 
+    #: Blobs per List Blobs page (the service maximum; tests lower it to exercise paging).
+    list_page_size = 5000
+
     @classmethod
     def matches(cls, uri: str, settings: Settings) -> bool:
         """True for URIs this source serves: *.blob.core.windows.net, or the endpoint override."""
@@ -260,7 +263,8 @@ class AzureBlobSource:
         marker = ""
         container = self._location.container
         while True:
-            query = {"restype": "container", "comp": "list", "prefix": prefix}
+            query = {"restype": "container", "comp": "list", "prefix": prefix,
+                     "maxresults": str(self.list_page_size)}
             if marker:
                 query["marker"] = marker
             url = self._url(None, query)

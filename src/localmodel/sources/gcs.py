@@ -117,6 +117,9 @@ class _TokenSource:
 class GCSSource:
     """A GCS prefix or single object, read with ranged media GETs."""
 
+    #: Objects per list page (the API maximum; tests lower it to exercise paging).
+    list_page_size = 1000
+
     def __init__(self, uri: str, settings: Settings) -> None:
         self.uri = uri
         self._bucket, self._prefix = parse_gs_uri(uri)
@@ -153,7 +156,8 @@ class GCSSource:
         items: list[Mapping[str, Any]] = []
         token = ""
         while True:
-            params = {"prefix": prefix, "fields": _LIST_FIELDS}
+            params = {"prefix": prefix, "fields": _LIST_FIELDS,
+                      "maxResults": str(self.list_page_size)}
             if token:
                 params["pageToken"] = token
             url = (f"{self._endpoint}/storage/v1/b/{urllib.parse.quote(self._bucket, safe='')}"

@@ -149,6 +149,9 @@ class _Entry:
 class S3Source:
     """An S3 (or S3-compatible) prefix or single object, read with signed ranged GETs."""
 
+    #: Keys per ListObjectsV2 page (the S3 maximum; tests lower it to exercise paging).
+    list_page_size = 1000
+
     def __init__(self, uri: str, settings: Settings) -> None:
         self.uri = uri
         self._bucket, self._prefix = parse_s3_uri(uri)
@@ -216,7 +219,8 @@ class S3Source:
         entries: list[_Entry] = []
         token: str | None = None
         while True:
-            params = {"list-type": "2", "prefix": prefix, "encoding-type": "url"}
+            params = {"list-type": "2", "prefix": prefix, "encoding-type": "url",
+                      "max-keys": str(self.list_page_size)}
             if token:
                 params["continuation-token"] = token
             query = urllib.parse.urlencode(sorted(params.items()), quote_via=urllib.parse.quote)
