@@ -152,9 +152,3 @@ def test_invalid_uris(uri: str) -> None:
     with pytest.raises(errors.InvalidURIError):
         parse_gs_uri(uri)
 
-
-def test_listing_pages_through_page_tokens(gcs_bucket: tuple[GCSEmulator, Any]) -> None:
-    server, _ = gcs_bucket
-    source = open_source(server, "gs://gcs-models/llm")
-    source.list_page_size = 2
-    check_listing(source.list_files(), MODEL, algorithms={"crc32c"})
