@@ -76,6 +76,11 @@ class HFSource:
         resp = _cloudhttp.request(self._pool, "GET", url, headers=self._headers, what=what)
         if resp.status != 200:
             failure = _cloudhttp.read_failure(resp, preloaded=True, code_header="X-Error-Code")
+            if failure.status == 401 and failure.code == "RepoNotFound":
+                # The Hub hides private repos from callers without access behind this answer.
+                raise errors.SourceNotFoundError(
+                    f"{what}: repository not found (or private, and HF_TOKEN is missing or has "
+                    "no access)")
             _cloudhttp.raise_for_failure(failure, what, not_found_codes=_NOT_FOUND_CODES,
                                          auth_codes=_AUTH_CODES)
         try:
