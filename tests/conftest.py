@@ -3,4 +3,8 @@
 pytest_plugins = [
     "tests.servers.nginx",
     "tests.servers.http",
+    "tests.servers.s3",
+    "tests.servers.gcs",
+    "tests.servers.azure",
+    "tests.servers.hf",
 ]
