@@ -91,6 +91,10 @@ class FileHasher:
 
     def update(self, data: memoryview | bytes) -> None:
         self._sha256.update(data)
+        if self._kind == "crc32c" and isinstance(data, memoryview):
+            # google-crc32c's C extension parses "y#", which refuses every memoryview; the copy
+            # runs at memcpy speed and only GCS downloads pay it
+            data = bytes(data)
         if self._extra is not None:
             self._extra.update(data if self._kind != "s3-etag" else memoryview(data))
 
