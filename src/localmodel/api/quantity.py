@@ -1,0 +1,53 @@
+"""Kubernetes resource.Quantity: the schema pattern, parsing to bytes and formatting."""
+
+from __future__ import annotations
+
+import re
+from decimal import Decimal, InvalidOperation
+
+QUANTITY_PATTERN = (
+    r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|"
+    r"([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
+)
+_QUANTITY = re.compile(QUANTITY_PATTERN)
+
+_BINARY = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
+_DECIMAL = {
+    "n": Decimal("1e-9"), "u": Decimal("1e-6"), "m": Decimal("1e-3"), "": Decimal(1),
+    "k": Decimal(10**3), "M": Decimal(10**6), "G": Decimal(10**9), "T": Decimal(10**12),
+    "P": Decimal(10**15), "E": Decimal(10**18),
+}
+
+
+def parse_quantity(value: str | int | float) -> int:
+    """A quantity in whole units (bytes for sizes), rounded up as Kubernetes does for Value()."""
+    if isinstance(value, bool):
+        raise ValueError(f"not a quantity: {value!r}")
+    if isinstance(value, (int, float)):
+        return int(Decimal(str(value)).to_integral_value(rounding="ROUND_CEILING"))
+    text = value.strip()
+    if not _QUANTITY.match(text):
+        raise ValueError(f"not a quantity: {value!r}")
+    if text.endswith("i"):
+        number, suffix = text[:-2], text[-2:]
+    elif text[-1] in "numkMGTPE":
+        number, suffix = text[:-1], text[-1]
+    else:  # plain number or exponent form such as 1e9
+        number, suffix = text, ""
+    try:
+        if suffix in _BINARY:
+            amount = Decimal(number) * _BINARY[suffix]
+        else:
+            amount = Decimal(number) * _DECIMAL[suffix]
+    except InvalidOperation as exc:
+        raise ValueError(f"not a quantity: {value!r}") from exc
+    return int(amount.to_integral_value(rounding="ROUND_CEILING"))
+
+
+def format_bytes(count: int) -> str:
+    """A byte count as the shortest exact binary quantity (`10Gi`), else plain bytes."""
+    for suffix in ("Ei", "Pi", "Ti", "Gi", "Mi", "Ki"):
+        unit = _BINARY[suffix]
+        if count and count % unit == 0:
+            return f"{count // unit}{suffix}"
+    return str(count)
