@@ -1,5 +1,9 @@
-"""Fixtures for the packaging tests: the helm binary (built from Go modules once per machine)
-and renderers for the chart and the kustomize base."""
+"""Fixtures for the packaging tests: helm (built from Go modules once per machine), kubectl
+(from the project's control-plane build), and renderers for the chart and the kustomize base.
+
+Both builds run when collection finishes, outside any test's timeout, as tests/kube_cluster.py
+does for the control plane: cold, they take minutes; cached, milliseconds.
+"""
 
 from __future__ import annotations
 
@@ -10,23 +14,42 @@ from typing import Any
 
 import pytest
 
+from localmodel.dev.build import ensure_built
 from tests.packaging import manifests
 
 REPO = Path(__file__).resolve().parents[2]
 
 Render = Callable[..., list[dict[str, Any]]]
 
+#: Fixtures that need the control-plane binaries (kubectl, kube-apiserver).
+_CONTROLPLANE_FIXTURES = frozenset({"kustomize_objects", "packaging_cluster"})
 
-@pytest.fixture(scope="session")
-def helm() -> Path:
-    """helm, built by hack/build-helm.sh into ~/.cache/localmodel (minutes the first time)."""
-    done = subprocess.run(
-        ["bash", str(REPO / "hack" / "build-helm.sh")],
-        capture_output=True, text=True, timeout=1800, check=False,
-    )
+
+def build_helm() -> Path:
+    """hack/build-helm.sh: helm in ~/.cache/localmodel, built on first use."""
+    done = subprocess.run(["bash", str(REPO / "hack" / "build-helm.sh")], capture_output=True,
+                          text=True, timeout=1800, check=False)
     if done.returncode != 0:
         pytest.fail(f"hack/build-helm.sh failed:\n{done.stderr[-4000:]}")
     return Path(done.stdout.strip().splitlines()[-1])
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    wanted = {name for item in session.items for name in getattr(item, "fixturenames", ())}
+    if "helm" in wanted:
+        build_helm()
+    if wanted & _CONTROLPLANE_FIXTURES:
+        ensure_built()
+
+
+@pytest.fixture(scope="session")
+def helm() -> Path:
+    return build_helm()
+
+
+@pytest.fixture(scope="session")
+def kubectl_binary() -> Path:
+    return Path(ensure_built().kubectl)
 
 
 @pytest.fixture(scope="session")
@@ -43,6 +66,8 @@ def render_chart(helm: Path) -> Render:
 
 
 @pytest.fixture(scope="session")
-def kustomize_objects() -> list[dict[str, Any]]:
-    """The objects `kubectl apply -k deploy/` creates."""
-    return manifests.kustomize_build(REPO / "deploy")
+def kustomize_objects(kubectl_binary: Path) -> list[dict[str, Any]]:
+    """The objects `kubectl apply -k deploy/` creates, as `kubectl kustomize` renders them."""
+    done = subprocess.run([str(kubectl_binary), "kustomize", str(REPO / "deploy")],
+                          capture_output=True, text=True, timeout=120, check=True)
+    return manifests.load_documents(done.stdout)

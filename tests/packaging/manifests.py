@@ -1,9 +1,4 @@
-"""Rendering and comparing Kubernetes manifests for the packaging tests.
-
-`kustomize_build` prefers `kubectl kustomize` from the project's control-plane build when that is
-available, and otherwise reads the kustomization itself; it understands only the fields the base
-uses (resources, images) and fails on any other, so it cannot silently render something else.
-"""
+"""Rendering and comparing Kubernetes manifests for the packaging tests."""
 
 from __future__ import annotations
 
@@ -21,8 +16,6 @@ HELM_LABELS = frozenset({
     "app.kubernetes.io/managed-by", "app.kubernetes.io/instance", "app.kubernetes.io/version",
     "helm.sh/chart",
 })
-
-_KUSTOMIZATION_FIELDS = frozenset({"apiVersion", "kind", "resources", "images"})
 
 Key = tuple[str, str, str]
 
@@ -50,62 +43,6 @@ def helm_template(helm: Path, chart: Path, values: Mapping[str, Any], *,
 
 class HelmError(Exception):
     """helm exited non-zero; the message is its stderr."""
-
-
-def kubectl_binary() -> Path | None:
-    """kubectl from the project's control-plane build, if this tree has one and it is built."""
-    try:
-        from localmodel.dev.build import ensure_built  # type: ignore[import-not-found,unused-ignore]
-    except ImportError:
-        return None
-    return Path(ensure_built().kubectl)
-
-
-def kustomize_build(directory: Path) -> list[dict[str, Any]]:
-    kubectl = kubectl_binary()
-    if kubectl is not None:
-        done = subprocess.run([str(kubectl), "kustomize", str(directory)], capture_output=True,
-                              text=True, timeout=120, check=True)
-        return load_documents(done.stdout)
-    return kustomize_build_python(directory)
-
-
-def kustomize_build_python(directory: Path) -> list[dict[str, Any]]:
-    """What `kubectl kustomize` gives for a base that uses only `resources` and `images`."""
-    kustomization = yaml.safe_load((directory / "kustomization.yaml").read_text())
-    unknown = set(kustomization) - _KUSTOMIZATION_FIELDS
-    if unknown:
-        raise ValueError(f"kustomization fields this loader does not implement: {sorted(unknown)}")
-    objects: list[dict[str, Any]] = []
-    for resource in kustomization.get("resources", []):
-        path = directory / resource
-        if path.is_dir():
-            objects += kustomize_build_python(path)
-        else:
-            objects += load_documents(path.read_text())
-    images = {image["name"]: image for image in kustomization.get("images", [])}
-    for obj in objects:
-        for container in _containers(obj):
-            _retag(container, images)
-    return objects
-
-
-def _containers(obj: Mapping[str, Any]) -> Iterable[dict[str, Any]]:
-    pod_spec = obj.get("spec", {}).get("template", {}).get("spec", {})
-    yield from pod_spec.get("initContainers", [])
-    yield from pod_spec.get("containers", [])
-
-
-def _retag(container: dict[str, Any], images: Mapping[str, Mapping[str, str]]) -> None:
-    name, _, tag = container["image"].partition(":")
-    rule = images.get(name)
-    if rule is None:
-        return
-    new_name = rule.get("newName", name)
-    if "digest" in rule:
-        container["image"] = f"{new_name}@{rule['digest']}"
-    else:
-        container["image"] = f"{new_name}:{rule.get('newTag', tag or 'latest')}"
 
 
 def key(obj: Mapping[str, Any]) -> Key:

@@ -127,17 +127,6 @@ def test_renders_the_kustomize_base_objects(render_chart: Render,
     assert sorted(chart) == sorted(base)
 
 
-def test_python_kustomize_loader_matches_kubectl() -> None:
-    """The stand-in loader (used while no kubectl is built) renders what kubectl does."""
-    kubectl = manifests.kubectl_binary()
-    if kubectl is None:
-        pytest.skip("no kubectl in this tree (the control-plane harness builds one)")
-    done = subprocess.run([str(kubectl), "kustomize", str(REPO / "deploy")], capture_output=True,
-                          text=True, check=True)
-    expected = manifests.by_key(manifests.load_documents(done.stdout))
-    assert manifests.by_key(manifests.kustomize_build_python(REPO / "deploy")) == expected
-
-
 def test_default_objects_equal_the_kustomize_base(render_chart: Render,
                                                   kustomize_objects: list[dict[str, Any]]) -> None:
     """Same specs, not just the same names: default values change nothing but labels."""
