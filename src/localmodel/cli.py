@@ -8,6 +8,7 @@ from __future__ import annotations
 import click
 
 from localmodel import __version__
+from localmodel.dev.commands import dev
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -51,3 +52,5 @@ def crds(write_dir: str | None) -> None:
     for name, text in rendered.items():
         (out / name).write_text(text)
         click.echo(f"wrote {out / name}")
+
+main.add_command(dev)
