@@ -53,4 +53,33 @@ def crds(write_dir: str | None) -> None:
         (out / name).write_text(text)
         click.echo(f"wrote {out / name}")
 
+@main.command()
+@click.option("--kubeconfig", envvar="KUBECONFIG", help="Kubeconfig file (default: in-cluster or ~/.kube/config).")
+@click.option(
+    "-o", "--output", type=click.Choice(["table", "json", "yaml"]), default="table", show_default=True
+)
+def status(kubeconfig: str | None, output: str) -> None:
+    """Show every cache: URI, size, copies, and each node's phase, progress, rate, ETA, error."""
+    import json
+
+    import yaml
+    from rich.console import Console
+
+    from localmodel.report.cluster import ClusterUnavailable, read_report
+    from localmodel.report.status import render_table
+
+    try:
+        rows = read_report(kubeconfig)
+    except ClusterUnavailable as exc:
+        raise click.ClickException(str(exc)) from exc
+    if output == "json":
+        click.echo(json.dumps([r.to_dict() for r in rows], indent=2))
+    elif output == "yaml":
+        click.echo(yaml.safe_dump([r.to_dict() for r in rows], sort_keys=False), nl=False)
+    elif not rows:
+        click.echo("No LocalModelCache or LocalModelNamespaceCache objects.")
+    else:
+        Console().print(render_table(rows))
+
+
 main.add_command(dev)

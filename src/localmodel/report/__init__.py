@@ -1,0 +1,1 @@
+"""report: what `localmodel status` shows, computed from cluster objects by pure functions."""
