@@ -8,6 +8,7 @@ from __future__ import annotations
 import click
 
 from localmodel import __version__
+from localmodel.controller.command import controller
 from localmodel.dev.commands import dev
 
 
@@ -83,3 +84,4 @@ def status(kubeconfig: str | None, output: str) -> None:
 
 
 main.add_command(dev)
+main.add_command(controller)
