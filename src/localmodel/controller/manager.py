@@ -13,7 +13,7 @@ import socket
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from aiohttp import web
 from lightkube import ApiError, AsyncClient
@@ -62,6 +62,7 @@ class Manager:
             settings.pod_namespace, LEADER_LOCK_NAME, settings.identity, settings.lease_duration,
             settings.renew_deadline, settings.retry_period))
         self.webhook_port: int | None = None  # the bound port, once serving
+        self.webhooks: Any = None  # the webhook handlers, once serving
         self.ready = asyncio.Event()
         self.reconciles = 0
         self.errors = 0

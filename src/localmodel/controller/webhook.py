@@ -207,7 +207,7 @@ def application(manager: Manager) -> web.Application:
             ("/mutate-serving-kserve-io-v1alpha1-llminferenceservice", hooks.default_llmisvc),
         ]
     app = web.Application()
-    app["webhooks"] = hooks
+    manager.webhooks = hooks
     app.add_routes([web.post(path, _handler(hooks, decide)) for path, decide in routes])
     return app
 
