@@ -180,3 +180,18 @@ def report_model(client: Client, node: str, statuses: dict[str, str], **extra: A
 
 def node_labels(client: Client, node: str) -> dict[str, str]:
     return dict(client.get(Node, node).metadata.labels or {})
+
+
+def deleted(get: Callable[[], Any]) -> bool:
+    """Gone, or deletion requested: PVs and PVCs keep their protection finalizers here because no
+    pv/pvc-protection controller runs in the test control plane."""
+    try:
+        obj = get()
+    except ApiError as error:
+        if error.status.code == 404:
+            return True
+        raise
+    meta = obj.metadata if hasattr(obj, "metadata") and not isinstance(obj, dict) else None
+    if meta is not None:
+        return meta.deletionTimestamp is not None
+    return bool(obj["metadata"].get("deletionTimestamp"))

@@ -22,6 +22,7 @@ from .harness import (
     create_group,
     create_namespace,
     create_node,
+    deleted,
     get_cache,
     lmn_entries,
     lmn_models,
@@ -106,7 +107,7 @@ def test_serving_volumes_per_consumer_namespace_and_annotated_group(kube_client:
         key=lambda r: (r["namespace"], r["name"])), "consumers in status")
 
     kube_client.delete(resources.InferenceService, "plain", namespace=ns1)
-    wait_for(lambda: absent(lambda: kube_client.get(PersistentVolumeClaim, f"{cache}-{g1}", namespace=ns1)),
+    wait_for(lambda: deleted(lambda: kube_client.get(PersistentVolumeClaim, f"{cache}-{g1}", namespace=ns1)),
              "serving PVC of the namespace without consumers deleted")
     wait_for(lambda: cache_status(kube_client, cache).get("inferenceServices") == [
         {"name": "on-g2", "namespace": ns2}], "status lists the remaining consumer")
@@ -206,7 +207,7 @@ def test_namespaced_cache_volumes_consumers_and_finalizer_cleanup(kube_client: C
     for check in (lambda: kube_client.get(PersistentVolume, download),
                   lambda: kube_client.get(PersistentVolumeClaim, download, namespace=JOB_NAMESPACE),
                   lambda: kube_client.get(PersistentVolume, f"{name}-{group}-{team}")):
-        wait_for(lambda check=check: absent(check), "namespaced cache volumes deleted")
+        wait_for(lambda check=check: deleted(check), "namespaced cache volumes deleted")
 
 
 def test_node_created_later_and_not_ready_to_ready(kube_client: Client) -> None:

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from lightkube import AsyncClient
+from lightkube import ALL_NS, AsyncClient
 from lightkube import operators as op
 from lightkube.resources.core_v1 import ConfigMap, Node, PersistentVolume, PersistentVolumeClaim, Pod
 
@@ -103,17 +103,19 @@ class ClusterView:
         self.nodes = mk(client, Node, name="nodes", transform=_slim_node)
         self.groups = mk(client, resources.LocalModelNodeGroup, name="localmodelnodegroups")
         self.caches = mk(client, resources.LocalModelCache, name="localmodelcaches")
-        self.ns_caches = mk(client, resources.LocalModelNamespaceCache, name="localmodelnamespacecaches")
+        self.ns_caches = mk(client, resources.LocalModelNamespaceCache, name="localmodelnamespacecaches",
+                            namespace=ALL_NS)
         self.lmns = mk(client, resources.LocalModelNode, name="localmodelnodes")
         self.pvs = mk(client, PersistentVolume, name="persistentvolumes", labels=managed, transform=_slim_meta)
         self.pvcs = mk(client, PersistentVolumeClaim, name="persistentvolumeclaims", labels=managed,
-                       transform=_slim_meta)
+                       transform=_slim_meta, namespace=ALL_NS)
         consumer = {names.LOCAL_MODEL_LABEL: op.exists()}
         self.isvcs = mk(client, resources.InferenceService, name="inferenceservices", labels=consumer,
-                        transform=_slim_meta)
+                        transform=_slim_meta, namespace=ALL_NS)
         self.llmisvcs = mk(client, resources.LLMInferenceService, name="llminferenceservices", labels=consumer,
-                           transform=_slim_meta)
-        self.pods = mk(client, Pod, name="pods", labels={names.POD_CACHE_LABEL: op.exists()}, transform=_slim_meta)
+                           transform=_slim_meta, namespace=ALL_NS)
+        self.pods = mk(client, Pod, name="pods", labels={names.POD_CACHE_LABEL: op.exists()}, transform=_slim_meta,
+                       namespace=ALL_NS)
         self.configmaps = mk(client, ConfigMap, name="inferenceservice-config", namespace=pod_namespace,
                              fields={"metadata.name": CONFIGMAP_NAME})
         self.nodes.add_handler(self._on_node)
