@@ -113,9 +113,10 @@ class Manager:
         for n in range(self.settings.workers):
             tasks.append(asyncio.create_task(self._worker("cache", self.cache_queue, r.reconcile_cache)))
             tasks.append(asyncio.create_task(self._worker("node", self.node_queue, r.reconcile_node)))
-        tasks.append(asyncio.create_task(self._worker("group", self.group_queue, r.reconcile_group)))
+        if self.settings.workers:
+            tasks.append(asyncio.create_task(self._worker("group", self.group_queue, r.reconcile_group)))
         try:
-            await asyncio.gather(*tasks)
+            await asyncio.gather(*tasks)  # runs until cancelled (the resync task never ends)
         finally:
             for task in tasks:
                 task.cancel()
