@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import click
 
 from localmodel import __version__
+from localmodel.controller.command import controller
 from localmodel.dev.commands import dev
 
 if TYPE_CHECKING:
@@ -60,7 +61,6 @@ def crds(write_dir: str | None) -> None:
     for name, text in rendered.items():
         (out / name).write_text(text)
         click.echo(f"wrote {out / name}")
-
 
 @main.command()
 @click.option("--kubeconfig", envvar="KUBECONFIG", help="Kubeconfig file (default: in-cluster or ~/.kube/config).")
@@ -199,3 +199,4 @@ def fetch(pairs: tuple[str, ...], concurrency: int, chunk_size: int, limit_rate:
 
 
 main.add_command(dev)
+main.add_command(controller)
