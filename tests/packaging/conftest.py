@@ -22,7 +22,8 @@ REPO = Path(__file__).resolve().parents[2]
 Render = Callable[..., list[dict[str, Any]]]
 
 #: Fixtures that need the control-plane binaries (kubectl, kube-apiserver).
-_CONTROLPLANE_FIXTURES = frozenset({"kustomize_objects", "packaging_cluster"})
+_CONTROLPLANE_FIXTURES = frozenset({"kustomize_objects", "kustomize_cert_manager_objects",
+                                    "packaging_cluster"})
 
 
 def build_helm() -> Path:
@@ -65,9 +66,19 @@ def render_chart(helm: Path) -> Render:
     return render
 
 
+def _kustomize(kubectl: Path, directory: Path) -> list[dict[str, Any]]:
+    done = subprocess.run([str(kubectl), "kustomize", str(directory)],
+                          capture_output=True, text=True, timeout=120, check=True)
+    return manifests.load_documents(done.stdout)
+
+
 @pytest.fixture(scope="session")
 def kustomize_objects(kubectl_binary: Path) -> list[dict[str, Any]]:
     """The objects `kubectl apply -k deploy/` creates, as `kubectl kustomize` renders them."""
-    done = subprocess.run([str(kubectl_binary), "kustomize", str(REPO / "deploy")],
-                          capture_output=True, text=True, timeout=120, check=True)
-    return manifests.load_documents(done.stdout)
+    return _kustomize(kubectl_binary, REPO / "deploy")
+
+
+@pytest.fixture(scope="session")
+def kustomize_cert_manager_objects(kubectl_binary: Path) -> list[dict[str, Any]]:
+    """The optional overlay deploy/cert-manager/ (the webhook serving certificate)."""
+    return _kustomize(kubectl_binary, REPO / "deploy" / "cert-manager")

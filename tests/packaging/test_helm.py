@@ -35,23 +35,37 @@ def _container(objects: list[dict[str, Any]], kind: str) -> dict[str, Any]:
     return containers[0]
 
 
+def _webhook_configurations(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [o for o in objects if o["kind"] in WEBHOOK_KINDS]
+
+
+def _inject_ca(objects: list[dict[str, Any]]) -> bool:
+    return any("cert-manager.io/inject-ca-from" in (o["metadata"].get("annotations") or {})
+               for o in objects if o["kind"] in WEBHOOK_KINDS)
+
+
+def _kustomize_install(kustomize_objects: list[dict[str, Any]],
+                       kustomize_cert_manager_objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """What a kustomize install creates: deploy/, plus deploy/cert-manager/ when its webhooks
+    expect cert-manager to inject their CA."""
+    if _inject_ca(kustomize_objects):
+        return kustomize_objects + kustomize_cert_manager_objects
+    return kustomize_objects
+
+
 def _values_like_kustomize(kustomize_objects: list[dict[str, Any]]) -> dict[str, Any]:
     """Chart values that select the same optional objects as the kustomize base has."""
-    kinds = {o["kind"] for o in kustomize_objects}
-    values: dict[str, Any] = {"namespace": {"create": True}}
-    if kinds & WEBHOOK_KINDS:
-        uses_cert_manager = any(o["apiVersion"].startswith("cert-manager.io/") for o in kustomize_objects)
-        paths = {hook["clientConfig"]["service"]["path"] for o in kustomize_objects
-                 if o["kind"] in WEBHOOK_KINDS for hook in o["webhooks"]}
-        values["webhooks"] = {
-            "enabled": True,
-            "validating": "ValidatingWebhookConfiguration" in kinds,
-            "pods": "/mutate-pods" in paths,
-            "inferenceServices": "/mutate-serving-kserve-io-v1beta1-inferenceservice" in paths,
-            "certificate": {"source": "certManager" if uses_cert_manager else "manual",
-                            "caBundle": base64.b64encode(b"placeholder").decode()},
-        }
-    return values
+    names = {o["metadata"]["name"] for o in kustomize_objects if o["kind"] in WEBHOOK_KINDS}
+    webhooks: dict[str, Any] = {
+        "enabled": bool(names),
+        "validating": "localmodelcache.serving.kserve.io" in names,
+        "pods": "localmodel-pod-mounter" in names,
+        "inferenceServices": "localmodel-inferenceservice-defaulter" in names,
+    }
+    if names:
+        webhooks["certificate"] = {"source": "certManager"} if _inject_ca(kustomize_objects) else {
+            "source": "manual", "caBundle": base64.b64encode(b"placeholder").decode()}
+    return {"namespace": {"create": True}, "webhooks": webhooks}
 
 
 # ---- helm itself and the CRDs -----------------------------------------------------------------
@@ -67,10 +81,10 @@ def test_helm_is_the_pinned_version(helm: Path) -> None:
 
 @pytest.mark.parametrize("values", [
     {},
-    {"webhooks": {"enabled": True, "inferenceServices": True}},
-    {"webhooks": {"enabled": True, "certificate": {"source": "helm"}}},
+    {"webhooks": {"certificate": {"source": "certManager"}}},
+    {"webhooks": {"enabled": False}},
     {"namespace": {"name": "", "create": True}, "config": {"create": False}},
-], ids=["defaults", "webhooks-cert-manager", "webhooks-helm-cert", "release-namespace"])
+], ids=["defaults", "webhooks-cert-manager", "no-webhooks", "release-namespace"])
 def test_lint_strict(helm: Path, values: dict[str, Any], tmp_path: Path) -> None:
     values_file = tmp_path / "values.yaml"
     values_file.write_text(yaml.safe_dump(values))
@@ -120,29 +134,27 @@ def test_include_crds_renders_each_crd_once(render_chart: Render) -> None:
 
 # ---- equivalence with the kustomize base ------------------------------------------------------
 
-def test_renders_the_kustomize_base_objects(render_chart: Render,
-                                            kustomize_objects: list[dict[str, Any]]) -> None:
+def test_renders_the_kustomize_base_objects(render_chart: Render, kustomize_objects: list[dict[str, Any]],
+                                            kustomize_cert_manager_objects: list[dict[str, Any]]) -> None:
     chart = manifests.by_key(render_chart(_values_like_kustomize(kustomize_objects)))
-    base = manifests.by_key(o for o in kustomize_objects if o["kind"] != "CustomResourceDefinition")
+    installed = _kustomize_install(kustomize_objects, kustomize_cert_manager_objects)
+    base = manifests.by_key(o for o in installed if o["kind"] != "CustomResourceDefinition")
     assert sorted(chart) == sorted(base)
 
 
-def test_default_objects_equal_the_kustomize_base(render_chart: Render,
-                                                  kustomize_objects: list[dict[str, Any]]) -> None:
-    """Same specs, not just the same names: default values change nothing but labels."""
+def test_default_objects_equal_the_kustomize_base(render_chart: Render, kustomize_objects: list[dict[str, Any]],
+                                                  kustomize_cert_manager_objects: list[dict[str, Any]]) -> None:
+    """Same specs, not just the same names: the values that pick the base's options change
+    nothing but labels."""
     chart = manifests.by_key(render_chart(_values_like_kustomize(kustomize_objects)))
-    base = manifests.by_key(kustomize_objects)
+    installed = _kustomize_install(kustomize_objects, kustomize_cert_manager_objects)
     compared = 0
-    for key, theirs in base.items():
+    for key, theirs in manifests.by_key(installed).items():
         if key[0] == "CustomResourceDefinition":
             continue
         ours = chart[key]
         assert ours["metadata"]["labels"][PART_OF] == "localmodel", key
-        ours, theirs = _normalised(ours), _normalised(theirs)
-        if key[0] in WEBHOOK_KINDS:
-            assert _webhook_routes(ours) == _webhook_routes(theirs), key
-        else:
-            assert ours == theirs, key
+        assert _normalised(ours) == _normalised(theirs), key
         compared += 1
     assert compared >= 20
 
@@ -156,11 +168,6 @@ def _normalised(obj: dict[str, Any]) -> dict[str, Any]:
     if obj["kind"] == "ConfigMap":
         obj["data"] = {k: json.loads(v) for k, v in obj["data"].items()}
     return obj
-
-
-def _webhook_routes(obj: dict[str, Any]) -> list[tuple[str, str, str]]:
-    return sorted((hook["name"], hook["clientConfig"]["service"]["path"], json.dumps(hook["rules"]))
-                  for hook in obj["webhooks"])
 
 
 # ---- values -----------------------------------------------------------------------------------
@@ -216,15 +223,15 @@ def test_resources_and_replicas(render_chart: Render) -> None:
 
 def test_metrics_and_health_ports(render_chart: Render) -> None:
     objects = render_chart({"agent": {"ports": {"metrics": 9100, "health": 9101}},
-                            "controller": {"ports": {"metrics": 9200, "health": 9201, "webhook": 9444},
+                            "controller": {"ports": {"health": 9201, "webhook": 9444},
                                            "metricsService": {"port": 80}}})
     agent = _container(objects, "DaemonSet")
     assert {p["name"]: p["containerPort"] for p in agent["ports"]} == {"metrics": 9100, "health": 9101}
     assert agent["command"][4:] == ["--metrics-port=9100", "--health-port=9101"]
     controller = _container(objects, "Deployment")
     assert {p["name"]: p["containerPort"] for p in controller["ports"]} == {
-        "metrics": 9200, "health": 9201, "webhook-server": 9444}
-    assert controller["command"][4:] == ["--metrics-port=9200", "--health-port=9201", "--webhook-port=9444"]
+        "metrics": 8080, "health": 9201, "webhook-server": 9444}
+    assert controller["command"][4:] == ["--health-port=9201", "--webhook-port=9444"]
     service = _only(objects, "Service", "kserve-localmodel-metrics")
     assert service["spec"]["ports"] == [{"name": "metrics", "port": 80, "targetPort": "metrics"}]
 
@@ -243,13 +250,14 @@ def test_cli_accepts_every_flag_the_chart_passes(render_chart: Render, kind: str
     subcommand = main.commands.get(command)  # type: ignore[attr-defined]
     if subcommand is None:
         pytest.skip(f"`localmodel {command}` is not in this tree yet")
-    every_port = {"metrics": 9100, "health": 9101, "webhook": 9102}
-    objects = render_chart({"agent": {"ports": {k: every_port[k] for k in ("metrics", "health")}},
-                            "controller": {"ports": every_port}})
+    # Every option the chart can add: ports off their defaults, ISVC defaulting off.
+    objects = render_chart({"agent": {"ports": {"metrics": 9100, "health": 9101}},
+                            "controller": {"ports": {"health": 9201, "webhook": 9202}},
+                            "webhooks": {"inferenceServices": False}})
     argv = _container(objects, kind)["command"]
     assert argv[:2] == ["localmodel", command]
     passed = {arg.split("=", 1)[0] for arg in argv[2:] if arg.startswith("--")}
-    accepted = {option for param in subcommand.params for option in param.opts}
+    accepted = {option for param in subcommand.params for option in (*param.opts, *param.secondary_opts)}
     assert passed <= accepted, f"`localmodel {command}` lacks {sorted(passed - accepted)}"
 
 
@@ -305,13 +313,24 @@ def test_admission_policy_can_be_turned_off(render_chart: Render) -> None:
 
 # ---- webhooks and their certificate -----------------------------------------------------------
 
-def test_webhooks_off_by_default(render_chart: Render) -> None:
-    kinds = {o["kind"] for o in render_chart()}
-    assert not kinds & (WEBHOOK_KINDS | {"Certificate", "Issuer", "Secret"})
+def test_webhooks_on_by_default_with_a_certificate_made_by_helm(render_chart: Render) -> None:
+    objects = render_chart()
+    assert {o["metadata"]["name"] for o in objects if o["kind"] in WEBHOOK_KINDS} == {
+        "localmodelcache.serving.kserve.io", "localmodel-pod-mounter",
+        "localmodel-inferenceservice-defaulter"}
+    assert _only(objects, "Secret")["metadata"]["name"] == "localmodel-webhook-server-cert"
+    assert "--no-isvc-defaulting" not in _container(objects, "Deployment")["command"]
+
+
+def test_webhooks_can_be_turned_off(render_chart: Render) -> None:
+    objects = render_chart({"webhooks": {"enabled": False}})
+    assert not {o["kind"] for o in objects} & (WEBHOOK_KINDS | {"Certificate", "Issuer", "Secret"})
+    # Nothing calls the InferenceService defaulting, so the controller does not serve it.
+    assert _container(objects, "Deployment")["command"][-1] == "--no-isvc-defaulting"
 
 
 def test_webhooks_with_cert_manager(render_chart: Render) -> None:
-    objects = render_chart({"webhooks": {"enabled": True, "inferenceServices": True}})
+    objects = render_chart({"webhooks": {"certificate": {"source": "certManager"}}})
     certificate = _only(objects, "Certificate")
     assert certificate["spec"]["secretName"] == "localmodel-webhook-server-cert"
     assert certificate["spec"]["dnsNames"] == [
@@ -319,8 +338,9 @@ def test_webhooks_with_cert_manager(render_chart: Render) -> None:
         "localmodel-webhook-server-service.kserve.svc.cluster.local"]
     assert certificate["spec"]["issuerRef"] == {"kind": "Issuer", "name": "localmodel-selfsigned-issuer"}
     assert _only(objects, "Issuer")["spec"] == {"selfSigned": {}}
-    for kind in WEBHOOK_KINDS:
-        configuration = _only(objects, kind)
+    configurations = _webhook_configurations(objects)
+    assert len(configurations) == 3
+    for configuration in configurations:
         assert configuration["metadata"]["annotations"] == {
             "cert-manager.io/inject-ca-from": "kserve/localmodel-serving-cert"}
         for hook in configuration["webhooks"]:
@@ -332,34 +352,38 @@ def test_webhooks_with_cert_manager(render_chart: Render) -> None:
         "/validate-serving-kserve-io-v1alpha1-localmodelnamespacecache"]
 
 
-def test_mutating_webhooks_follow_their_switches(render_chart: Render) -> None:
-    def paths(webhooks: dict[str, Any]) -> list[str]:
-        objects = render_chart({"webhooks": {"enabled": True, **webhooks}})
-        found = [o for o in objects if o["kind"] == "MutatingWebhookConfiguration"]
-        return [h["clientConfig"]["service"]["path"] for o in found for h in o["webhooks"]]
+def test_webhooks_follow_their_switches(render_chart: Render) -> None:
+    def hooks(webhooks: dict[str, Any]) -> dict[str, list[str]]:
+        objects = render_chart({"webhooks": webhooks})
+        return {o["metadata"]["name"]: [h["name"] for h in o["webhooks"]]
+                for o in objects if o["kind"] in WEBHOOK_KINDS}
 
-    assert paths({}) == ["/mutate-pods"]
-    assert paths({"pods": False}) == []
-    assert paths({"pods": False, "inferenceServices": True}) == [
-        "/mutate-serving-kserve-io-v1beta1-inferenceservice",
-        "/mutate-serving-kserve-io-v1alpha1-llminferenceservice"]
-    pod_hook = _only(render_chart({"webhooks": {"enabled": True}}), "MutatingWebhookConfiguration")["webhooks"][0]
+    assert hooks({"validating": False, "inferenceServices": False}) == {
+        "localmodel-pod-mounter": ["pods.localmodel.kserve.io"]}
+    assert hooks({"validating": False, "pods": False}) == {"localmodel-inferenceservice-defaulter": [
+        "inferenceservice.localmodel.kserve.io", "llminferenceservice.localmodel.kserve.io"]}
+    assert hooks({"pods": False, "inferenceServices": False}) == {"localmodelcache.serving.kserve.io": [
+        "localmodelcache.kserve-webhook-server.validator",
+        "localmodelnamespacecache.kserve-webhook-server.validator"]}
+    objects = render_chart({"webhooks": {"inferenceServices": False}})
+    assert "--no-isvc-defaulting" in _container(objects, "Deployment")["command"]
+    pod_hook = _only(render_chart(), "MutatingWebhookConfiguration", "localmodel-pod-mounter")["webhooks"][0]
     assert pod_hook["objectSelector"] == {
         "matchExpressions": [{"key": "localmodel.kserve.io/cache", "operator": "Exists"}]}
     assert pod_hook["rules"] == [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"],
                                   "resources": ["pods"]}]
+    assert pod_hook["failurePolicy"] == "Fail"
 
 
 def test_webhooks_with_an_existing_issuer(render_chart: Render) -> None:
-    objects = render_chart({"webhooks": {"enabled": True, "certificate": {
-        "issuerRef": {"kind": "ClusterIssuer", "name": "corp-ca"}}}})
+    objects = render_chart({"webhooks": {"certificate": {
+        "source": "certManager", "issuerRef": {"kind": "ClusterIssuer", "name": "corp-ca"}}}})
     assert not [o for o in objects if o["kind"] == "Issuer"]
     assert _only(objects, "Certificate")["spec"]["issuerRef"] == {"kind": "ClusterIssuer", "name": "corp-ca"}
 
 
 def test_webhooks_with_a_certificate_made_by_helm(render_chart: Render, tmp_path: Path) -> None:
-    objects = render_chart({"webhooks": {"enabled": True, "inferenceServices": True,
-                                         "certificate": {"source": "helm"}}})
+    objects = render_chart({"webhooks": {"certificate": {"source": "helm"}}})
     secret = _only(objects, "Secret", "localmodel-webhook-server-cert")
     assert secret["type"] == "kubernetes.io/tls"
     files = {}
@@ -377,8 +401,8 @@ def test_webhooks_with_a_certificate_made_by_helm(render_chart: Render, tmp_path
     private_key = subprocess.run(["openssl", "pkey", "-pubout", "-in", str(files["tls.key"])],
                                  capture_output=True, text=True, check=True).stdout
     assert cert_key == private_key
-    bundles = {hook["clientConfig"]["caBundle"] for kind in WEBHOOK_KINDS
-               for hook in _only(objects, kind)["webhooks"]}
+    bundles = {hook["clientConfig"]["caBundle"] for configuration in _webhook_configurations(objects)
+               for hook in configuration["webhooks"]}
     assert bundles == {secret["data"]["ca.crt"]}
     assert not [o for o in objects if o["kind"] in ("Certificate", "Issuer")]
 
@@ -395,7 +419,7 @@ def test_webhooks_with_a_manual_certificate(render_chart: Render) -> None:
 @pytest.mark.parametrize(("webhooks", "message"), [
     ({"enabled": True, "certificate": {"source": "manual"}}, "webhooks.certificate.caBundle is required"),
     ({"enabled": True, "certificate": {"source": "vault"}}, "must be one of 'certManager', 'helm', 'manual'"),
-    ({"enabled": True, "validating": False, "pods": False}, "needs one of webhooks.validating"),
+    ({"validating": False, "pods": False, "inferenceServices": False}, "needs one of webhooks.validating"),
 ])
 def test_bad_webhook_values_fail_with_a_reason(render_chart: Render, webhooks: dict[str, Any],
                                                message: str) -> None:

@@ -45,13 +45,13 @@ def _create_namespaces(cluster: ControlPlane, objects: list[dict[str, Any]]) -> 
 
 @pytest.mark.parametrize("values", [
     {"namespace": {"create": True}},
-    {"webhooks": {"enabled": True, "inferenceServices": True, "certificate": {"source": "helm"}}},
+    {"webhooks": {"enabled": False}},
     {"namespace": {"name": "ml-system"}, "jobNamespace": {"name": "ml-downloads"},
      "agent": {"nodeSelector": None, "hostPath": "/var/lib/models",
                "tolerations": [{"operator": "Exists"}],
                "ports": {"metrics": 9100, "health": 9101}},
      "controller": {"replicas": 2}},
-], ids=["defaults", "webhooks-helm-cert", "custom-namespaces-and-nodes"])
+], ids=["defaults", "no-webhooks", "custom-namespaces-and-nodes"])
 def test_server_side_dry_run_accepts_every_object(helm: Path, packaging_cluster: ControlPlane,
                                                   values: dict[str, Any]) -> None:
     text = _render(helm, values)

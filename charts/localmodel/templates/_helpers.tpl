@@ -45,14 +45,11 @@ Port flags, only when a port differs from the program's default (8080 metrics, 8
 9443 webhook), so the default command line is the kustomize base's.
 */}}
 {{- define "localmodel.portArgs" -}}
-{{- if ne (int .metrics) 8080 }}
-- --metrics-port={{ .metrics }}
+{{- $defaults := dict "metrics" 8080 "health" 8081 "webhook" 9443 -}}
+{{- range $name := list "metrics" "health" "webhook" }}
+{{- if and (hasKey $ $name) (ne (int (get $ $name)) (int (get $defaults $name))) }}
+- --{{ $name }}-port={{ get $ $name }}
 {{- end }}
-{{- if ne (int .health) 8081 }}
-- --health-port={{ .health }}
-{{- end }}
-{{- if and (hasKey . "webhook") (ne (int (.webhook | default 9443)) 9443) }}
-- --webhook-port={{ .webhook }}
 {{- end }}
 {{- end -}}
 
