@@ -19,7 +19,12 @@ from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
-from localmodel.api.types import LocalModelNodeStatus, ModelDetail, ModelStatus, NodeDisk
+from localmodel.api.types import (
+    LocalModelNodeStatus,
+    ModelDetail,
+    ModelStatus,
+    NodeDisk,
+)
 
 #: Status fields KServe's CRD knows; everything else is localmodel's and may be pruned.
 KSERVE_STATUS_FIELDS = frozenset({"modelStatus"})
