@@ -20,6 +20,9 @@ class Digest:
     algorithm: str
     #: Lower-case hex (or the raw provider string for "s3-etag").
     value: str
+    #: For "s3-etag" with a "-N" suffix: the part size the object was uploaded with (S3
+    #: `HeadObject(PartNumber=1)` gives it). Without it a multipart ETag cannot be checked.
+    part_size: int | None = None
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,9 @@ class RemoteFile:
     digest: Digest | None = None
     #: An opaque version tag (ETag, generation, blob sha) used to detect a change mid-download.
     version: str | None = None
+    #: False if the source can only stream the file from its start (e.g. an HTTP server
+    #: without Range support); the engine then reads it in one request and never splits it.
+    seekable: bool = True
 
 
 @dataclass(frozen=True)
@@ -43,7 +49,9 @@ class Listing:
     files: tuple[RemoteFile, ...]
     #: The exact revision the files belong to (HF commit sha, object generation...), if any.
     revision: str | None = None
-    #: Extra facts worth keeping in the manifest (e.g. {"archive": "tar.gz"}).
+    #: Extra facts worth keeping in the manifest. One key steers the engine: like KServe, it
+    #: unpacks a listing made of exactly one zip/tar(.gz|.bz2|.xz) file; a source whose
+    #: archives must stay packed (Hugging Face) sets {"archive": "none"}.
     details: Mapping[str, str] = field(default_factory=dict)
 
 
@@ -58,11 +66,14 @@ class Source(Protocol):
         """List every file of the model. Raises a `localmodel.errors` error on failure."""
         ...
 
-    def read_range(self, path: str, offset: int, length: int) -> Iterator[bytes]:
+    def read_range(self, path: str, offset: int, length: int) -> Iterator[bytes | memoryview]:
         """Yield the bytes [offset, offset+length) of `path`, in order, in chunks of any size.
 
+        A source may yield a memoryview of a buffer it reuses: each item is only valid until
+        the next one is requested (the engine writes it out before asking for more).
         Raises `SourceUnavailableError` for transient failures (the caller retries from the
-        last byte it received), and a permanent error otherwise.
+        last byte it received), and a permanent error otherwise. If the file changed since
+        `list_files` (its version no longer matches), raise `IntegrityError`.
         """
         ...
 

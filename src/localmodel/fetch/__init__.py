@@ -1,0 +1,30 @@
+"""fetch: the download engine. Lists a source, fetches byte ranges in parallel into a staging
+area, verifies sizes and digests, and publishes the model folder atomically with a manifest.
+
+Public API (everything else in this package is internal):
+
+    manifest = download("s3://bucket/model", "/data/models/abc", settings=..., options=...)
+    read_manifest(layout) / verify_quick(layout, manifest) / verify_full(layout, manifest)
+
+Layouts of folder, staging and manifest are described in `localmodel.fetch.layout`.
+"""
+
+from localmodel.fetch.backoff import BackoffPolicy
+from localmodel.fetch.engine import download
+from localmodel.fetch.layout import Layout
+from localmodel.fetch.manifest import Manifest, ManifestFile, read_manifest, verify_full, verify_quick
+from localmodel.fetch.options import FetchOptions
+from localmodel.fetch.progress import Progress
+
+__all__ = [
+    "BackoffPolicy",
+    "FetchOptions",
+    "Layout",
+    "Manifest",
+    "ManifestFile",
+    "Progress",
+    "download",
+    "read_manifest",
+    "verify_full",
+    "verify_quick",
+]

@@ -1,0 +1,516 @@
+"""The download engine: list, fetch ranges in parallel, hash, verify, publish atomically.
+
+    download(uri, dest) ─┬─ 1. existing manifest for this URI and sizes match → return it
+                         ├─ 2. list the source; drop directory markers; apply patterns;
+                         │     check every path (see `paths`)
+                         ├─ 3. open staging: adopt a same-plan, same-boot staging area
+                         │     (resume) or start afresh; check free space
+                         ├─ 4. fetch: a thread pool runs ranged requests (`planning`),
+                         │     writes with pwrite into preallocated files, journals
+                         │     progress every `checkpoint_size`, and retries transient errors
+                         │     with backoff; the sha256 of each file follows its contiguous
+                         │     written prefix, re-read from the page cache by whichever thread
+                         │     extends it, so hashing overlaps the download
+                         ├─ 5. verify: size and provider digest per file (IntegrityError)
+                         ├─ 6. unpack a single-archive model (`archive`)
+                         └─ 7. publish: withdraw old manifest, rename folder into place,
+                               write the new manifest, delete staging
+Failures: integrity and no-space errors wipe staging; any other error keeps it so the
+next run resumes where this one stopped. Nothing is ever written outside staging and dest.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from localmodel import __version__
+from localmodel.errors import (
+    InsufficientSpaceError,
+    IntegrityError,
+    SourceNotFoundError,
+    SourceUnavailableError,
+)
+from localmodel.fetch import archive as archives
+from localmodel.fetch import manifest as manifests
+from localmodel.fetch import patterns, planning
+from localmodel.fetch.backoff import RetryBudget, backoff_delay
+from localmodel.fetch.hashing import FileHasher, HashResult
+from localmodel.fetch.layout import HIDDEN, Layout
+from localmodel.fetch.manifest import Manifest, ManifestFile
+from localmodel.fetch.options import FetchOptions
+from localmodel.fetch.paths import check_tree
+from localmodel.fetch.progress import Progress, ProgressCallback, RateMeter, eta
+from localmodel.fetch.ranges import RangeSet
+from localmodel.fetch.ratelimit import TokenBucket
+from localmodel.fetch.staging import Staging, allocated_bytes, create_file, is_no_space, make_parents
+from localmodel.sources.base import Listing, RemoteFile, Settings, Source
+from localmodel.sources.registry import open_source, redact_uri
+
+logger = logging.getLogger(__name__)
+
+#: Largest write() per call: ext4 here is ~10x slower per byte with 1 MiB+ writes.
+WRITE_SIZE = 512 * 1024
+_HASH_READ_SIZE = 1024 * 1024
+_NO_SETTINGS: Settings = MappingProxyType({})
+
+
+def download(source_uri: str, dest: str | os.PathLike[str] | Layout, *,
+             settings: Settings = _NO_SETTINGS, options: FetchOptions | None = None,
+             progress: ProgressCallback | None = None) -> Manifest:
+    """Fetch the model at `source_uri` into `dest` and return its manifest.
+
+    `dest` is a folder path (see `Layout.for_path`) or an explicit `Layout`. `settings` are
+    environment-style source settings (credentials, endpoints), never read from os.environ.
+    Raises an error from `localmodel.errors`; on error nothing appears at `dest`.
+    """
+    options = options or FetchOptions()
+    layout = dest if isinstance(dest, Layout) else Layout.for_path(dest)
+    source_name = redact_uri(source_uri)
+    if not options.force:
+        existing = manifests.read_manifest(layout)
+        if existing is not None and existing.source == source_name \
+                and not manifests.verify_quick(layout, existing):
+            logger.info("already complete", extra={"dest": str(layout.dest)})
+            return existing
+    source = open_source(source_uri, settings)
+    try:
+        return _Download(source, source_name, layout, options, progress).run()
+    finally:
+        source.close()
+
+
+class _Cancelled(Exception):
+    """Raised inside workers once another worker failed or the caller was interrupted."""
+
+
+@dataclass
+class _File:
+    index: int
+    remote: RemoteFile
+    target: Path
+    hasher: FileHasher
+    done: RangeSet = field(default_factory=RangeSet)
+    hashed: int = 0
+    hashing: bool = False
+    finished: bool = False
+    fd: int | None = None
+    result: HashResult | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class _Download:
+    """One run of `download`: the state shared by the worker threads."""
+
+    def __init__(self, source: Source, source_name: str, layout: Layout, options: FetchOptions,
+                 progress: ProgressCallback | None) -> None:
+        self.source = source
+        self.source_name = source_name
+        self.layout = layout
+        self.options = options
+        self.progress = progress
+        self.staging = Staging(layout.staging)
+        self.cancelled = threading.Event()
+        self.bucket = TokenBucket(options.rate_limit) if options.rate_limit else None
+        self.files: list[_File] = []
+        self.bytes_done = 0
+        self.files_done = 0
+        self.phase = "download"
+        self._counter_lock = threading.Lock()
+        self._meter = RateMeter()
+        self._local = threading.local()
+
+    # -- 2. listing ------------------------------------------------------------------------
+
+    def _select(self, listing: Listing) -> list[RemoteFile]:
+        # Zero-byte "folder/" objects are how S3 consoles draw folders: not files.
+        files = [f for f in listing.files if not f.path.endswith("/")]
+        keep = set(patterns.select([f.path for f in files], self.options.allow_patterns,
+                                   self.options.ignore_patterns))
+        files = [f for f in files if f.path in keep]
+        if not files:
+            raise SourceNotFoundError(f"no files to download at {self.source_name}"
+                                      + (" after applying patterns" if listing.files else ""))
+        check_tree(f.path for f in files)
+        return files
+
+    @staticmethod
+    def _archive_kind(listing: Listing, files: list[RemoteFile]) -> str | None:
+        if len(files) != 1 or listing.details.get("archive") == "none":
+            return None
+        return archives.archive_kind(files[0].path)
+
+    # -- the run ---------------------------------------------------------------------------
+
+    def run(self) -> Manifest:
+        started = time.monotonic()
+        listing = self.source.list_files()
+        selected = self._select(listing)
+        kind = self._archive_kind(listing, selected)
+        plan = {
+            "format": 1,
+            "source": self.source_name,
+            "revision": listing.revision,
+            "archive": kind,
+            "files": [[f.path, f.size, f.version,
+                       f.digest.algorithm if f.digest else None,
+                       f.digest.value if f.digest else None] for f in selected],
+        }
+        recovered = self.staging.open(plan)
+        try:
+            root = self.staging.archive if kind else self.staging.data
+            root.mkdir(exist_ok=True)
+            self._prepare(selected, root, recovered.done, recovered.verified)
+            self._check_space()
+            self._fetch_all()
+            unpacked = self._unpack(kind) if kind else None
+            manifest = self._manifest(listing, unpacked)
+            self._publish(manifest)
+        except (IntegrityError, InsufficientSpaceError):
+            self._close_files()
+            self.staging.wipe()
+            raise
+        except BaseException:
+            self._close_files()
+            self.staging.close()
+            raise
+        self._report(phase="done")
+        elapsed = time.monotonic() - started
+        logger.info("download complete", extra={
+            "source": self.source_name, "dest": str(self.layout.dest), "bytes": manifest.total_size,
+            "seconds": round(elapsed, 3)})
+        return manifest
+
+    # -- 3. staging and space --------------------------------------------------------------
+
+    def _prepare(self, selected: list[RemoteFile], root: Path, done: Mapping[int, RangeSet],
+                 verified: Mapping[int, tuple[str, bool]]) -> None:
+        for index, remote in enumerate(selected):
+            target = make_parents(root, remote.path, self.staging.known_folders)
+            state = _File(index, remote, target,
+                          FileHasher(remote.digest, verify_md5=self.options.verify_md5))
+            present = target.exists()
+            if present and index in verified:
+                sha256, checked = verified[index]
+                state.result = HashResult(sha256, checked)
+                state.done.add(0, remote.size)
+                state.hashed = remote.size
+            elif present and remote.seekable:
+                for start, end in done.get(index, ()):
+                    state.done.add(start, min(end, remote.size))
+            self.files.append(state)
+        self.bytes_done = sum(f.done.covered() for f in self.files)
+        self.files_done = sum(1 for f in self.files if f.result is not None)
+
+    def _check_space(self) -> None:
+        needed = sum(max(0, f.remote.size - allocated_bytes(f.target))
+                     for f in self.files if f.result is None)
+        free = _free_bytes(self.staging.path)
+        if needed > free:
+            raise InsufficientSpaceError(
+                f"need {needed} more bytes in {self.staging.path.parent}, {free} free")
+
+    # -- 4. fetching -----------------------------------------------------------------------
+
+    def _fetch_all(self) -> None:
+        tasks: list[tuple[Callable[..., None], Any]] = []
+        for state in self.files:
+            if state.result is None and state.remote.size == 0:
+                self._open(state)
+                self._advance_hash(state)
+            elif state.result is None and state.done.prefix_end() > 0:
+                tasks.append((self._hash_resumed, state))
+        requests = planning.plan_requests(
+            [f.remote.size if f.result is None else 0 for f in self.files],
+            [f.done for f in self.files], self.options.chunk_size,
+            [f.remote.seekable for f in self.files])
+        tasks.extend((self._fetch, request) for request in requests)
+        self._report()
+        if not tasks:
+            return
+        pool = ThreadPoolExecutor(max_workers=min(self.options.concurrency, len(tasks)),
+                                  thread_name_prefix="localmodel-fetch")
+        pending: set[Future[None]] = {pool.submit(function, arg) for function, arg in tasks}
+        try:
+            while pending:
+                finished, pending = wait(pending, timeout=self.options.progress_interval,
+                                         return_when=FIRST_EXCEPTION)
+                for future in finished:
+                    error = future.exception()
+                    if error is not None:
+                        raise error
+                self._report()
+        except BaseException:
+            self.cancelled.set()
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+        pool.shutdown(wait=True)
+        unfinished = [f.remote.path for f in self.files if f.result is None]
+        if unfinished:  # pragma: no cover - would be an engine bug
+            raise IntegrityError(f"download ended with unverified files: {unfinished[:3]}")
+
+    def _open(self, state: _File) -> int:
+        with state.lock:
+            if state.fd is None:
+                state.fd = create_file(state.target, state.remote.size,
+                                       preallocate=self.staging.preallocate)
+            return state.fd
+
+    def _fetch(self, request: planning.Request) -> None:
+        state = self.files[request.file_index]
+        fd = self._open(state)
+        budget = RetryBudget(self.options.backoff)
+        position = unrecorded = request.start
+        while position < request.end:
+            self._check_cancelled()
+            pieces = iter(self.source.read_range(state.remote.path, position, request.end - position))
+            try:
+                for piece in pieces:
+                    view = memoryview(piece).cast("B")
+                    if len(view) > request.end - position:
+                        raise IntegrityError(f"{state.remote.path!r}: source sent more bytes than asked")
+                    if self.bucket is not None:
+                        self.bucket.take(len(view), cancelled=self.cancelled)
+                    self._write(fd, view, position, state)
+                    self._hash_in_stream(state, view, position)
+                    position += len(view)
+                    budget.progress()
+                    if position - unrecorded >= self.options.checkpoint_size:
+                        self._record(state, unrecorded, position)
+                        unrecorded = position
+                    self._check_cancelled()
+                if position < request.end:
+                    raise SourceUnavailableError(
+                        f"{state.remote.path!r}: source ended the range {request.end - position} "
+                        "bytes early")
+            except SourceUnavailableError as exc:
+                if position > unrecorded:
+                    self._record(state, unrecorded, position)
+                    unrecorded = position
+                if not budget.failed():
+                    raise
+                delay = backoff_delay(budget.failures, self.options.backoff,
+                                      retry_after=exc.retry_after)
+                logger.warning("retrying after a transient error", extra={
+                    "path": state.remote.path, "offset": position, "attempt": budget.failures,
+                    "delay": round(delay, 2), "error": str(exc)})
+                if self.cancelled.wait(delay):
+                    raise _Cancelled() from exc
+            finally:
+                close = getattr(pieces, "close", None)
+                if close is not None:
+                    close()
+        if position > unrecorded:
+            self._record(state, unrecorded, position)
+
+    def _write(self, fd: int, view: memoryview, offset: int, state: _File) -> None:
+        written = 0
+        total = len(view)
+        try:
+            while written < total:
+                written += os.pwrite(fd, view[written: written + WRITE_SIZE], offset + written)
+        except OSError as exc:
+            if is_no_space(exc):
+                raise InsufficientSpaceError(
+                    f"no space left writing {state.remote.path!r} in staging") from exc
+            raise
+
+    def _record(self, state: _File, start: int, end: int) -> None:
+        self.staging.record_range(state.index, start, end)
+        with state.lock:
+            state.done.add(start, end)
+        with self._counter_lock:
+            self.bytes_done += end - start
+        self._advance_hash(state)
+
+    def _hash_in_stream(self, state: _File, view: memoryview, position: int) -> None:
+        """Hash bytes just written straight from memory when they sit at the hash frontier
+        (always true for the first request of a file), sparing a re-read."""
+        with state.lock:
+            if state.hashing or state.hashed != position:
+                return
+            state.hashing = True
+        hashed = position
+        try:
+            state.hasher.update(view)
+            hashed = position + len(view)
+        finally:
+            with state.lock:
+                state.hashed = hashed
+                state.hashing = False
+        self._advance_hash(state)
+
+    def _advance_hash(self, state: _File) -> None:
+        """Hash the file's contiguous written prefix from the page cache, if no other thread
+        is hashing it, and finish the file once all of it is hashed.
+
+        Whoever holds `state.hashing` re-checks after letting go, so progress recorded by
+        others meanwhile is never left behind, and exactly one thread finishes the file.
+        """
+        while True:
+            with state.lock:
+                if state.hashing or state.finished:
+                    return
+                end = state.done.prefix_end()
+                size = state.remote.size
+                if end > state.hashed:
+                    state.hashing = True
+                    position = state.hashed
+                elif state.hashed == size and end == size:
+                    state.finished = True
+                    break
+                else:
+                    return
+            hashed = position
+            try:
+                hashed = self._hash_from_disk(state, position, end)
+            finally:
+                with state.lock:
+                    state.hashed = hashed
+                    state.hashing = False
+        self._finish(state)
+
+    def _hash_from_disk(self, state: _File, position: int, end: int) -> int:
+        buffer: memoryview | None = getattr(self._local, "buffer", None)
+        if buffer is None:
+            buffer = self._local.buffer = memoryview(bytearray(_HASH_READ_SIZE))
+        fd = self._open(state)
+        while position < end:
+            count = os.preadv(fd, [buffer[: min(len(buffer), end - position)]], position)
+            if count == 0:
+                raise IntegrityError(f"staging copy of {state.remote.path!r} is short")
+            state.hasher.update(buffer[:count])
+            position += count
+        return position
+
+    def _hash_resumed(self, state: _File) -> None:
+        """A task for a resumed file: hash what an earlier run left on disk."""
+        self._open(state)
+        self._advance_hash(state)
+
+    def _finish(self, state: _File) -> None:
+        result = state.hasher.finish(state.remote.path)
+        fd = state.fd
+        assert fd is not None
+        if os.fstat(fd).st_size != state.remote.size:
+            raise IntegrityError(f"{state.remote.path!r} has the wrong size in staging")
+        if self.options.fsync:
+            os.fdatasync(fd)
+        with state.lock:
+            state.fd = None
+            state.result = result
+        os.close(fd)
+        self.staging.record_verified(state.index, result.sha256, result.provider_checked)
+        with self._counter_lock:
+            self.files_done += 1
+
+    def _check_cancelled(self) -> None:
+        if self.cancelled.is_set():
+            raise _Cancelled()
+
+    def _close_files(self) -> None:
+        for state in self.files:
+            with state.lock:
+                fd, state.fd = state.fd, None
+            if fd is not None:
+                os.close(fd)
+
+    # -- 6. unpacking ----------------------------------------------------------------------
+
+    def _unpack(self, kind: str) -> list[archives.UnpackedFile]:
+        self.phase = "unpack"
+        self._report()
+        shutil.rmtree(self.staging.data, ignore_errors=True)  # a crash may have left a half
+        self.staging.data.mkdir()
+        archive_file = self.files[0]
+        unpacked = archives.unpack(
+            archive_file.target, kind, self.staging.data,
+            max_ratio=self.options.max_unpack_ratio, free_bytes=_free_bytes(self.staging.path))
+        if not unpacked:
+            raise SourceNotFoundError(f"archive {archive_file.remote.path!r} holds no files")
+        if self.options.fsync:
+            _fsync_files(self.staging.data, (item.path for item in unpacked))
+        return unpacked
+
+    # -- 7. manifest and publishing --------------------------------------------------------
+
+    def _manifest(self, listing: Listing, unpacked: list[archives.UnpackedFile] | None) -> Manifest:
+        entries = tuple(
+            ManifestFile(path=f.remote.path, size=f.remote.size, sha256=f.result.sha256,
+                         digest=f.remote.digest, digest_checked=f.result.provider_checked)
+            for f in self.files if f.result is not None
+        )
+        archive_entry = None
+        if unpacked is not None:
+            archive_entry = entries[0]
+            entries = tuple(ManifestFile(path=u.path, size=u.size, sha256=u.sha256)
+                            for u in unpacked)
+        return Manifest(
+            source=self.source_name,
+            revision=listing.revision,
+            files=entries,
+            total_size=sum(entry.size for entry in entries),
+            completed_at=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            localmodel_version=__version__,
+            archive=archive_entry,
+            details=dict(listing.details),
+        )
+
+    def _publish(self, manifest: Manifest) -> None:
+        layout, staging = self.layout, self.staging
+        manifests.remove_manifest(layout)
+        shutil.rmtree(staging.old, ignore_errors=True)
+        staging.old.mkdir()
+        if layout.in_place:
+            layout.dest.mkdir(parents=True, exist_ok=True)
+            for entry in os.scandir(layout.dest):
+                if entry.name != HIDDEN:
+                    os.rename(entry.path, staging.old / entry.name)
+            for entry in os.scandir(staging.data):
+                os.rename(entry.path, layout.dest / entry.name)
+            manifests.fsync_dir(layout.dest)
+        else:
+            layout.dest.parent.mkdir(parents=True, exist_ok=True)
+            if os.path.lexists(layout.dest):
+                os.rename(layout.dest, staging.old / "previous")
+            os.rename(staging.data, layout.dest)
+            manifests.fsync_dir(layout.dest.parent)
+        manifests.write_manifest(layout, manifest)
+        staging.wipe()
+
+    # -- progress --------------------------------------------------------------------------
+
+    def _report(self, *, phase: str | None = None) -> None:
+        if self.progress is None:
+            return
+        total = sum(f.remote.size for f in self.files)
+        done = total if phase == "done" else min(self.bytes_done, total)
+        rate = self._meter.sample(done)
+        self.progress(Progress(
+            phase=phase or self.phase, bytes_done=done, bytes_total=total,
+            files_done=self.files_done, files_total=len(self.files), rate=rate,
+            eta=eta(total - done, rate)))
+
+
+def _free_bytes(path: Path) -> int:
+    stats = os.statvfs(path)
+    return stats.f_bavail * stats.f_frsize
+
+
+def _fsync_files(root: Path, paths: Iterable[str]) -> None:
+    for relative in paths:
+        fd = os.open(root / relative, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            os.fdatasync(fd)
+        finally:
+            os.close(fd)

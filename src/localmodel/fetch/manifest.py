@@ -1,0 +1,196 @@
+"""The manifest: the proof that a model folder is complete, and the checks that use it.
+
+Written as JSON beside the folder (see `layout`), after the folder is in place:
+
+    {
+      "format": 1,
+      "source": "s3://bucket/model",          credentials and query values removed
+      "revision": "5e3c...",                  resolved revision, when the source has one
+      "files": [{"path": "config.json", "size": 612, "sha256": "...",
+                 "digest": {"algorithm": "md5", "value": "..."}, "digest_checked": true}],
+      "archive": null,                        or the downloaded archive's entry, if unpacked
+      "total_size": 612,
+      "completed_at": "2026-01-01T00:00:00Z",
+      "localmodel_version": "0.1.0",
+      "details": {}
+    }
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import stat
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from localmodel.fetch.layout import HIDDEN, Layout
+from localmodel.sources.base import Digest
+
+logger = logging.getLogger(__name__)
+
+FORMAT = 1
+_HASH_BLOCK = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ManifestFile:
+    path: str
+    size: int
+    sha256: str
+    #: The provider's digest, if it gave one.
+    digest: Digest | None = None
+    #: Whether that digest was compared with the downloaded bytes.
+    digest_checked: bool = False
+
+
+@dataclass(frozen=True)
+class Manifest:
+    source: str
+    revision: str | None
+    files: tuple[ManifestFile, ...]
+    total_size: int
+    completed_at: str
+    localmodel_version: str
+    archive: ManifestFile | None = None
+    details: Mapping[str, str] = field(default_factory=dict)
+    format: int = FORMAT
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1, sort_keys=False) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> Manifest:
+        raw: dict[str, Any] = json.loads(text)
+        if raw.get("format") != FORMAT:
+            raise ValueError(f"unknown manifest format {raw.get('format')!r}")
+
+        def entry(item: Mapping[str, Any]) -> ManifestFile:
+            digest = item.get("digest")
+            return ManifestFile(
+                path=str(item["path"]), size=int(item["size"]), sha256=str(item["sha256"]),
+                digest=Digest(**digest) if digest else None,
+                digest_checked=bool(item.get("digest_checked", False)),
+            )
+
+        return cls(
+            source=str(raw["source"]),
+            revision=raw.get("revision"),
+            files=tuple(entry(item) for item in raw["files"]),
+            total_size=int(raw["total_size"]),
+            completed_at=str(raw["completed_at"]),
+            localmodel_version=str(raw["localmodel_version"]),
+            archive=entry(raw["archive"]) if raw.get("archive") else None,
+            details=dict(raw.get("details") or {}),
+        )
+
+
+def write_manifest(layout: Layout, manifest: Manifest) -> None:
+    """Write atomically and durably: temp file, fsync, rename, fsync the folder."""
+    layout.manifest.parent.mkdir(parents=True, exist_ok=True)
+    temporary = layout.manifest.with_name(f".{layout.manifest.name}.tmp")
+    with open(temporary, "w", encoding="utf-8") as handle:
+        handle.write(manifest.to_json())
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, layout.manifest)
+    fsync_dir(layout.manifest.parent)
+
+
+def remove_manifest(layout: Layout) -> None:
+    """Withdraw the proof first whenever a folder is about to change."""
+    try:
+        os.unlink(layout.manifest)
+    except FileNotFoundError:
+        return
+    fsync_dir(layout.manifest.parent)
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_manifest(layout: Layout) -> Manifest | None:
+    """The manifest of `layout`, or None if there is none or it is unreadable (= incomplete)."""
+    try:
+        text = layout.manifest.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    try:
+        return Manifest.from_json(text)
+    except (ValueError, KeyError, TypeError) as exc:
+        logger.warning("unreadable manifest %s: %s", layout.manifest, exc)
+        return None
+
+
+def _walk_files(root: Path, skip_hidden_root: bool) -> Iterable[str]:
+    stack = [root]
+    while stack:
+        folder = stack.pop()
+        for entry in os.scandir(folder):
+            if skip_hidden_root and folder == root and entry.name == HIDDEN:
+                continue
+            path = Path(entry.path)
+            if entry.is_dir(follow_symlinks=False):
+                stack.append(path)
+            else:
+                yield path.relative_to(root).as_posix()
+
+
+def verify_quick(layout: Layout, manifest: Manifest) -> list[str]:
+    """Problems found by comparing names, types and sizes with the manifest (no reading)."""
+    problems: list[str] = []
+    if not layout.dest.is_dir():
+        return [f"folder {layout.dest} is missing"]
+    expected = {item.path: item for item in manifest.files}
+    for item in manifest.files:
+        try:
+            st = os.lstat(layout.dest / item.path)
+        except FileNotFoundError:
+            problems.append(f"missing: {item.path}")
+            continue
+        if not stat.S_ISREG(st.st_mode):
+            problems.append(f"not a regular file: {item.path}")
+        elif st.st_size != item.size:
+            problems.append(f"size: {item.path} has {st.st_size} bytes, manifest says {item.size}")
+    for path in _walk_files(layout.dest, skip_hidden_root=layout.in_place):
+        if path not in expected:
+            problems.append(f"unexpected: {path}")
+    return problems
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    buffer = memoryview(bytearray(_HASH_BLOCK))
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    try:
+        while count := os.readv(fd, [buffer]):
+            digest.update(buffer[:count])
+    finally:
+        os.close(fd)
+    return digest.hexdigest()
+
+
+def verify_full(layout: Layout, manifest: Manifest) -> list[str]:
+    """`verify_quick`, then re-hash every file and compare with the manifest (a scrub)."""
+    problems = verify_quick(layout, manifest)
+    for item in manifest.files:
+        path = layout.dest / item.path
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            continue
+        if not stat.S_ISREG(st.st_mode) or st.st_size != item.size:
+            continue  # already reported
+        actual = file_sha256(path)
+        if actual != item.sha256:
+            problems.append(f"sha256: {item.path} is {actual}, manifest says {item.sha256}")
+    return problems

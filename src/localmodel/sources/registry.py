@@ -1,0 +1,167 @@
+"""Which source class serves a URI: a lazy scheme → "module:Class" map, fsspec style.
+
+Classes are imported on first use, so a missing optional SDK only matters to the URIs that
+need it, and then the error says what to install. Every source class is built the same way:
+`Cls(uri, settings)`.
+
+    s3://bucket/prefix                               localmodel.sources.s3:S3Source
+    gs://bucket/prefix                               localmodel.sources.gcs:GCSSource
+    https://<account>.blob.core.windows.net/c/path   localmodel.sources.azure:AzureBlobSource
+      (also any http(s) URI below the blob endpoint named by the settings
+       AZURE_STORAGE_BLOB_ENDPOINT or AZURE_STORAGE_CONNECTION_STRING, e.g. azurite)
+    hf://owner/model[:revision]                      localmodel.sources.hf:HFSource
+    http(s)://host/path/file                         localmodel.sources.http:HTTPSource
+    file:///path, /path, relative/path, pvc://claim/path
+                                                     localmodel.sources.local:LocalSource
+
+URIs must not carry credentials (`user:password@host`): those belong in settings.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from urllib.parse import urlsplit, urlunsplit
+
+from localmodel.errors import InvalidURIError
+from localmodel.sources.base import Settings, Source
+
+AZURE = "azure"
+LOCAL = "local"
+
+
+@dataclass(frozen=True)
+class Entry:
+    #: "package.module:ClassName"
+    target: str
+    #: What to install when the import fails.
+    install_hint: str = ""
+
+
+_registry: dict[str, Entry] = {
+    "s3": Entry("localmodel.sources.s3:S3Source", "pip install boto3"),
+    "gs": Entry("localmodel.sources.gcs:GCSSource", "pip install google-cloud-storage"),
+    AZURE: Entry("localmodel.sources.azure:AzureBlobSource",
+                 "pip install azure-storage-blob azure-identity"),
+    "hf": Entry("localmodel.sources.hf:HFSource", "pip install huggingface_hub"),
+    "http": Entry("localmodel.sources.http:HTTPSource", "pip install urllib3"),
+    "https": Entry("localmodel.sources.http:HTTPSource", "pip install urllib3"),
+    "file": Entry("localmodel.sources.local:LocalSource"),
+    "pvc": Entry("localmodel.sources.local:LocalSource"),
+    LOCAL: Entry("localmodel.sources.local:LocalSource"),
+}
+
+#: Read-only view of the scheme map ("azure" and "local" are the names used for Azure blob
+#: URLs and plain paths, which have no scheme of their own).
+registry: Mapping[str, Entry] = MappingProxyType(_registry)
+
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+_AZURE_HOST = re.compile(r"^[a-z0-9]{3,24}\.blob\.core\.(windows\.net|chinacloudapi\.cn|"
+                         r"usgovcloudapi\.net|cloudapi\.de)$")
+_CONTROL = re.compile(r"[\x00-\x20\x7f]")
+_AZURITE_BLOB_ENDPOINT = "http://127.0.0.1:10000/devstoreaccount1"
+
+
+def register(scheme: str, target: str, *, install_hint: str = "", clobber: bool = False) -> None:
+    """Add a scheme. Refuses to replace an existing one unless `clobber`."""
+    scheme = scheme.lower()
+    if scheme in _registry and not clobber and _registry[scheme].target != target:
+        raise ValueError(f"scheme {scheme!r} is already served by {_registry[scheme].target}")
+    _registry[scheme] = Entry(target, install_hint)
+
+
+def redact_uri(uri: str) -> str:
+    """The URI without user info and without query values (pre-signed URLs carry secrets there)."""
+    if not _SCHEME.match(uri):
+        return uri
+    try:
+        parts = urlsplit(uri)
+    except ValueError:
+        return "<malformed URI>"
+    netloc = parts.netloc.rpartition("@")[2]
+    query = "&".join(
+        f"{item.partition('=')[0]}=REDACTED" if "=" in item else item
+        for item in parts.query.split("&")
+    ) if parts.query else ""
+    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+
+
+def _blob_endpoints(settings: Settings) -> list[str]:
+    endpoints = []
+    if settings.get("AZURE_STORAGE_BLOB_ENDPOINT"):
+        endpoints.append(settings["AZURE_STORAGE_BLOB_ENDPOINT"])
+    connection_string = settings.get("AZURE_STORAGE_CONNECTION_STRING", "")
+    fields = dict(
+        part.split("=", 1) for part in connection_string.split(";") if "=" in part
+    )
+    if fields.get("BlobEndpoint"):
+        endpoints.append(fields["BlobEndpoint"])
+    elif fields.get("UseDevelopmentStorage", "").lower() == "true":
+        endpoints.append(_AZURITE_BLOB_ENDPOINT)
+    return [endpoint.rstrip("/") + "/" for endpoint in endpoints]
+
+
+def is_azure_blob_uri(uri: str, settings: Settings) -> bool:
+    """Whether an http(s) URI names an Azure blob (public cloud, or a configured endpoint)."""
+    try:
+        host = (urlsplit(uri).hostname or "").lower()
+    except ValueError:
+        return False
+    if uri.lower().startswith("https://") and _AZURE_HOST.match(host):
+        return True
+    return any(uri.startswith(endpoint) for endpoint in _blob_endpoints(settings))
+
+
+def scheme_of(uri: str, settings: Settings = MappingProxyType({})) -> str:
+    """The registry key serving `uri`. Raises InvalidURIError for what no source serves."""
+    if not uri or not uri.strip():
+        raise InvalidURIError("empty storage URI")
+    if _CONTROL.search(uri.strip(" ")) or uri != uri.strip():
+        raise InvalidURIError("storage URI contains whitespace or control characters")
+    match = _SCHEME.match(uri)
+    if match is None:
+        if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*:", uri) and not re.match(r"^[A-Za-z]:[\\/]", uri):
+            raise InvalidURIError(f"malformed storage URI {redact_uri(uri)!r}: expected scheme://...")
+        return LOCAL
+    scheme = match.group(1).lower()
+    try:
+        parts = urlsplit(uri)
+        parts.port  # noqa: B018 -- raises ValueError on a bad port
+    except ValueError as exc:
+        raise InvalidURIError(f"malformed storage URI {redact_uri(uri)!r}: {exc}") from None
+    if "@" in parts.netloc:
+        raise InvalidURIError(
+            f"storage URI {redact_uri(uri)!r} carries credentials; pass them as settings instead"
+        )
+    if scheme in ("http", "https") and is_azure_blob_uri(uri, settings):
+        return AZURE
+    if scheme not in _registry or scheme in (AZURE, LOCAL):
+        supported = ", ".join(sorted(s + "://" for s in _registry if s not in (AZURE, LOCAL)))
+        raise InvalidURIError(
+            f"unsupported storage URI scheme {scheme!r} in {redact_uri(uri)!r} "
+            f"(supported: {supported}, Azure blob URLs and local paths)"
+        )
+    return scheme
+
+
+def source_class(scheme: str) -> type[Source]:
+    """Import and return the class registered for `scheme`."""
+    entry = _registry[scheme]
+    module_name, _, class_name = entry.target.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        hint = f"; install it with: {entry.install_hint}" if entry.install_hint else ""
+        raise ImportError(
+            f"the {scheme} source needs a package that is missing ({exc.name or exc}){hint}"
+        ) from exc
+    cls: type[Source] = getattr(module, class_name)
+    return cls
+
+
+def open_source(uri: str, settings: Settings = MappingProxyType({})) -> Source:
+    """Build the source that serves `uri`, configured by `settings` (never os.environ)."""
+    return source_class(scheme_of(uri, settings))(uri, settings)
