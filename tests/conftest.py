@@ -1,6 +1,7 @@
-"""Shared test setup: server fixtures come from plugin modules under tests/servers/."""
+"""Shared pytest setup: fixture plugins, one module per kind of server."""
 
 pytest_plugins = [
     "tests.servers.nginx",
     "tests.servers.http",
+    "tests.kube_cluster",
 ]

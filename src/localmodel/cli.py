@@ -8,6 +8,7 @@ from __future__ import annotations
 import click
 
 from localmodel import __version__
+from localmodel.dev.commands import dev
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -193,3 +194,6 @@ def agent(root: str, manifest: str | None, kubeconfig: str | None, node_name: st
         return await run_agent(settings, backend, stop=stop, once=once)
 
     raise SystemExit(asyncio.run(main_async()))
+
+
+main.add_command(dev)

@@ -14,6 +14,8 @@
         ├── SourceUnavailableError            5xx, 429, timeouts, connection resets
         │                                     (carries retry_after seconds when the server said so)
         └── IntegrityError                    size or digest mismatch after download
+    ControlPlaneError                  the local dev/test control plane (localmodel.dev) failed
+    └── GoToolchainMissingError               `go` is not installed, so it cannot be built
 
 Source modules translate their SDK's exceptions into this tree where they enter
 (`raise ... from exc`), so no SDK exception leaks into the engine, the agent or the CLI.
@@ -80,3 +82,16 @@ class SourceUnavailableError(TransientError):
 
 class IntegrityError(TransientError):
     reason = "IntegrityCheckFailed"
+
+
+class ControlPlaneError(LocalModelError):
+    """The local control plane (etcd + kube-apiserver for tests and the demo) failed to build,
+    start or stop. Messages name the log file to read."""
+
+    reason = "ControlPlaneFailed"
+
+
+class GoToolchainMissingError(ControlPlaneError):
+    """The control plane is built from Go modules and no `go` binary was found."""
+
+    reason = "GoToolchainMissing"

@@ -1,0 +1,112 @@
+"""The `localmodel dev` command group: tools for developing and demonstrating localmodel.
+
+`localmodel dev cluster` runs a real control plane in the foreground until Ctrl-C or SIGTERM.
+The heavy imports (cryptography, the harness) happen inside the command, so `localmodel --help`
+stays fast.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING
+
+import click
+
+from localmodel.errors import ControlPlaneError
+
+if TYPE_CHECKING:
+    from localmodel.dev.controlplane import ControlPlane
+
+
+@click.group()
+def dev() -> None:
+    """Developer tools: a local Kubernetes control plane for tests and the demo."""
+
+
+class _StopRequested(Exception):
+    """Raised from the SIGINT/SIGTERM handler to unwind into the clean shutdown path."""
+
+
+def _raise_stop(signum: int, _frame: FrameType | None) -> None:
+    # Later signals are ignored so a second Ctrl-C cannot interrupt the shutdown itself.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise _StopRequested(signal.Signals(signum).name)
+
+
+@dev.command()
+@click.option(
+    "--dir", "workdir", required=True, type=click.Path(file_okay=False, path_type=Path),
+    help="Working directory: kubeconfig, certificates, etcd data and logs go here. "
+    "Reusing a directory keeps the cluster's objects and credentials.",
+)
+@click.option(
+    "--controller-manager/--no-controller-manager", default=True, show_default=True,
+    help="Also run kube-controller-manager (default ServiceAccounts, namespace deletion, "
+    "owner-reference garbage collection).",
+)
+@click.option(
+    "--start-timeout", type=float, default=180.0, show_default=True,
+    help="Seconds to wait for each component to become ready.",
+)
+def cluster(workdir: Path, controller_manager: bool, start_timeout: float) -> None:
+    """Run a real Kubernetes control plane on 127.0.0.1 until Ctrl-C or SIGTERM.
+
+    Starts etcd, kube-apiserver (RBAC, admission webhooks, ValidatingAdmissionPolicy,
+    ServiceAccount tokens) and kube-controller-manager, all built from Go modules in
+    hack/controlplane (the first build takes several minutes; later runs reuse it). No kubelet
+    runs: Nodes and Pods are objects only.
+
+    Once `kubectl get ns` works it prints a line containing "ready", the kubeconfig path
+    (DIR/kubeconfig, an admin credential) and how to call the matching kubectl. Component logs
+    are in DIR/logs/. On Ctrl-C or SIGTERM everything is stopped and the command exits 0.
+    """
+    from localmodel.dev.build import built_paths, ensure_built
+    from localmodel.dev.controlplane import DEFAULT_CONTROLLERS, ControlPlane
+
+    signal.signal(signal.SIGINT, _raise_stop)
+    signal.signal(signal.SIGTERM, _raise_stop)
+    try:
+        if built_paths() is None:
+            click.echo("building the control plane from Go modules (first time: several minutes)...")
+        paths = ensure_built()
+        plane = ControlPlane(
+            workdir,
+            paths=paths,
+            controllers=DEFAULT_CONTROLLERS if controller_manager else (),
+            start_timeout=start_timeout,
+        )
+        with plane:
+            _wait_for_kubectl(plane, start_timeout)
+            click.echo(f"localmodel control plane ready: {plane.server}")
+            click.echo(f"  kubeconfig: {plane.kubeconfig}")
+            click.echo(f"  kubectl:    {paths.kubectl} --kubeconfig {plane.kubeconfig} get ns")
+            click.echo(f"  logs:       {plane.logs_dir}/")
+            click.echo("press Ctrl-C to stop")
+            while True:
+                time.sleep(1.0)
+                failed = plane.failed_component()
+                if failed is not None:
+                    raise click.ClickException(
+                        f"{failed.name} exited with status {failed.exit_code()}; "
+                        f"log {failed.log_file}:\n{failed.log_tail()}"
+                    )
+    except _StopRequested as stop:
+        click.echo(f"{stop}: control plane stopped")
+    except ControlPlaneError as error:
+        raise click.ClickException(str(error)) from error
+
+
+def _wait_for_kubectl(plane: ControlPlane, timeout: float) -> None:
+    """Ready means a user's first command works, not just /readyz: wait for `kubectl get ns`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = plane.kubectl("get", "ns", check=False)
+        if result.returncode == 0:
+            return
+        if time.monotonic() > deadline:
+            raise ControlPlaneError(f"`kubectl get ns` still fails after {timeout:.0f}s: {result.stderr.strip()}")
+        time.sleep(0.5)
