@@ -105,6 +105,10 @@ def status(kubeconfig: str | None, output: str) -> None:
 @click.option("--resync", type=float, default=60.0, show_default=True,
               help="Seconds between passes in standalone mode (the cluster uses "
                    "reconcilationFrequencyInSecs from inferenceservice-config).")
+@click.option("--retry-initial", type=float, default=10.0, show_default=True,
+              help="Seconds before the first retry of a failed download; doubles per failure.")
+@click.option("--retry-max", type=float, default=600.0, show_default=True,
+              help="Longest wait between retries of a failed download.")
 @click.option("--reserve", type=str, default="256Mi", show_default=True,
               help="Free space a download must never use, as a quantity.")
 @click.option("--bind-address", default=None, help="Default 0.0.0.0, or 127.0.0.1 in standalone mode.")
@@ -117,7 +121,8 @@ def status(kubeconfig: str | None, output: str) -> None:
 @click.option("--once", is_flag=True, help="Exit when every model is downloaded (0) or failed (1).")
 def agent(root: str, manifest: str | None, kubeconfig: str | None, node_name: str | None, namespace: str,
           max_concurrent_downloads: int, download_threads: int | None, rate_limit: str | None,
-          scrub_interval: float, progress_interval: float, resync: float, reserve: str,
+          scrub_interval: float, progress_interval: float, resync: float, retry_initial: float,
+          retry_max: float, reserve: str,
           bind_address: str | None, health_port: int, metrics_port: int, log_format: str | None,
           log_level: str, once: bool) -> None:
     """Keep this node's models on disk equal to its LocalModelNode (the node agent DaemonSet).
@@ -138,6 +143,7 @@ def agent(root: str, manifest: str | None, kubeconfig: str | None, node_name: st
     from localmodel.node.settings import (
         AgentSettings,
         DownloadSettings,
+        RetrySettings,
         ScrubSettings,
         ServerSettings,
         StatusSettings,
@@ -163,6 +169,7 @@ def agent(root: str, manifest: str | None, kubeconfig: str | None, node_name: st
         root=Path(root).absolute(),
         node_name=node_name,
         namespace=namespace,
+        retry=RetrySettings(initial_seconds=retry_initial, max_seconds=max(retry_max, retry_initial)),
         downloads=DownloadSettings(max_concurrent=max_concurrent_downloads, reserve_bytes=reserve_bytes,
                                    engine_options=engine),
         status=StatusSettings(progress_interval_seconds=progress_interval),

@@ -36,7 +36,7 @@ from localmodel.fetch.progress import Progress
 from localmodel.node.capacity import CapacityRequest, check_capacity
 from localmodel.node.credentials import Credentials, redact
 from localmodel.node.plan import JobKind, JobView
-from localmodel.node.store import ModelStore, manifest_digest, parse_time
+from localmodel.node.store import ModelStore, manifest_digest
 
 logger = logging.getLogger(__name__)
 
@@ -305,7 +305,7 @@ class Jobs:
             self._reserve(key, job, model_bytes, request.capacity)
             manifest = self._store.download(
                 key, request.uri, settings=settings, options=self._options,
-                progress=on_progress, cancel=job.cancel,
+                progress=on_progress,
             )
         except BaseException as exc:  # noqa: BLE001 - every outcome becomes a result
             cancelled = isinstance(exc, Cancelled) or job.cancel.is_set()
@@ -329,7 +329,7 @@ class Jobs:
             key,
             JobResult(
                 key=key, kind=JobKind.DOWNLOAD, ok=True, started_at=started,
-                finished_at=parse_time(manifest.completed_at) or _now(),
+                finished_at=_now(),
                 bytes_total=manifest.total_size, files_total=len(manifest.files),
                 revision=manifest.revision, digest=manifest_digest(manifest), bytes_fetched=fetched,
             ),

@@ -42,7 +42,8 @@ STATUS_FILE = "status.json"
 
 #: Environment names that carry download settings; everything else stays out of `settings`.
 SETTING_PREFIXES = ("AWS_", "S3_", "GOOGLE_", "GCS_", "STORAGE_EMULATOR_HOST", "AZURE_", "AZ_",
-                    "HF_", "HUGGING_FACE_", "MODELSCOPE_", "REQUESTS_CA_BUNDLE", "SSL_CERT_FILE",
+                    "HF_", "HUGGING_FACE_", "MODELSCOPE_", "REQUESTS_CA_BUNDLE", "SSL_CERT_FILE", "CURL_CA_BUNDLE",
+                    "LOCALMODEL_",
                     "STORAGE_ALLOW_PATTERNS", "STORAGE_IGNORE_PATTERNS")
 
 

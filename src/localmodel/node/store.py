@@ -25,7 +25,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from threading import Event, Lock
+from threading import Lock
 
 from localmodel.api.keys import is_storage_key
 from localmodel.fetch import download as engine_download
@@ -177,11 +177,10 @@ class ModelStore:
         settings: Settings,
         options: FetchOptions,
         progress: Callable[[Progress], None],
-        cancel: Event,
     ) -> Manifest:
-        return engine_download(
-            uri, self.layout(key), settings=settings, options=options, progress=progress, cancel=cancel
-        )
+        """Run the engine into this key's layout. To cancel, raise from `progress`: the engine
+        stops its workers and keeps staging, so the next call resumes."""
+        return engine_download(uri, self.layout(key), settings=settings, options=options, progress=progress)
 
     def scrub(self, key: str) -> list[str]:
         """Re-hash every file; problems found (empty when the model is intact or gone)."""
