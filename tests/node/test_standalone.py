@@ -18,7 +18,12 @@ from typing import Any
 import pytest
 
 from localmodel.api.keys import storage_key
-from tests.node.agent_process import AgentProcess, metric_value, read_status_file, wait_until
+from tests.node.agent_process import (
+    AgentProcess,
+    metric_value,
+    read_status_file,
+    wait_until,
+)
 from tests.node.models import make_model, model_dir, tree_digests
 from tests.servers.http import FaultServer
 from tests.servers.nginx import PRIVATE_TOKEN, NginxServer

@@ -272,8 +272,8 @@ class ClusterBackend:
     async def write_status(self, patch: Mapping[str, Any], full: Mapping[str, Any]) -> Mapping[str, Any] | None:
         try:
             obj = await self.client.patch(
-                resources.LocalModelNode, self.node_name, {"status": dict(patch)},
-                subresource="status", patch_type=PatchType.MERGE,
+                resources.LocalModelNode.Status, self.node_name, {"status": dict(patch)},
+                patch_type=PatchType.MERGE,
             )
         except ApiError as exc:
             if _is_not_found(exc):

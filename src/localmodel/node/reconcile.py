@@ -217,8 +217,9 @@ class Reconciler:
         uri = model.uri if model else result.key
         speed = f" at {_human_bytes(rate)}/s" if rate else ""
         revision = f", revision {result.revision}" if result.revision else ""
+        files = f"{result.files_total} file" + ("" if result.files_total == 1 else "s")
         message = (
-            f"downloaded {uri} ({_human_bytes(result.bytes_total or 0)}, {result.files_total} files) "
+            f"downloaded {uri} ({_human_bytes(result.bytes_total or 0)}, {files}) "
             f"in {seconds:.1f}s{speed}{revision}; content verified"
         )
         await self._event("Normal", "Downloaded", message, result.key)

@@ -127,9 +127,11 @@ async def run_agent(settings: AgentSettings, backend: Backend, *, stop: asyncio.
             await _wait_any(wake, stop, timeout)
     finally:
         logger.info("agent stopping; partial downloads are kept for resume")
+        stopping = utcnow()
         await asyncio.to_thread(jobs.shutdown, STOP_GRACE)
         await backend.close()
         await server.stop()
+        logger.info("agent stopped", extra={"seconds": round((utcnow() - stopping).total_seconds(), 3)})
     return exit_code
 
 
