@@ -407,3 +407,36 @@ def test_agent_survives_an_apiserver_restart(cluster: ClusterAgents, tmp_path: P
     assert tree_digests(model_dir(cluster.root(node), uri_2)) == digests_2
     agent.signal(signal.SIGTERM)
     assert agent.wait() == 0
+
+
+def test_watch_lists_again_after_410_gone_and_keeps_waking(cluster: ClusterAgents) -> None:
+    """A watch resumed from a compacted resourceVersion gets 410 Gone: list again, carry on."""
+    import asyncio
+
+    from localmodel.kube.client import async_client
+    from localmodel.node.cluster import ClusterBackend
+
+    node = cluster.node([])
+
+    async def scenario() -> tuple[int, int]:
+        backend = ClusterBackend(async_client(str(cluster.kube.kubeconfig)), node_name=node,
+                                 namespace=cluster.config_namespace, resume_from="1")
+        wakes = asyncio.Queue[None]()
+        await backend.start(lambda: wakes.put_nowait(None))
+        try:
+            async def until(condition: Any) -> None:
+                while not condition():
+                    await asyncio.wait_for(wakes.get(), timeout=120)
+
+            await until(lambda: backend.lists >= 1)
+            lists_after_gone = backend.lists
+            while not wakes.empty():
+                wakes.get_nowait()
+            await asyncio.to_thread(cluster.set_entries, node, [entry("file:///x", "x")])
+            await asyncio.wait_for(wakes.get(), timeout=120)  # the spec change wakes the agent
+            return lists_after_gone, backend.lists
+        finally:
+            await backend.close()
+
+    lists_after_gone, lists_at_end = asyncio.run(scenario())
+    assert lists_after_gone == 1 and lists_at_end == 1

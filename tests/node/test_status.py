@@ -6,6 +6,7 @@ from localmodel.api.types import ModelDetail, ModelStatus, NodeDisk
 from localmodel.node.status import (
     additive_fields_pruned,
     build_status,
+    coarse_free_bytes,
     merge_patch,
     status_patch,
     write_due,
@@ -93,3 +94,11 @@ def test_write_due_throttles_progress_but_not_phase_changes() -> None:
         False, NOW + timedelta(seconds=5))
     assert write_due(significant=False, last_write=NOW, now=NOW + timedelta(seconds=5), progress_interval=5) == (
         True, None)
+
+
+def test_free_space_is_reported_coarsely_so_idle_nodes_write_nothing() -> None:
+    mib, gib, tib = 2**20, 2**30, 2**40
+    assert coarse_free_bytes(100 * gib + 5 * mib, 200 * gib) == 100 * gib  # 200 MiB steps
+    assert coarse_free_bytes(100 * gib + 5 * mib, 200 * gib) == coarse_free_bytes(100 * gib + 90 * mib, 200 * gib)
+    assert coarse_free_bytes(10 * mib, 50 * gib) == 0  # 64 MiB minimum step
+    assert coarse_free_bytes(3 * tib + gib, 10 * tib) % (10 * gib) == 0

@@ -70,10 +70,24 @@ def _is_not_found(exc: ApiError) -> bool:
     return exc.status.code == 404
 
 
+def _is_gone(exc: BaseException) -> bool:
+    """410 Gone, whether sent as a watch ERROR event (ApiError) or as the HTTP status."""
+    if isinstance(exc, ApiError):
+        return exc.status.code == 410
+    response = getattr(exc, "response", None)
+    return getattr(response, "status_code", None) == 410
+
+
+def _trigger_state(obj: Any) -> dict[str, Any]:
+    """What a change must touch to be worth a pass: the spec (generation) or annotations."""
+    return {"generation": obj.metadata.generation, "annotations": obj.metadata.annotations}
+
+
 class ClusterBackend:
     """Backend for `localmodel agent` inside a cluster."""
 
-    def __init__(self, client: AsyncClient, *, node_name: str, namespace: str) -> None:
+    def __init__(self, client: AsyncClient, *, node_name: str, namespace: str,
+                 resume_from: str | None = None) -> None:
         self.client = client
         self.node_name = node_name
         self.namespace = namespace
@@ -83,50 +97,62 @@ class ClusterBackend:
         self._uid: str | None = None
         self._watch_task: asyncio.Task[None] | None = None
         self._warned: set[str] = set()
-        #: Set once the watch has listed successfully (for readiness).
+        #: Set while the watch is connected.
         self.watching = False
+        #: Start watching from this resourceVersion instead of listing first.
+        self._resume_from = resume_from
+        #: How many times the object was listed (once at start, again after each 410 Gone).
+        self.lists = 0
 
     # --- watching -------------------------------------------------------------------------------
 
     async def start(self, wake: Callable[[], None]) -> None:
         self._watch_task = asyncio.create_task(self._watch(wake), name="watch-localmodelnode")
 
+    async def _list(self, fields: Mapping[str, str]) -> tuple[str, dict[str, Any]]:
+        listing = self.client.list(resources.LocalModelNode, fields=fields)
+        seen: dict[str, Any] = {}
+        async for obj in listing:
+            seen = _trigger_state(obj)
+        return listing.resourceVersion, seen
+
     async def _watch(self, wake: Callable[[], None]) -> None:
+        """List, then watch from the list's version; on 410 Gone list again; on any other
+        error back off and watch again from the last version seen (informer style)."""
         fields = {"metadata.name": self.node_name}
+        version = self._resume_from
+        seen: dict[str, Any] = {}
         delay = 1.0
         while True:
             try:
-                listing = self.client.list(resources.LocalModelNode, fields=fields)
-                seen: dict[str, Any] = {}
-                async for obj in listing:
-                    seen = {"generation": obj.metadata.generation, "annotations": obj.metadata.annotations}
-                version = listing.resourceVersion
+                if version is None:
+                    version, seen = await self._list(fields)
+                    self.lists += 1
+                    wake()
                 self.watching = True
-                wake()
-                delay = 1.0
                 async for kind, obj in self.client.watch(
                     resources.LocalModelNode, fields=fields, resource_version=version
                 ):
-                    current = {"generation": obj.metadata.generation, "annotations": obj.metadata.annotations}
+                    version = obj.metadata.resourceVersion or version
+                    current = _trigger_state(obj) if kind != "DELETED" else {}
                     # Our own status writes change neither generation nor annotations (A2).
                     if kind != "MODIFIED" or current != seen:
                         wake()
-                    seen = current if kind != "DELETED" else {}
+                    seen = current
+                    delay = 1.0
             except asyncio.CancelledError:
                 raise
-            except ApiError as exc:
-                if exc.status.code == 410:
+            except Exception as exc:  # noqa: BLE001 - connection drops, timeouts, API errors
+                if _is_gone(exc):
                     logger.info("watch expired (410 Gone); listing again")
+                    version = None
                     continue
-                self.watching = False
-                logger.warning("watch failed", extra={"error": str(exc), "retry_in": delay})
-            except Exception as exc:  # noqa: BLE001 - connection drops, timeouts
                 self.watching = False
                 logger.warning("watch failed", extra={"error": f"{exc.__class__.__name__}: {exc}",
                                                        "retry_in": delay})
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 30.0)
-            wake()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+                wake()
 
     # --- reading --------------------------------------------------------------------------------
 

@@ -51,6 +51,7 @@ from localmodel.node.settings import AgentSettings
 from localmodel.node.status import (
     additive_fields_pruned,
     build_status,
+    coarse_free_bytes,
     status_patch,
     write_due,
 )
@@ -393,7 +394,8 @@ class Reconciler:
         self.metrics.disk_used.set(used)
         self.metrics.disk_free.set(usage.free_bytes)
         self.metrics.disk_capacity.set(usage.capacity_bytes)
-        return NodeDisk(capacity_bytes=usage.capacity_bytes, used_bytes=used, free_bytes=usage.free_bytes)
+        return NodeDisk(capacity_bytes=usage.capacity_bytes, used_bytes=used,
+                        free_bytes=coarse_free_bytes(usage.free_bytes, usage.capacity_bytes))
 
     async def _publish(self, current: Plan) -> None:
         assert self._desired is not None

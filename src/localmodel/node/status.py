@@ -56,6 +56,17 @@ def build_status(
     return body
 
 
+def coarse_free_bytes(free: int, capacity: int) -> int:
+    """Free space rounded down to max(64 MiB, capacity/1024).
+
+    Free space moves with every write anyone makes on the filesystem; reported exactly it would
+    make the status "change" on every pass of every node. The rounding keeps it informative
+    while an idle node writes nothing.
+    """
+    quantum = max(64 * 2**20, capacity // 1024)
+    return free // quantum * quantum
+
+
 def kserve_view(status: Mapping[str, Any]) -> dict[str, Any]:
     """Only the fields KServe's CRD keeps."""
     return {k: v for k, v in status.items() if k in KSERVE_STATUS_FIELDS}
