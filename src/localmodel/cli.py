@@ -172,7 +172,8 @@ def agent(root: str, manifest: str | None, kubeconfig: str | None, node_name: st
         retry=RetrySettings(initial_seconds=retry_initial, max_seconds=max(retry_max, retry_initial)),
         downloads=DownloadSettings(max_concurrent=max_concurrent_downloads, reserve_bytes=reserve_bytes,
                                    engine_options=engine),
-        status=StatusSettings(progress_interval_seconds=progress_interval),
+        status=StatusSettings(progress_interval_seconds=progress_interval,
+                              progress_log_seconds=5.0 if standalone else 30.0),
         scrub=ScrubSettings(interval_seconds=scrub_interval or None),
         server=ServerSettings(
             bind_address=bind_address or ("127.0.0.1" if standalone else "0.0.0.0"),

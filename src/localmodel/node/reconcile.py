@@ -117,6 +117,7 @@ class Reconciler:
         self._last_write: datetime | None = None
         self._status_wake: datetime | None = None
         self._announced: set[str] = set()
+        self._progress_logged: dict[str, datetime] = {}
         self._scrubbed: dict[str, datetime] = {}
         self._pending_events: list[AgentEvent] = []
         self.additive_pruned = False
@@ -171,6 +172,7 @@ class Reconciler:
         if self._desired is None:
             return None
         await self._announce_started()
+        self._log_progress()
         current = self._plan()
         await self._publish(current)
         return self._next_wake(current)
@@ -193,6 +195,7 @@ class Reconciler:
     async def _absorb(self, results: list[JobResult]) -> None:
         for result in results:
             self._announced.discard(result.key)
+            self._progress_logged.pop(result.key, None)
             if result.kind is JobKind.SCRUB:
                 await self._absorb_scrub(result)
             elif result.ok:
@@ -385,6 +388,29 @@ class Reconciler:
                 uri = model.uri if model else key
                 await self._event("Normal", "DownloadStarted", f"downloading {uri} into models/{key}", key)
 
+    def _log_progress(self) -> None:
+        interval = self.settings.status.progress_log_seconds
+        if interval is None:
+            return
+        now = self._clock()
+        for key, view in self.jobs.views().items():
+            if view.kind is not JobKind.DOWNLOAD or not view.running or not view.bytes_total:
+                continue
+            last = self._progress_logged.get(key) or view.started_at or now
+            if (now - last).total_seconds() < interval:
+                continue
+            self._progress_logged[key] = now
+            model = self._wanted.get(key)
+            rate = view.bytes_per_second or 0
+            left = (view.bytes_total - view.bytes_done) / rate if rate else None
+            eta = f", about {left:.0f}s left" if left is not None else ""
+            logger.info(
+                f"downloading {model.uri if model else key}: {100 * view.bytes_done / view.bytes_total:.0f}% "
+                f"of {_human_bytes(view.bytes_total)} at {_human_bytes(rate)}/s{eta}",
+                extra={"storage_key": key, "bytes_done": view.bytes_done, "bytes_total": view.bytes_total,
+                       "bytes_per_second": rate},
+            )
+
     # --- step 6 -------------------------------------------------------------------------------
 
     def _disk(self) -> NodeDisk:
@@ -428,7 +454,7 @@ class Reconciler:
                         "installed); writing status.modelStatus only")
         self._server_status = dict(stored)
         if significant:
-            logger.info("status written", extra={"models": {k: v for k, v in desired["modelStatus"].items()}})
+            logger.debug("status written", extra={"models": {k: v for k, v in desired["modelStatus"].items()}})
 
     # --- events ---------------------------------------------------------------------------------
 

@@ -42,6 +42,8 @@ class StatusSettings:
     #: Minimum seconds between writes that only move progress (bytes, rate, disk). A phase
     #: change is written at once.
     progress_interval_seconds: float = 5.0
+    #: Seconds between log lines about a running download's progress; None for none.
+    progress_log_seconds: float | None = 10.0
 
 
 @dataclass(frozen=True)
