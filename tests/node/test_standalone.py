@@ -229,7 +229,8 @@ def test_folder_deleted_by_hand_is_downloaded_again(standalone: Standalone, tmp_
     agent = standalone.start()
     standalone.wait_phase("m", "ModelDownloaded", agent)
     shutil.rmtree(model_dir(standalone.root, uri))
-    wait_until(lambda: model_dir(standalone.root, uri).is_dir() and tree_digests(model_dir(standalone.root, uri)) == digests
+    folder = model_dir(standalone.root, uri)
+    wait_until(lambda: folder.is_dir() and tree_digests(folder) == digests
                and standalone.phase("m") == "ModelDownloaded", "the folder to come back", agent=agent)
 
 

@@ -80,7 +80,8 @@ def _is_gone(exc: BaseException) -> bool:
 
 def _trigger_state(obj: Any) -> dict[str, Any]:
     """What a change must touch to be worth a pass: the spec (generation) or annotations."""
-    return {"generation": obj.metadata.generation, "annotations": obj.metadata.annotations}
+    meta = obj.metadata
+    return {"generation": meta.generation if meta else None, "annotations": meta.annotations if meta else None}
 
 
 class ClusterBackend:
@@ -109,7 +110,7 @@ class ClusterBackend:
     async def start(self, wake: Callable[[], None]) -> None:
         self._watch_task = asyncio.create_task(self._watch(wake), name="watch-localmodelnode")
 
-    async def _list(self, fields: Mapping[str, str]) -> tuple[str, dict[str, Any]]:
+    async def _list(self, fields: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         listing = self.client.list(resources.LocalModelNode, fields=fields)
         seen: dict[str, Any] = {}
         async for obj in listing:
@@ -119,7 +120,7 @@ class ClusterBackend:
     async def _watch(self, wake: Callable[[], None]) -> None:
         """List, then watch from the list's version; on 410 Gone list again; on any other
         error back off and watch again from the last version seen (informer style)."""
-        fields = {"metadata.name": self.node_name}
+        fields: dict[str, Any] = {"metadata.name": self.node_name}
         version = self._resume_from
         seen: dict[str, Any] = {}
         delay = 1.0
@@ -133,7 +134,7 @@ class ClusterBackend:
                 async for kind, obj in self.client.watch(
                     resources.LocalModelNode, fields=fields, resource_version=version
                 ):
-                    version = obj.metadata.resourceVersion or version
+                    version = (obj.metadata.resourceVersion if obj.metadata else None) or version
                     current = _trigger_state(obj) if kind != "DELETED" else {}
                     # Our own status writes change neither generation nor annotations (A2).
                     if kind != "MODIFIED" or current != seen:
@@ -179,7 +180,8 @@ class ClusterBackend:
             if _is_not_found(exc):
                 return None
             raise
-        self._uid = obj.metadata.uid
+        meta = obj.metadata
+        self._uid = meta.uid if meta else None
         raw = obj.to_dict()
         spec = raw.get("spec") or {}
         entries: list[LocalModelInfo] = []
@@ -190,7 +192,7 @@ class ClusterBackend:
                 warnings.append(f"spec.localModels[{index}] ignored: {exc}")
         return Desired(
             entries=tuple(entries),
-            generation=obj.metadata.generation,
+            generation=meta.generation if meta else None,
             status=raw.get("status") or {},
             resync_seconds=float(max(1, self._config.reconciliation_frequency_seconds)),
             warnings=tuple(warnings),
@@ -205,8 +207,8 @@ class ClusterBackend:
             if _is_not_found(exc):
                 return None
             raise
-        return SecretData(name=name, data=_decode(secret.data),
-                          annotations=dict(secret.metadata.annotations or {}))
+        annotations = (secret.metadata.annotations if secret.metadata else None) or {}
+        return SecretData(name=name, data=_decode(secret.data), annotations=dict(annotations))
 
     async def credentials(self, model: WantedModel) -> Credentials:
         plan = plan_credentials(model.first, self._credentials_config)
@@ -243,8 +245,8 @@ class ClusterBackend:
                                 f"ServiceAccount {plan.service_account} not found")
                 continue
             found.append(secret)
-        return from_service_account(plan.service_account, dict(account.metadata.annotations or {}),
-                                    found, self._credentials_config)
+        annotations = (account.metadata.annotations if account.metadata else None) or {}
+        return from_service_account(plan.service_account, dict(annotations), found, self._credentials_config)
 
     def _warn_once(self, key: str, message: str) -> None:
         if key not in self._warned:
@@ -322,7 +324,7 @@ class ClusterBackend:
             reportingController=REPORTING_CONTROLLER,
             reportingInstance=f"localmodel-agent-{self.node_name}"[:128],
         )
-        await self.client.create(body, namespace=EVENT_NAMESPACE)
+        await self.client.create(body)
 
     async def close(self) -> None:
         if self._watch_task is not None:

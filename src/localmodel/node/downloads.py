@@ -241,7 +241,7 @@ class Jobs:
         with self._lock:
             others = [j for k, j in self._jobs.items() if k != key and j.kind is JobKind.DOWNLOAD and j.need_bytes]
             reserved = sum(max(0, j.need_bytes - (j.progress.bytes_done if j.progress else 0)) for j in others)
-            groups = sorted(job.groups) or [None]
+            groups: list[str | None] = [*sorted(job.groups)] or [None]
             for group in groups:
                 limit = context.group_limits.get(group) if group else None
                 used = context.group_present_bytes.get(group, 0) if group else 0

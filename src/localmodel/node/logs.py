@@ -56,5 +56,6 @@ def setup_logging(fmt: str = "json", level: str = "info", stream: TextIO | None 
     root.addHandler(handler)
     root.setLevel(level.upper())
     # Client libraries log every request at INFO; the agent's own lines are what matter.
-    for noisy in ("httpx", "httpx2", "httpcore", "httpcore2", "urllib3", "botocore", "azure", "google", "huggingface_hub", "aiohttp.access"):
+    for noisy in ("httpx", "httpx2", "httpcore", "httpcore2", "urllib3", "botocore", "azure", "google",
+                  "huggingface_hub", "aiohttp.access"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

@@ -212,7 +212,6 @@ def decide(
 ) -> Decision:
     """The phase and the next step for one wanted model."""
     key = model.storage_key
-    last_error = {"reason": record.reason, "message": record.message}
 
     # 1. A running download owns the phase; a scrub leaves the model usable (Downloaded).
     if job is not None and job.kind is JobKind.DOWNLOAD:
@@ -227,7 +226,8 @@ def decide(
                 files_total=job.files_total,
                 bytes_per_second=job.bytes_per_second,
                 start_time=rfc3339(job.started_at),
-                **last_error,
+                reason=record.reason,
+                message=record.message,
             ),
         )
 
@@ -275,7 +275,8 @@ def decide(
                 bytes_total=record.bytes_total,
                 start_time=rfc3339(record.started_at),
                 retry_at=rfc3339(record.retry_at),
-                **last_error,
+                reason=record.reason,
+                message=record.message,
             ),
             wake_at=record.retry_at,
         )
