@@ -447,3 +447,20 @@ def test_unreadable_manifest_keeps_the_models(standalone: Standalone, tmp_path: 
     assert tree_digests(model_dir(standalone.root, uri)) == digests
     assert standalone.phase("m") == "ModelDownloaded"
 
+
+
+def test_model_removed_mid_download_is_cancelled_and_its_partial_data_deleted(
+    standalone: Standalone, fault_server: FaultServer, tmp_path: Path
+) -> None:
+    uri, _path, _data = _slow_model(fault_server, tmp_path, 64 * MiB, rate=8 * MiB)
+    keep_uri, keep_digests = local_model(tmp_path, "keep", {"w.bin": 1000})
+    standalone.write(entry(uri, "slow"), entry(keep_uri, "keep"))
+    agent = standalone.start()
+    wait_until(lambda: standalone.detail("slow").get("bytesDone", 0) >= 8 * MiB, "the download to run", agent=agent)
+    standalone.write(entry(keep_uri, "keep"))
+    wait_until(lambda: "slow" not in standalone.status()["modelStatus"], "slow's key to go", agent=agent)
+    staging = standalone.root / "staging" / storage_key(uri)
+    wait_until(lambda: not staging.exists() and not model_dir(standalone.root, uri).exists(),
+               "its partial data to go", agent=agent)
+    assert metric_value(agent.metrics(), "localmodel_downloads_total", 'result="cancelled"') == 1
+    assert tree_digests(model_dir(standalone.root, keep_uri)) == keep_digests
