@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo test lint
+.PHONY: install controlplane demo test lint
 
 $(BIN)/localmodel: pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -13,6 +13,10 @@ $(BIN)/localmodel: pyproject.toml requirements.lock
 	touch $@
 
 install: $(BIN)/localmodel
+
+# Real etcd + kube-apiserver + kubectl built from Go modules (minutes cold, instant when cached).
+controlplane: install
+	bash hack/build-controlplane.sh
 
 demo: install
 	$(BIN)/localmodel dev demo

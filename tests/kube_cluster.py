@@ -18,13 +18,18 @@ from subprocess import CompletedProcess
 import pytest
 from lightkube import Client, KubeConfig
 
-from localmodel.dev.build import ensure_built
+from localmodel.dev.build import built_paths, ensure_built
 from localmodel.dev.controlplane import ControlPlane
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
-    if any("kube" in getattr(item, "fixturenames", ()) for item in session.items):
-        ensure_built()
+    if not any("kube" in getattr(item, "fixturenames", ()) for item in session.items):
+        return
+    if built_paths() is None:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line("building the control plane from Go modules (once; minutes when cold)...")
+    ensure_built()
 
 
 @pytest.fixture(scope="session")

@@ -10,12 +10,12 @@
     │   │   ├── StorageLimitExceededError     the node group's storageLimit would be exceeded
     │   │   └── ModelSizeExceededError        the model is larger than the cache's modelSize
     │   └── CredentialsConfigError            storage-config secret/key missing or malformed
-    └── TransientError                 worth retrying with backoff
-        ├── SourceUnavailableError            5xx, 429, timeouts, connection resets
-        │                                     (carries retry_after seconds when the server said so)
-        └── IntegrityError                    size or digest mismatch after download
-    ControlPlaneError                  the local dev/test control plane (localmodel.dev) failed
-    └── GoToolchainMissingError               `go` is not installed, so it cannot be built
+    ├── TransientError                 worth retrying with backoff
+    │   ├── SourceUnavailableError            5xx, 429, timeouts, connection resets
+    │   │                                     (carries retry_after seconds when the server said so)
+    │   └── IntegrityError                    size or digest mismatch after download
+    └── ControlPlaneError              the local test/demo control plane (localmodel.dev) failed
+        └── GoToolchainMissingError           `go` is not on PATH, so it cannot be built
 
 Source modules translate their SDK's exceptions into this tree where they enter
 (`raise ... from exc`), so no SDK exception leaks into the engine, the agent or the CLI.

@@ -7,6 +7,7 @@ import io
 import os
 import tarfile
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
 
 from localmodel.fetch import FetchOptions
@@ -62,9 +63,9 @@ def all_paths(root: Path) -> set[str]:
             for folder, dirs, names in os.walk(root) for name in dirs + names}
 
 
-def tar_bytes(members: list[tarfile.TarInfo | tuple[str, bytes]], mode: str = "w:gz") -> bytes:
+def tar_bytes(members: Sequence[tarfile.TarInfo | tuple[str, bytes]], mode: str = "w:gz") -> bytes:
     buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode=mode) as tar:
+    with tarfile.open(fileobj=buffer, mode=mode) as tar:  # type: ignore[call-overload]
         for member in members:
             if isinstance(member, tarfile.TarInfo):
                 tar.addfile(member)

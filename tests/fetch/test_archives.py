@@ -60,7 +60,7 @@ def _device(name: str) -> tarfile.TarInfo:
     return info
 
 
-HOSTILE_TARS = {
+HOSTILE_TARS: dict[str, list[tarfile.TarInfo | tuple[str, bytes]]] = {
     "dotdot": [("ok.txt", b"fine"), ("../x", b"escaped")],
     "absolute": [("/abs", b"escaped")],
     "nested-dotdot": [("a/../../b", b"escaped")],

@@ -64,6 +64,7 @@ def test_unsafe_message_does_not_crash_on_binary_names() -> None:
     ["a/b", "a"],
     ["x/y/z", "x/Y"],
     ["same", "same"],
+    ["caf\u00e9.bin", "cafe\u0301.bin"],  # composed vs decomposed é
 ])
 def test_colliding_trees_are_refused(paths: list[str]) -> None:
     with pytest.raises(UnsafePathError):

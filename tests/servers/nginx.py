@@ -7,6 +7,7 @@ Special locations, for error-path tests:
     /forbidden/...   always 403
     /private/...     401 unless the request carries `Authorization: Bearer let-me-in`
 Everything else is static files with Range, ETag and Content-Length, as nginx serves them.
+`proxy_url` is a forward proxy (plain http) in front of the same server.
 
 The access log records per request the URI, status, Range header and `$bytes_sent`, so a test
 can count on the server side how many bytes a client really pulled (e.g. across a crash).
@@ -52,6 +53,9 @@ http {{
     log_format counting escape=json
         '{{"uri":"$uri","method":"$request_method","status":$status,'
         '"range":"$http_range","bytes_sent":$bytes_sent,"body_bytes_sent":$body_bytes_sent}}';
+    log_format proxied escape=json
+        '{{"uri":"proxy:$uri","method":"$request_method","status":$status,'
+        '"range":"$http_range","bytes_sent":$bytes_sent,"body_bytes_sent":$body_bytes_sent}}';
     access_log {work}/access.log counting;
     sendfile on;
     tcp_nopush on;
@@ -66,6 +70,12 @@ http {{
         location /private/ {{
             if ($http_authorization != "Bearer {token}") {{ return 401; }}
         }}
+    }}
+    # A forward proxy for plain http (absolute-URI requests), logging with a "proxy:" prefix.
+    server {{
+        listen 127.0.0.1:{proxy_port};
+        access_log {work}/access.log proxied;
+        location / {{ proxy_pass http://$http_host; }}
     }}
 }}
 """
@@ -86,6 +96,8 @@ class NginxServer:
     root: Path
     http_url: str
     https_url: str
+    #: A forward proxy for plain http; its requests show in `records("proxy:/...")`.
+    proxy_url: str
     ca_bundle: Path
     access_log: Path
     process: subprocess.Popen[bytes]
@@ -112,12 +124,12 @@ def start_nginx(root: Path, work: Path) -> NginxServer:
     work.mkdir(parents=True, exist_ok=True)
     root.mkdir(parents=True, exist_ok=True)
     certificates = tls.make_certificates(work / "tls")
-    http_port, https_port = ports.free_port(), ports.free_port()
+    http_port, https_port, proxy_port = ports.free_port(), ports.free_port(), ports.free_port()
     conf = work / "nginx.conf"
     conf.write_text(_CONF.format(
         # As root, nginx would switch workers to `nobody`, who cannot read pytest's 0700 dirs.
         user="user root;" if os.geteuid() == 0 else "",
-        work=work, root=root, http_port=http_port, https_port=https_port,
+        work=work, root=root, http_port=http_port, https_port=https_port, proxy_port=proxy_port,
         cert=certificates.server_cert, key=certificates.server_key, token=PRIVATE_TOKEN,
     ))
     (work / "access.log").touch()
@@ -129,6 +141,7 @@ def start_nginx(root: Path, work: Path) -> NginxServer:
     try:
         ports.wait_for_port(http_port, process=process)
         ports.wait_for_port(https_port, process=process)
+        ports.wait_for_port(proxy_port, process=process)
     except Exception:
         ports.stop_process(process)
         raise
@@ -136,6 +149,7 @@ def start_nginx(root: Path, work: Path) -> NginxServer:
         root=root,
         http_url=f"http://127.0.0.1:{http_port}",
         https_url=f"https://127.0.0.1:{https_port}",
+        proxy_url=f"http://127.0.0.1:{proxy_port}",
         ca_bundle=certificates.ca_bundle,
         access_log=work / "access.log",
         process=process,

@@ -34,8 +34,6 @@ def test_azure_emulator_endpoint_from_settings() -> None:
     connection = ("DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=k==;"
                   "BlobEndpoint=http://127.0.0.1:10000/devstoreaccount1;")
     assert registry.scheme_of(uri, {"AZURE_STORAGE_CONNECTION_STRING": connection}) == "azure"
-    assert registry.scheme_of(uri, {"AZURE_STORAGE_CONNECTION_STRING":
-                                    "UseDevelopmentStorage=true"}) == "azure"
     # A different port is a different server.
     assert registry.scheme_of("http://127.0.0.1:10001/devstoreaccount1/m",
                               {"AZURE_STORAGE_BLOB_ENDPOINT":

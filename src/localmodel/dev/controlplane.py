@@ -25,6 +25,7 @@ build time shows on its own).
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import socket
@@ -95,6 +96,8 @@ class ControlPlane:
         self.kubeconfig = self.workdir / "kubeconfig"
         self._kubeconfigs_dir = self.workdir / "kubeconfigs"
         self._ports: dict[str, int] = {}
+        self._server_ca: CertificateAuthority | None = None
+        self._client_ca: CertificateAuthority | None = None
         self._etcd: ManagedProcess | None = None
         self._apiserver: ManagedProcess | None = None
         self._controller_manager: ManagedProcess | None = None
@@ -116,6 +119,21 @@ class ControlPlane:
     def server(self) -> str:
         """The apiserver URL, e.g. https://127.0.0.1:43121."""
         return f"https://127.0.0.1:{self.apiserver_port}"
+
+    @property
+    def server_ca(self) -> CertificateAuthority:
+        """The CA that signed the apiserver's serving certificate. Tests sign local webhook
+        servers' certificates with it (`issue_serving_cert`) and pass its PEM as `caBundle`."""
+        if self._server_ca is None:
+            raise ControlPlaneError("the control plane has not been started")
+        return self._server_ca
+
+    @property
+    def client_ca(self) -> CertificateAuthority:
+        """The CA the apiserver trusts for client certificates (CN = user, O = groups)."""
+        if self._client_ca is None:
+            raise ControlPlaneError("the control plane has not been started")
+        return self._client_ca
 
     @property
     def server_ca_file(self) -> Path:
@@ -184,6 +202,9 @@ class ControlPlane:
     def start(self) -> ControlPlane:
         """Start everything and return once the apiserver's /readyz answers ok."""
         paths = self.paths
+        # A caller that never reaches stop() (an unhandled error, sys.exit) must not leave
+        # etcd and the apiserver running: stop them when the interpreter exits.
+        atexit.register(self.stop)
         self._prepare_pki()
         self._choose_ports()
         try:
@@ -212,10 +233,17 @@ class ControlPlane:
         for process in (self._controller_manager, self._apiserver, self._etcd):
             if process is not None:
                 process.stop(self.stop_timeout)
+        atexit.unregister(self.stop)
 
-    def stop_apiserver(self) -> None:
-        """Stop only the apiserver; etcd, data, ports and credentials stay for start_apiserver()."""
-        self._require(self._apiserver).stop(self.stop_timeout)
+    def stop_apiserver(self, grace: float = 5.0) -> None:
+        """Stop only the apiserver; etcd, data, ports and credentials stay for start_apiserver().
+
+        It stops listening as soon as it gets SIGTERM, then drains open connections for up to
+        its request timeout (60 s) while watchers such as the controller manager hold them.
+        An outage does not need that drain: after `grace` seconds it gets SIGKILL (0 = at once,
+        like a crash).
+        """
+        self._require(self._apiserver).stop(grace)
 
     def start_apiserver(self) -> None:
         """(Re)start the apiserver on the same port and wait until it is ready."""
@@ -246,8 +274,8 @@ class ControlPlane:
     # ---- internals ----------------------------------------------------------------------------
 
     def _prepare_pki(self) -> None:
-        self.server_ca = CertificateAuthority(self.pki_dir, "server-ca", "localmodel-server-ca")
-        self.client_ca = CertificateAuthority(self.pki_dir, "client-ca", "localmodel-client-ca")
+        self._server_ca = CertificateAuthority(self.pki_dir, "server-ca", "localmodel-server-ca")
+        self._client_ca = CertificateAuthority(self.pki_dir, "client-ca", "localmodel-client-ca")
         self._service_account_key = ensure_service_account_key(self.pki_dir)
         # Reissued on every start: cheap, and never stale after the CA files were replaced.
         self._serving = self.server_ca.issue_serving_cert(

@@ -52,12 +52,13 @@ class ManagedProcess:
         return self._popen.poll() if self._popen else None
 
     def stop(self, timeout: float) -> None:
-        """SIGTERM, wait up to `timeout` seconds, then SIGKILL. Safe to call when not running."""
+        """SIGTERM, wait up to `timeout` seconds, then SIGKILL (at once if `timeout` <= 0).
+        Safe to call when not running."""
         popen = self._popen
         if popen is None:
             return
         if popen.poll() is None:
-            popen.send_signal(signal.SIGTERM)
+            popen.send_signal(signal.SIGTERM if timeout > 0 else signal.SIGKILL)
             try:
                 popen.wait(timeout)
             except subprocess.TimeoutExpired:

@@ -1,7 +1,8 @@
 """Retry timing: exponential backoff with jitter, honouring a server's Retry-After. Pure.
 
-The budget counts failures in a row; it resets as soon as a retried request delivers bytes,
-so a long download over a flaky link is not failed by errors spread across hours.
+The budget counts failures in a row; the engine resets it once a retried request delivers
+real progress (1 MiB), so a long download over a flaky link is not failed by errors spread
+across hours, while a server that drops every connection after a few bytes still is.
 """
 
 from __future__ import annotations
@@ -32,8 +33,8 @@ def backoff_delay(failures: int, policy: BackoffPolicy, *, retry_after: float | 
     """
     if failures < 1:
         raise ValueError("failures counts from 1")
-    exponential = min(policy.max_delay, policy.base_delay * 2 ** (failures - 1))
-    draw = (rand or random).random()
+    exponential = min(policy.max_delay, policy.base_delay * 2.0 ** (failures - 1))
+    draw: float = rand.random() if rand is not None else random.random()
     delay = exponential / 2 + draw * exponential / 2
     if retry_after is not None and retry_after > 0:
         delay = max(delay, min(retry_after, policy.max_retry_after))

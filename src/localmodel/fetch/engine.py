@@ -21,12 +21,14 @@ next run resumes where this one stopped. Nothing is ever written outside staging
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import shutil
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -62,6 +64,9 @@ logger = logging.getLogger(__name__)
 #: Largest write() per call: ext4 here is ~10x slower per byte with 1 MiB+ writes.
 WRITE_SIZE = 512 * 1024
 _HASH_READ_SIZE = 1024 * 1024
+#: Bytes that must arrive after a failure before the retry budget is reset, so a server that
+#: drops every connection after a few bytes still exhausts the budget.
+_PROGRESS_RESETS_RETRIES = 1024 * 1024
 _NO_SETTINGS: Settings = MappingProxyType({})
 
 
@@ -77,17 +82,33 @@ def download(source_uri: str, dest: str | os.PathLike[str] | Layout, *,
     options = options or FetchOptions()
     layout = dest if isinstance(dest, Layout) else Layout.for_path(dest)
     source_name = redact_uri(source_uri)
-    if not options.force:
-        existing = manifests.read_manifest(layout)
-        if existing is not None and existing.source == source_name \
-                and not manifests.verify_quick(layout, existing):
-            logger.info("already complete", extra={"dest": str(layout.dest)})
-            return existing
-    source = open_source(source_uri, settings)
+    with _exclusive(layout):
+        if not options.force:
+            existing = manifests.read_manifest(layout)
+            if existing is not None and existing.source == source_name \
+                    and not manifests.verify_quick(layout, existing):
+                logger.info("already complete", extra={"dest": str(layout.dest)})
+                return existing
+        source = open_source(source_uri, settings)
+        try:
+            return _Download(source, source_name, layout, options, progress).run()
+        finally:
+            source.close()
+
+
+@contextmanager
+def _exclusive(layout: Layout) -> Iterator[None]:
+    """One download per destination at a time, across processes: a second caller waits, then
+    finds the first one's manifest. (flock is reliable on local filesystems, which is where
+    a node cache lives; correctness does not rest on it anyway, only on staging + rename.)"""
+    layout.staging.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(layout.staging.parent / f"{layout.staging.name}.lock",
+                 os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:
-        return _Download(source, source_name, layout, options, progress).run()
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
     finally:
-        source.close()
+        os.close(fd)  # releases the lock
 
 
 class _Cancelled(Exception):
@@ -132,6 +153,20 @@ class _Download:
 
     # -- 2. listing ------------------------------------------------------------------------
 
+    def _list(self) -> Listing:
+        budget = RetryBudget(self.options.backoff)
+        while True:
+            try:
+                return self.source.list_files()
+            except SourceUnavailableError as exc:
+                if not budget.failed():
+                    raise
+                delay = backoff_delay(budget.failures, self.options.backoff,
+                                      retry_after=exc.retry_after)
+                logger.warning("retrying the listing after a transient error", extra={
+                    "attempt": budget.failures, "delay": round(delay, 2), "error": str(exc)})
+                time.sleep(delay)
+
     def _select(self, listing: Listing) -> list[RemoteFile]:
         # Zero-byte "folder/" objects are how S3 consoles draw folders: not files.
         files = [f for f in listing.files if not f.path.endswith("/")]
@@ -154,7 +189,7 @@ class _Download:
 
     def run(self) -> Manifest:
         started = time.monotonic()
-        listing = self.source.list_files()
+        listing = self._list()
         selected = self._select(listing)
         kind = self._archive_kind(listing, selected)
         plan = {
@@ -270,7 +305,7 @@ class _Download:
         state = self.files[request.file_index]
         fd = self._open(state)
         budget = RetryBudget(self.options.backoff)
-        position = unrecorded = request.start
+        position = unrecorded = failed_at = request.start
         while position < request.end:
             self._check_cancelled()
             pieces = iter(self.source.read_range(state.remote.path, position, request.end - position))
@@ -284,7 +319,8 @@ class _Download:
                     self._write(fd, view, position, state)
                     self._hash_in_stream(state, view, position)
                     position += len(view)
-                    budget.progress()
+                    if position - failed_at >= _PROGRESS_RESETS_RETRIES:
+                        budget.progress()
                     if position - unrecorded >= self.options.checkpoint_size:
                         self._record(state, unrecorded, position)
                         unrecorded = position
@@ -297,6 +333,7 @@ class _Download:
                 if position > unrecorded:
                     self._record(state, unrecorded, position)
                     unrecorded = position
+                failed_at = position
                 if not budget.failed():
                     raise
                 delay = backoff_delay(budget.failures, self.options.backoff,
@@ -468,6 +505,10 @@ class _Download:
 
     def _publish(self, manifest: Manifest) -> None:
         layout, staging = self.layout, self.staging
+        if self.options.fsync:
+            # File data is already synced (see _finish); folders hold the names.
+            for folder, _, _ in os.walk(staging.data):
+                manifests.fsync_dir(Path(folder))
         manifests.remove_manifest(layout)
         shutil.rmtree(staging.old, ignore_errors=True)
         staging.old.mkdir()

@@ -20,7 +20,7 @@ from localmodel.sources.base import Digest
 logger = logging.getLogger(__name__)
 
 try:  # optional: 11 GiB/s in C; the pure-Python fallback would be far too slow to use
-    import google_crc32c as _crc32c
+    import google_crc32c as _crc32c  # type: ignore[import-not-found, unused-ignore]
 except ImportError:  # pragma: no cover - depends on the environment
     _crc32c = None
 
@@ -91,6 +91,10 @@ class FileHasher:
 
     def update(self, data: memoryview | bytes) -> None:
         self._sha256.update(data)
+        if self._kind == "crc32c" and isinstance(data, memoryview):
+            # google-crc32c's C extension parses "y#", which refuses every memoryview; the copy
+            # runs at memcpy speed and only GCS downloads pay it
+            data = bytes(data)
         if self._extra is not None:
             self._extra.update(data if self._kind != "s3-etag" else memoryview(data))
 

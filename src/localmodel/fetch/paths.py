@@ -7,14 +7,15 @@ touches the filesystem it must be a plain relative POSIX path that stays below t
 - no NUL, newline or other control characters, no backslash (a Windows separator that
   some tools honour), no drive prefixes such as `C:`;
 - each component at most 255 bytes in UTF-8 (the limit of every Linux filesystem);
-- within one model, no two paths that differ only by case (they collide on case-insensitive
-  filesystems and confuse readers everywhere), and no path that is both a file and a folder
-  (`a` and `a/b`).
+- within one model, no two paths that differ only by case or Unicode normalization (they
+  collide on case-insensitive filesystems and confuse readers everywhere), and no path that is
+  both a file and a folder (`a` and `a/b`).
 """
 
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Iterable
 
 from localmodel.errors import UnsafePathError
@@ -45,6 +46,12 @@ def check_relative_path(path: str) -> str:
     return path
 
 
+def _fold(path: str) -> str:
+    """The collision key: case-folded, Unicode-normalized ("é" composed or not is one name
+    on macOS and to most people)."""
+    return unicodedata.normalize("NFC", path).casefold()
+
+
 class TreeChecker:
     """Accepts paths one at a time and refuses any that collide with earlier ones."""
 
@@ -54,7 +61,7 @@ class TreeChecker:
 
     def add_file(self, path: str) -> None:
         check_relative_path(path)
-        key = path.casefold()
+        key = _fold(path)
         if key in self._files:
             raise UnsafePathError(f"paths collide: {self._files[key]!r} and {path!r}")
         if key in self._folders:
@@ -64,7 +71,7 @@ class TreeChecker:
 
     def add_folder(self, path: str) -> None:
         check_relative_path(path)
-        key = path.casefold()
+        key = _fold(path)
         if key in self._files:
             raise UnsafePathError(f"{path!r} is both a file and a folder")
         if key in self._folders and self._folders[key] != path:
@@ -76,7 +83,7 @@ class TreeChecker:
         parts = path.split("/")
         for depth in range(1, len(parts)):
             folder = "/".join(parts[:depth])
-            key = folder.casefold()
+            key = _fold(folder)
             if key in self._files:
                 raise UnsafePathError(f"{self._files[key]!r} is both a file and a folder")
             known = self._folders.setdefault(key, folder)

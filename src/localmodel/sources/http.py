@@ -10,6 +10,7 @@ Settings (all optional):
                                   SSL_CERT_FILE are honoured too, in that order
     LOCALMODEL_HTTP_VERIFY        "false" disables TLS verification (for tests and lab setups)
     LOCALMODEL_HTTP_CONNECT_TIMEOUT, LOCALMODEL_HTTP_READ_TIMEOUT   seconds (10 and 60)
+    HTTP_PROXY, HTTPS_PROXY, NO_PROXY (or lower case)   proxies, as curl and requests read them
 
 The data path is urllib3 with one pool shared by the engine's threads; each body is read with
 `readinto` into a reused buffer (measured here: httpx is ~3x slower, and `read()` costs an extra
@@ -27,13 +28,20 @@ import json
 import posixpath
 import re
 import time
+import urllib.request
 from collections.abc import Iterator, Mapping
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import urllib3
 from urllib3.exceptions import HTTPError as Urllib3Error
-from urllib3.exceptions import SSLError
+from urllib3.exceptions import (
+    MaxRetryError,
+    NewConnectionError,
+    ResponseError,
+    SSLError,
+)
+from urllib3.exceptions import TimeoutError as TimeoutErrorBase
 
 from localmodel.errors import (
     IntegrityError,
@@ -108,6 +116,23 @@ def provider_digest(headers: Mapping[str, str]) -> Digest | None:
     return None
 
 
+def proxy_for(scheme: str, host: str, port: int | None, settings: Settings) -> str | None:
+    """The proxy URL for a request, from HTTP(S)_PROXY / NO_PROXY settings (either case),
+    the way curl and requests read them."""
+    def setting(name: str) -> str:
+        return settings.get(name) or settings.get(name.lower()) or ""
+
+    proxy = setting(f"{scheme.upper()}_PROXY")
+    if not proxy:
+        return None
+    target = f"{host}:{port}" if port else host
+    no_proxy = setting("NO_PROXY")
+    bypass = urllib.request.proxy_bypass_environment  # type: ignore[attr-defined]
+    if no_proxy and bypass(target, {"no": no_proxy}):
+        return None
+    return proxy if "://" in proxy else f"http://{proxy}"
+
+
 def _is_strong_etag(etag: str | None) -> bool:
     return bool(etag) and not etag.startswith("W/") and etag.startswith('"')  # type: ignore[union-attr]
 
@@ -135,7 +160,7 @@ class HTTPSource:
             raise InvalidURIError(f"no file name in URL {self.uri!r}")
         self._headers = {"Accept-Encoding": "identity",
                          **request_headers(parts.hostname, settings)}
-        self._pool = urllib3.PoolManager(
+        pool_options: dict[str, Any] = dict(
             num_pools=4, maxsize=64, block=False,
             timeout=urllib3.Timeout(
                 connect=_float_setting(settings, "LOCALMODEL_HTTP_CONNECT_TIMEOUT", 10.0),
@@ -145,6 +170,10 @@ class HTTPSource:
             retries=urllib3.Retry(total=None, connect=0, read=0, status=0, other=0, redirect=10),
             **self._tls_options(settings),
         )
+        proxy = proxy_for(parts.scheme, parts.hostname, parts.port, settings)
+        self._pool: urllib3.PoolManager = (
+            urllib3.ProxyManager(proxy, **pool_options) if proxy
+            else urllib3.PoolManager(**pool_options))
         self._file: RemoteFile | None = None
 
     @staticmethod
@@ -163,12 +192,21 @@ class HTTPSource:
         try:
             return self._pool.request(method, self._url, headers={**self._headers, **headers},
                                       preload_content=False, decode_content=False)
-        except SSLError as exc:
-            raise PermanentError(f"TLS failure talking to {self.uri}: {exc.reason!s}"[:300]) from exc
-        except Urllib3Error as exc:
-            raise SourceUnavailableError(f"{self.uri}: {type(exc).__name__}") from exc
-        except OSError as exc:
-            raise SourceUnavailableError(f"{self.uri}: {exc.strerror or exc}") from exc
+        except (Urllib3Error, OSError) as exc:
+            raise self._translate(exc) from exc
+
+    def _translate(self, exc: Exception) -> LocalModelError:
+        reason = exc.reason if isinstance(exc, MaxRetryError) and exc.reason else exc
+        if isinstance(reason, SSLError):
+            return PermanentError(f"TLS failure talking to {self.uri}: {reason}"[:400])
+        if isinstance(reason, ResponseError):  # e.g. too many redirects
+            return PermanentError(f"{self.uri}: {reason}"[:400])
+        if isinstance(reason, NewConnectionError):  # before timeouts: it subclasses one
+            return SourceUnavailableError(f"{self.uri}: cannot connect"
+                                          f" ({reason.__cause__ or reason})"[:400])
+        if isinstance(reason, (TimeoutError, TimeoutErrorBase)):
+            return SourceUnavailableError(f"{self.uri}: timed out")
+        return SourceUnavailableError(f"{self.uri}: {type(reason).__name__}: {reason}"[:400])
 
     def _raise_for_status(self, response: urllib3.BaseHTTPResponse) -> None:
         status = response.status
@@ -281,7 +319,9 @@ class HTTPSource:
             complete = True
         except LocalModelError:
             raise
-        except (Urllib3Error, http.client.HTTPException, OSError, ValueError) as exc:
+        except (Urllib3Error, OSError) as exc:
+            raise self._translate(exc) from exc
+        except (http.client.HTTPException, ValueError) as exc:
             raise SourceUnavailableError(f"{self.uri}: {type(exc).__name__} while reading") from exc
         finally:
             if complete and reusable:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import importlib
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from urllib.parse import urlsplit, urlunsplit
@@ -59,10 +59,9 @@ _registry: dict[str, Entry] = {
 registry: Mapping[str, Entry] = MappingProxyType(_registry)
 
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
-_AZURE_HOST = re.compile(r"^[a-z0-9]{3,24}\.blob\.core\.(windows\.net|chinacloudapi\.cn|"
-                         r"usgovcloudapi\.net|cloudapi\.de)$")
+#: KServe's rule: `https://(.+?).blob.core.windows.net/(.+)`.
+_AZURE_HOST_SUFFIX = ".blob.core.windows.net"
 _CONTROL = re.compile(r"[\x00-\x20\x7f]")
-_AZURITE_BLOB_ENDPOINT = "http://127.0.0.1:10000/devstoreaccount1"
 
 
 def register(scheme: str, target: str, *, install_hint: str = "", clobber: bool = False) -> None:
@@ -89,30 +88,30 @@ def redact_uri(uri: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
 
 
-def _blob_endpoints(settings: Settings) -> list[str]:
-    endpoints = []
-    if settings.get("AZURE_STORAGE_BLOB_ENDPOINT"):
-        endpoints.append(settings["AZURE_STORAGE_BLOB_ENDPOINT"])
+def _blob_endpoint(settings: Settings) -> str | None:
+    """The blob endpoint override (emulators, private endpoints), as the Azure source reads it."""
+    explicit = settings.get("AZURE_STORAGE_BLOB_ENDPOINT")
+    if explicit:
+        return explicit.rstrip("/")
     connection_string = settings.get("AZURE_STORAGE_CONNECTION_STRING", "")
-    fields = dict(
-        part.split("=", 1) for part in connection_string.split(";") if "=" in part
-    )
-    if fields.get("BlobEndpoint"):
-        endpoints.append(fields["BlobEndpoint"])
-    elif fields.get("UseDevelopmentStorage", "").lower() == "true":
-        endpoints.append(_AZURITE_BLOB_ENDPOINT)
-    return [endpoint.rstrip("/") + "/" for endpoint in endpoints]
+    for item in connection_string.split(";"):
+        key, _, value = item.partition("=")
+        if key.strip() == "BlobEndpoint" and value:
+            return value.rstrip("/")
+    return None
 
 
 def is_azure_blob_uri(uri: str, settings: Settings) -> bool:
-    """Whether an http(s) URI names an Azure blob (public cloud, or a configured endpoint)."""
+    """Whether an http(s) URI names an Azure blob: `https://<account>.blob.core.windows.net/...`
+    or anything below the endpoint override. The same rule as `AzureBlobSource.matches`."""
+    endpoint = _blob_endpoint(settings)
+    if endpoint and uri.startswith(endpoint + "/"):
+        return True
     try:
-        host = (urlsplit(uri).hostname or "").lower()
+        parts = urlsplit(uri)
     except ValueError:
         return False
-    if uri.lower().startswith("https://") and _AZURE_HOST.match(host):
-        return True
-    return any(uri.startswith(endpoint) for endpoint in _blob_endpoints(settings))
+    return parts.scheme == "https" and (parts.hostname or "").endswith(_AZURE_HOST_SUFFIX)
 
 
 def scheme_of(uri: str, settings: Settings = MappingProxyType({})) -> str:
@@ -147,7 +146,11 @@ def scheme_of(uri: str, settings: Settings = MappingProxyType({})) -> str:
     return scheme
 
 
-def source_class(scheme: str) -> type[Source]:
+#: How every source class is built: `Cls(uri, settings)`.
+SourceFactory = Callable[[str, Settings], Source]
+
+
+def source_class(scheme: str) -> SourceFactory:
     """Import and return the class registered for `scheme`."""
     entry = _registry[scheme]
     module_name, _, class_name = entry.target.partition(":")
@@ -158,8 +161,8 @@ def source_class(scheme: str) -> type[Source]:
         raise ImportError(
             f"the {scheme} source needs a package that is missing ({exc.name or exc}){hint}"
         ) from exc
-    cls: type[Source] = getattr(module, class_name)
-    return cls
+    factory: SourceFactory = getattr(module, class_name)
+    return factory
 
 
 def open_source(uri: str, settings: Settings = MappingProxyType({})) -> Source:

@@ -1,0 +1,159 @@
+"""List-then-watch caches of API objects (client-go's informer, small).
+
+Each informer lists once, then watches from the list's resourceVersion, restarting the watch
+from the last version it saw when the stream ends or breaks. A 410 Gone (version too old) makes it
+list again; objects that vanished meanwhile are reported deleted, so handlers stay level-correct.
+Objects are stored as raw dicts keyed by (namespace, name). A resource whose API is not served
+(its CRD not installed) reads as empty and is retried every `absent_retry` seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from lightkube import ApiError, AsyncClient
+
+log = logging.getLogger(__name__)
+
+ObjectKey = tuple[str, str]
+Handler = Callable[[str, "dict[str, Any] | None", "dict[str, Any] | None"], None]
+"""handler(event, old, new): event is ADDED, MODIFIED or DELETED; old/new raw objects or None."""
+
+
+def _raw(obj: Any) -> dict[str, Any]:
+    if isinstance(obj, dict):
+        return dict(obj)
+    return obj.to_dict()  # lightkube model
+
+
+def object_key(obj: Mapping[str, Any]) -> ObjectKey:
+    meta = obj.get("metadata") or {}
+    return (meta.get("namespace") or "", meta.get("name", ""))
+
+
+def _rv(obj: Mapping[str, Any]) -> int:
+    try:
+        return int((obj.get("metadata") or {}).get("resourceVersion", "0"))
+    except ValueError:
+        return 0
+
+
+class Informer:
+    def __init__(
+        self,
+        client: AsyncClient,
+        resource: Any,
+        *,
+        name: str,
+        namespace: str | None = None,
+        labels: Mapping[str, Any] | None = None,
+        fields: Mapping[str, Any] | None = None,
+        transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+        absent_retry: float = 30.0,
+        watch_timeout: int = 300,
+    ) -> None:
+        self.name = name
+        self._client = client
+        self._resource = resource
+        self._namespace = namespace
+        self._labels = labels
+        self._fields = fields
+        self._transform = transform or (lambda obj: obj)
+        self._absent_retry = absent_retry
+        self._watch_timeout = watch_timeout
+        self._handlers: list[Handler] = []
+        self.store: dict[ObjectKey, dict[str, Any]] = {}
+        self.synced = asyncio.Event()
+        self.served = False  # False while the API (e.g. an optional CRD) is not installed
+        self.relists = 0
+
+    def add_handler(self, handler: Handler) -> None:
+        self._handlers.append(handler)
+
+    def get(self, name: str, namespace: str = "") -> dict[str, Any] | None:
+        return self.store.get((namespace, name))
+
+    def _emit(self, event: str, old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
+        for handler in self._handlers:
+            try:
+                handler(event, old, new)
+            except Exception:  # a handler bug must not kill the watch
+                log.exception("informer %s: handler failed on %s", self.name, event)
+
+    def _apply(self, event: str, obj: dict[str, Any]) -> None:
+        key = object_key(obj)
+        old = self.store.get(key)
+        if event == "DELETED":
+            if old is not None:
+                del self.store[key]
+                self._emit("DELETED", old, None)
+            return
+        if old is not None and _rv(old) > _rv(obj) > 0:
+            return  # we already hold something newer (written through after our own update)
+        self.store[key] = obj
+        self._emit("ADDED" if old is None else "MODIFIED", old, obj)
+
+    def write_through(self, obj: Any) -> None:
+        """Store an object our own write returned, so the next reconcile does not read stale data."""
+        raw = self._transform(_raw(obj))
+        old = self.store.get(object_key(raw))
+        if old is None or _rv(raw) > _rv(old):
+            self._apply("MODIFIED", raw)
+
+    async def _list(self) -> str:
+        listing = self._client.list(self._resource, namespace=self._namespace, labels=self._labels,
+                                    fields=self._fields, chunk_size=500)
+        fresh: dict[ObjectKey, dict[str, Any]] = {}
+        async for item in listing:
+            raw = self._transform(_raw(item))
+            fresh[object_key(raw)] = raw
+        for key in [k for k in self.store if k not in fresh]:
+            self._emit("DELETED", self.store.pop(key), None)
+        for key, raw in fresh.items():
+            self._apply("MODIFIED" if key in self.store else "ADDED", raw)
+        self.relists += 1
+        return listing.resourceVersion
+
+    async def run(self) -> None:
+        version: str | None = None
+        failures = 0
+        while True:
+            try:
+                if version is None:
+                    version = await self._list()
+                    self.served = True
+                    self.synced.set()
+                async for event, obj in self._client.watch(
+                    self._resource, namespace=self._namespace, labels=self._labels, fields=self._fields,
+                    resource_version=version, server_timeout=self._watch_timeout,
+                ):
+                    raw = self._transform(_raw(obj))
+                    version = (raw.get("metadata") or {}).get("resourceVersion") or version
+                    if event in ("ADDED", "MODIFIED", "DELETED"):
+                        self._apply(event, raw)
+                    failures = 0
+            except asyncio.CancelledError:
+                raise
+            except ApiError as error:
+                code = error.status.code
+                if code == 410:
+                    log.info("informer %s: watch expired (410 Gone), listing again", self.name)
+                    version = None
+                    continue
+                if code in (404, 403) and not self.served:
+                    # optional API missing (or not allowed): read as empty, look again later
+                    self.synced.set()
+                    await asyncio.sleep(self._absent_retry)
+                    continue
+                failures += 1
+                log.warning("informer %s: %s, retrying", self.name, error)
+                if code == 404:
+                    version = None
+                await asyncio.sleep(min(30.0, 0.5 * 2 ** min(failures, 6)))
+            except Exception as error:  # connection reset, read timeout, apiserver restart
+                failures += 1
+                log.info("informer %s: watch broke (%s), resuming", self.name, error.__class__.__name__)
+                await asyncio.sleep(min(30.0, 0.2 * 2 ** min(failures, 7)))

@@ -1,0 +1,173 @@
+"""Wires the controller together: informers, queues, workers, leader election, webhooks, health.
+
+Every replica runs the informers and serves the webhooks (they only read); only the leader runs
+the reconcile workers. Leadership is lost → workers are cancelled; the informers keep going.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+from collections.abc import Awaitable, Callable, Hashable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from aiohttp import web
+from lightkube import ApiError, AsyncClient
+
+from localmodel.controller.cluster import ClusterView, Queues
+from localmodel.controller.leader import LeaderElector, LeaseSettings
+from localmodel.controller.names import LEADER_LOCK_NAME, CacheRef
+from localmodel.controller.reconcilers import Reconcilers, RetryNow
+from localmodel.controller.workqueue import WorkQueue
+from localmodel.kube.config import DEFAULT_NAMESPACE
+
+log = logging.getLogger(__name__)
+K = TypeVar("K", bound=Hashable)
+
+
+@dataclass(frozen=True)
+class Settings:
+    pod_namespace: str = DEFAULT_NAMESPACE
+    identity: str = field(default_factory=lambda: f"{socket.gethostname()}_{os.getpid()}")
+    workers: int = 4
+    leader_election: bool = True
+    lease_duration: float = 15.0
+    renew_deadline: float = 10.0
+    retry_period: float = 2.0
+    # webhooks: served when a certificate directory (tls.crt, tls.key) is given
+    webhook_host: str = "0.0.0.0"
+    webhook_port: int = 9443
+    webhook_cert_dir: Path | None = None
+    isvc_defaulting: bool = True
+    health_host: str = "0.0.0.0"
+    health_port: int | None = 8081
+    resync_seconds: float = 600.0
+
+
+class Manager:
+    def __init__(self, client: AsyncClient, settings: Settings) -> None:
+        self.client = client
+        self.settings = settings
+        self.cache_queue: WorkQueue[CacheRef] = WorkQueue()
+        self.node_queue: WorkQueue[str] = WorkQueue()
+        self.group_queue: WorkQueue[str] = WorkQueue()
+        self.view = ClusterView(client, settings.pod_namespace,
+                                Queues(self.cache_queue.add, self.node_queue.add, self.group_queue.add))
+        self.reconcilers = Reconcilers(client, self.view)
+        self.elector = LeaderElector(client, LeaseSettings(
+            settings.pod_namespace, LEADER_LOCK_NAME, settings.identity, settings.lease_duration,
+            settings.renew_deadline, settings.retry_period))
+        self.webhook_port: int | None = None  # the bound port, once serving
+        self.webhooks: Any = None  # the webhook handlers, once serving
+        self.ready = asyncio.Event()
+        self.reconciles = 0
+        self.errors = 0
+
+    async def _worker(self, name: str, queue: WorkQueue[K], reconcile: Callable[[K], Awaitable[None]]) -> None:
+        while True:
+            key = await queue.get()
+            try:
+                await reconcile(key)
+                queue.forget(key)
+            except asyncio.CancelledError:
+                raise
+            except RetryNow:
+                queue.add(key)
+            except ApiError as error:
+                self.errors += 1
+                delay = queue.add_rate_limited(key)
+                level = logging.INFO if error.status.code == 409 else logging.WARNING
+                log.log(level, "%s %s: %s (retry in %.1fs)", name, key, error.status.message, delay)
+            except Exception as error:
+                self.errors += 1
+                delay = queue.add_rate_limited(key)
+                log.warning("%s %s: %s (retry in %.1fs)", name, key, error, delay, exc_info=not isinstance(
+                    error, ValueError))
+            finally:
+                self.reconciles += 1
+                queue.done(key)
+
+    def enqueue_everything(self) -> None:
+        for cache in self.view.all_caches():
+            self.cache_queue.add(cache.ref)
+        for node_key in {*self.view.nodes.store, *self.view.lmns.store}:
+            self.node_queue.add(node_key[1])
+        for group_key in self.view.groups.store:
+            self.group_queue.add(group_key[1])
+
+    async def _resync(self) -> None:
+        # Level-triggered safety net: anything a lost event left behind is corrected here.
+        while True:
+            await asyncio.sleep(self.settings.resync_seconds)
+            self.enqueue_everything()
+
+    async def lead(self) -> None:
+        await asyncio.gather(*(i.synced.wait() for i in self.view.informers))
+        self.enqueue_everything()
+        tasks = [asyncio.create_task(self._resync())]
+        r = self.reconcilers
+        for n in range(self.settings.workers):
+            tasks.append(asyncio.create_task(self._worker("cache", self.cache_queue, r.reconcile_cache)))
+            tasks.append(asyncio.create_task(self._worker("node", self.node_queue, r.reconcile_node)))
+        if self.settings.workers:
+            tasks.append(asyncio.create_task(self._worker("group", self.group_queue, r.reconcile_group)))
+        try:
+            await asyncio.gather(*tasks)  # runs until cancelled (the resync task never ends)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _serve_health(self) -> web.AppRunner | None:
+        if self.settings.health_port is None:
+            return None
+
+        async def healthz(_: web.Request) -> web.Response:
+            return web.Response(text="ok")
+
+        async def readyz(_: web.Request) -> web.Response:
+            if self.ready.is_set():
+                return web.Response(text="ok")
+            return web.Response(status=503, text="informers not synced")
+
+        app = web.Application()
+        app.add_routes([web.get("/healthz", healthz), web.get("/readyz", readyz)])
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, self.settings.health_host, self.settings.health_port).start()
+        return runner
+
+    async def run(self) -> None:
+        """Run until cancelled."""
+        runners: list[web.AppRunner] = []
+        informer_tasks = [asyncio.create_task(i.run()) for i in self.view.informers]
+        try:
+            health = await self._serve_health()
+            if health:
+                runners.append(health)
+            if self.settings.webhook_cert_dir is not None:
+                from localmodel.controller.webhook import serve_webhooks
+
+                runner, self.webhook_port = await serve_webhooks(self, self.settings.webhook_cert_dir)
+                runners.append(runner)
+            await asyncio.gather(*(i.synced.wait() for i in self.view.informers))
+            self.ready.set()
+            log.info("controller %s: caches synced", self.settings.identity)
+            if self.settings.leader_election:
+                await self.elector.run(self.lead)
+            else:
+                await self.lead()
+        finally:
+            for task in informer_tasks:
+                task.cancel()
+            await asyncio.gather(*informer_tasks, return_exceptions=True)
+            for runner in runners:
+                await runner.cleanup()
+            for queue in (self.cache_queue, self.node_queue, self.group_queue):
+                queue.close()
+            if self.settings.leader_election:
+                await self.elector.release()

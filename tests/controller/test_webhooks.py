@@ -1,0 +1,104 @@
+"""Webhooks called by the real apiserver: KServe's C12 messages, capacity, Pod mounting."""
+
+from __future__ import annotations
+
+import pytest
+from lightkube import ApiError, Client
+from lightkube.resources.core_v1 import PersistentVolumeClaim, Pod
+
+from localmodel.api.keys import storage_key
+from localmodel.kube import resources
+
+from .harness import cache_status, create_cache, create_group, create_namespace, create_node, unique, wait_for
+
+pytestmark = pytest.mark.usefixtures("webhooks_active")
+
+
+def refused(action) -> str:  # type: ignore[no-untyped-def]
+    with pytest.raises(ApiError) as caught:
+        action()
+    return caught.value.status.message
+
+
+def test_second_cache_with_the_same_uri_is_refused(kube_client: Client) -> None:
+    group = unique("dup")
+    create_group(kube_client, group)
+    first = unique("first")
+    uri = f"gs://bucket/{first}"
+    create_cache(kube_client, first, uri, [group])
+    message = refused(lambda: create_cache(kube_client, unique("second"), uri, [group]))
+    assert f"LocalModelCache {first} has the same StorageURI {uri}" in message
+
+
+def test_delete_refused_while_an_inference_service_uses_the_cache(kube_client: Client) -> None:
+    group = unique("use")
+    create_group(kube_client, group)
+    cache = unique("used")
+    uri = f"s3://b/{cache}"
+    create_cache(kube_client, cache, uri, [group])
+    ns = create_namespace(kube_client, unique("ns"))
+    kube_client.create(resources.InferenceService({"metadata": {"name": "svc", "namespace": ns},
+                                                   "spec": {"predictor": {"model": {"storageUri": uri}}}}))
+    wait_for(lambda: cache_status(kube_client, cache).get("inferenceServices"), "consumer in status")
+    message = refused(lambda: kube_client.delete(resources.LocalModelCache, cache))
+    assert f"LocalModelCache {cache} is being used by InferenceService svc" in message
+    kube_client.delete(resources.InferenceService, "svc", namespace=ns)
+    kube_client.delete(resources.LocalModelCache, cache)
+
+
+def test_namespaced_cache_needs_existing_groups_and_is_delete_protected(kube_client: Client) -> None:
+    ns = create_namespace(kube_client, unique("team"))
+    message = refused(lambda: create_cache(kube_client, "m", "s3://b/nogroup", ["missing-group"], namespace=ns))
+    assert 'NodeGroup missing-group not found: localmodelnodegroups.serving.kserve.io "missing-group" not found' \
+        in message
+    group = unique("nsd")
+    create_group(kube_client, group)
+    uri = f"s3://b/{ns}"
+    create_cache(kube_client, "m", uri, [group], namespace=ns)
+    kube_client.create(resources.InferenceService({"metadata": {"name": "svc", "namespace": ns},
+                                                   "spec": {"predictor": {"model": {"storageUri": uri}}}}))
+    wait_for(lambda: cache_status(kube_client, "m", ns).get("inferenceServices"), "consumer in status")
+    message = refused(lambda: kube_client.delete(resources.LocalModelNamespaceCache, "m", namespace=ns))
+    assert f"LocalModelNamespaceCache {ns}/m is being used by InferenceService {ns}/svc" in message
+
+
+def test_capacity_admission(kube_client: Client) -> None:
+    group = unique("cap")
+    create_group(kube_client, group, limit="10Gi")
+    a = unique("a")
+    create_cache(kube_client, a, f"s3://b/{a}", [group], size="6Gi")
+    message = refused(lambda: create_cache(kube_client, unique("b"), f"s3://b/{a}-other", [group], size="5Gi"))
+    assert f"does not fit in LocalModelNodeGroup {group}: storageLimit 10Gi, 6Gi already reserved by 1 cache(s) " \
+           f"({a}), 4Gi left" in message
+    create_cache(kube_client, unique("fits"), f"s3://b/{a}-small", [group], size="4Gi")
+
+
+def test_pod_naming_a_cache_gets_the_model_mounted(kube_client: Client) -> None:
+    group = unique("pod")
+    create_group(kube_client, group)
+    create_node(kube_client, unique("pn"), {"pool": group})
+    cache = unique("shared")
+    uri = f"hf://org/{cache}"
+    create_cache(kube_client, cache, uri, [group])
+    ns = create_namespace(kube_client, unique("apps"))
+    pod = kube_client.create(Pod.from_dict({
+        "metadata": {"name": "worker", "namespace": ns, "labels": {"localmodel.kserve.io/cache": cache},
+                     "annotations": {"localmodel.kserve.io/node-affinity": "required"}},
+        "spec": {"containers": [{"name": "main", "image": "vllm"}]}}))
+    volume = next(v for v in pod.spec.volumes if v.name == "localmodel-cache")
+    assert (volume.persistentVolumeClaim.claimName, volume.persistentVolumeClaim.readOnly) == (f"{cache}-{group}", True)
+    mount = next(m for m in pod.spec.containers[0].volumeMounts if m.name == "localmodel-cache")
+    assert (mount.mountPath, mount.subPath, mount.readOnly) == ("/mnt/models", f"models/{storage_key(uri)}", True)
+    term = pod.spec.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[0]
+    assert term.matchExpressions[0].key == f"model.localmodel.kserve.io/{storage_key(uri)}"
+    # the controller makes the serving claim in the pod's namespace
+    claim = wait_for(lambda: kube_client.get(PersistentVolumeClaim, f"{cache}-{group}", namespace=ns), "claim")
+    assert claim.spec.volumeName == f"{cache}-{group}-{ns}"
+
+
+def test_pod_naming_an_unknown_cache_is_refused(kube_client: Client) -> None:
+    ns = create_namespace(kube_client, unique("apps"))
+    message = refused(lambda: kube_client.create(Pod.from_dict({
+        "metadata": {"name": "p", "namespace": ns, "labels": {"localmodel.kserve.io/cache": "nope"}},
+        "spec": {"containers": [{"name": "main", "image": "x"}]}})))
+    assert "no LocalModelNamespaceCache" in message and "no LocalModelCache nope" in message
