@@ -35,8 +35,10 @@ from tests.node.tokens import (
     agent_kubeconfig,
     install_agent_rbac,
 )
+from tests.servers.hf import LocalHub
 from tests.servers.http import FaultServer
 from tests.servers.nginx import PRIVATE_TOKEN, NginxServer
+from tests.servers.s3 import RcloneS3Server
 
 MiB = 2**20
 
@@ -440,3 +442,52 @@ def test_watch_lists_again_after_410_gone_and_keeps_waking(cluster: ClusterAgent
 
     lists_after_gone, lists_at_end = asyncio.run(scenario())
     assert lists_after_gone == 1 and lists_at_end == 1
+
+
+def test_s3_credentials_from_a_service_account_secret_with_kserve_annotations(
+    cluster: ClusterAgents, rclone_s3: RcloneS3Server, tmp_path: Path
+) -> None:
+    """rclone checks SigV4 signatures: the download only works with the secret's key pair."""
+    bucket = f"b-{tmp_path.name[-10:].lower().replace('_', '-')}"
+    digests = make_model(rclone_s3.bucket(bucket) / "llama", {"config.json": 300, "w/model.safetensors": 3 * MiB})
+    host = rclone_s3.endpoint.removeprefix("http://")
+    jobs = cluster.job_namespace
+    cluster.client.create(Secret(
+        metadata=ObjectMeta(name="s3creds", namespace=jobs, annotations={
+            "serving.kserve.io/s3-endpoint": host, "serving.kserve.io/s3-usehttps": "0",
+            "serving.kserve.io/s3-region": rclone_s3.region}),
+        data={"awsAccessKeyID": base64.b64encode(rclone_s3.access_key.encode()).decode(),
+              "awsSecretAccessKey": base64.b64encode(rclone_s3.secret_key.encode()).decode()},
+    ))
+    cluster.client.create(ServiceAccount(metadata=ObjectMeta(name="s3-puller", namespace=jobs),
+                                         secrets=[ObjectReference(name="s3creds")]))
+    uri = f"s3://{bucket}/llama"
+    anonymous = f"s3://{bucket}/llama/"  # another storage key, no credentials: refused by rclone
+    node = cluster.node([entry(uri, "llama", serviceAccountName="s3-puller"), entry(anonymous, "anon")])
+    agent = cluster.start_agent(node)
+    cluster.wait_phase(node, "llama", "ModelDownloaded", agent)
+    cluster.wait_phase(node, "anon", "ModelDownloadError", agent)
+    assert tree_digests(model_dir(cluster.root(node), uri)) == digests
+    notes = " ".join(e["note"] or "" for e in cluster.events(node))
+    assert rclone_s3.secret_key not in notes + agent.log_text() + json.dumps(cluster.get(node))
+
+
+def test_hf_token_and_endpoint_from_the_storage_config_secret(
+    cluster: ClusterAgents, hf_hub: LocalHub
+) -> None:
+    token = "hf_agent_test_token_91ab"
+    repo = f"org/model-{cluster.job_namespace[-8:]}"
+    files = {"config.json": b'{"a": 1}', "model.safetensors": os.urandom(2 * MiB)}
+    sha = hf_hub.add_commit(repo, files)
+    hf_hub.faults.required_token = token
+    cluster.client.create(_secret(cluster.job_namespace, "storage-config", {
+        "hub": json.dumps({"type": "hf", "token": token, "endpoint": hf_hub.url})}))
+    node = cluster.node([entry(f"hf://{repo}", "hub-model", storage={"key": "hub"})])
+    agent = cluster.start_agent(node)
+    cluster.wait_phase(node, "hub-model", "ModelDownloaded", agent)
+    folder = model_dir(cluster.root(node), f"hf://{repo}")
+    assert tree_digests(folder) == {p: hashlib.sha256(d).hexdigest() for p, d in files.items()}
+    if not cluster.pruned:
+        assert cluster.detail(node, "hub-model")["revision"] == sha
+    assert hf_hub.tokens_sent_to_cdn == 0
+    assert token not in agent.log_text() + json.dumps(cluster.get(node))
