@@ -159,8 +159,13 @@ def bootstrap_cluster(client: Client, origin_port: int, model_bytes: int) -> Non
         _apply(client, Namespace, Namespace(metadata=ObjectMeta(name=name)))
     config = ConfigMap(
         metadata=ObjectMeta(name="inferenceservice-config", namespace=NAMESPACE),
-        data={"localModel": '{"enabled": true, "jobNamespace": "%s", '
-                            '"reconcilationFrequencyInSecs": 10}' % JOB_NAMESPACE},
+        data={
+            "localModel": '{"enabled": true, "jobNamespace": "%s", '
+                          '"reconcilationFrequencyInSecs": 10}' % JOB_NAMESPACE,
+            # as in KServe's default config: S3 secrets use the AWS_* key names
+            "credentials": '{"s3": {"s3AccessKeyIDName": "AWS_ACCESS_KEY_ID", '
+                           '"s3SecretAccessKeyName": "AWS_SECRET_ACCESS_KEY"}}',
+        },
     )
     client.apply(config, field_manager="localmodel-demo", force=True)
     now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
@@ -320,7 +325,12 @@ def wait_until_ready(demo: Demo, *, timeout: float, on_report: Callable[[CacheRe
         failed = demo.failed_process()
         if failed is not None:
             raise DemoError(f"{failed.name} exited with {failed.exit_code()}:\n{failed.log_tail(15)}")
-        report = read_cache_report(demo.client)
+        try:
+            report = read_cache_report(demo.client)
+        except ApiError as exc:
+            # a CRD that was just established answers 503 for a moment; anything else is real
+            if exc.status.code not in (429, 500, 503):
+                raise
         on_report(report)
         if is_ready(report):
             assert report is not None
