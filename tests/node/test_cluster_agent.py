@@ -491,3 +491,18 @@ def test_hf_token_and_endpoint_from_the_storage_config_secret(
         assert cluster.detail(node, "hub-model")["revision"] == sha
     assert hf_hub.tokens_sent_to_cdn == 0
     assert token not in agent.log_text() + json.dumps(cluster.get(node))
+
+
+def test_folder_left_by_kserves_agent_is_adopted_not_downloaded(cluster: ClusterAgents, tmp_path: Path) -> None:
+    """Switching from KServe's agent: the same host folder, models/<key>/ without a manifest."""
+    uri, digests = local_model(tmp_path, "m", {"config.json": 300, "w/model.safetensors": 3 * MiB})
+    node = cluster.node([entry(uri, "m")])
+    kserve_copy = model_dir(cluster.root(node), uri)
+    shutil.copytree(Path(uri.removeprefix("file://")), kserve_copy)
+    inode = (kserve_copy / "w" / "model.safetensors").stat().st_ino
+    agent = cluster.start_agent(node)
+    cluster.wait_phase(node, "m", "ModelDownloaded", agent)
+    assert (kserve_copy / "w" / "model.safetensors").stat().st_ino == inode
+    assert tree_digests(kserve_copy) == digests
+    wait_until(lambda: [e for e in cluster.events(node) if e["reason"] == "Adopted"], "an Adopted Event", agent=agent)
+    assert metric_value(agent.metrics(), "localmodel_models_adopted_total") == 1

@@ -215,13 +215,20 @@ class Reconciler:
             bytes_per_second=rate, bytes_total=result.bytes_total,
         )
         self._scrubbed[result.key] = result.finished_at
-        self.metrics.downloads.labels("succeeded").inc()
-        self.metrics.duration.observe(seconds)
         model = self._wanted.get(result.key)
         uri = model.uri if model else result.key
+        files = f"{result.files_total} file" + ("" if result.files_total == 1 else "s")
+        if result.adopted:
+            self.metrics.adoptions.inc()
+            await self._event("Normal", "Adopted",
+                              f"kept {uri} already on disk without a manifest ({_human_bytes(result.bytes_total or 0)}, "
+                              f"{files}): every file matched the source listing, hashed in {seconds:.1f}s; nothing downloaded",
+                              result.key)
+            return
+        self.metrics.downloads.labels("succeeded").inc()
+        self.metrics.duration.observe(seconds)
         speed = f" at {_human_bytes(rate)}/s" if rate else ""
         revision = f", revision {result.revision}" if result.revision else ""
-        files = f"{result.files_total} file" + ("" if result.files_total == 1 else "s")
         message = (
             f"downloaded {uri} ({_human_bytes(result.bytes_total or 0)}, {files}) "
             f"in {seconds:.1f}s{speed}{revision}; content verified"
