@@ -69,15 +69,16 @@ class Manager:
         self.elector = LeaderElector(client, LeaseSettings(
             settings.pod_namespace, LEADER_LOCK_NAME, settings.identity, settings.lease_duration,
             settings.renew_deadline, settings.retry_period))
-        self.metrics.watch_cluster(
-            lambda: {"cache": len(self.cache_queue), "node": len(self.node_queue), "group": len(self.group_queue)},
-            self._cache_objects, self._leading)
         self.webhook_port: int | None = None  # the bound port, once serving
         self.metrics_port: int | None = None  # the bound port, once serving
         self.webhooks: Any = None  # the webhook handlers, once serving
         self.ready = asyncio.Event()
         self.reconciles = 0
         self.errors = 0
+        # last: the registry collects once on registration, which reads the fields above
+        self.metrics.watch_cluster(
+            lambda: {"cache": len(self.cache_queue), "node": len(self.node_queue), "group": len(self.group_queue)},
+            self._cache_objects, self._leading)
 
     def _cache_objects(self) -> list[tuple[str, dict[str, Any]]]:
         return [*(("LocalModelCache", o) for o in self.view.caches.store.values()),
