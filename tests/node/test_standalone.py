@@ -510,3 +510,19 @@ def test_folder_that_does_not_match_the_source_is_downloaded_again(
     assert (folder / "w.safetensors").read_bytes() == data
     assert fault_server.body_bytes(path) == len(data)
     assert not metric_value(agent.metrics(), "localmodel_models_adopted_total")
+
+
+def test_no_adopt_downloads_a_matching_folder_again(
+    standalone: Standalone, fault_server: FaultServer, tmp_path: Path
+) -> None:
+    data = os.urandom(MiB)
+    path = f"/{tmp_path.name}/w.safetensors"
+    uri = fault_server.add(path, data)
+    folder = model_dir(standalone.root, uri)
+    folder.mkdir(parents=True)
+    (folder / "w.safetensors").write_bytes(data)
+    standalone.write(entry(uri, "m"))
+    agent = standalone.start("--no-adopt")
+    standalone.wait_phase("m", "ModelDownloaded", agent)
+    assert fault_server.body_bytes(path) == len(data)
+    assert not metric_value(agent.metrics(), "localmodel_models_adopted_total")

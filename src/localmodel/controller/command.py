@@ -18,12 +18,14 @@ from localmodel.kube.config import DEFAULT_NAMESPACE
 @click.option("--namespace", "pod_namespace", envvar="POD_NAMESPACE", default=DEFAULT_NAMESPACE, show_default=True,
               help="Namespace of inferenceservice-config and of the leader-election Lease.")
 @click.option("--identity", envvar="POD_NAME", default=None, help="Leader-election identity (default: host_pid).")
-@click.option("--leader-elect/--no-leader-elect", default=True, show_default=True)
+@click.option("--leader-elect/--no-leader-elect", default=True, show_default=True,
+              help="Reconcile only while holding the Lease kserve-local-model-manager-leader-lock "
+                   "(replicas > 1 need it); webhooks are served either way.")
 @click.option("--workers", default=4, show_default=True, help="Concurrent reconciles per kind.")
 @click.option("--webhook-cert-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Directory with tls.crt/tls.key; webhooks are served only when it holds them.")
-@click.option("--webhook-host", default="0.0.0.0", show_default=True)
-@click.option("--webhook-port", default=9443, show_default=True)
+@click.option("--webhook-host", default="0.0.0.0", show_default=True, help="Address the HTTPS webhook server listens on.")
+@click.option("--webhook-port", default=9443, show_default=True, help="Port of the HTTPS webhook server (0: any free port).")
 @click.option("--isvc-defaulting/--no-isvc-defaulting", default=True, show_default=True,
               help="Serve KServe's InferenceService/LLMInferenceService local-model defaulting "
                    "(turn off where KServe's own webhook does it).")
@@ -32,7 +34,8 @@ from localmodel.kube.config import DEFAULT_NAMESPACE
               help="HTTP port of /metrics, Prometheus text format (0: off).")
 @click.option("--bind-address", default="0.0.0.0", show_default=True,
               help="Address the health and metrics servers listen on.")
-@click.option("--log-level", default="INFO", show_default=True)
+@click.option("--log-level", default="INFO", show_default=True,
+              help="Least severe log lines written (DEBUG also logs every API request).")
 def controller(kubeconfig: str | None, pod_namespace: str, identity: str | None, leader_elect: bool,
                workers: int, webhook_cert_dir: Path | None, webhook_host: str, webhook_port: int,
                isvc_defaulting: bool, health_port: int, metrics_port: int, bind_address: str,
