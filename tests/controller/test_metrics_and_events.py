@@ -7,7 +7,6 @@ from typing import Any
 
 import pytest
 from lightkube import ApiError, Client
-from lightkube.resources.events_v1 import Event
 
 from tests.node.agent_process import metric_value
 
@@ -17,6 +16,7 @@ from .harness import (
     create_cache,
     create_group,
     create_node,
+    events_about,
     report_model,
     unique,
     wait_for,
@@ -33,10 +33,7 @@ def scrape(controller: RunningController) -> str:
 
 
 def cache_events(client: Client, cache: str, namespace: str = "default") -> list[dict[str, Any]]:
-    return [{"reason": e.reason, "type": e.type, "note": e.note, "controller": e.reportingController}
-            for e in client.list(Event, namespace=namespace)
-            if e.regarding is not None and e.regarding.name == cache
-            and e.regarding.kind in ("LocalModelCache", "LocalModelNamespaceCache")]
+    return events_about(client, cache, namespace)
 
 
 def reasons(client: Client, cache: str, namespace: str = "default") -> list[str]:

@@ -17,7 +17,6 @@ import pytest
 from lightkube import Client, KubeConfig
 from lightkube.resources.coordination_v1 import Lease
 from lightkube.resources.core_v1 import Node, PersistentVolume, PersistentVolumeClaim, Pod
-from lightkube.resources.events_v1 import Event
 from lightkube.types import PatchType
 
 from localmodel.controller.names import LEADER_LOCK_NAME
@@ -31,6 +30,7 @@ from tests.controller.harness import (
     create_namespace,
     create_node,
     deleted,
+    events_about,
     lmn_models,
     node_labels,
     report_model,
@@ -67,8 +67,7 @@ def rbac_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Cli
 
 
 def events_of(client: Client, name: str, namespace: str) -> set[str]:
-    return {e.reason for e in client.list(Event, namespace=namespace)
-            if e.regarding is not None and e.regarding.name == name}
+    return {e["reason"] for e in events_about(client, name, namespace)}
 
 
 def test_every_write_of_a_cache_lifecycle_is_allowed(rbac_cluster: tuple[Client, ControllerProcess]) -> None:

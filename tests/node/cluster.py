@@ -17,11 +17,11 @@ from lightkube import Client
 from lightkube.core.exceptions import ApiError
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import ConfigMap, Namespace
-from lightkube.resources.events_v1 import Event
 from lightkube.types import PatchType
 
 from localmodel.dev.controlplane import ControlPlane
 from localmodel.kube import resources
+from tests.controller.harness import RawEvent
 from tests.node.agent_process import AgentProcess, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
@@ -135,11 +135,13 @@ class ClusterAgents:
         return self.status(node)
 
     def events(self, node: str) -> list[dict[str, Any]]:
+        # as plain dicts: the typed model refuses the null eventTime of other components' Events
         found = []
-        for event in self.client.list(Event, namespace="default"):
-            if event.regarding is not None and event.regarding.name == node:
-                found.append({"reason": event.reason, "type": event.type, "note": event.note,
-                              "kind": event.regarding.kind})
+        for event in self.client.list(RawEvent, namespace="default"):
+            regarding = event.get("regarding") or {}
+            if regarding.get("name") == node:
+                found.append({"reason": event.get("reason"), "type": event.get("type"), "note": event.get("note"),
+                              "kind": regarding.get("kind")})
         return found
 
     # --- agents -------------------------------------------------------------------------------
