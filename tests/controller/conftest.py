@@ -55,6 +55,16 @@ def write_config(client: Client, **overrides: Any) -> None:
         client.replace(body)
 
 
+def unregister_webhooks(client: Client, suffix: str = "") -> None:
+    for res, name in ((ValidatingWebhookConfiguration, f"localmodel-validating{suffix}"),
+                      (MutatingWebhookConfiguration, f"localmodel-mutating{suffix}")):
+        try:
+            client.delete(res, name)
+        except ApiError as error:
+            if error.status.code != 404:
+                raise
+
+
 def register_webhooks(client: Client, kube: ControlPlane, port: int, suffix: str = "") -> None:
     ca = base64.b64encode(kube.server_ca.cert_pem).decode()
 
@@ -108,7 +118,10 @@ def cluster(kube: ControlPlane, kube_client: Client) -> ControlPlane:
     return kube
 
 
-@pytest.fixture(scope="session")
+# The controller and its webhooks live only while tests/controller runs: a controller left
+# running would garbage-collect other packages' LocalModelNodes (they have no Node objects),
+# and webhooks left registered with failurePolicy Fail would refuse their caches.
+@pytest.fixture(scope="package")
 def controller(cluster: ControlPlane, kube_client: Client,
                tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningController]:
     cert_dir = tmp_path_factory.mktemp("webhook-certs")
@@ -125,10 +138,11 @@ def controller(cluster: ControlPlane, kube_client: Client,
     assert running.manager is not None and running.manager.webhook_port
     register_webhooks(kube_client, cluster, running.manager.webhook_port)
     yield running
+    unregister_webhooks(kube_client)
     running.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def webhooks_active(controller: RunningController, kube_client: Client) -> RunningController:
     """Wait until the apiserver calls both webhook configurations (they activate asynchronously)."""
     from lightkube.resources.core_v1 import Pod
