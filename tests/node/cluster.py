@@ -16,7 +16,7 @@ from typing import Any
 from lightkube import Client
 from lightkube.core.exceptions import ApiError
 from lightkube.models.meta_v1 import ObjectMeta
-from lightkube.resources.core_v1 import ConfigMap, Namespace
+from lightkube.resources.core_v1 import ConfigMap, Namespace, Node
 from lightkube.resources.events_v1 import Event
 from lightkube.types import PatchType
 
@@ -106,7 +106,13 @@ class ClusterAgents:
     # --- LocalModelNodes ------------------------------------------------------------------------
 
     def node(self, entries: list[dict[str, Any]], name: str | None = None) -> str:
+        """A Node and its LocalModelNode (a controller deletes LocalModelNodes of missing Nodes)."""
         name = name or unique("node")
+        try:
+            self.client.create(Node(metadata=ObjectMeta(name=name)))
+        except ApiError as exc:
+            if exc.status.code != 409:
+                raise
         self.client.create(resources.LocalModelNode.from_dict({
             "apiVersion": "serving.kserve.io/v1alpha1", "kind": "LocalModelNode",
             "metadata": {"name": name}, "spec": {"localModels": entries},
@@ -162,10 +168,11 @@ class ClusterAgents:
         for agent in self.agents:
             agent.stop()
         for node in self.nodes:
-            try:
-                self.client.delete(resources.LocalModelNode, node)
-            except ApiError:
-                pass
+            for kind in (resources.LocalModelNode, Node):
+                try:
+                    self.client.delete(kind, node)
+                except ApiError:
+                    pass
         for namespace in self._namespaces:
             try:
                 self.client.delete(Namespace, namespace)
