@@ -14,12 +14,12 @@ from lightkube.generic_resource import create_global_resource
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import ConfigMap
 
+from tests.reference import REPO, kserve_reference
 from localmodel.controller.manager import Settings
 from localmodel.dev.controlplane import ControlPlane
 
 from .harness import RunningController, create_namespace
 
-REPO = Path(__file__).resolve().parents[2]
 POD_NAMESPACE = "kserve"
 JOB_NAMESPACE = "kserve-localmodel-jobs"
 
@@ -27,15 +27,6 @@ ValidatingWebhookConfiguration = create_global_resource(
     "admissionregistration.k8s.io", "v1", "ValidatingWebhookConfiguration", "validatingwebhookconfigurations")
 MutatingWebhookConfiguration = create_global_resource(
     "admissionregistration.k8s.io", "v1", "MutatingWebhookConfiguration", "mutatingwebhookconfigurations")
-
-
-def kserve_reference() -> Path:
-    """KServe's manifests (test data) live in `shared/kserve-reference` beside the repository."""
-    for parent in REPO.parents:
-        candidate = parent / "shared" / "kserve-reference"
-        if candidate.is_dir():
-            return candidate
-    pytest.fail(f"KServe reference manifests (shared/kserve-reference) not found above {REPO}")
 
 
 def install_crds(kube: ControlPlane, files: list[Path]) -> None:

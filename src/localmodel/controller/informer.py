@@ -137,8 +137,14 @@ class Informer:
                     failures = 0
             except asyncio.CancelledError:
                 raise
-            except ApiError as error:
-                code = error.status.code
+            except Exception as error:
+                code = _status_code(error)
+                if code is None:  # connection reset, read timeout, apiserver restart
+                    failures += 1
+                    log.info("informer %s: watch broke (%s), resuming", self.name,
+                             error.__class__.__name__)
+                    await asyncio.sleep(min(30.0, 0.2 * 2 ** min(failures, 7)))
+                    continue
                 if code == 410:
                     log.info("informer %s: watch expired (410 Gone), listing again", self.name)
                     version = None
@@ -153,7 +159,16 @@ class Informer:
                 if code == 404:
                     version = None
                 await asyncio.sleep(min(30.0, 0.5 * 2 ** min(failures, 6)))
-            except Exception as error:  # connection reset, read timeout, apiserver restart
-                failures += 1
-                log.info("informer %s: watch broke (%s), resuming", self.name, error.__class__.__name__)
-                await asyncio.sleep(min(30.0, 0.2 * 2 ** min(failures, 7)))
+
+
+def _status_code(error: Exception) -> int | None:
+    """The HTTP status behind an API failure, whichever layer raised it.
+
+    lightkube raises ApiError for most calls, but an async list of a resource the server does
+    not serve surfaces as the HTTP library's status error; both mean the same thing here.
+    """
+    if isinstance(error, ApiError):
+        return int(error.status.code) if error.status.code is not None else None
+    response = getattr(error, "response", None)
+    code = getattr(response, "status_code", None)
+    return int(code) if isinstance(code, int) else None
