@@ -23,6 +23,7 @@ from lightkube.types import PatchType
 from localmodel.dev.controlplane import ControlPlane
 from localmodel.kube import resources
 from tests.node.agent_process import AgentProcess, wait_until
+from tests.reference import kserve_reference
 
 REPO = Path(__file__).resolve().parents[2]
 OUR_CRDS = REPO / "deploy" / "crds"
@@ -35,17 +36,8 @@ CRD_NAMES = [
 FAST = ["--progress-interval", "0.3", "--retry-initial", "1", "--retry-max", "2"]
 
 
-def kserve_crds_dir() -> Path:
-    """KServe's own CRD files (reference data kept beside the repository, never committed)."""
-    for base in (REPO.parent, REPO.parent.parent):
-        candidate = base / "shared" / "kserve-reference" / "crds"
-        if candidate.is_dir():
-            return candidate
-    raise FileNotFoundError(f"KServe reference CRDs not found beside {REPO}")
-
-
 def crd_files(flavor: str) -> list[Path]:
-    folder = OUR_CRDS if flavor == "localmodel" else kserve_crds_dir()
+    folder = OUR_CRDS if flavor == "localmodel" else kserve_reference() / "crds"
     return [folder / f"serving.kserve.io_{name.split('.')[0]}.yaml" for name in CRD_NAMES]
 
 
