@@ -97,6 +97,8 @@ def register_webhooks(client: Client, kube: ControlPlane, port: int, suffix: str
 def unregister_webhooks(client: Client, suffix: str = "") -> None:
     """Delete the configurations, then wait until the apiserver stops calling them (it drops
     them asynchronously): a dry-run create that a stopped webhook server would fail succeeds."""
+    from lightkube.resources.core_v1 import Pod
+
     from localmodel.kube import resources
 
     from .harness import wait_for
@@ -108,8 +110,6 @@ def unregister_webhooks(client: Client, suffix: str = "") -> None:
         except ApiError as error:
             if error.status.code != 404:
                 raise
-    from lightkube.resources.core_v1 import Pod
-
     probes = [
         resources.LocalModelCache({"metadata": {"name": "webhook-gone-probe"}, "spec": {
             "sourceModelUri": "s3://probe/gone", "modelSize": "1", "nodeGroups": ["none"]}}),
@@ -143,12 +143,12 @@ def cluster(kube: ControlPlane, kube_client: Client) -> ControlPlane:
     return kube
 
 
+# The controller and its webhooks live only while tests/controller runs: a controller left
+# running would garbage-collect other packages' LocalModelNodes (they have no Node objects),
+# and webhooks left registered with failurePolicy Fail would refuse their caches.
 @pytest.fixture(scope="package")
 def controller(cluster: ControlPlane, kube_client: Client,
                tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningController]:
-    """The controller for tests/controller only: it deletes LocalModelNodes whose Node does not
-    exist (#6159), which later packages create on purpose, so it stops with this package, and its
-    webhook configurations go with it (a webhook nobody serves would refuse every cache)."""
     cert_dir = tmp_path_factory.mktemp("webhook-certs")
     pair = cluster.server_ca.issue_serving_cert("webhook", ["127.0.0.1"], cert_dir)
     pair.cert_file.rename(cert_dir / "tls.crt")

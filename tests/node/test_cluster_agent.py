@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from lightkube import Client
 from lightkube.core.exceptions import ApiError
 from lightkube.models.core_v1 import ObjectReference
 from lightkube.models.meta_v1 import ObjectMeta
@@ -363,13 +362,13 @@ def test_storage_key_of_the_storage_config_secret_and_secrets_never_shown(
 
 
 def test_bound_token_of_an_agent_on_n1_cannot_write_n2_and_runs_n1(
-    cluster: ClusterAgents, kube_client: Client, tmp_path: Path
+    cluster: ClusterAgents, tmp_path: Path
 ) -> None:
-    install_agent_rbac(cluster.kube, kube_client)
+    install_agent_rbac(cluster.kube, cluster.client)
     uri, digests = local_model(tmp_path, "m", {"w.bin": MiB})
     n1 = cluster.node([entry(uri, "m")])
     n2 = cluster.node([entry(uri, "m")])
-    kubeconfig, client = agent_kubeconfig(cluster.kube, kube_client, n1)
+    kubeconfig, client = agent_kubeconfig(cluster.kube, cluster.client, n1)
 
     # The admission policy may take a moment to be enforced: retry until it denies.
     def denied() -> ApiError | None:

@@ -317,7 +317,7 @@ def test_agent_stopped_mid_download_resumes_where_it_stopped(
     else:
         first.signal(signal.SIGTERM)
         assert first.wait() == 0, first.tail()
-        assert "partial downloads are kept" in first.log_text()
+        assert "partial data is kept for resume" in first.log_text()
     staging = standalone.root / "staging" / storage_key(uri)
     assert staging.is_dir() and any(staging.rglob("*"))
     requests_before = len(fault_server.served(path))

@@ -194,8 +194,12 @@ class Reconciler:
 
     async def _absorb(self, results: list[JobResult]) -> None:
         for result in results:
+            announced = result.key in self._announced
             self._announced.discard(result.key)
             self._progress_logged.pop(result.key, None)
+            if result.kind is JobKind.DOWNLOAD and not result.cancelled and not announced:
+                # Started and ended between two passes: still tell the whole story, in order.
+                await self._event_started(result.key)
             if result.kind is JobKind.SCRUB:
                 await self._absorb_scrub(result)
             elif result.ok:
@@ -391,9 +395,12 @@ class Reconciler:
         for key, view in self.jobs.views().items():
             if view.kind is JobKind.DOWNLOAD and view.running and key not in self._announced:
                 self._announced.add(key)
-                model = self._wanted.get(key)
-                uri = model.uri if model else key
-                await self._event("Normal", "DownloadStarted", f"downloading {uri} into models/{key}", key)
+                await self._event_started(key)
+
+    async def _event_started(self, key: str) -> None:
+        model = self._wanted.get(key)
+        uri = model.uri if model else key
+        await self._event("Normal", "DownloadStarted", f"downloading {uri} into models/{key}", key)
 
     def _log_progress(self) -> None:
         interval = self.settings.status.progress_log_seconds
