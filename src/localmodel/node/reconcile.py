@@ -197,8 +197,9 @@ class Reconciler:
             announced = result.key in self._announced
             self._announced.discard(result.key)
             self._progress_logged.pop(result.key, None)
-            if result.kind is JobKind.DOWNLOAD and not result.cancelled and not announced:
+            if result.kind is JobKind.DOWNLOAD and not result.cancelled and not announced and not result.adopted:
                 # Started and ended between two passes: still tell the whole story, in order.
+                # (An adopted folder downloaded nothing: its Adopted Event is the story.)
                 await self._event_started(result.key)
             if result.kind is JobKind.SCRUB:
                 await self._absorb_scrub(result)
