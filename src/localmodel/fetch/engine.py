@@ -47,7 +47,7 @@ from localmodel.fetch import archive as archives
 from localmodel.fetch import manifest as manifests
 from localmodel.fetch import patterns, planning
 from localmodel.fetch.backoff import RetryBudget, backoff_delay
-from localmodel.fetch.hashing import FileHasher, HashResult
+from localmodel.fetch.hashing import FileHasher, HashResult, NoHasher
 from localmodel.fetch.layout import HIDDEN, Layout
 from localmodel.fetch.manifest import Manifest, ManifestFile
 from localmodel.fetch.options import FetchOptions
@@ -86,6 +86,7 @@ def download(source_uri: str, dest: str | os.PathLike[str] | Layout, *,
         if not options.force:
             existing = manifests.read_manifest(layout)
             if existing is not None and existing.source == source_name \
+                    and (not options.verify or all(f.sha256 for f in existing.files)) \
                     and not manifests.verify_quick(layout, existing):
                 logger.info("already complete", extra={"dest": str(layout.dest)})
                 return existing
@@ -120,7 +121,7 @@ class _File:
     index: int
     remote: RemoteFile
     target: Path
-    hasher: FileHasher
+    hasher: FileHasher | NoHasher
     done: RangeSet = field(default_factory=RangeSet)
     hashed: int = 0
     hashing: bool = False
@@ -197,6 +198,7 @@ class _Download:
             "source": self.source_name,
             "revision": listing.revision,
             "archive": kind,
+            "verify": self.options.verify,
             "files": [[f.path, f.size, f.version,
                        f.digest.algorithm if f.digest else None,
                        f.digest.value if f.digest else None] for f in selected],
@@ -229,11 +231,12 @@ class _Download:
     # -- 3. staging and space --------------------------------------------------------------
 
     def _prepare(self, selected: list[RemoteFile], root: Path, done: Mapping[int, RangeSet],
-                 verified: Mapping[int, tuple[str, bool]]) -> None:
+                 verified: Mapping[int, tuple[str | None, bool]]) -> None:
         for index, remote in enumerate(selected):
             target = make_parents(root, remote.path, self.staging.known_folders)
-            state = _File(index, remote, target,
-                          FileHasher(remote.digest, verify_md5=self.options.verify_md5))
+            hasher = (FileHasher(remote.digest, verify_md5=self.options.verify_md5)
+                      if self.options.verify else NoHasher())
+            state = _File(index, remote, target, hasher)
             present = target.exists()
             if present and index in verified:
                 sha256, checked = verified[index]
@@ -373,6 +376,8 @@ class _Download:
     def _hash_in_stream(self, state: _File, view: memoryview, position: int) -> None:
         """Hash bytes just written straight from memory when they sit at the hash frontier
         (always true for the first request of a file), sparing a re-read."""
+        if not self.options.verify:
+            return
         with state.lock:
             if state.hashing or state.hashed != position:
                 return
@@ -410,7 +415,8 @@ class _Download:
                     return
             hashed = position
             try:
-                hashed = self._hash_from_disk(state, position, end)
+                # Without verification the "hash" just follows the written prefix.
+                hashed = self._hash_from_disk(state, position, end) if self.options.verify else end
             finally:
                 with state.lock:
                     state.hashed = hashed
