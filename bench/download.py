@@ -43,7 +43,8 @@ from dlbench.servers import Server  # noqa: E402
 from dlbench.tools import Run  # noqa: E402
 
 CACHE = Path.home() / ".cache" / "localmodel"
-DESTINATIONS = {"shm": Path("/dev/shm/localmodel-bench"), "disk": CACHE / "bench-out"}
+DESTINATIONS = {"shm": Path("/dev/shm/localmodel-bench-download"),
+                "disk": CACHE / "bench-download"}
 SOURCES = ("http", "s3", "hf")
 #: Tool names accepted by --tools.
 ALL_TOOLS = ("localmodel", "localmodel-noverify", "localmodel-sha256", "kserve-storage",

@@ -129,6 +129,9 @@ class _File:
     fd: int | None = None
     result: HashResult | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
+    #: Writers of one file take turns here. The kernel serializes them anyway (the inode
+    #: lock), but a thread waiting on that lock spins on a CPU, while one waiting here sleeps.
+    write_lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 class _Download:
@@ -358,7 +361,8 @@ class _Download:
         total = len(view)
         try:
             while written < total:
-                written += os.pwrite(fd, view[written: written + WRITE_SIZE], offset + written)
+                with state.write_lock:
+                    written += os.pwrite(fd, view[written: written + WRITE_SIZE], offset + written)
         except OSError as exc:
             if is_no_space(exc):
                 raise InsufficientSpaceError(
