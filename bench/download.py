@@ -45,7 +45,7 @@ from dlbench.tools import Run  # noqa: E402
 CACHE = Path.home() / ".cache" / "localmodel"
 DESTINATIONS = {"shm": Path("/dev/shm/localmodel-bench-download"),
                 "disk": CACHE / "bench-download"}
-SOURCES = ("http", "s3", "hf")
+SOURCES = ("http", "s3", "hf", "http-cap")
 #: Tool names accepted by --tools.
 ALL_TOOLS = ("localmodel", "localmodel-noverify", "localmodel-sha256", "kserve-storage",
              "s5cmd", "snapshot_download", "limits")
@@ -60,14 +60,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--shards", type=int, default=4)
     parser.add_argument("--runs", type=int, default=3, help="repetitions; medians are reported")
     parser.add_argument("--dest", choices=("shm", "disk", "both"), default="both")
-    parser.add_argument("--sources", default=",".join(SOURCES),
+    parser.add_argument("--sources", default="http,s3,hf",
                         help=f"comma-separated subset of {','.join(SOURCES)}")
     parser.add_argument("--tools", default=",".join(ALL_TOOLS),
                         help=f"comma-separated subset of {','.join(ALL_TOOLS)} "
                              f"('fast' = {','.join(FAST_TOOLS)}: no peer to install)")
-    parser.add_argument("--rate-cap", default=None, metavar="RATE",
-                        help="also run localmodel (verify full and none) with --limit-rate RATE "
-                             "on each source, as if the network were the bottleneck (e.g. 500M)")
+    parser.add_argument("--per-connection", default="64m", metavar="RATE",
+                        help="nginx limit_rate of the http-cap source (default 64m = 64 MiB/s "
+                             "per connection, about what one connection to an object store "
+                             "or CDN gets)")
+    parser.add_argument("--cap-dest", choices=("shm", "disk", "both"), default="shm",
+                        help="destinations for the http-cap source (network-bound: the "
+                             "destination hardly matters; default shm)")
     parser.add_argument("--cache", type=Path, default=CACHE / "bench-model",
                         help="where the generated model is kept")
     parser.add_argument("--shm-dir", type=Path, default=DESTINATIONS["shm"])
@@ -108,12 +112,6 @@ def plan_runs(source: str, server: Server, model: Model, out: Path,
         runs.append(tools.s5cmd_run(server, model, out))
     if "snapshot_download" in wanted and source == "hf":
         runs.append(tools.hub_run(server, model, out))
-    if args.rate_cap:
-        for verify in ("full", "none"):
-            run = tools.engine_run(source, server, model, out, verify=verify,
-                                   tool=f"localmodel --verify {verify} --limit-rate {args.rate_cap}")
-            run.command[2:2] = ["--limit-rate", args.rate_cap]
-            runs.append(run)
     return runs
 
 
@@ -158,7 +156,7 @@ def measure_run(run: Run, model: Model, *, rep: int, dest: str, source: str, nby
     row: dict[str, object] = {"rep": rep, "dest": dest, "source": source, "tool": run.tool,
                               "bytes": nbytes, **asdict(result), "problems": problems}
     gbps = nbytes / result.wall / 1e9
-    print(f"  {dest:4s} {source:4s} {run.tool:48s} {result.wall:7.2f} s {gbps:5.2f} GB/s "
+    print(f"  {dest:4s} {source:8s} {run.tool:40s} {result.wall:7.2f} s {gbps:5.2f} GB/s "
           f"cpu {result.cpu:6.2f} s  server {result.server_cpu:5.2f} s  "
           f"rss {result.peak_rss / 2**20:6.0f} MiB  load {result.load:4.2f}"
           + (f"  FAILED: {problems[:2]}" if problems else ""), flush=True)
@@ -187,6 +185,9 @@ def main(argv: list[str] | None = None) -> int:
         running: dict[str, Server] = {}
         if "http" in args.sources:
             running["http"] = stack.enter_context(servers.nginx(model, work / "nginx"))
+        if "http-cap" in args.sources:
+            running["http-cap"] = stack.enter_context(
+                servers.nginx(model, work / "nginx-cap", per_connection=args.per_connection))
         if "s3" in args.sources:
             running["s3"] = stack.enter_context(servers.rclone_s3(model))
         if "hf" in args.sources:
@@ -212,6 +213,8 @@ def main(argv: list[str] | None = None) -> int:
                     rows.append(measure_run(run, model, rep=rep, dest=dest, source="-", nbytes=shards,
                                             servers_pids=pids, flush=flush, log=log))
                 for source, server in running.items():
+                    if source == "http-cap" and args.cap_dest not in (dest, "both"):
+                        continue
                     runs = plan_runs(source, server, model, base / "out", args)
                     # rotate the order per repetition, so no tool always runs first
                     runs = runs[rep % len(runs):] + runs[: rep % len(runs)] if runs else runs

@@ -87,7 +87,7 @@ def render(meta: Mapping[str, object], rows: Sequence[Row]) -> str:
            ""]
     out += _limits_table(summary, read, write)
     dests = sorted({d for d, _, _ in summary if d != "-"}, key=lambda d: (d != "shm", d))
-    sources = [s for s in ("http", "s3", "hf") if any(k[1] == s for k in summary)]
+    sources = [s for s in ("http", "s3", "hf", "http-cap") if any(k[1] == s for k in summary)]
     for dest in dests:
         for source in sources:
             tools = [(t, item) for (d, s, t), item in summary.items() if d == dest and s == source]
@@ -151,13 +151,9 @@ def _verification_table(summary: Mapping[tuple[str, str, str], Summary], dests: 
             for (d, s, tool), item in summary.items():
                 if d != dest or s != source or not tool.startswith(ENGINE):
                     continue
-                reference = base
-                if "--limit-rate" in tool:
-                    capped = tool.replace("--verify full", "--verify none")
-                    reference = summary.get((dest, source, capped))
                 extra = "–"
-                if reference is not None and "--verify none" not in tool:
-                    extra = f"{(item.wall - reference.wall) / item.wall:+.0%} of wall"
+                if base is not None and "--verify none" not in tool:
+                    extra = f"{(item.wall - base.wall) / item.wall:+.0%} of wall"
                 lines.append(f"| {dest} | {source} | `{tool}` | {item.wall:.2f} | "
                              f"{item.cpu_per_gb:.2f} | {extra} |")
     lines.append("")

@@ -53,6 +53,7 @@ http {{
     server {{
         listen 127.0.0.1:{port};
         root {root};
+        {limit}
     }}
 }}
 """
@@ -77,21 +78,26 @@ def file_urls(server: Server, model: Model) -> list[tuple[str, str]]:
 
 
 @contextmanager
-def nginx(model: Model, work: Path) -> Iterator[Server]:
+def nginx(model: Model, work: Path, per_connection: str | None = None) -> Iterator[Server]:
+    """nginx over the bucket folder. `per_connection` (nginx size, e.g. "64m") caps each
+    connection's rate, like the per-flow throughput of a real object store or CDN (tens to
+    ~100 MB/s per connection): the network, not the CPU, is then the bottleneck."""
     binary = shutil.which("nginx") or "/usr/sbin/nginx"
     work.mkdir(parents=True, exist_ok=True)
     port = free_port()
     conf = work / "nginx.conf"
     conf.write_text(_NGINX_CONF.format(
         user="user root;" if os.geteuid() == 0 else "", work=work, port=port,
-        root=model.root / BUCKET))
+        root=model.root / BUCKET,
+        limit=f"limit_rate {per_connection};" if per_connection else ""))
     process = subprocess.Popen([binary, "-p", str(work), "-c", str(conf), "-e",
                                 str(work / "error.log"), "-g", "daemon off;"],
                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
     try:
         wait_for_port(port, process=process)
-        yield Server("nginx", f"http://127.0.0.1:{port}", [process])
+        yield Server("nginx" if per_connection is None else f"nginx {per_connection}/connection",
+                     f"http://127.0.0.1:{port}", [process])
     finally:
         stop_process(process)
 

@@ -7,7 +7,8 @@ environment it needs; peers come from their own virtual environments under
 What each source gives each tool (the same URIs for everyone):
     http  one URL per file, each into its own folder: KServe's http(s) storage URIs name
           single files, and both localmodel fetch and KServe's storage initializer take
-          SRC DEST pairs and fetch them one after the other.
+          SRC DEST pairs and fetch them one after the other. (http-cap: the same from an nginx
+          that caps each connection's rate.)
     s3    s3://bucket/model (s5cmd: cp 's3://bucket/model/*' DEST/)
     hf    hf://bench/model (snapshot_download(repo_id="bench/model", local_dir=DEST))
 """
@@ -104,7 +105,7 @@ def engine_run(source: str, server: Server, model: Model, out: Path, *,
                verify: str = "full", tool: str = "localmodel") -> Run:
     env = _base_env(out.parent / "home")
     command = [str(ENGINE), "fetch", "--progress", "none", "--verify", verify]
-    if source == "http":
+    if source.startswith("http"):
         pairs = [(url, out / f"{i:02d}") for i, (url, _) in enumerate(file_urls(server, model))]
         for src, dest in pairs:
             command += [src, str(dest)]
@@ -121,7 +122,7 @@ def engine_run(source: str, server: Server, model: Model, out: Path, *,
 def kserve_run(source: str, server: Server, model: Model, out: Path) -> Run:
     env = _base_env(out.parent / "home")
     command = [str(peer_python("kserve-storage")), "-c", _KSERVE_DRIVER]
-    if source == "http":
+    if source.startswith("http"):
         for i, (url, _) in enumerate(file_urls(server, model)):
             command += [url, str(out / f"{i:02d}")]
         outputs = {path: out / f"{i:02d}" / path for i, path in enumerate(model.files)}
@@ -155,7 +156,7 @@ def read_limit_run(source: str, server: Server, model: Model, work: Path, stream
     blocks: list[list[str]] = [[] for _ in range(streams)]
     slot = 0
     for path, size in model.files.items():
-        if source == "http":
+        if source.startswith("http"):
             url = f"{server.url}/{PREFIX}/{path}"
             extra = []
         elif source == "s3":
