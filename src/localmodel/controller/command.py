@@ -27,11 +27,14 @@ from localmodel.kube.config import DEFAULT_NAMESPACE
 @click.option("--isvc-defaulting/--no-isvc-defaulting", default=True, show_default=True,
               help="Serve KServe's InferenceService/LLMInferenceService local-model defaulting "
                    "(turn off where KServe's own webhook does it).")
-@click.option("--health-port", default=8081, show_default=True, help="HTTP port of /healthz and /readyz (0: off).")
+@click.option("--health-host", default="0.0.0.0", show_default=True)
+@click.option("--health-port", default=8081, show_default=True,
+              help="HTTP port of /healthz, /readyz and /metrics (0: off).")
 @click.option("--log-level", default="INFO", show_default=True)
 def controller(kubeconfig: str | None, pod_namespace: str, identity: str | None, leader_elect: bool,
                workers: int, webhook_cert_dir: Path | None, webhook_host: str, webhook_port: int,
-               isvc_defaulting: bool, health_port: int, log_level: str) -> None:
+               isvc_defaulting: bool, health_host: str, health_port: int,
+               log_level: str) -> None:
     """Run the LocalModelCache controller (KServe-compatible) and its admission webhooks."""
     from localmodel.controller.manager import Manager, Settings
     from localmodel.kube.client import async_client
@@ -43,7 +46,7 @@ def controller(kubeconfig: str | None, pod_namespace: str, identity: str | None,
     settings = Settings(
         pod_namespace=pod_namespace, workers=workers, leader_election=leader_elect,
         webhook_host=webhook_host, webhook_port=webhook_port, webhook_cert_dir=cert_dir,
-        isvc_defaulting=isvc_defaulting, health_port=health_port or None,
+        isvc_defaulting=isvc_defaulting, health_host=health_host, health_port=health_port or None,
         **({"identity": identity} if identity else {}),
     )
 

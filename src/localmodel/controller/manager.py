@@ -17,9 +17,11 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 from lightkube import ApiError, AsyncClient
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from localmodel.controller.cluster import ClusterView, Queues
 from localmodel.controller.leader import LeaderElector, LeaseSettings
+from localmodel.controller.metrics import ControllerMetrics
 from localmodel.controller.names import LEADER_LOCK_NAME, CacheRef
 from localmodel.controller.reconcilers import Reconcilers, RetryNow
 from localmodel.controller.workqueue import WorkQueue
@@ -52,6 +54,8 @@ class Manager:
     def __init__(self, client: AsyncClient, settings: Settings) -> None:
         self.client = client
         self.settings = settings
+        self.metrics = ControllerMetrics()
+        self.metrics.api_requests.attach(client)
         self.cache_queue: WorkQueue[CacheRef] = WorkQueue()
         self.node_queue: WorkQueue[str] = WorkQueue()
         self.group_queue: WorkQueue[str] = WorkQueue()
@@ -63,20 +67,26 @@ class Manager:
             settings.renew_deadline, settings.retry_period))
         self.webhook_port: int | None = None  # the bound port, once serving
         self.webhooks: Any = None  # the webhook handlers, once serving
+        for queue_name, queue in (("cache", self.cache_queue), ("node", self.node_queue), ("group", self.group_queue)):
+            self.metrics.watch_queue(queue_name, queue.__len__)
         self.ready = asyncio.Event()
         self.reconciles = 0
         self.errors = 0
 
     async def _worker(self, name: str, queue: WorkQueue[K], reconcile: Callable[[K], Awaitable[None]]) -> None:
+        reconciles = self.metrics.reconciles
         while True:
             key = await queue.get()
+            result = "error"
             try:
                 await reconcile(key)
                 queue.forget(key)
+                result = "ok"
             except asyncio.CancelledError:
                 raise
             except RetryNow:
                 queue.add(key)
+                result = "retry"
             except ApiError as error:
                 self.errors += 1
                 delay = queue.add_rate_limited(key)
@@ -89,6 +99,7 @@ class Manager:
                     error, ValueError))
             finally:
                 self.reconciles += 1
+                reconciles.labels(name, result).inc()
                 queue.done(key)
 
     def enqueue_everything(self) -> None:
@@ -134,8 +145,12 @@ class Manager:
                 return web.Response(text="ok")
             return web.Response(status=503, text="informers not synced")
 
+        async def metrics(_: web.Request) -> web.Response:
+            body = generate_latest(self.metrics.registry)
+            return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
         app = web.Application()
-        app.add_routes([web.get("/healthz", healthz), web.get("/readyz", readyz)])
+        app.add_routes([web.get("/healthz", healthz), web.get("/readyz", readyz), web.get("/metrics", metrics)])
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         await web.TCPSite(runner, self.settings.health_host, self.settings.health_port).start()
