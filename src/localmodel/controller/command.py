@@ -40,6 +40,8 @@ def controller(kubeconfig: str | None, pod_namespace: str, identity: str | None,
     from localmodel.kube.client import async_client
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # httpx logs every request at INFO: thousands of lines (and CPU) per pass on a large cluster
+    logging.getLogger("httpx2").setLevel(max(logging.WARNING, logging.getLogger().level))
     cert_dir = webhook_cert_dir if webhook_cert_dir and (webhook_cert_dir / "tls.crt").exists() else None
     if webhook_cert_dir and cert_dir is None:
         logging.getLogger(__name__).warning("no tls.crt in %s: webhooks not served", webhook_cert_dir)

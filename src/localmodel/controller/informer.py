@@ -14,6 +14,7 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import httpx2
 from lightkube import ApiError, AsyncClient
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,16 @@ def _rv(obj: Mapping[str, Any]) -> int:
         return int((obj.get("metadata") or {}).get("resourceVersion", "0"))
     except ValueError:
         return 0
+
+
+def _status_code(error: Exception) -> int | None:
+    """The HTTP status of a failed request. lightkube turns only JSON error bodies into ApiError:
+    an API group that is not served at all answers a plain-text 404 (httpx's HTTPStatusError)."""
+    if isinstance(error, ApiError):
+        return error.status.code
+    if isinstance(error, httpx2.HTTPStatusError):
+        return error.response.status_code
+    return None
 
 
 class Informer:
@@ -137,8 +148,8 @@ class Informer:
                     failures = 0
             except asyncio.CancelledError:
                 raise
-            except ApiError as error:
-                code = error.status.code
+            except (ApiError, httpx2.HTTPStatusError) as error:
+                code = _status_code(error)
                 if code == 410:
                     log.info("informer %s: watch expired (410 Gone), listing again", self.name)
                     version = None
