@@ -225,6 +225,17 @@ class ControllerProcess:
     def requests(self) -> RequestCounts:
         return parse_requests(self.metrics_text(), "localmodel_kube_api_requests_total")
 
+    def reconciles(self) -> dict[str, float]:
+        """Reconciles run so far, by queue."""
+        out: dict[str, float] = {}
+        for metric in text_string_to_metric_families(self.metrics_text()):
+            if metric.name == "localmodel_controller_reconciles":
+                for sample in metric.samples:
+                    if sample.name.endswith("_total"):
+                        queue = sample.labels["queue"]
+                        out[queue] = out.get(queue, 0) + sample.value
+        return out
+
     def activity(self) -> tuple[float, float]:
         """(non-lease requests + reconciles, keys queued): unchanged while the controller is idle."""
         text = self.metrics_text()
@@ -530,6 +541,7 @@ class Bench:
         self.apiserver = ApiserverMetrics(plane, plane.workdir / "bench-pki")
         self.client = AsyncClient(KubeConfig.from_file(plane.kubeconfig), field_manager="bench")
         self.controller: ControllerProcess | None = None
+        self.profiler: subprocess.Popen[bytes] | None = None
         self.expected = {layout.node_name(i): frozenset(layout.caches_of_group(layout.node_group(i)))
                          for i in range(layout.nodes)}
         self.group_size = {layout.group_name(g): len(layout.nodes_of_group(layout.group_name(g)))
@@ -537,14 +549,15 @@ class Bench:
 
     # -- measurement around a phase --
 
-    def _mark(self) -> tuple[RequestCounts, RequestCounts]:
+    def _mark(self) -> tuple[RequestCounts, RequestCounts, dict[str, float]]:
         assert self.controller is not None
-        return self.apiserver.requests(), self.controller.requests()
+        return self.apiserver.requests(), self.controller.requests(), self.controller.reconciles()
 
-    def _record(self, before: tuple[RequestCounts, RequestCounts]) -> dict[str, Any]:
-        server_after, controller_after = self._mark()
+    def _record(self, before: tuple[RequestCounts, RequestCounts, dict[str, float]]) -> dict[str, Any]:
+        server_after, controller_after, reconciles_after = self._mark()
         server, controller = diff(server_after, before[0]), diff(controller_after, before[1])
         return {
+            "controller_reconciles": {q: int(n - before[2].get(q, 0)) for q, n in sorted(reconciles_after.items())},
             "apiserver_requests": as_table(server),
             "controller_requests": as_table(controller),
             "controller_requests_total": int(sum(controller.values())),
@@ -577,11 +590,17 @@ class Bench:
         self.controller = ControllerProcess(self.plane.kubeconfig, self.plane.logs_dir / "controller.log",
                                             self.args.workers)
         clock.pids["controller"] = self.controller.pid
+        if self.args.profile:
+            # py-spy (pip install py-spy; not a project dependency) samples the controller until it exits
+            self.profiler = subprocess.Popen(
+                [shutil.which("py-spy", path=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}") or "py-spy",
+                 "record", "--pid", str(self.controller.pid), "--rate", "200", "--format", "raw",
+                 "--output", str(self.args.profile)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         synced = await until(self.controller.ready, "controller /readyz", 120, interval=0.1, threaded=True)
         converged = await until(self.nodes_converged, "every LocalModelNode to list its caches", self.args.timeout)
         settled = await quiet(self.controller)
         cpu = clock.lap()
-        phase = self._record((before_server, {}))
+        phase = self._record((before_server, {}, {}))
         phase.update({
             "informers_synced_seconds": round(synced - started, 2),
             "converged_seconds": round(converged - started, 2),
@@ -688,6 +707,8 @@ class Bench:
             await self.tracker.stop()
             if self.controller is not None:
                 self.controller.stop()
+            if self.profiler is not None:
+                self.profiler.wait(60)
             await self.client.close()
         self.result.load_average = [round(x, 2) for x in os.getloadavg()]
         return self.result
@@ -725,6 +746,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=600, help="give up waiting for convergence after this")
     parser.add_argument("--workdir", type=Path, default=None, help="control plane directory (default: a temp dir)")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
+    parser.add_argument("--profile", type=Path, default=None,
+                        help="sample the controller with py-spy into this file (collapsed stacks)")
     args = parser.parse_args(argv)
     layout = Layout(args.nodes, args.caches, args.groups)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="localmodel-scale-"))
