@@ -139,13 +139,14 @@ class CpuClock:
 
 # --- /metrics ----------------------------------------------------------------------------------
 
-def parse_requests(text: str, family: str) -> RequestCounts:
+def parse_requests(text: str, family: str, sample_suffix: str = "_total") -> RequestCounts:
+    """Sum samples of a counter (or a histogram's `_sum`) by (verb, resource[/subresource])."""
     counts: RequestCounts = {}
     for metric in text_string_to_metric_families(text):
         if metric.name != family.removesuffix("_total"):
             continue
         for sample in metric.samples:
-            if not sample.name.endswith("_total"):
+            if not sample.name.endswith(sample_suffix):
                 continue
             labels = sample.labels
             resource = labels.get("resource", "")
@@ -167,7 +168,12 @@ def writes(counts: RequestCounts, exclude: Iterable[str] = ("leases",)) -> Reque
 
 
 def as_table(counts: RequestCounts) -> dict[str, int]:
-    return {f"{verb} {resource}": int(n) for (verb, resource), n in sorted(counts.items())}
+    return {f"{verb} {resource}": int(n) for (verb, resource), n in sorted(counts.items()) if verb != "seconds"}
+
+
+def seconds_table(counts: RequestCounts) -> dict[str, float]:
+    """Time the apiserver spent answering, by verb and resource (not CPU: includes waiting)."""
+    return {what: round(n, 2) for (verb, what), n in sorted(counts.items()) if verb == "seconds" and n >= 0.005}
 
 
 class ApiserverMetrics:
@@ -176,12 +182,24 @@ class ApiserverMetrics:
         context = ssl.create_default_context(cafile=str(plane.server_ca_file))
         context.load_cert_chain(str(pair.cert_file), str(pair.key_file))
         self._opener = urllib.request.build_opener(urllib.request.HTTPSHandler(context=context))
+        self._server = plane.server
         self._url = f"{plane.server}/metrics"
 
+    def cpu_profile(self, seconds: int, out: Path) -> None:
+        """Go CPU profile of the apiserver (needs --profiling=true); read it with `go tool pprof`."""
+        url = f"{self._server}/debug/pprof/profile?seconds={seconds}"
+        with self._opener.open(url, timeout=seconds + 60) as response:
+            out.write_bytes(response.read())
+
     def requests(self) -> RequestCounts:
+        """Requests served so far; keys ("seconds", verb resource) hold the time spent on them."""
         with self._opener.open(self._url, timeout=30) as response:
             text = response.read().decode()
-        return parse_requests(text, "apiserver_request_total")
+        counts = parse_requests(text, "apiserver_request_total")
+        for (verb, resource), seconds in parse_requests(text, "apiserver_request_duration_seconds", "_sum").items():
+            if verb not in ("WATCH", "CONNECT"):
+                counts[("seconds", f"{verb} {resource}")] = seconds
+        return counts
 
 
 # --- the controller under test -----------------------------------------------------------------
@@ -559,6 +577,7 @@ class Bench:
         return {
             "controller_reconciles": {q: int(n - before[2].get(q, 0)) for q, n in sorted(reconciles_after.items())},
             "apiserver_requests": as_table(server),
+            "apiserver_request_seconds": seconds_table(server),
             "controller_requests": as_table(controller),
             "controller_requests_total": int(sum(controller.values())),
             "controller_writes": int(sum(writes(controller).values())),
@@ -615,6 +634,9 @@ class Bench:
         marks = self._mark()
         clock.lap()
         started = time.monotonic()
+        profile = None
+        if self.args.apiserver_profile:
+            profile = asyncio.create_task(asyncio.to_thread(self.apiserver.cpu_profile, 15, self.args.apiserver_profile))
         await bounded((report_downloaded(self.client, self.layout, n) for n in sorted(self.expected)),
                       self.args.concurrency)
         patched = time.monotonic()
@@ -630,6 +652,8 @@ class Bench:
             "cpu_seconds": cpu,
         })
         self.result.phases["status"] = phase
+        if profile is not None:
+            await profile
         self._memory("status")
 
     async def one_change(self, label: str, change: Awaitable[Any], done: Callable[[], bool]) -> None:
@@ -748,11 +772,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     parser.add_argument("--profile", type=Path, default=None,
                         help="sample the controller with py-spy into this file (collapsed stacks)")
+    parser.add_argument("--apiserver-profile", type=Path, default=None,
+                        help="Go CPU profile of the apiserver during the first 15 s of the status phase")
     args = parser.parse_args(argv)
     layout = Layout(args.nodes, args.caches, args.groups)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="localmodel-scale-"))
     # no kube-controller-manager: its requests would mix into apiserver_request_total
-    with ControlPlane(workdir, controllers=()) as plane:
+    apiserver_args = ["--profiling=true"] if args.apiserver_profile else []
+    with ControlPlane(workdir, controllers=(), apiserver_args=apiserver_args) as plane:
         result = asyncio.run(Bench(plane, layout, args).run())
     print(summary(result))
     if args.json:
