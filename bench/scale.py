@@ -66,6 +66,11 @@ GIB = 2**30
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 RequestCounts = dict[tuple[str, str], float]  # (verb, resource[/subresource]) → count
+_T0 = time.monotonic()
+
+
+def progress(message: str) -> None:
+    print(f"[{time.monotonic() - _T0:6.1f}s] {message}", file=sys.stderr, flush=True)
 
 
 # --- what the cluster should look like ---------------------------------------------------------
@@ -617,7 +622,7 @@ class Bench:
                  "--output", str(self.args.profile)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         synced = await until(self.controller.ready, "controller /readyz", 120, interval=0.1, threaded=True)
         converged = await until(self.nodes_converged, "every LocalModelNode to list its caches", self.args.timeout)
-        settled = await quiet(self.controller)
+        settled = await quiet(self.controller, self.args.settle)
         cpu = clock.lap()
         phase = self._record((before_server, {}, {}))
         phase.update({
@@ -641,7 +646,7 @@ class Bench:
                       self.args.concurrency)
         patched = time.monotonic()
         converged = await until(self.caches_full, "every cache to show full copies", self.args.timeout)
-        settled = await quiet(self.controller)  # type: ignore[arg-type]
+        settled = await quiet(self.controller, self.args.settle)  # type: ignore[arg-type]
         cpu = clock.lap()
         phase = self._record(marks)
         phase.update({
@@ -658,12 +663,12 @@ class Bench:
 
     async def one_change(self, label: str, change: Awaitable[Any], done: Callable[[], bool]) -> None:
         assert self.controller is not None
-        await quiet(self.controller)
+        await quiet(self.controller, self.args.settle)
         marks = self._mark()
         started = time.monotonic()
         await change
         converged = await until(done, label, self.args.timeout)
-        settled = await quiet(self.controller)
+        settled = await quiet(self.controller, self.args.settle)
         record = self._record(marks)
         record["controller_write_detail"] = as_table(writes(diff(self.controller.requests(), marks[1])))
         record["converged_seconds"] = round(converged - started, 2)
@@ -706,7 +711,9 @@ class Bench:
         self.result.one_node_changes["_caches_per_node"] = {"count": len(leave_caches)}
 
     async def run(self) -> Result:
+        progress("control plane up; creating groups, nodes and caches")
         self.result.setup = await setup(self.plane, self.client, self.layout, self.args.concurrency)
+        progress(f"setup done: {self.result.setup}")
         self.tracker = Tracker(self.client)
         await self.tracker.start()
         watched = self.layout.node_name(self.layout.nodes // 2 + 3 if self.layout.nodes > 8 else 0)
@@ -716,8 +723,11 @@ class Bench:
         clock = CpuClock(self.plane.pids)
         try:
             await self.phase_nodes(clock)
+            progress("phase nodes done")
             await self.phase_status(clock)
+            progress("phase status done")
             await self.phase_one_node()
+            progress("one-node changes done")
             self.result.agent_watch = {
                 "node": watched, "listed": agent.listed, "events": dict(agent.events),
                 "events_total": sum(agent.events.values()), "foreign_events": agent.foreign,
@@ -767,6 +777,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--groups", type=int, default=3)
     parser.add_argument("--workers", type=int, default=4, help="the controller's --workers")
     parser.add_argument("--concurrency", type=int, default=32, help="parallel requests of setup and agents")
+    parser.add_argument("--settle", type=float, default=2.0,
+                        help="the controller counts as done after this many seconds without requests or reconciles")
     parser.add_argument("--timeout", type=float, default=600, help="give up waiting for convergence after this")
     parser.add_argument("--workdir", type=Path, default=None, help="control plane directory (default: a temp dir)")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
@@ -779,8 +791,11 @@ def main(argv: list[str] | None = None) -> int:
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="localmodel-scale-"))
     # no kube-controller-manager: its requests would mix into apiserver_request_total
     apiserver_args = ["--profiling=true"] if args.apiserver_profile else []
+    progress(f"starting a control plane in {workdir}")
     with ControlPlane(workdir, controllers=(), apiserver_args=apiserver_args) as plane:
         result = asyncio.run(Bench(plane, layout, args).run())
+        progress("stopping the control plane")
+    progress("stopped")
     print(summary(result))
     if args.json:
         args.json.write_text(json.dumps(asdict(result), indent=2) + "\n")
