@@ -64,6 +64,7 @@ POOL_LABEL = "bench.localmodel.dev/pool"
 WRITE_VERBS = frozenset({"POST", "PUT", "PATCH", "DELETE", "DELETECOLLECTION"})
 GIB = 2**30
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+CORES = os.cpu_count() or 1
 
 RequestCounts = dict[tuple[str, str], float]  # (verb, resource[/subresource]) → count
 _T0 = time.monotonic()
@@ -552,6 +553,7 @@ class Result:
     one_node_changes: dict[str, dict[str, Any]] = field(default_factory=dict)
     agent_watch: dict[str, Any] = field(default_factory=dict)
     controller_memory_mib: dict[str, float] = field(default_factory=dict)
+    load_average_start: list[float] = field(default_factory=list)
     load_average: list[float] = field(default_factory=list)
 
 
@@ -586,6 +588,7 @@ class Bench:
             "controller_requests": as_table(controller),
             "controller_requests_total": int(sum(controller.values())),
             "controller_writes": int(sum(writes(controller).values())),
+            "controller_write_detail": as_table(writes(controller)),
             "controller_lease_requests": int(sum(v for k, v in controller.items() if k[1].startswith("leases"))),
         }
 
@@ -661,7 +664,8 @@ class Bench:
             await profile
         self._memory("status")
 
-    async def one_change(self, label: str, change: Awaitable[Any], done: Callable[[], bool]) -> None:
+    async def one_change(self, label: str, change: Awaitable[Any], done: Callable[[], bool], caches_on_node: int
+                         ) -> None:
         assert self.controller is not None
         await quiet(self.controller, self.args.settle)
         marks = self._mark()
@@ -670,7 +674,7 @@ class Bench:
         converged = await until(done, label, self.args.timeout)
         settled = await quiet(self.controller, self.args.settle)
         record = self._record(marks)
-        record["controller_write_detail"] = as_table(writes(diff(self.controller.requests(), marks[1])))
+        record["caches_on_node"] = caches_on_node
         record["converged_seconds"] = round(converged - started, 2)
         record["quiet_seconds"] = round(settled - started, 2)
         self.result.one_node_changes[label] = record
@@ -700,17 +704,21 @@ class Bench:
 
         label_patch = {"metadata": {"labels": {POOL_LABEL: None}}}
         await self.one_change("label removed (leaves its group)",
-                              self.client.patch(Node, leaver, label_patch, patch_type=PatchType.MERGE), left)
+                              self.client.patch(Node, leaver, label_patch, patch_type=PatchType.MERGE), left,
+                              len(leave_caches))
         restore = {"metadata": {"labels": {POOL_LABEL: leave_group}}}
         await self.one_change("label restored (rejoins)",
-                              self.client.patch(Node, leaver, restore, patch_type=PatchType.MERGE), rejoined)
+                              self.client.patch(Node, leaver, restore, patch_type=PatchType.MERGE), rejoined,
+                              len(leave_caches))
         await self.one_change("NotReady", self.client.patch(NodeStatus, sleeper, ready_condition(False),
-                                                            patch_type=PatchType.STRATEGIC), not_ready)
+                                                            patch_type=PatchType.STRATEGIC), not_ready,
+                              len(sleep_caches))
         await self.one_change("Ready again", self.client.patch(NodeStatus, sleeper, ready_condition(True),
-                                                               patch_type=PatchType.STRATEGIC), ready_again)
-        self.result.one_node_changes["_caches_per_node"] = {"count": len(leave_caches)}
+                                                               patch_type=PatchType.STRATEGIC), ready_again,
+                              len(sleep_caches))
 
     async def run(self) -> Result:
+        self.result.load_average_start = [round(x, 2) for x in os.getloadavg()]
         progress("control plane up; creating groups, nodes and caches")
         self.result.setup = await setup(self.plane, self.client, self.layout, self.args.concurrency)
         progress(f"setup done: {self.result.setup}")
@@ -751,7 +759,8 @@ class Bench:
 def summary(result: Result) -> str:
     nodes, status = result.phases["nodes"], result.phases["status"]
     lines = [
-        f"{result.nodes} nodes, {result.groups} groups, {result.caches} caches; load average {result.load_average}",
+        f"{result.nodes} nodes, {result.groups} groups, {result.caches} caches; load average "
+        f"{result.load_average_start} → {result.load_average}",
         f"setup: {result.setup}",
         f"nodes:  converged {nodes['converged_seconds']} s (informers synced at {nodes['informers_synced_seconds']} s),"
         f" quiet at {nodes['quiet_seconds']} s; controller writes {nodes['controller_writes']},"
@@ -761,10 +770,12 @@ def summary(result: Result) -> str:
         f" requests {status['controller_requests_total']}; cpu {status['cpu_seconds']}",
     ]
     for label, change in result.one_node_changes.items():
-        if label.startswith("_"):
-            continue
-        lines.append(f"{label}: controller writes {change['controller_writes']} {change['controller_write_detail']}"
+        lines.append(f"{label}: caches on the node {change['caches_on_node']}, controller writes {change['controller_writes']} {change['controller_write_detail']}"
                      f" converged {change['converged_seconds']} s")
+    for name, phase in result.phases.items():
+        cpu = phase["cpu_seconds"]
+        shares = {k: f"{v / (cpu['wall'] * CORES) * 100:.0f}%" for k, v in cpu.items() if k != "wall"}
+        lines.append(f"{name}: share of {CORES} cores over {cpu['wall']} s: {shares}")
     lines.append(f"agent watch: {result.agent_watch}")
     lines.append(f"controller memory MiB: {result.controller_memory_mib}")
     return "\n".join(lines)

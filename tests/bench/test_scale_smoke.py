@@ -52,13 +52,14 @@ def test_agent_reports_reach_every_cache(result: dict[str, Any]) -> None:
 
 def test_one_node_changes_cost_writes_per_cache_of_that_node(result: dict[str, Any]) -> None:
     changes = result["one_node_changes"]
-    per_node = changes["_caches_per_node"]["count"]
-    left = changes["label removed (leaves its group)"]
-    # its entries, its model labels, and its line in each of its caches' status
-    assert left["controller_write_detail"] == {"PATCH localmodelnodes": 1, "PATCH nodes": 1,
-                                               "PATCH localmodelcaches/status": per_node}
-    not_ready = changes["NotReady"]
-    assert not_ready["controller_write_detail"] == {"PATCH localmodelcaches/status": per_node}
+    for label in ("label removed (leaves its group)", "label restored (rejoins)"):
+        # its entries, its model labels, and its line in each of its caches' status
+        assert changes[label]["controller_write_detail"] == {
+            "PATCH localmodelnodes": 1, "PATCH nodes": 1,
+            "PATCH localmodelcaches/status": changes[label]["caches_on_node"]}
+    for label in ("NotReady", "Ready again"):
+        assert changes[label]["controller_write_detail"] == {
+            "PATCH localmodelcaches/status": changes[label]["caches_on_node"]}
 
 
 def test_the_agent_watch_sees_only_its_own_object(result: dict[str, Any]) -> None:
