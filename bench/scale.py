@@ -174,7 +174,8 @@ def writes(counts: RequestCounts, exclude: Iterable[str] = ("leases",)) -> Reque
 
 
 def as_table(counts: RequestCounts) -> dict[str, int]:
-    return {f"{verb} {resource}": int(n) for (verb, resource), n in sorted(counts.items()) if verb != "seconds"}
+    return {f"{verb} {resource}": int(n) for (verb, resource), n in sorted(counts.items())
+            if verb not in ("seconds", "throttled")}
 
 
 def seconds_table(counts: RequestCounts) -> dict[str, float]:
@@ -202,6 +203,9 @@ class ApiserverMetrics:
         with self._opener.open(self._url, timeout=30) as response:
             text = response.read().decode()
         counts = parse_requests(text, "apiserver_request_total")
+        throttled = [s.value for m in text_string_to_metric_families(text) if m.name == "apiserver_request"
+                     for s in m.samples if s.name.endswith("_total") and s.labels.get("code") == "429"]
+        counts[("throttled", "429")] = sum(throttled)
         for (verb, resource), seconds in parse_requests(text, "apiserver_request_duration_seconds", "_sum").items():
             if verb not in ("WATCH", "CONNECT"):
                 counts[("seconds", f"{verb} {resource}")] = seconds
@@ -585,6 +589,7 @@ class Bench:
             "controller_reconciles": {q: int(n - before[2].get(q, 0)) for q, n in sorted(reconciles_after.items())},
             "apiserver_requests": as_table(server),
             "apiserver_request_seconds": seconds_table(server),
+            "apiserver_throttled_429": int(server.get(("throttled", "429"), 0)),
             "controller_requests": as_table(controller),
             "controller_requests_total": int(sum(controller.values())),
             "controller_writes": int(sum(writes(controller).values())),

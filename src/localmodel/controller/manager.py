@@ -48,6 +48,8 @@ class Settings:
     health_host: str = "0.0.0.0"
     health_port: int | None = 8081
     resync_seconds: float = 600.0
+    # seconds over which agent reports are batched before a group's status is recomputed
+    group_status_batch: float = 1.0
 
 
 class Manager:
@@ -60,15 +62,17 @@ class Manager:
         self.node_queue: WorkQueue[str] = WorkQueue()
         self.group_queue: WorkQueue[str] = WorkQueue()
         self.view = ClusterView(client, settings.pod_namespace,
-                                Queues(self.cache_queue.add, self.node_queue.add, self.group_queue.add))
+                                Queues(self.cache_queue.add, self.node_queue.add, self.group_queue.add,
+                                       lambda group: self.group_queue.add_after(group, settings.group_status_batch)))
         self.reconcilers = Reconcilers(client, self.view)
         self.elector = LeaderElector(client, LeaseSettings(
             settings.pod_namespace, LEADER_LOCK_NAME, settings.identity, settings.lease_duration,
             settings.renew_deadline, settings.retry_period))
         self.webhook_port: int | None = None  # the bound port, once serving
         self.webhooks: Any = None  # the webhook handlers, once serving
-        for queue_name, queue in (("cache", self.cache_queue), ("node", self.node_queue), ("group", self.group_queue)):
-            self.metrics.watch_queue(queue_name, queue.__len__)
+        self.metrics.watch_queue("cache", lambda: self.cache_queue.waiting)
+        self.metrics.watch_queue("node", lambda: self.node_queue.waiting)
+        self.metrics.watch_queue("group", lambda: self.group_queue.waiting)
         self.ready = asyncio.Event()
         self.reconciles = 0
         self.errors = 0

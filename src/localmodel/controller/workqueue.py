@@ -29,6 +29,11 @@ class WorkQueue(Generic[K]):
     def __len__(self) -> int:
         return len(self._queue)
 
+    @property
+    def waiting(self) -> int:
+        """Keys queued now or scheduled by `add_after`."""
+        return len(self._queue) + sum(1 for key in self._timers if key not in self._dirty)
+
     def add(self, key: K) -> None:
         timer = self._timers.pop(key, None)
         if timer is not None:
@@ -45,6 +50,8 @@ class WorkQueue(Generic[K]):
         if delay <= 0:
             self.add(key)
             return
+        if key in self._dirty:
+            return  # already queued: that run will read the state this add was about
         loop = asyncio.get_running_loop()
         existing = self._timers.get(key)
         when = loop.time() + delay
