@@ -11,15 +11,15 @@ from typing import Any
 
 import pytest
 
-from localmodel.dev.build import ensure_built
+from localmodel.dev.build import Paths
 
 REPO = Path(__file__).resolve().parents[2]
 NODES, CACHES, GROUPS = 20, 3, 3
 
 
 @pytest.fixture(scope="module")
-def result(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    ensure_built()  # the bench starts its own control plane; CI builds the binaries up front
+def result(controlplane_paths: Paths, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    # the bench starts a control plane of its own; controlplane_paths builds it before any timeout
     out = tmp_path_factory.mktemp("scale") / "result.json"
     run = subprocess.run(
         [sys.executable, str(REPO / "bench" / "scale.py"), "--nodes", str(NODES), "--caches", str(CACHES),

@@ -50,3 +50,26 @@ def test_delayed_add_of_a_queued_key_adds_nothing() -> None:
         return waiting, queue.waiting
 
     assert asyncio.run(scenario()) == (1, 0)
+
+
+def test_spaced_adds_run_at_once_when_idle_then_once_per_interval() -> None:
+    async def scenario() -> tuple[float, int, float]:
+        queue: WorkQueue[str] = WorkQueue()
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        queue.add_spaced("c", 0.3)
+        key = await queue.get()  # idle key: queued at once
+        first = loop.time() - start
+        queue.done(key)
+        for _ in range(20):  # a burst right after that run
+            queue.add_spaced("c", 0.3)
+        scheduled = queue.waiting
+        key = await asyncio.wait_for(queue.get(), 5)
+        second = loop.time() - start
+        queue.done(key)
+        return first, scheduled, second
+
+    first, scheduled, second = asyncio.run(scenario())
+    assert first < 0.1
+    assert scheduled == 1  # the burst shares one run...
+    assert second >= 0.29  # ...an interval after the previous one started

@@ -90,6 +90,9 @@ class Queues:
     # a group's status aggregates every member's report: during a burst of agent reports it is
     # recomputed once per window instead of once per report (O(members²) at 3000 nodes)
     group_batched: Callable[[str], None]
+    # a cache's status maps every member node (a large object to write): agent reports refresh it
+    # at once when it is idle, and at most once per interval while they keep coming
+    cache_spaced: Callable[[CacheRef], None]
 
 
 class ClusterView:
@@ -259,7 +262,7 @@ class ClusterView:
         for ref in listed_before | listed_now:
             key = status_key(ref.name, ref.namespace)
             if old_models.get(key) != new_models.get(key):
-                self.queues.cache(ref)  # its nodeStatus on this node
+                self.queues.cache_spaced(ref)  # its nodeStatus on this node
             elif (ref in listed_before) != (ref in listed_now) and self._awaits_entries(ref):
                 # a live cache's status does not depend on which nodes list it (only on members and
                 # their modelStatus): waking every cache of a group for every LocalModelNode created

@@ -50,6 +50,9 @@ class Settings:
     resync_seconds: float = 600.0
     # seconds over which agent reports are batched before a group's status is recomputed
     group_status_batch: float = 1.0
+    # while agent reports keep coming, a cache's status is rewritten at most once per this many
+    # seconds (an isolated report is written at once)
+    cache_status_interval: float = 5.0
 
 
 class Manager:
@@ -63,7 +66,8 @@ class Manager:
         self.group_queue: WorkQueue[str] = WorkQueue()
         self.view = ClusterView(client, settings.pod_namespace,
                                 Queues(self.cache_queue.add, self.node_queue.add, self.group_queue.add,
-                                       lambda group: self.group_queue.add_after(group, settings.group_status_batch)))
+                                       lambda group: self.group_queue.add_after(group, settings.group_status_batch),
+                                       lambda ref: self.cache_queue.add_spaced(ref, settings.cache_status_interval)))
         self.reconcilers = Reconcilers(client, self.view)
         self.elector = LeaderElector(client, LeaseSettings(
             settings.pod_namespace, LEADER_LOCK_NAME, settings.identity, settings.lease_duration,

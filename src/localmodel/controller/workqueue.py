@@ -2,7 +2,9 @@
 
 A key is queued at most once; a key added while a worker processes it is queued again when the
 worker calls `done`, so two workers never reconcile the same key at the same time. Failures are
-requeued after a per-key exponential backoff that `forget` resets.
+requeued after a per-key exponential backoff that `forget` resets. `add_spaced` runs a key at once
+when it has not run for a while, and otherwise at most once per interval, for keys that a burst of
+events would wake over and over.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ class WorkQueue(Generic[K]):
         self._processing: set[K] = set()
         self._failures: dict[K, int] = {}
         self._timers: dict[K, asyncio.TimerHandle] = {}
+        self._last_start: dict[K, float] = {}  # loop time a worker last took the key
         self._ready = asyncio.Event()
         self._base_delay = base_delay
         self._max_delay = max_delay
@@ -61,6 +64,16 @@ class WorkQueue(Generic[K]):
             existing.cancel()
         self._timers[key] = loop.call_at(when, self._fire, key)
 
+    def add_spaced(self, key: K, interval: float) -> None:
+        """Queue `key` now if it last started `interval` seconds ago or more, else when it will have:
+        the first event of a burst runs at once, the rest share one run per interval."""
+        last = self._last_start.get(key)
+        wait = 0.0 if last is None else last + interval - asyncio.get_running_loop().time()
+        if wait <= 0:
+            self.add(key)
+        else:
+            self.add_after(key, wait)
+
     def _fire(self, key: K) -> None:
         self._timers.pop(key, None)
         self.add(key)
@@ -82,6 +95,7 @@ class WorkQueue(Generic[K]):
         key = self._queue.popleft()
         self._dirty.discard(key)
         self._processing.add(key)
+        self._last_start[key] = asyncio.get_running_loop().time()
         return key
 
     def done(self, key: K) -> None:
