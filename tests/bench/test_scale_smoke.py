@@ -27,6 +27,7 @@ def result(controlplane_paths: Paths, tmp_path_factory: pytest.TempPathFactory) 
         capture_output=True, text=True, timeout=480,
     )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    print(run.stdout)  # the bench's summary, shown with any failure below
     return dict(json.loads(out.read_text()))
 
 
