@@ -222,19 +222,21 @@ def free_port() -> int:
 
 class ControllerProcess:
     def __init__(self, kubeconfig: Path, log_file: Path, workers: int) -> None:
-        self.port = free_port()
+        self.port = free_port()  # /healthz, /readyz
+        self.metrics_port = free_port()
         executable = Path(sys.executable).with_name("localmodel")
         argv = [str(executable) if executable.exists() else shutil.which("localmodel") or "localmodel",
                 "controller", "--kubeconfig", str(kubeconfig), "--namespace", POD_NAMESPACE,
                 "--identity", "bench-controller", "--workers", str(workers),
-                "--health-host", "127.0.0.1", "--health-port", str(self.port), "--log-level", "INFO"]
+                "--bind-address", "127.0.0.1", "--health-port", str(self.port),
+                "--metrics-port", str(self.metrics_port), "--log-level", "INFO"]
         self._log = open(log_file, "ab")
         self.popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT)
         self.pid = self.popen.pid
 
-    def _get(self, path: str) -> tuple[int, str]:
+    def _get(self, path: str, port: int | None = None) -> tuple[int, str]:
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=10) as response:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port or self.port}{path}", timeout=10) as response:
                 return response.status, response.read().decode()
         except urllib.error.HTTPError as error:
             return error.code, ""
@@ -248,7 +250,7 @@ class ControllerProcess:
             return False
 
     def metrics_text(self) -> str:
-        return self._get("/metrics")[1]
+        return self._get("/metrics", self.metrics_port)[1]
 
     def requests(self) -> RequestCounts:
         return parse_requests(self.metrics_text(), "localmodel_kube_api_requests_total")
@@ -260,7 +262,7 @@ class ControllerProcess:
             if metric.name == "localmodel_controller_reconciles":
                 for sample in metric.samples:
                     if sample.name.endswith("_total"):
-                        queue = sample.labels["queue"]
+                        queue = sample.labels["kind"]
                         out[queue] = out.get(queue, 0) + sample.value
         return out
 
@@ -273,7 +275,7 @@ class ControllerProcess:
         for metric in text_string_to_metric_families(text):
             if metric.name == "localmodel_controller_reconciles":
                 reconciles = sum(s.value for s in metric.samples if s.name.endswith("_total"))
-            elif metric.name == "localmodel_controller_queue_depth":
+            elif metric.name == "localmodel_controller_workqueue_depth":
                 queued = sum(s.value for s in metric.samples)
         return requests + reconciles, queued
 

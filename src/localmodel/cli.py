@@ -65,7 +65,8 @@ def crds(write_dir: str | None) -> None:
 @main.command()
 @click.option("--kubeconfig", envvar="KUBECONFIG", help="Kubeconfig file (default: in-cluster or ~/.kube/config).")
 @click.option(
-    "-o", "--output", type=click.Choice(["table", "json", "yaml"]), default="table", show_default=True
+    "-o", "--output", type=click.Choice(["table", "json", "yaml"]), default="table", show_default=True,
+    help="A table for people, or every field as JSON or YAML for scripts.",
 )
 def status(kubeconfig: str | None, output: str) -> None:
     """Show every cache: URI, size, copies, and each node's phase, progress, rate, ETA, error."""
@@ -89,6 +90,134 @@ def status(kubeconfig: str | None, output: str) -> None:
         click.echo("No LocalModelCache or LocalModelNamespaceCache objects.")
     else:
         Console().print(render_table(rows))
+
+
+@main.command()
+@click.option("--root", type=click.Path(file_okay=False), default="/mnt/models", show_default=True,
+              help="Host folder for models; each lives in <root>/models/<sha256(uri)[:16]>.")
+@click.option("--manifest", type=click.Path(dir_okay=False),
+              help="Standalone mode: read localModels from this YAML file instead of the cluster, "
+                   "write status to <root>/status.json.")
+@click.option("--kubeconfig", type=click.Path(dir_okay=False), help="Default: in-cluster, else ~/.kube/config.")
+@click.option("--node-name", envvar="NODE_NAME", help="This node (env NODE_NAME). Standalone default: hostname.")
+@click.option("--namespace", envvar="POD_NAMESPACE", default="kserve", show_default=True,
+              help="Namespace of inferenceservice-config (env POD_NAMESPACE).")
+@click.option("--max-concurrent-downloads", type=click.IntRange(min=1), default=2, show_default=True,
+              help="Models downloaded at the same time; the others wait as ModelDownloadPending.")
+@click.option("--download-threads", type=click.IntRange(min=1), default=None,
+              help="Parallel ranged requests per download (engine default when unset).")
+@click.option("--rate-limit", type=str, default=None,
+              help="Cap per download in bytes per second, as a quantity (e.g. 200Mi).")
+@click.option("--scrub-interval", type=float, default=7 * 24 * 3600, show_default=True,
+              help="Seconds between full re-hashes of each model; 0 turns scrubbing off.")
+@click.option("--progress-interval", type=float, default=5.0, show_default=True,
+              help="Minimum seconds between status writes that only move progress.")
+@click.option("--resync", type=float, default=60.0, show_default=True,
+              help="Seconds between passes in standalone mode (the cluster uses "
+                   "reconcilationFrequencyInSecs from inferenceservice-config).")
+@click.option("--retry-initial", type=float, default=10.0, show_default=True,
+              help="Seconds before the first retry of a failed download; doubles per failure.")
+@click.option("--retry-max", type=float, default=600.0, show_default=True,
+              help="Longest wait between retries of a failed download.")
+@click.option("--reserve", type=str, default="256Mi", show_default=True,
+              help="Free space a download must never use, as a quantity.")
+@click.option("--bind-address", default=None, help="Default 0.0.0.0, or 127.0.0.1 in standalone mode.")
+@click.option("--health-port", type=int, default=8081, show_default=True, help="-1 disables.")
+@click.option("--metrics-port", type=int, default=8080, show_default=True, help="-1 disables.")
+@click.option("--log-format", type=click.Choice(["json", "text"]), default=None,
+              help="Default: json in a cluster, text in standalone mode.")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
+              show_default=True, help="Least severe log lines written.")
+@click.option("--adopt/--no-adopt", default=True, show_default=True,
+              help="Keep a model folder found without a manifest (KServe's agent left it) when its files "
+                   "match the source listing (sizes, and digests where the source gives them): hash it "
+                   "and write the manifest instead of downloading. --no-adopt downloads it again.")
+@click.option("--once", is_flag=True, help="Exit when every model is downloaded (0) or failed (1).")
+def agent(root: str, manifest: str | None, kubeconfig: str | None, node_name: str | None, namespace: str,
+          max_concurrent_downloads: int, download_threads: int | None, rate_limit: str | None,
+          scrub_interval: float, progress_interval: float, resync: float, retry_initial: float,
+          retry_max: float, reserve: str,
+          bind_address: str | None, health_port: int, metrics_port: int, log_format: str | None,
+          log_level: str, adopt: bool, once: bool) -> None:
+    """Keep this node's models on disk equal to its LocalModelNode (the node agent DaemonSet).
+
+    In a cluster it watches only the LocalModelNode named $NODE_NAME, downloads in-process with
+    verification and resume, and reports progress in the object's status and in Events. With
+    --manifest it runs the same reconcile from a YAML file, without Kubernetes.
+    """
+    import asyncio
+    import os
+    import signal
+    import socket
+    from pathlib import Path
+
+    from localmodel.api.quantity import parse_quantity
+    from localmodel.node.logs import setup_logging
+    from localmodel.node.runner import run_agent
+    from localmodel.node.settings import (
+        AgentSettings,
+        DownloadSettings,
+        RetrySettings,
+        ScrubSettings,
+        ServerSettings,
+        StatusSettings,
+    )
+
+    standalone = manifest is not None
+    setup_logging(log_format or ("text" if standalone else "json"), log_level)
+    if not node_name:
+        if not standalone:
+            raise click.UsageError("NODE_NAME is not set (pass --node-name or use --manifest)")
+        node_name = socket.gethostname()
+    try:
+        limit = parse_quantity(rate_limit) if rate_limit else None
+        reserve_bytes = parse_quantity(reserve)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
+    engine: dict[str, object] = {"adopt": adopt}
+    if download_threads:
+        engine["concurrency"] = download_threads
+    if limit:
+        engine["rate_limit"] = float(limit)
+    settings = AgentSettings(
+        root=Path(root).absolute(),
+        node_name=node_name,
+        namespace=namespace,
+        retry=RetrySettings(initial_seconds=retry_initial, max_seconds=max(retry_max, retry_initial)),
+        downloads=DownloadSettings(max_concurrent=max_concurrent_downloads, reserve_bytes=reserve_bytes,
+                                   engine_options=engine),
+        status=StatusSettings(progress_interval_seconds=progress_interval,
+                              progress_log_seconds=5.0 if standalone else 30.0),
+        scrub=ScrubSettings(interval_seconds=scrub_interval or None),
+        server=ServerSettings(
+            bind_address=bind_address or ("127.0.0.1" if standalone else "0.0.0.0"),
+            health_port=None if health_port < 0 else health_port,
+            metrics_port=None if metrics_port < 0 else metrics_port,
+        ),
+        resync_seconds=resync,
+    )
+
+    async def main_async() -> int:
+        if standalone:
+            from localmodel.node.standalone import StandaloneBackend, settings_from_environment
+
+            backend = StandaloneBackend(Path(manifest).absolute(), settings.root, node_name=settings.node_name,
+                                        settings=settings_from_environment(os.environ), resync_seconds=resync)
+        else:
+            from localmodel.kube.client import async_client
+            from localmodel.node.cluster import ClusterBackend
+
+            backend = ClusterBackend(async_client(kubeconfig, field_manager="localmodel-agent"),
+                                     node_name=settings.node_name, namespace=settings.namespace)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        return await run_agent(settings, backend, stop=stop, once=once)
+
+    raise SystemExit(asyncio.run(main_async()))
+
+
 # -- localmodel fetch ---------------------------------------------------------------------
 
 #: Exit code when the failure is transient and a retry may succeed (sysexits EX_TEMPFAIL).

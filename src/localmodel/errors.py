@@ -6,7 +6,10 @@
     │   ├── UnsafePathError(ValueError)       hostile object key or archive member
     │   ├── SourceNotFoundError(FileNotFoundError)  404 / no such bucket, prefix or repo
     │   ├── SourceAuthError(PermissionError)  401 / 403 / missing or bad credentials
-    │   └── InsufficientSpaceError(OSError)   not enough free space or storageLimit exceeded
+    │   ├── InsufficientSpaceError(OSError)   not enough free space on the models filesystem
+    │   │   ├── StorageLimitExceededError     the node group's storageLimit would be exceeded
+    │   │   └── ModelSizeExceededError        the model is larger than the cache's modelSize
+    │   └── CredentialsConfigError            storage-config secret/key missing or malformed
     ├── TransientError                 worth retrying with backoff
     │   ├── SourceUnavailableError            5xx, 429, timeouts, connection resets
     │   │                                     (carries retry_after seconds when the server said so)
@@ -59,6 +62,18 @@ class SourceAuthError(PermanentError, PermissionError):
 
 class InsufficientSpaceError(PermanentError, OSError):
     reason = "InsufficientSpace"
+
+
+class StorageLimitExceededError(InsufficientSpaceError):
+    reason = "StorageLimitExceeded"
+
+
+class ModelSizeExceededError(InsufficientSpaceError):
+    reason = "ModelSizeExceeded"
+
+
+class CredentialsConfigError(PermanentError):
+    reason = "InvalidCredentials"
 
 
 class SourceUnavailableError(TransientError):

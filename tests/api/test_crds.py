@@ -1,6 +1,5 @@
 """Generated CRDs: committed YAML is current, and every KServe field is kept as KServe has it."""
 
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -8,8 +7,7 @@ import yaml
 
 from localmodel.api.crds import KINDS, crd, file_name, render_all
 
-REPO = Path(__file__).resolve().parents[2]
-KSERVE_CRDS = REPO.parent / "shared" / "kserve-reference" / "crds"
+from tests.reference import REPO, kserve_reference
 
 
 def test_committed_crds_match_generator() -> None:
@@ -19,7 +17,7 @@ def test_committed_crds_match_generator() -> None:
 
 
 def _kserve(kind_file: str) -> dict[str, Any]:
-    path = KSERVE_CRDS / kind_file
+    path = kserve_reference() / "crds" / kind_file
     if not path.exists():
         pytest.fail(f"KServe reference CRD missing: {path}")
     return yaml.safe_load(path.read_text())

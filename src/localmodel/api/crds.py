@@ -1,7 +1,7 @@
 """CustomResourceDefinitions generated from `types`, with printer columns KServe lacks.
 
-`deploy/crds/` holds the output of `render_all()`; a test fails when the two differ, so the
-YAML can never drift from the types. Regenerate with `localmodel crds --write deploy/crds`.
+`deploy/crds/` and `charts/localmodel/crds/` hold the output of `render_all()`; tests fail when
+either differs, so the YAML can never drift from the types. Regenerate both with `make crds`.
 """
 
 from __future__ import annotations

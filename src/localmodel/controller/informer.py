@@ -14,7 +14,6 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import httpx2
 from lightkube import ApiError, AsyncClient
 
 log = logging.getLogger(__name__)
@@ -44,16 +43,6 @@ def _rv(obj: Mapping[str, Any]) -> int:
         return int((obj.get("metadata") or {}).get("resourceVersion", "0"))
     except ValueError:
         return 0
-
-
-def _status_code(error: Exception) -> int | None:
-    """The HTTP status of a failed request. lightkube turns only JSON error bodies into ApiError:
-    an API group that is not served at all answers a plain-text 404 (httpx's HTTPStatusError)."""
-    if isinstance(error, ApiError):
-        return error.status.code
-    if isinstance(error, httpx2.HTTPStatusError):
-        return error.response.status_code
-    return None
 
 
 class Informer:
@@ -152,8 +141,14 @@ class Informer:
                     failures = 0
             except asyncio.CancelledError:
                 raise
-            except (ApiError, httpx2.HTTPStatusError) as error:
+            except Exception as error:
                 code = _status_code(error)
+                if code is None:  # connection reset, read timeout, apiserver restart
+                    failures += 1
+                    log.info("informer %s: watch broke (%s), resuming", self.name,
+                             error.__class__.__name__)
+                    await asyncio.sleep(min(30.0, 0.2 * 2 ** min(failures, 7)))
+                    continue
                 if code == 410:
                     log.info("informer %s: watch expired (410 Gone), listing again", self.name)
                     version = None
@@ -168,7 +163,16 @@ class Informer:
                 if code == 404:
                     version = None
                 await asyncio.sleep(min(30.0, 0.5 * 2 ** min(failures, 6)))
-            except Exception as error:  # connection reset, read timeout, apiserver restart
-                failures += 1
-                log.info("informer %s: watch broke (%s), resuming", self.name, error.__class__.__name__)
-                await asyncio.sleep(min(30.0, 0.2 * 2 ** min(failures, 7)))
+
+
+def _status_code(error: Exception) -> int | None:
+    """The HTTP status behind an API failure, whichever layer raised it.
+
+    lightkube raises ApiError for most calls, but an async list of a resource the server does
+    not serve surfaces as the HTTP library's status error; both mean the same thing here.
+    """
+    if isinstance(error, ApiError):
+        return int(error.status.code) if error.status.code is not None else None
+    response = getattr(error, "response", None)
+    code = getattr(response, "status_code", None)
+    return int(code) if isinstance(code, int) else None

@@ -110,3 +110,95 @@ def _wait_for_kubectl(plane: ControlPlane, timeout: float) -> None:
         if time.monotonic() > deadline:
             raise ControlPlaneError(f"`kubectl get ns` still fails after {timeout:.0f}s: {result.stderr.strip()}")
         time.sleep(0.5)
+
+
+@dev.command()
+@click.option(
+    "--dir", "workdir", type=click.Path(file_okay=False, path_type=Path),
+    default=Path(".cache/demo"), show_default=True,
+    help="Working directory for the cluster, the origin bucket, the nodes' disks and the logs.",
+)
+@click.option("--model-mb", type=click.IntRange(min=3), default=300, show_default=True,
+              help="Size of the generated sample model in MB.")
+@click.option("--exit-when-ready", is_flag=True,
+              help="No terminal UI: exit 0 once copies read 2/2, non-zero with the reason otherwise.")
+@click.option("--timeout", type=float, default=600.0, show_default=True,
+              help="Seconds to wait for copies 2/2 (after the control plane is up).")
+def demo(workdir: Path, model_mb: int, exit_when_ready: bool, timeout: float) -> None:
+    """Run localmodel end to end on this machine, and show a model landing on two nodes.
+
+    Starts a real control plane (built from Go modules), installs the CRDs and KServe's
+    inferenceservice-config, creates 3 Node objects (2 in the node group "workers"), runs the
+    cache controller and 3 node agents as local processes, serves a generated sample model from
+    a local S3 origin, then creates a LocalModelCache and shows live progress until copies read
+    2/2. Press Ctrl-C to stop everything; running it again reuses DIR.
+    """
+    from rich.console import Console
+    from rich.live import Live
+
+    from localmodel.dev.demo import NODES, DemoError, run_demo, wait_until_ready
+    from localmodel.report.status import render_table
+
+    console = Console(stderr=exit_when_ready)
+    signal.signal(signal.SIGINT, _raise_stop)
+    signal.signal(signal.SIGTERM, _raise_stop)
+    try:
+        with run_demo(workdir, model_mb=model_mb, say=lambda text: console.print(f"• {text}")) as running:
+            if exit_when_ready:
+                report = wait_until_ready(running, timeout=timeout, on_report=lambda r: None)
+            else:
+                with Live(console=console, refresh_per_second=4) as live:
+                    report = wait_until_ready(
+                        running, timeout=timeout,
+                        on_report=lambda r: live.update(render_table([r]) if r else "waiting for status..."),
+                    )
+            console.print(render_table([report]))
+            click.echo(f"ready: copies {report.available}/{report.total} of {report.name}")
+            if exit_when_ready:
+                return
+            kubectl = f"{running.kubectl} --kubeconfig {running.kubeconfig}"
+            console.print(
+                "\n[bold]Try next[/] (in another terminal):\n"
+                f"  KUBECONFIG={running.kubeconfig} localmodel status\n"
+                f"  {kubectl} get localmodelcaches,localmodelnodes\n"
+                f"  {kubectl} get nodes -L kserve/localmodel --show-labels\n"
+                f"  ls -R {running.workdir / 'nodes' / NODES[0] / 'models'}\n"
+                f"  cat {running.workdir / 'nodes' / NODES[0] / 'manifests'}/*.json\n"
+                f"  {kubectl} delete localmodelcache sample-model   # folders go away on both nodes\n"
+                "Press Ctrl-C to stop everything."
+            )
+            while True:
+                time.sleep(1.0)
+                failed = running.failed_process()
+                if failed is not None:
+                    raise DemoError(f"{failed.name} exited: {failed.log_tail(15)}")
+    except _StopRequested as stop:
+        click.echo(f"{stop}: demo stopped")
+    except (DemoError, ControlPlaneError) as error:
+        raise click.ClickException(str(error)) from error
+
+
+@dev.command()
+@click.argument("markdown", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.option("--check", is_flag=True, help="Change nothing; exit 1 when a generated block is out of date.")
+def docs(markdown: Path, check: bool) -> None:
+    """Rewrite the flag tables in MARKDOWN (docs/configuration.md) from the command definitions.
+
+    Each block between `<!-- BEGIN GENERATED: localmodel CMD -->` and its END marker is
+    replaced by CMD's options as click defines them.
+    """
+    from localmodel.cli import main
+    from localmodel.dev.clidocs import blocks_in, generated, update
+
+    text = markdown.read_text()
+    unknown = blocks_in(text) - set(generated(main))  # type: ignore[arg-type]
+    if unknown:
+        raise click.ClickException(f"{markdown} has blocks for unknown commands: {', '.join(sorted(unknown))}")
+    fresh = update(text, main)  # type: ignore[arg-type]
+    if fresh == text:
+        click.echo(f"{markdown} is up to date")
+        return
+    if check:
+        raise click.ClickException(f"{markdown} is out of date: run `localmodel dev docs {markdown}`")
+    markdown.write_text(fresh)
+    click.echo(f"rewrote the flag tables in {markdown}")

@@ -1,0 +1,83 @@
+"""Capacity checks made before a download starts. Pure: the caller measures, this decides.
+
+KServe declares `storageLimit` (LocalModelNodeGroup) and `modelSize` (LocalModelCache) but never
+enforces either, so a full disk fails the download Job with no signal (kserve#6137). The agent
+checks three budgets with the size the source lists, and refuses with a reason the status shows:
+
+1. the cache's `modelSize`, when known: a model larger than declared breaks the controller's
+   arithmetic, so it is refused rather than silently overrunning (ModelSizeExceeded);
+2. the node group's `storageLimit`: every model of that group on this node, held or being
+   written, plus this one (StorageLimitExceeded);
+3. free space on the models filesystem, minus what other running downloads still have to write
+   and a reserve that is never used (InsufficientSpace).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from localmodel.errors import (
+    InsufficientSpaceError,
+    ModelSizeExceededError,
+    StorageLimitExceededError,
+)
+
+
+@dataclass(frozen=True)
+class CapacityRequest:
+    """What one download needs and what the node has, in bytes."""
+
+    #: Size of the whole model as the source lists it.
+    model_bytes: int
+    #: Bytes of this model already on disk (a resumable partial download, an older copy).
+    present_bytes: int
+    #: Free bytes on the models filesystem now.
+    free_bytes: int
+    #: Bytes other running downloads have yet to write.
+    reserved_bytes: int = 0
+    #: Bytes that must stay free.
+    keep_free_bytes: int = 0
+    #: The cache's declared modelSize, when known.
+    declared_bytes: int | None = None
+    #: The node group the entry names, and its storageLimit when known.
+    group: str | None = None
+    group_limit_bytes: int | None = None
+    #: Bytes held or reserved on this node by the group's other models.
+    group_used_bytes: int = 0
+
+    @property
+    def need_bytes(self) -> int:
+        """What this download will still add to the disk."""
+        return max(0, self.model_bytes - self.present_bytes)
+
+
+def _size(count: int) -> str:
+    """A size for messages in the largest binary unit it reaches: `10Gi`, `1.50Gi`, `512 bytes`."""
+    for unit, scale in (("Ti", 2**40), ("Gi", 2**30), ("Mi", 2**20), ("Ki", 2**10)):
+        if count >= scale:
+            return f"{count // scale}{unit}" if count % scale == 0 else f"{count / scale:.2f}{unit}"
+    return f"{count} bytes"
+
+
+def check_capacity(request: CapacityRequest) -> None:
+    """Raise an InsufficientSpaceError subclass when the download must not start."""
+    if request.declared_bytes is not None and request.model_bytes > request.declared_bytes:
+        raise ModelSizeExceededError(
+            f"the model is {_size(request.model_bytes)} but its cache declares modelSize "
+            f"{_size(request.declared_bytes)}; raise modelSize to cache it"
+        )
+    if request.group_limit_bytes is not None:
+        total = request.group_used_bytes + request.model_bytes
+        if total > request.group_limit_bytes:
+            raise StorageLimitExceededError(
+                f"node group {request.group!r} would hold {_size(total)} on this node "
+                f"({_size(request.group_used_bytes)} already + {_size(request.model_bytes)}), "
+                f"over its storageLimit {_size(request.group_limit_bytes)}"
+            )
+    usable = request.free_bytes - request.reserved_bytes - request.keep_free_bytes
+    if request.need_bytes > usable:
+        raise InsufficientSpaceError(
+            f"the download needs {_size(request.need_bytes)} more but only {_size(max(usable, 0))} "
+            f"is usable ({_size(request.free_bytes)} free, {_size(request.reserved_bytes)} promised "
+            f"to other downloads, {_size(request.keep_free_bytes)} kept free)"
+        )

@@ -1,0 +1,496 @@
+"""One level-triggered reconcile pass: read the wishes, look at the disk, plan, act, report.
+
+A full pass runs on every change of the LocalModelNode, whenever a job starts or ends, and every
+`reconcilationFrequencyInSecs`; it never depends on which event woke it (KServe's A3 order):
+
+1. load the wishes (absent LocalModelNode → stop downloads, keep every file);
+2. take the outcomes of jobs that ended (records, Events, metrics);
+3. observe the disk: every storage key present, every wanted model checked against its manifest;
+4. plan (pure, `plan.plan`);
+5. act: cancel unwanted jobs, delete unwanted folders, start downloads and scrubs;
+6. publish the status, by merge patch, only when it changed.
+
+Between full passes, while downloads run, a progress pass repeats steps 4 and 6 from the cached
+observations so bytes and rate move in status without rescanning the disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Callable, Mapping
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from localmodel.api.types import NodeDisk
+from localmodel.errors import LocalModelError
+from localmodel.node.backend import AgentEvent, Backend, Desired
+from localmodel.node.credentials import Credentials
+from localmodel.node.downloads import (
+    CapacityContext,
+    DownloadRequest,
+    JobResult,
+    Jobs,
+    describe_error,
+)
+from localmodel.node.metrics import AgentMetrics
+from localmodel.node.plan import (
+    ABSENT,
+    DiskState,
+    JobKind,
+    Observed,
+    Plan,
+    Record,
+    WantedModel,
+    plan,
+    wanted_models,
+)
+from localmodel.node.retry import backoff_seconds
+from localmodel.node.settings import AgentSettings
+from localmodel.node.status import (
+    additive_fields_pruned,
+    build_status,
+    coarse_free_bytes,
+    status_patch,
+    write_due,
+)
+from localmodel.node.store import ModelStore
+
+logger = logging.getLogger(__name__)
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def apply_merge_patch(target: Mapping[str, Any] | None, patch: Mapping[str, Any]) -> dict[str, Any]:
+    """RFC 7386 apply: what the server stores after `patch` (used when it does not say)."""
+    result = dict(target or {})
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        elif isinstance(value, Mapping):
+            before = result.get(key)
+            result[key] = apply_merge_patch(before if isinstance(before, Mapping) else {}, value)
+        else:
+            result[key] = value
+    return result
+
+
+def _human_bytes(count: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if count < 1024 or unit == "TiB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024
+    return f"{count:.1f} TiB"
+
+
+class Reconciler:
+    """The agent's memory between passes, and the passes themselves."""
+
+    def __init__(
+        self,
+        settings: AgentSettings,
+        backend: Backend,
+        store: ModelStore,
+        jobs: Jobs,
+        metrics: AgentMetrics,
+        *,
+        clock: Callable[[], datetime] = utcnow,
+        draw: Callable[[], float] = random.random,
+    ) -> None:
+        self.settings = settings
+        self.backend = backend
+        self.store = store
+        self.jobs = jobs
+        self.metrics = metrics
+        self._clock = clock
+        self._draw = draw
+        self.started_at = clock()
+        self.records: dict[str, Record] = {}
+        self._wanted: dict[str, WantedModel] = {}
+        self._desired: Desired | None = None
+        self._observed: dict[str, Observed] = {}
+        self._on_disk: set[str] = set()
+        self._server_status: dict[str, Any] | None = None
+        self._last_write: datetime | None = None
+        self._status_wake: datetime | None = None
+        self._announced: set[str] = set()
+        self._progress_logged: dict[str, datetime] = {}
+        self._scrubbed: dict[str, datetime] = {}
+        self._pending_events: list[AgentEvent] = []
+        self.additive_pruned = False
+        #: Set after the first pass that reached the status step.
+        self.synced = False
+        self.last_pass_at: datetime | None = None
+        self.last_plan: Plan | None = None
+
+    @property
+    def resync_seconds(self) -> float:
+        return self._desired.resync_seconds if self._desired else self.settings.resync_seconds
+
+    # --- passes -----------------------------------------------------------------------------
+
+    async def full_pass(self) -> datetime | None:
+        """Steps 1-6. Returns when the next pass is due at the latest (None = at resync)."""
+        # 1. Load the wishes.
+        desired = await self.backend.load()
+        self.last_pass_at = self._clock()
+        if desired is None:
+            self._pause()
+            self.synced = True
+            return None
+        for warning in desired.warnings:
+            logger.warning(warning)
+        self._desired = desired
+        self._server_status = dict(desired.status) if desired.status is not None else self._server_status
+        self._wanted, warnings = wanted_models(desired.entries)
+        for warning in warnings:
+            logger.warning(warning)
+
+        # 2. Outcomes of jobs that ended.
+        await self._absorb(self.jobs.take_results())
+
+        # 3. Observe the disk.
+        await asyncio.to_thread(self._observe_disk)
+
+        # 4. Plan.
+        current = self._plan()
+
+        # 5. Act.
+        await self._act(current)
+
+        # 6. Publish.
+        await self._announce_started()
+        await self._publish(self._plan())
+        self.synced = True
+        return self._next_wake(current)
+
+    async def progress_pass(self) -> datetime | None:
+        """Steps 4 and 6 from cached observations, for moving progress."""
+        if self._desired is None:
+            return None
+        await self._announce_started()
+        self._log_progress()
+        current = self._plan()
+        await self._publish(current)
+        return self._next_wake(current)
+
+    def _next_wake(self, current: Plan) -> datetime | None:
+        wakes = [w for w in (current.wake_at, self._status_wake) if w is not None]
+        return min(wakes) if wakes else None
+
+    def _pause(self) -> None:
+        """No LocalModelNode: stop downloads (partial data kept), touch no file (KServe's A3)."""
+        if self._desired is not None:
+            logger.info("LocalModelNode is gone; pausing downloads and keeping every file")
+        for key in self.jobs.views():
+            self.jobs.cancel(key)
+        self._desired = None
+        self._wanted = {}
+
+    # --- step 2 -------------------------------------------------------------------------------
+
+    async def _absorb(self, results: list[JobResult]) -> None:
+        for result in results:
+            announced = result.key in self._announced
+            self._announced.discard(result.key)
+            self._progress_logged.pop(result.key, None)
+            if result.kind is JobKind.DOWNLOAD and not result.cancelled and not announced and not result.adopted:
+                # Started and ended between two passes: still tell the whole story, in order.
+                # (An adopted folder downloaded nothing: its Adopted Event is the story.)
+                await self._event_started(result.key)
+            if result.kind is JobKind.SCRUB:
+                await self._absorb_scrub(result)
+            elif result.ok:
+                await self._absorb_success(result)
+            elif result.cancelled:
+                self.metrics.downloads.labels("cancelled").inc()
+                logger.info("download stopped", extra={"storage_key": result.key})
+            else:
+                await self._fail(result.key, result.reason or "Error", result.message or "",
+                                 retry_after=result.retry_after, started_at=result.started_at)
+
+    async def _absorb_success(self, result: JobResult) -> None:
+        seconds = result.seconds
+        rate = int(result.bytes_fetched / seconds) if seconds > 0 and result.bytes_fetched else None
+        self.records[result.key] = Record(
+            started_at=result.started_at, finished_at=result.finished_at,
+            bytes_per_second=rate, bytes_total=result.bytes_total,
+        )
+        self._scrubbed[result.key] = result.finished_at
+        model = self._wanted.get(result.key)
+        uri = model.uri if model else result.key
+        files = f"{result.files_total} file" + ("" if result.files_total == 1 else "s")
+        if result.adopted:
+            self.metrics.adoptions.inc()
+            await self._event("Normal", "Adopted",
+                              f"kept {uri} already on disk without a manifest ({_human_bytes(result.bytes_total or 0)}, "
+                              f"{files}): every file matched the source listing, hashed in {seconds:.1f}s; nothing downloaded",
+                              result.key)
+            return
+        self.metrics.downloads.labels("succeeded").inc()
+        self.metrics.duration.observe(seconds)
+        speed = f" at {_human_bytes(rate)}/s" if rate else ""
+        revision = f", revision {result.revision}" if result.revision else ""
+        message = (
+            f"downloaded {uri} ({_human_bytes(result.bytes_total or 0)}, {files}) "
+            f"in {seconds:.1f}s{speed}{revision}; content verified"
+        )
+        await self._event("Normal", "Downloaded", message, result.key)
+
+    async def _absorb_scrub(self, result: JobResult) -> None:
+        if result.ok:
+            self.metrics.scrubs.labels("intact").inc()
+            self._scrubbed[result.key] = result.finished_at
+            await asyncio.to_thread(self.store.record_scrub, result.key, result.finished_at)
+            logger.info("scrub found the model intact", extra={"storage_key": result.key})
+            return
+        if result.problems:
+            self.metrics.scrubs.labels("damaged").inc()
+            summary = "; ".join(result.problems[:3])
+            # Withdraw the manifest: the folder no longer proves anything, so it is fetched again.
+            await asyncio.to_thread(self.store.withdraw, result.key)
+            self.records[result.key] = Record(reason="Damaged", message=f"scrub: {summary}")
+            await self._event("Warning", "ModelDamaged", f"scrub found damage, downloading again: {summary}",
+                              result.key)
+            return
+        self.metrics.scrubs.labels("failed").inc()
+        logger.warning("scrub failed", extra={"storage_key": result.key, "reason": result.reason,
+                                              "error": result.message})
+
+    async def _fail(self, key: str, reason: str, message: str, *, retry_after: float | None = None,
+                    started_at: datetime | None = None) -> None:
+        previous = self.records.get(key, Record())
+        failures = previous.failures + 1
+        delay = backoff_seconds(failures, self.settings.retry, retry_after=retry_after, draw=self._draw())
+        now = self._clock()
+        self.records[key] = Record(
+            failures=failures, reason=reason, message=message, retry_at=now + timedelta(seconds=delay),
+            started_at=started_at or previous.started_at, bytes_total=previous.bytes_total,
+        )
+        self.metrics.downloads.labels("failed").inc()
+        self.metrics.download_failures.labels(reason).inc()
+        model = self._wanted.get(key)
+        uri = model.uri if model else key
+        await self._event("Warning", "DownloadFailed",
+                          f"{uri}: {reason}: {message} (attempt {failures}, retrying in {delay:.0f}s)", key)
+
+    # --- step 3 -------------------------------------------------------------------------------
+
+    def _observe_disk(self) -> None:
+        self.store.ensure_root()
+        self._on_disk = self.store.keys_on_disk()
+        persisted = self.store.scrub_times()
+        running = self.jobs.views()
+        observed: dict[str, Observed] = {}
+        for key, model in self._wanted.items():
+            job = running.get(key)
+            if job is not None and job.kind is JobKind.DOWNLOAD:
+                continue
+            scrubbed = max(filter(None, (persisted.get(key), self._scrubbed.get(key))), default=None)
+            observed[key] = self.store.observe(key, model.uri, scrubbed_at=scrubbed)
+            before = self._observed.get(key)
+            if (observed[key].state is DiskState.DAMAGED and before is not None
+                    and before.state is DiskState.PRESENT):
+                self._pending_events.append(AgentEvent(
+                    "Warning", "ModelDamaged", f"{observed[key].problem}; downloading again",
+                    model.status_keys))
+        self._observed = observed
+
+    # --- step 4 -------------------------------------------------------------------------------
+
+    def _plan(self) -> Plan:
+        current = plan(
+            self._wanted,
+            on_disk=sorted(self._on_disk),
+            observed=self._observed,
+            jobs=self.jobs.views(),
+            records=self.records,
+            now=self._clock(),
+            scrub_interval=self.settings.scrub.interval_seconds,
+            scrub_baseline=self.started_at,
+        )
+        self.last_plan = current
+        return current
+
+    # --- step 5 -------------------------------------------------------------------------------
+
+    async def _act(self, current: Plan) -> None:
+        for event in self._take_pending_events():
+            await self._emit(event)
+        for key in current.cancels:
+            logger.info("cancelling download of a model no longer wanted", extra={"storage_key": key})
+            self.jobs.cancel(key)
+        for key in current.deletions:
+            await self._delete(key)
+        for key in current.downloads:
+            await self._start_download(self._wanted[key])
+        for key in current.scrubs:
+            if self.jobs.submit_scrub(key):
+                logger.info("scrub started", extra={"storage_key": key})
+
+    def _take_pending_events(self) -> list[AgentEvent]:
+        events, self._pending_events = self._pending_events, []
+        return events
+
+    async def _delete(self, key: str) -> None:
+        had_model = (self.store.models_dir / key).is_dir()
+        kept = await asyncio.to_thread(self.store.delete, key)
+        self.records.pop(key, None)
+        self._scrubbed.pop(key, None)
+        for note in kept:
+            logger.warning("left in place", extra={"storage_key": key, "reason": note})
+        if had_model:
+            self.metrics.deletions.inc()
+            await self._event("Normal", "ModelDeleted",
+                              f"deleted models/{key}: no LocalModelNode entry asks for it", key, models=())
+
+    async def _start_download(self, model: WantedModel) -> None:
+        key = model.storage_key
+        try:
+            credentials = await self._credentials(model)
+            budgets = await self.backend.budgets(model)
+        except LocalModelError as exc:
+            await self._fail(key, exc.reason, str(exc))
+            return
+        observed = self._observed.get(key, ABSENT)
+        if observed.state is DiskState.DAMAGED:
+            # The engine must not trust the old manifest: withdraw it before fetching again.
+            await asyncio.to_thread(self.store.withdraw, key)
+        context = CapacityContext(
+            declared_bytes=budgets.declared_bytes,
+            group_limits=dict(budgets.group_limits),
+            group_present_bytes={g: self._group_present_bytes(g, exclude=key) for g in model.node_groups},
+            keep_free_bytes=self.settings.downloads.reserve_bytes,
+        )
+        request = DownloadRequest(key=key, uri=model.uri, credentials=credentials, capacity=context)
+        if self.jobs.submit_download(request, model.node_groups):
+            logger.info("download queued", extra={"storage_key": key, "uri": model.uri,
+                                                   "models": list(model.status_keys),
+                                                   "credentials": list(credentials.origins)})
+            for note in credentials.ignored:
+                logger.warning("credentials ignored", extra={"storage_key": key, "reason": note})
+
+    async def _credentials(self, model: WantedModel) -> Credentials:
+        try:
+            return await self.backend.credentials(model)
+        except LocalModelError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - API errors become a reason in status
+            _reason, message, _ = describe_error(exc)
+            logger.warning("credentials could not be read", extra={"storage_key": model.storage_key,
+                                                                   "error": message})
+            raise CredentialsUnavailableError(message) from exc
+
+    def _group_present_bytes(self, group: str, *, exclude: str) -> int:
+        total = 0
+        for key, model in self._wanted.items():
+            seen = self._observed.get(key)
+            if key != exclude and group in model.node_groups and seen and seen.state is DiskState.PRESENT:
+                total += seen.bytes_total or 0
+        return total
+
+    async def _announce_started(self) -> None:
+        for key, view in self.jobs.views().items():
+            if view.kind is JobKind.DOWNLOAD and view.running and key not in self._announced:
+                self._announced.add(key)
+                await self._event_started(key)
+
+    async def _event_started(self, key: str) -> None:
+        model = self._wanted.get(key)
+        uri = model.uri if model else key
+        await self._event("Normal", "DownloadStarted", f"downloading {uri} into models/{key}", key)
+
+    def _log_progress(self) -> None:
+        interval = self.settings.status.progress_log_seconds
+        if interval is None:
+            return
+        now = self._clock()
+        for key, view in self.jobs.views().items():
+            if view.kind is not JobKind.DOWNLOAD or not view.running or not view.bytes_total:
+                continue
+            last = self._progress_logged.get(key) or view.started_at or now
+            if (now - last).total_seconds() < interval:
+                continue
+            self._progress_logged[key] = now
+            model = self._wanted.get(key)
+            rate = view.bytes_per_second or 0
+            left = (view.bytes_total - view.bytes_done) / rate if rate else None
+            eta = f", about {left:.0f}s left" if left is not None else ""
+            logger.info(
+                f"downloading {model.uri if model else key}: {100 * view.bytes_done / view.bytes_total:.0f}% "
+                f"of {_human_bytes(view.bytes_total)} at {_human_bytes(rate)}/s{eta}",
+                extra={"storage_key": key, "bytes_done": view.bytes_done, "bytes_total": view.bytes_total,
+                       "bytes_per_second": rate},
+            )
+
+    # --- step 6 -------------------------------------------------------------------------------
+
+    def _disk(self) -> NodeDisk:
+        usage = self.store.usage()
+        used = sum(o.bytes_total or 0 for o in self._observed.values() if o.state is DiskState.PRESENT)
+        used += sum(v.bytes_done for v in self.jobs.views().values() if v.kind is JobKind.DOWNLOAD)
+        self.metrics.disk_used.set(used)
+        self.metrics.disk_free.set(usage.free_bytes)
+        self.metrics.disk_capacity.set(usage.capacity_bytes)
+        return NodeDisk(capacity_bytes=usage.capacity_bytes, used_bytes=used,
+                        free_bytes=coarse_free_bytes(usage.free_bytes, usage.capacity_bytes))
+
+    async def _publish(self, current: Plan) -> None:
+        assert self._desired is not None
+        disk = await asyncio.to_thread(self._disk)
+        views = self.jobs.views()
+        self.metrics.models_present.set(
+            sum(1 for o in self._observed.values() if o.state is DiskState.PRESENT))
+        self.metrics.models_wanted.set(len(self._wanted))
+        self.metrics.downloads_running.set(sum(1 for v in views.values() if v.kind is JobKind.DOWNLOAD))
+        desired = build_status(current.model_status, current.model_details, disk=disk,
+                               observed_generation=self._desired.generation)
+        patch, significant = status_patch(self._server_status, desired, additive_pruned=self.additive_pruned)
+        self._status_wake = None
+        if not patch:
+            return
+        now = self._clock()
+        due, later = write_due(significant=significant, last_write=self._last_write, now=now,
+                               progress_interval=self.settings.status.progress_interval_seconds)
+        if not due:
+            self._status_wake = later
+            return
+        stored = await self.backend.write_status(patch, desired)
+        self._last_write = now
+        self.metrics.status_writes.inc()
+        if stored is None:
+            stored = apply_merge_patch(self._server_status, patch)
+        elif not self.additive_pruned and additive_fields_pruned(patch, stored):
+            self.additive_pruned = True
+            logger.info("the LocalModelNode CRD prunes localmodel's status fields (KServe's CRDs are "
+                        "installed); writing status.modelStatus only")
+        self._server_status = dict(stored)
+        if significant:
+            logger.debug("status written", extra={"models": {k: v for k, v in desired["modelStatus"].items()}})
+
+    # --- events ---------------------------------------------------------------------------------
+
+    async def _event(self, type_: str, reason: str, message: str, key: str,
+                     models: tuple[str, ...] | None = None) -> None:
+        model = self._wanted.get(key)
+        await self._emit(AgentEvent(type_, reason, message,
+                                    models if models is not None else (model.status_keys if model else ())))
+
+    async def _emit(self, event: AgentEvent) -> None:
+        # The log line is the durable record (Events expire after an hour); standalone mode has
+        # nothing else.
+        level = logging.WARNING if event.type == "Warning" else logging.INFO
+        logger.log(level, event.message, extra={"event": event.reason, "models": list(event.models)})
+        try:
+            await self.backend.emit(event)
+        except Exception as exc:  # noqa: BLE001 - an Event is never worth failing a pass
+            logger.warning("event not recorded", extra={"reason": event.reason, "error": str(exc)})
+
+
+class CredentialsUnavailableError(LocalModelError):
+    """The objects holding a model's credentials could not be read (API error)."""
+
+    reason = "CredentialsUnavailable"

@@ -1,0 +1,166 @@
+"""The agent's main loop: passes on change, on timers and while downloads run, until told to stop.
+
+    wake (watch / file change / job start or end) ─┐
+    resync timer (reconcilationFrequencyInSecs) ────┼─► full pass
+    retry / scrub / status-throttle deadlines ──────┘
+    every second while downloads run ───────────────► progress pass (status only)
+
+A failed pass (API server unreachable...) is retried after 1, 2, 4... seconds, at most the
+resync period. On stop (SIGTERM) downloads are cancelled; the engine keeps their staging data,
+so the next agent resumes them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from localmodel.api.types import ModelStatus
+from localmodel.fetch.options import FetchOptions
+from localmodel.node.backend import Backend
+from localmodel.node.downloads import Jobs
+from localmodel.node.metrics import AgentMetrics
+from localmodel.node.plan import JobKind
+from localmodel.node.reconcile import Reconciler, utcnow
+from localmodel.node.server import OpsServer
+from localmodel.node.settings import AgentSettings
+from localmodel.node.store import ModelStore
+
+logger = logging.getLogger(__name__)
+
+#: Seconds between progress passes while a download runs.
+PROGRESS_TICK = 1.0
+#: Seconds a stopping agent waits for download threads to reach a safe point.
+STOP_GRACE = 20.0
+
+
+@dataclass
+class _LoopState:
+    """What liveness and readiness look at."""
+
+    last_loop: datetime
+    last_error: str | None = None
+
+
+def settled(reconciler: Reconciler) -> tuple[bool, bool]:
+    """(nothing left to do right now, every model downloaded) for `--once`."""
+    plan = reconciler.last_plan
+    if plan is None or not reconciler.synced or reconciler.jobs.views():
+        return False, False
+    phases = set(plan.model_status.values())
+    busy = bool(plan.downloads or plan.scrubs or plan.deletions or plan.cancels)
+    done = phases <= {ModelStatus.DOWNLOADED, ModelStatus.DOWNLOAD_ERROR}
+    return done and not busy, phases <= {ModelStatus.DOWNLOADED}
+
+
+async def run_agent(settings: AgentSettings, backend: Backend, *, stop: asyncio.Event,
+                    options: FetchOptions | None = None, once: bool = False) -> int:
+    """Run until `stop` is set (or, with `once`, until every model is settled). Exit code."""
+    loop = asyncio.get_running_loop()
+    wake = asyncio.Event()
+
+    def poke() -> None:
+        try:
+            loop.call_soon_threadsafe(wake.set)
+        except RuntimeError:  # the loop closed while a thread finished
+            pass
+
+    metrics = AgentMetrics()
+    store = ModelStore(settings.root)
+    options = options or FetchOptions(**settings.downloads.engine_options)  # type: ignore[arg-type]
+    jobs = Jobs(store, max_concurrent=settings.downloads.max_concurrent, options=options,
+                temp_dir=settings.downloads.temp_dir, on_change=poke, on_bytes=metrics.bytes.inc)
+    reconciler = Reconciler(settings, backend, store, jobs, metrics)
+    agent = _LoopState(last_loop=utcnow())
+
+    def live() -> tuple[bool, str]:
+        limit = timedelta(seconds=3 * reconciler.resync_seconds + 60)
+        age = utcnow() - agent.last_loop
+        return age <= limit, f"last loop {age.total_seconds():.0f}s ago"
+
+    def ready() -> tuple[bool, str]:
+        if not reconciler.synced:
+            return False, "first pass not finished"
+        if agent.last_error:
+            return False, agent.last_error
+        return True, "synced"
+
+    server = OpsServer(settings.server, metrics, live=live, ready=ready)
+    await server.start()
+    await backend.start(poke)
+    logger.info("agent started", extra={"node": settings.node_name, "root": str(settings.root),
+                                        "max_concurrent": settings.downloads.max_concurrent})
+    next_full = utcnow()
+    wake_at: datetime | None = None
+    failures = 0
+    exit_code = 0
+    try:
+        while not stop.is_set():
+            now = utcnow()
+            agent.last_loop = now
+            if wake.is_set() or now >= next_full or (wake_at is not None and now >= wake_at):
+                wake.clear()
+                try:
+                    wake_at = await reconciler.full_pass()
+                    failures = 0
+                    agent.last_error = None
+                    next_full = utcnow() + timedelta(seconds=reconciler.resync_seconds)
+                except Exception as exc:  # noqa: BLE001 - keep the agent alive, retry soon
+                    failures += 1
+                    metrics.reconcile_errors.inc()
+                    agent.last_error = f"{exc.__class__.__name__}: {exc}"
+                    delay = min(reconciler.resync_seconds, 2.0 ** min(failures - 1, 6))
+                    logger.warning("reconcile failed", extra={"error": agent.last_error, "retry_in": delay})
+                    next_full = utcnow() + timedelta(seconds=delay)
+            elif jobs.has_running_downloads():
+                wake_at = await reconciler.progress_pass()
+            if once:
+                done, all_downloaded = settled(reconciler)
+                if done:
+                    exit_code = 0 if all_downloaded else 1
+                    _log_summary(reconciler)
+                    break
+            deadline = min(d for d in (next_full, wake_at) if d is not None)
+            timeout = max(0.0, (deadline - utcnow()).total_seconds())
+            if jobs.has_running_downloads():
+                timeout = min(timeout, PROGRESS_TICK)
+            await _wait_any(wake, stop, timeout)
+    finally:
+        running = [k for k, v in jobs.views().items() if v.kind is JobKind.DOWNLOAD]
+        if running:
+            logger.info(f"agent stopping; {len(running)} download(s) stopped, partial data is kept for resume",
+                        extra={"storage_keys": running})
+        else:
+            logger.info("agent stopping")
+        stopping = utcnow()
+        await asyncio.to_thread(jobs.shutdown, STOP_GRACE)
+        await backend.close()
+        await server.stop()
+        logger.info("agent stopped", extra={"seconds": round((utcnow() - stopping).total_seconds(), 3)})
+    return exit_code
+
+
+def _log_summary(reconciler: Reconciler) -> None:
+    """One line per model for `--once`: where it is, or why it is not."""
+    plan = reconciler.last_plan
+    if plan is None:
+        return
+    downloaded = sum(1 for phase in plan.model_status.values() if phase == ModelStatus.DOWNLOADED)
+    logger.info(f"{downloaded} of {len(plan.model_status)} models downloaded into {reconciler.store.models_dir}")
+    for key, phase in sorted(plan.model_status.items()):
+        detail = plan.model_details.get(key)
+        where = f"models/{detail.storage_key}" if detail and detail.storage_key else ""
+        why = f"{detail.reason}: {detail.message}" if detail and detail.reason else ""
+        level = logging.INFO if phase == ModelStatus.DOWNLOADED else logging.WARNING
+        logger.log(level, f"  {key}: {ModelStatus(phase).value} {why or where}".rstrip())
+
+
+async def _wait_any(wake: asyncio.Event, stop: asyncio.Event, timeout: float) -> None:
+    waiters = [asyncio.ensure_future(wake.wait()), asyncio.ensure_future(stop.wait())]
+    try:
+        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()

@@ -1,0 +1,87 @@
+"""Agent settings, grouped by concern. Read once from the command line; never from os.environ."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class RetrySettings:
+    """Backoff for failed downloads. KServe never retries a failed Job; we do."""
+
+    #: Delay after the first failure.
+    initial_seconds: float = 10.0
+    #: Upper bound of the delay, however many failures came before.
+    max_seconds: float = 600.0
+    #: Growth per failure.
+    factor: float = 2.0
+    #: Spread each delay by up to this fraction, so nodes do not retry in step.
+    jitter: float = 0.1
+
+
+@dataclass(frozen=True)
+class DownloadSettings:
+    """How downloads run inside the agent."""
+
+    #: Models downloaded at the same time; the rest wait as ModelDownloadPending.
+    max_concurrent: int = 2
+    #: Keep this many bytes free on the models filesystem; a download that would eat into it
+    #: is refused with InsufficientSpace.
+    reserve_bytes: int = 256 * 2**20
+    #: Private folder for short-lived credential files (GCS keys); the DaemonSet mounts /tmp.
+    temp_dir: Path | None = None
+    #: Extra options handed to the download engine unchanged (threads, chunk size, rate...).
+    engine_options: dict[str, object] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StatusSettings:
+    """How often status is written."""
+
+    #: Minimum seconds between writes that only move progress (bytes, rate, disk). A phase
+    #: change is written at once.
+    progress_interval_seconds: float = 5.0
+    #: Seconds between log lines about a running download's progress; None for none.
+    progress_log_seconds: float | None = 10.0
+
+
+@dataclass(frozen=True)
+class ScrubSettings:
+    """Periodic full re-hash of every present model, to catch bit rot and tampering."""
+
+    #: Seconds between two full checks of one model; None turns scrubbing off.
+    interval_seconds: float | None = 7 * 24 * 3600.0
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """The operations endpoints. Port 0 picks a free port; None disables the endpoint."""
+
+    bind_address: str = "0.0.0.0"
+    health_port: int | None = 8081
+    metrics_port: int | None = 8080
+
+
+@dataclass(frozen=True)
+class AgentSettings:
+    """Everything the agent needs to run, except what comes from the cluster's ConfigMap."""
+
+    #: The host folder mounted at /mnt/models; models live in <root>/models/<storageKey>.
+    root: Path
+    #: This node's name ($NODE_NAME); the standalone mode uses it only in status.json.
+    node_name: str
+    #: Namespace of the agent ($POD_NAMESPACE): where inferenceservice-config lives.
+    namespace: str = "kserve"
+    retry: RetrySettings = field(default_factory=RetrySettings)
+    downloads: DownloadSettings = field(default_factory=DownloadSettings)
+    status: StatusSettings = field(default_factory=StatusSettings)
+    scrub: ScrubSettings = field(default_factory=ScrubSettings)
+    server: ServerSettings = field(default_factory=ServerSettings)
+    #: Seconds between level-triggered passes when the ConfigMap does not say
+    #: (`reconcilationFrequencyInSecs`) or in standalone mode.
+    resync_seconds: float = 60.0
+
+    @property
+    def models_dir(self) -> Path:
+        return self.root / "models"

@@ -1,0 +1,136 @@
+"""The image's install, without Docker: hack/install-venv.sh (the Dockerfile's builder step) builds
+the wheel into a fresh venv, and localmodel runs from it as the Pod runs it (UID 1000, read-only
+root filesystem, writable /tmp only, no HOME, no capabilities)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import localmodel
+from localmodel.api.crds import render_all
+from tests.packaging.conftest import REPO
+from tests.packaging.sandbox import run_as_pod
+
+
+def _usable_by_everyone(path: Path) -> bool:
+    real = path.resolve()
+    return real.stat().st_mode & 0o005 == 0o005 and all(
+        parent.stat().st_mode & 0o001 for parent in real.parents)
+
+
+def _interpreter_for_uid_1000() -> Path:
+    """This Python, or the system's of the same version, if UID 1000 can run it: the venv links
+    to its interpreter as /opt/localmodel does to /usr/local/bin/python3 in the image."""
+    minor = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    for candidate in (Path(sys._base_executable), Path("/usr/bin") / minor, Path("/usr/local/bin") / minor):
+        if candidate.exists() and _usable_by_everyone(candidate):
+            return candidate
+    pytest.fail(f"no {minor} that UID 1000 can run (this one is under a private directory); "
+                f"install Debian's python3 or run the tests with a system-wide Python")
+
+
+@pytest.fixture(scope="module")
+def venv() -> Iterator[Path]:
+    # Not under /tmp (a fresh tmpfs hides it in the sandbox) and readable by UID 1000, like
+    # /opt/localmodel in the image. Created anew every session: a clean install is the point.
+    parent = Path(tempfile.mkdtemp(prefix="localmodel-image-", dir="/var/tmp"))
+    parent.chmod(0o755)
+    dest = parent / "opt" / "localmodel"
+    done = subprocess.run(
+        ["bash", str(REPO / "hack" / "install-venv.sh"), str(dest)],
+        env={**os.environ, "PYTHON": str(_interpreter_for_uid_1000()), "BUILD_PYTHON": sys.executable}, capture_output=True, text=True, timeout=600,
+        check=False,
+    )
+    try:
+        if done.returncode != 0:
+            pytest.fail(f"hack/install-venv.sh failed:\n{done.stdout}\n{done.stderr}")
+        yield dest
+    finally:
+        shutil.rmtree(parent)
+
+
+def _pod(venv: Path, *argv: str) -> subprocess.CompletedProcess[str]:
+    done = run_as_pod(argv, path=[venv / "bin"])
+    assert done.returncode == 0, f"{argv} exited {done.returncode}:\n{done.stderr}"
+    return done
+
+
+def _locked() -> dict[str, str]:
+    pins = {}
+    for line in (REPO / "requirements.lock").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, version = line.split("==")
+            pins[_canonical(name)] = version.strip()
+    return pins
+
+
+def _canonical(name: str) -> str:
+    return name.lower().replace("_", "-").replace(".", "-")
+
+
+def test_venv_holds_localmodel_and_locked_runtime_dependencies_only(venv: Path) -> None:
+    listed = subprocess.run(
+        [sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "list",
+         "--format=json", "--disable-pip-version-check"],
+        capture_output=True, text=True, check=True).stdout
+    installed = {_canonical(p["name"]): p["version"] for p in json.loads(listed)}
+    assert installed.pop("localmodel") == localmodel.__version__
+    locked = _locked()
+    assert {name: locked.get(name) for name in installed} == installed, "a version differs from requirements.lock"
+    declared = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    for requirement in declared["dependencies"]:
+        name = _canonical(requirement.split(">")[0].split("=")[0].split("<")[0].split("[")[0].strip())
+        assert name in installed, f"runtime dependency {name} missing"
+    assert "pytest" not in installed and "pip" not in installed  # test tools stay out of the image
+
+
+def test_sandbox_is_read_only_but_tmp(venv: Path) -> None:
+    """What the commands below ran under, checked rather than assumed."""
+    probe = (
+        "import os, pathlib, sys\n"
+        "print(os.getuid(), os.getgid(), os.getgroups())\n"
+        "for target in (sys.prefix + '/probe', '/var/tmp/probe', '/probe'):\n"
+        "    try:\n"
+        "        pathlib.Path(target).write_text('x')\n"
+        "        print('writable', target)\n"
+        "    except OSError as error:\n"
+        "        print('refused', error.errno)\n"
+        "pathlib.Path('/tmp/probe').write_text('x'); print('tmp ok')\n"
+    )
+    out = _pod(venv, "python", "-c", probe).stdout.splitlines()
+    assert out[0] == "1000 1000 []"
+    assert out[1:4] == ["refused 30"] * 3  # EROFS: the whole root filesystem is read-only
+    assert out[4] == "tmp ok"
+
+
+def test_help(venv: Path) -> None:
+    out = _pod(venv, "localmodel", "--help").stdout
+    assert "node-local model cache for Kubernetes" in out
+    for command in ("crds", "version"):
+        assert f"  {command} " in out
+
+
+def test_version(venv: Path) -> None:
+    assert _pod(venv, "localmodel", "version").stdout.strip() == localmodel.__version__
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    assert pyproject["project"]["version"] == localmodel.__version__
+
+
+def test_crds(venv: Path) -> None:
+    assert _pod(venv, "localmodel", "crds").stdout == "".join(render_all().values())
+
+
+def test_runs_the_installed_copy_not_the_source_tree(venv: Path) -> None:
+    out = _pod(venv, "python", "-c", "import localmodel; print(localmodel.__file__)").stdout.strip()
+    assert out.startswith(str(venv / "lib")), out
+    assert not list(venv.rglob("*.egg-link")) and not list(venv.rglob("__editable__*"))
