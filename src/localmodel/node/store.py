@@ -41,7 +41,7 @@ from localmodel.fetch.options import FetchOptions
 from localmodel.fetch.progress import Progress
 from localmodel.node.plan import DiskState, Observed
 from localmodel.sources.base import Settings
-from localmodel.sources.registry import open_source, redact_uri
+from localmodel.sources.registry import SourceFactory, open_source, redact_uri
 
 logger = logging.getLogger(__name__)
 
@@ -177,10 +177,13 @@ class ModelStore:
         settings: Settings,
         options: FetchOptions,
         progress: Callable[[Progress], None],
+        source_factory: SourceFactory | None = None,
     ) -> Manifest:
         """Run the engine into this key's layout. To cancel, raise from `progress`: the engine
-        stops its workers and keeps staging, so the next call resumes."""
-        return engine_download(uri, self.layout(key), settings=settings, options=options, progress=progress)
+        stops its workers and keeps staging, so the next call resumes. `source_factory`
+        (peer-to-peer fill) replaces the registry's `open_source`."""
+        return engine_download(uri, self.layout(key), settings=settings, options=options, progress=progress,
+                               source_factory=source_factory)
 
     def scrub(self, key: str) -> list[str]:
         """Re-hash every file; problems found (empty when the model is intact or gone)."""

@@ -1,0 +1,123 @@
+"""Which other nodes hold a storage key complete, and where their agents serve it.
+
+Read from the LocalModelNodes themselves, which every agent already keeps current:
+- `status.peerEndpoint`: the URL the node's agent serves on (written by that agent; the
+  admission policy lets an agent write only its own node's object);
+- `spec.localModels[*].sourceModelUri` → storage key (sha256(uri)[:16], as the folder name);
+- `status.modelStatus[statusKey] == ModelDownloaded`: the key is complete there.
+
+The spec gives the key even when KServe's CRDs prune `modelDetails`; `peerEndpoint` itself
+is pruned by KServe's CRDs, so with those installed no peer is ever found (every node uses
+the origin, as before).
+
+Listing every LocalModelNode is done on demand, only while a download looks for peers, and
+the answer is shared for `ttl` seconds by every download of the agent. A watch would push
+every status write of every node to every agent (N² traffic); a list costs one response
+per asking agent per `ttl`, and only while that agent waits for or starts a download.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+from lightkube import Client
+
+from localmodel.api.keys import status_key, storage_key
+from localmodel.api.types import ModelStatus
+from localmodel.kube import resources
+from localmodel.sources.peer import Peer
+
+logger = logging.getLogger(__name__)
+
+
+def valid_endpoint(value: Any) -> str | None:
+    """The endpoint if it is a plain http(s)://host:port URL (no path, user or query)."""
+    if not isinstance(value, str) or len(value) > 256:
+        return None
+    try:
+        parts = urlsplit(value)
+        port = parts.port
+    except ValueError:
+        return None
+    if parts.scheme not in ("http", "https") or not parts.hostname or port is None:
+        return None
+    if parts.username or parts.password or parts.query or parts.fragment or parts.path not in ("", "/"):
+        return None
+    return value.rstrip("/")
+
+
+def complete_keys(obj: Mapping[str, Any]) -> set[str]:
+    """Storage keys a LocalModelNode reports as downloaded."""
+    spec = obj.get("spec") or {}
+    status = obj.get("status") or {}
+    phases = status.get("modelStatus") or {}
+    details = status.get("modelDetails") or {}
+    keys: set[str] = set()
+    for entry in spec.get("localModels") or []:
+        if not isinstance(entry, Mapping):
+            continue
+        uri, name = entry.get("sourceModelUri"), entry.get("modelName")
+        if not isinstance(uri, str) or not isinstance(name, str):
+            continue
+        skey = status_key(name, entry.get("namespace") or "")
+        if phases.get(skey) != ModelStatus.DOWNLOADED.value:
+            continue
+        detail = details.get(skey)
+        recorded = detail.get("storageKey") if isinstance(detail, Mapping) else None
+        key = storage_key(uri)
+        if recorded in (None, key):
+            keys.add(key)
+    return keys
+
+
+def peers_by_key(objects: Iterable[Mapping[str, Any]], *, exclude: str) -> dict[str, list[Peer]]:
+    """storage key → peers holding it complete, from LocalModelNode objects (pure)."""
+    found: dict[str, list[Peer]] = {}
+    for obj in objects:
+        name = (obj.get("metadata") or {}).get("name")
+        if not isinstance(name, str) or name == exclude:
+            continue
+        endpoint = valid_endpoint((obj.get("status") or {}).get("peerEndpoint"))
+        if endpoint is None:
+            continue
+        for key in complete_keys(obj):
+            found.setdefault(key, []).append(Peer(name=name, endpoint=endpoint))
+    for peers in found.values():
+        peers.sort(key=lambda peer: peer.name)
+    return found
+
+
+class PeerDirectory:
+    """Complete peers per storage key, from a cluster-wide list of LocalModelNodes."""
+
+    def __init__(self, client: Client, *, node_name: str, ttl: float = 2.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._client = client
+        self._node_name = node_name
+        self._ttl = ttl
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._snapshot: dict[str, list[Peer]] = {}
+        self._taken_at: float | None = None
+        #: Lists sent (tests and metrics).
+        self.lists = 0
+
+    def complete_peers(self, key: str) -> list[Peer]:
+        with self._lock:
+            fresh = self._taken_at is not None and self._clock() - self._taken_at < self._ttl
+            if not fresh:
+                try:
+                    objects = [obj.to_dict() for obj in self._client.list(resources.LocalModelNode)]
+                except Exception as exc:  # noqa: BLE001 - no peers is always a safe answer
+                    logger.warning("could not list LocalModelNodes to find peers",
+                                   extra={"error": f"{exc.__class__.__name__}: {exc}"})
+                    return []
+                self.lists += 1
+                self._snapshot = peers_by_key(objects, exclude=self._node_name)
+                self._taken_at = self._clock()
+            return list(self._snapshot.get(key, ()))

@@ -1,0 +1,468 @@
+"""A source that reads a model's bytes from other nodes' agents, checked piece by piece, with
+the origin as the fallback for every piece a peer cannot give.
+
+    PeerSource(origin, listing, peers)
+      list_files()  → the ORIGIN's listing (paths, sizes, digests: never a peer's word)
+      read_range()  → for a file with a strong origin digest and compatible peers:
+                        piece table: from one peer, cross-checked with a second when there is
+                        one; a disagreement is settled by one piece read from the origin
+                        every piece: read from a peer into a buffer, sha256 compared with the
+                        table before a byte is yielded; a mismatch quarantines that peer and
+                        the piece is read again from another peer, else from the origin
+                      otherwise → straight from the origin
+
+A lying peer therefore costs a re-read, never a bad byte on disk: pieces that do not match the
+table are dropped, and a table that lies consistently with its owner's bytes is caught by the
+engine's whole-file check against the origin digest (the agent then quarantines the peers
+whose tables were used, see `table_providers`). The origin is asked only when no peer can
+give a piece (errors, 404, quarantine); busy peers (503) are waited for, and after
+`busy_patience` the range fails as transient (the engine retries it later), so load alone
+never turns into origin traffic.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import urllib3
+from urllib3.exceptions import HTTPError as Urllib3Error
+
+from localmodel.errors import IntegrityError, SourceUnavailableError
+from localmodel.sources.base import Listing, RemoteFile, Source
+from localmodel.sources.peer_protocol import (
+    PIECE_SIZE,
+    PIECE_SIZE_HEADER,
+    PieceTable,
+    compatible,
+    decode_table,
+    file_url,
+    manifest_entries,
+    manifest_url,
+    piece_bounds,
+    pieces_url,
+    strong_digest,
+)
+
+logger = logging.getLogger(__name__)
+
+#: How long a piece waits for busy peers before it is read from the origin.
+BUSY_PATIENCE = 30.0
+
+
+@dataclass(frozen=True)
+class Peer:
+    """Another node's agent."""
+
+    #: Its node name (what quarantine and logs refer to).
+    name: str
+    #: Base URL, e.g. http://10.0.0.7:8082
+    endpoint: str
+
+
+# --- errors talking to a peer ------------------------------------------------------------------
+
+
+class PeerError(Exception):
+    """A peer could not answer (connection, timeout, 5xx, short body...)."""
+
+
+class PeerBusy(PeerError):
+    """503/429: the peer is at its connection limit; ask again later."""
+
+
+class PeerMissing(PeerError):
+    """404: the peer does not (or no longer) hold this."""
+
+
+# --- peer health, shared by every download of the agent ------------------------------------------
+
+
+class PeerHealth:
+    """Which peers to avoid: quarantined (sent bad data; long) or failing (short, growing)."""
+
+    def __init__(self, *, quarantine_seconds: float = 600.0, clock: Callable[[], float] = time.monotonic,
+                 on_quarantine: Callable[[str, str], None] = lambda peer, reason: None) -> None:
+        self.quarantine_seconds = quarantine_seconds
+        self._clock = clock
+        self._on_quarantine = on_quarantine
+        self._lock = threading.Lock()
+        self._quarantined: dict[str, tuple[float, str]] = {}
+        self._failures: dict[str, tuple[int, float]] = {}
+
+    def quarantine(self, peer: str, reason: str) -> None:
+        with self._lock:
+            fresh = peer not in self._quarantined or self._quarantined[peer][0] <= self._clock()
+            self._quarantined[peer] = (self._clock() + self.quarantine_seconds, reason)
+        if fresh:
+            logger.warning("peer quarantined", extra={"peer": peer, "reason": reason,
+                                                      "seconds": self.quarantine_seconds})
+            self._on_quarantine(peer, reason)
+
+    def quarantined(self) -> dict[str, str]:
+        now = self._clock()
+        with self._lock:
+            return {peer: reason for peer, (until, reason) in self._quarantined.items() if until > now}
+
+    def failed(self, peer: str) -> None:
+        with self._lock:
+            count = self._failures.get(peer, (0, 0.0))[0] + 1
+            self._failures[peer] = (count, self._clock() + min(30.0, 0.5 * 2 ** min(count, 6)))
+
+    def succeeded(self, peer: str) -> None:
+        with self._lock:
+            self._failures.pop(peer, None)
+
+    def usable(self, peer: str) -> bool:
+        now = self._clock()
+        with self._lock:
+            quarantined = self._quarantined.get(peer)
+            if quarantined is not None and quarantined[0] > now:
+                return False
+            failing = self._failures.get(peer)
+            return failing is None or failing[1] <= now
+
+
+# --- HTTP to peers --------------------------------------------------------------------------------
+
+
+class PeerClient:
+    """urllib3 to every peer (the fastest Python client measured here), with the agent's
+    bearer token on every request. Thread-safe; shared by all downloads of an agent."""
+
+    def __init__(self, token: Callable[[], str | None], *, connect_timeout: float = 3.0,
+                 read_timeout: float = 30.0, connections_per_peer: int = 8) -> None:
+        self._token = token
+        self._pool = urllib3.PoolManager(
+            num_pools=64, maxsize=connections_per_peer, block=False,
+            timeout=urllib3.Timeout(connect=connect_timeout, read=read_timeout),
+            retries=urllib3.Retry(total=0, redirect=0, raise_on_status=False),
+        )
+
+    def _headers(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+        headers = {"Accept-Encoding": "identity", **(extra or {})}
+        token = self._token()
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        return headers
+
+    def _get(self, url: str, headers: Mapping[str, str] | None = None) -> Any:
+        try:
+            response = self._pool.request("GET", url, headers=self._headers(headers),
+                                          preload_content=False, decode_content=False)
+        except (Urllib3Error, OSError) as exc:
+            raise PeerError(f"{url}: {exc.__class__.__name__}: {exc}"[:300]) from exc
+        if response.status in (200, 206):
+            return response
+        response.drain_conn()
+        response.release_conn()
+        if response.status in (429, 503):
+            raise PeerBusy(f"{url}: HTTP {response.status}")
+        if response.status == 404:
+            raise PeerMissing(f"{url}: HTTP 404")
+        raise PeerError(f"{url}: HTTP {response.status}")
+
+    def get_bytes(self, url: str, limit: int = 64 * 2**20) -> tuple[bytes, Mapping[str, str]]:
+        """A small body (manifest, piece table) and its headers."""
+        response = self._get(url)
+        try:
+            length = int(response.headers.get("Content-Length", "-1"))
+            if length < 0 or length > limit:
+                raise PeerError(f"{url}: body of {length} bytes")
+            body = response.read(length)
+        except (Urllib3Error, OSError, ValueError) as exc:
+            response.close()
+            raise PeerError(f"{url}: {exc.__class__.__name__} while reading") from exc
+        if len(body) != length:
+            response.close()
+            raise PeerError(f"{url}: short body")
+        response.release_conn()
+        return body, response.headers
+
+    def read_into(self, url: str, start: int, end: int, buffer: memoryview) -> None:
+        """Fill buffer[:end-start] with bytes [start, end) of the file at `url`."""
+        length = end - start
+        response = self._get(url, {"Range": f"bytes={start}-{end - 1}"})
+        complete = False
+        try:
+            if response.status != 206 or response.headers.get("Content-Range", "").split("/")[0] \
+                    != f"bytes {start}-{end - 1}":
+                raise PeerError(f"{url}: answered another range than asked")
+            raw = response._fp  # http.client response: readinto without a copy
+            received = 0
+            while received < length:
+                count = raw.readinto(buffer[received:length])
+                if not count:
+                    raise PeerError(f"{url}: connection closed after {received} of {length} bytes")
+                received += count
+            complete = True
+        except (Urllib3Error, OSError, ValueError) as exc:
+            raise PeerError(f"{url}: {exc.__class__.__name__} while reading") from exc
+        finally:
+            if complete:
+                response.release_conn()
+            else:
+                response.close()
+
+    def manifest(self, peer: Peer, key: str) -> dict[str, Mapping[str, Any]]:
+        body, _ = self.get_bytes(manifest_url(peer.endpoint, key))
+        return manifest_entries(body)
+
+    def piece_table(self, peer: Peer, key: str, remote: RemoteFile) -> PieceTable:
+        body, headers = self.get_bytes(pieces_url(peer.endpoint, key, remote.path))
+        try:
+            piece_size = int(headers.get(PIECE_SIZE_HEADER, "0"))
+        except ValueError:
+            piece_size = 0
+        table = decode_table(body, remote.size, piece_size)
+        if table is None or piece_size != PIECE_SIZE:
+            raise PeerError(f"{peer.name}: malformed piece table for {remote.path!r}")
+        return table
+
+    def close(self) -> None:
+        self._pool.clear()
+
+
+# --- the source -----------------------------------------------------------------------------------
+
+
+@dataclass
+class FillCounters:
+    """Bytes by where they came from, and what was refused (for metrics and tests)."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    peer_bytes: int = 0
+    origin_bytes: int = 0
+    rejected_pieces: int = 0
+    #: Bytes read from the origin only to check a piece table or a suspicious piece.
+    arbitration_bytes: int = 0
+
+    def add(self, name: str, count: int) -> None:
+        with self.lock:
+            setattr(self, name, getattr(self, name) + count)
+
+
+@dataclass
+class _File:
+    remote: RemoteFile
+    #: Peers whose manifest agrees with the origin about this file.
+    peers: list[Peer]
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    table: PieceTable | None = None
+    table_done: bool = False
+    table_providers: tuple[str, ...] = ()
+
+
+class PeerSource:
+    """See the module docstring. Thread-safe, like every source."""
+
+    def __init__(self, origin: Source, listing: Listing, key: str, peers: Mapping[str, Sequence[Peer]],
+                 client: PeerClient, health: PeerHealth, *, self_name: str = "",
+                 counters: FillCounters | None = None, busy_patience: float = BUSY_PATIENCE,
+                 verify_md5: bool = True) -> None:
+        self.origin = origin
+        self.uri = origin.uri
+        self.listing = listing
+        self.key = key
+        self.client = client
+        self.health = health
+        self.counters = counters or FillCounters()
+        self.busy_patience = busy_patience
+        self._spread = int(hashlib.sha256(self_name.encode()).hexdigest()[:8], 16)
+        self._local = threading.local()
+        self._closed = False
+        self._files: dict[str, _File] = {}
+        for remote in listing.files:
+            usable = list(peers.get(remote.path, ())) if strong_digest(remote, verify_md5=verify_md5) else []
+            self._files[remote.path] = _File(remote, usable)
+
+    # --- Source protocol ------------------------------------------------------------------
+
+    def list_files(self) -> Listing:
+        return self.listing
+
+    def read_range(self, path: str, offset: int, length: int) -> Iterator[bytes | memoryview]:
+        state = self._files.get(path)
+        table = self._table(state) if state is not None and state.peers else None
+        if state is None or table is None:
+            yield from self._from_origin(path, offset, length)
+            return
+        end = offset + length
+        position = offset
+        while position < end:
+            index = position // PIECE_SIZE
+            start, stop = piece_bounds(index, state.remote.size)
+            piece = self._piece(state, table, index, start, stop)
+            yield piece[position - start: min(end, stop) - start]
+            position = min(end, stop)
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self.origin.close()
+
+    # --- what the agent asks afterwards ---------------------------------------------------
+
+    def table_providers(self, path: str | None = None) -> set[str]:
+        """Peers whose piece tables were relied on (all files, or one)."""
+        if path is None:
+            files = list(self._files.values())
+        else:
+            files = [self._files[path]] if path in self._files else []
+        return {name for state in files for name in state.table_providers}
+
+    def peer_paths(self) -> list[str]:
+        return [path for path, state in self._files.items() if state.table is not None]
+
+    # --- origin ---------------------------------------------------------------------------
+
+    def _from_origin(self, path: str, offset: int, length: int) -> Iterator[bytes | memoryview]:
+        for item in self.origin.read_range(path, offset, length):
+            self.counters.add("origin_bytes", len(item))
+            yield item
+
+    def _origin_piece(self, path: str, start: int, stop: int, buffer: memoryview, counter: str) -> memoryview:
+        filled = 0
+        for item in self.origin.read_range(path, start, stop - start):
+            view = memoryview(item).cast("B")
+            if filled + len(view) > stop - start:
+                raise IntegrityError(f"{path!r}: the origin sent more bytes than asked")
+            buffer[filled:filled + len(view)] = view
+            filled += len(view)
+        if filled != stop - start:
+            raise SourceUnavailableError(f"{path!r}: the origin ended a piece early")
+        self.counters.add(counter, filled)
+        return buffer[:filled]
+
+    # --- piece tables ---------------------------------------------------------------------
+
+    def _candidates(self, state: _File, index: int = 0) -> list[Peer]:
+        usable = [peer for peer in state.peers if self.health.usable(peer.name)]
+        if not usable:
+            return []
+        turn = (self._spread + index) % len(usable)
+        return usable[turn:] + usable[:turn]
+
+    def _fetch_table(self, state: _File, skip: set[str]) -> tuple[Peer, PieceTable] | None:
+        for peer in self._candidates(state):
+            if peer.name in skip:
+                continue
+            skip.add(peer.name)
+            try:
+                table = self.client.piece_table(peer, self.key, state.remote)
+            except PeerMissing:
+                continue
+            except PeerBusy:
+                continue
+            except PeerError as exc:
+                self.health.failed(peer.name)
+                logger.info("peer could not give a piece table", extra={"peer": peer.name, "error": str(exc)})
+                continue
+            return peer, table
+        return None
+
+    def _table(self, state: _File) -> PieceTable | None:
+        """The file's piece table, agreed by two peers or settled by the origin; None means
+        read this file from the origin."""
+        with state.lock:
+            if state.table_done:
+                return state.table
+            state.table, state.table_providers = self._agree_on_table(state)
+            state.table_done = True
+            return state.table
+
+    def _agree_on_table(self, state: _File) -> tuple[PieceTable | None, tuple[str, ...]]:
+        asked: set[str] = set()
+        first = self._fetch_table(state, asked)
+        if first is None:
+            return None, ()
+        second = self._fetch_table(state, asked)
+        if second is None:
+            return first[1], (first[0].name,)
+        (peer_a, table_a), (peer_b, table_b) = first, second
+        index = table_a.first_difference(table_b)
+        if index is None:
+            return table_a, (peer_a.name, peer_b.name)
+        # Two peers disagree: one piece from the origin says who is lying.
+        start, stop = piece_bounds(index, state.remote.size)
+        truth = self._origin_piece(state.remote.path, start, stop, self._buffer(), "arbitration_bytes")
+        for winner, table, loser in ((peer_a, table_a, peer_b), (peer_b, table_b, peer_a)):
+            if table.matches(index, truth):
+                self.health.quarantine(loser.name, f"piece table of {state.remote.path!r} disagrees with the origin")
+                return table, (winner.name,)
+        for peer in (peer_a, peer_b):
+            self.health.quarantine(peer.name, f"piece table of {state.remote.path!r} disagrees with the origin")
+        return self._table_after_dispute(state, asked)
+
+    def _table_after_dispute(self, state: _File, asked: set[str]) -> tuple[PieceTable | None, tuple[str, ...]]:
+        found = self._fetch_table(state, asked)
+        return (found[1], (found[0].name,)) if found else (None, ())
+
+    # --- pieces -----------------------------------------------------------------------------
+
+    def _buffer(self) -> memoryview:
+        buffer: memoryview | None = getattr(self._local, "buffer", None)
+        if buffer is None:
+            buffer = self._local.buffer = memoryview(bytearray(PIECE_SIZE))
+        return buffer
+
+    def _piece(self, state: _File, table: PieceTable, index: int, start: int, stop: int) -> memoryview:
+        buffer = self._buffer()
+        view = buffer[: stop - start]
+        url_path = state.remote.path
+        deadline = time.monotonic() + self.busy_patience
+        while True:
+            busy = False
+            for peer in self._candidates(state, index):
+                try:
+                    self.client.read_into(file_url(peer.endpoint, self.key, url_path), start, stop, view)
+                except PeerBusy:
+                    busy = True
+                    continue
+                except PeerMissing:
+                    self.health.failed(peer.name)
+                    continue
+                except PeerError as exc:
+                    self.health.failed(peer.name)
+                    logger.info("peer read failed; trying another", extra={
+                        "peer": peer.name, "path": url_path, "piece": index, "error": str(exc)})
+                    continue
+                if table.matches(index, view):
+                    self.health.succeeded(peer.name)
+                    self.counters.add("peer_bytes", len(view))
+                    return view
+                self.counters.add("rejected_pieces", 1)
+                self.health.quarantine(peer.name, f"piece {index} of {url_path!r} does not match its sha256")
+            if not busy:
+                break
+            if time.monotonic() >= deadline:
+                # Load is no reason to go to the origin: the engine retries this range later.
+                raise SourceUnavailableError(f"{url_path!r}: every peer holding it is busy")
+            time.sleep(0.2 + random.random() * 0.3)
+        piece = self._origin_piece(url_path, start, stop, buffer, "origin_bytes")
+        if not table.matches(index, piece):
+            # The origin is the truth: the agreed table was wrong.
+            for name in state.table_providers:
+                self.health.quarantine(name, f"piece table of {url_path!r} disagrees with the origin")
+            raise IntegrityError(f"{url_path!r}: the peers' piece table disagrees with the origin at "
+                                 f"piece {index}; download again without them")
+        return piece
+
+
+def compatible_peers(listing: Listing, manifests: Mapping[str, tuple[Peer, Mapping[str, Mapping[str, Any]]]],
+                     *, verify_md5: bool = True) -> dict[str, list[Peer]]:
+    """path → peers whose manifest agrees with the origin listing, for files a peer may serve."""
+    usable: dict[str, list[Peer]] = {}
+    for remote in listing.files:
+        if not strong_digest(remote, verify_md5=verify_md5):
+            continue
+        holders = [peer for peer, entries in manifests.values() if compatible(entries.get(remote.path), remote)]
+        if holders:
+            usable[remote.path] = holders
+    return usable
