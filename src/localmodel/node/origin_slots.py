@@ -5,7 +5,8 @@
 
 An agent may download a model from its origin only while it holds one of the model's K
 Leases; the others wait for a complete peer (see `peer_fill`). The holder renews its Lease
-every lease_seconds / 3 and empties it when the download ends, successful or not. A holder
+every lease_seconds / 3; when the download fails it empties the Lease, when it succeeds it
+lets the Lease lapse (by then its status names it a complete peer, which waiters prefer). A holder
 that dies stops renewing: the waiters see the same record for lease_seconds (judged on their
 own clocks from when they first saw it, as client-go's leader election does, so clock skew
 between nodes does not matter) and take the slot over. A holder that finds its Lease taken
@@ -88,10 +89,13 @@ class OriginSlot:
             except Exception as exc:  # noqa: BLE001 - retry at the next period
                 logger.warning("origin slot renewal failed", extra={"lease": self.name, "error": str(exc)})
 
-    def release(self) -> None:
+    def release(self, *, completed: bool = False) -> None:
+        """Stop renewing. After a failure the Lease is emptied so a waiter takes over at once;
+        after a success it is left to lapse, because until this node's status says
+        ModelDownloaded the waiters cannot see the new peer and would take a free slot."""
         self._stop.set()
         self._thread.join(5)
-        if not self.lost:
+        if not self.lost and not completed:
             self.owner.release(self.name)
 
 

@@ -150,8 +150,10 @@ class PeerFill:
                     owned = False
                     try:
                         yield None
-                    finally:
+                    except BaseException:
                         slot.release()
+                        raise
+                    slot.release(completed=True)
                     return
                 if not announced:
                     announced = True

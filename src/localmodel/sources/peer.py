@@ -52,8 +52,10 @@ from localmodel.sources.peer_protocol import (
 
 logger = logging.getLogger(__name__)
 
-#: How long a piece waits for busy peers before it is read from the origin.
+#: How long a piece waits for busy peers before its range fails as transient.
 BUSY_PATIENCE = 30.0
+#: Failed requests in a row after which a peer is left out for a while.
+FAILURES_BEFORE_PAUSE = 3
 
 
 @dataclass(frozen=True)
@@ -111,9 +113,12 @@ class PeerHealth:
             return {peer: reason for peer, (until, reason) in self._quarantined.items() if until > now}
 
     def failed(self, peer: str) -> None:
+        """One failed request. The piece that failed goes elsewhere; only failures in a row
+        (a dead or drowning peer) keep the peer out for a while, doubling to 30 s."""
         with self._lock:
             count = self._failures.get(peer, (0, 0.0))[0] + 1
-            self._failures[peer] = (count, self._clock() + min(30.0, 0.5 * 2 ** min(count, 6)))
+            pause = 0.0 if count < FAILURES_BEFORE_PAUSE else min(30.0, 2.0 ** (count - FAILURES_BEFORE_PAUSE))
+            self._failures[peer] = (count, self._clock() + pause)
 
     def succeeded(self, peer: str) -> None:
         with self._lock:
