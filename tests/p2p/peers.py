@@ -217,3 +217,37 @@ def honest_table_liar(honest_root: Path) -> type[PeerServer]:
                             for i in range(0, len(data), PIECE_SIZE))
 
     return BytesOnlyLiar
+
+
+# --- LocalModelNodes as other agents publish them ---------------------------------------------------
+
+
+def advertise(admin: Client, node: str, uri: str, endpoint: str | None, phase: str = "ModelDownloaded") -> None:
+    """A LocalModelNode for `node` asking for `uri`, whose status says `phase` and names the
+    agent's peer endpoint (what a real agent on that node would publish)."""
+    from lightkube.types import PatchType
+
+    from localmodel.kube import resources
+
+    try:
+        admin.create(resources.LocalModelNode.from_dict({
+            "apiVersion": "serving.kserve.io/v1alpha1", "kind": "LocalModelNode",
+            "metadata": {"name": node},
+            "spec": {"localModels": [{"sourceModelUri": uri, "modelName": "m"}]}}))
+    except ApiError as exc:
+        if exc.status.code != 409:
+            raise
+    status: dict[str, object] = {"modelStatus": {"m": phase}}
+    if endpoint is not None:
+        status["peerEndpoint"] = endpoint
+    admin.patch(resources.LocalModelNode.Status, node, {"status": status}, patch_type=PatchType.MERGE)
+
+
+def forget(admin: Client, *nodes: str) -> None:
+    from localmodel.kube import resources
+
+    for node in nodes:
+        try:
+            admin.delete(resources.LocalModelNode, node)
+        except ApiError:
+            pass
