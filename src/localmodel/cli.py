@@ -153,6 +153,9 @@ def status(kubeconfig: str | None, output: str) -> None:
               help="Seconds an origin slot outlives a holder that stopped renewing it.")
 @click.option("--peer-quarantine", type=float, default=600.0, show_default=True,
               help="Seconds a peer that sent bad data is left out.")
+@click.option("--peer-stall-timeout", type=float, default=30.0, show_default=True,
+              help="Seconds without a new piece from peers still downloading before a fill gives up "
+                   "for now (retried; the origin slot may have a new holder by then).")
 def agent(root: str, manifest: str | None, kubeconfig: str | None, node_name: str | None, namespace: str,
           max_concurrent_downloads: int, download_threads: int | None, rate_limit: str | None,
           scrub_interval: float, progress_interval: float, resync: float, retry_initial: float,
@@ -161,7 +164,7 @@ def agent(root: str, manifest: str | None, kubeconfig: str | None, node_name: st
           log_level: str, once: bool, peer_port: int, peer_advertise_address: str | None,
           peer_rate_limit: str, peer_max_connections: int, peer_token_file: str, peer_audience: str,
           peer_identity: tuple[str, ...], origin_slots: int, origin_slot_lease: int,
-          peer_quarantine: float) -> None:
+          peer_quarantine: float, peer_stall_timeout: float) -> None:
     """Keep this node's models on disk equal to its LocalModelNode (the node agent DaemonSet).
 
     In a cluster it watches only the LocalModelNode named $NODE_NAME, downloads in-process with
@@ -230,6 +233,7 @@ def agent(root: str, manifest: str | None, kubeconfig: str | None, node_name: st
             origin_slots=origin_slots,
             lease_seconds=origin_slot_lease,
             quarantine_seconds=peer_quarantine,
+            stall_seconds=peer_stall_timeout,
         ),
         resync_seconds=resync,
     )

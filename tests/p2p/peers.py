@@ -34,7 +34,12 @@ from localmodel.node.peer_auth import PEER_AUDIENCE, TokenReviewAuthenticator
 from localmodel.node.peer_server import PeerServer, PeerServeSettings
 from localmodel.sources.peer import Peer
 from localmodel.sources.peer_protocol import PIECE_SIZE
-from tests.node.tokens import AGENT_ACCOUNT, AGENT_NAMESPACE, agent_kubeconfig, install_agent_rbac
+from tests.node.tokens import (
+    AGENT_ACCOUNT,
+    AGENT_NAMESPACE,
+    agent_kubeconfig,
+    install_agent_rbac,
+)
 from tests.servers.hf import LocalHub
 
 MiB = 2**20

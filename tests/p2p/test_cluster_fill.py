@@ -109,15 +109,19 @@ def test_a_dead_slot_holder_is_replaced_after_its_lease_lapses(agents: PeerAgent
     model = hub_model(hf_hub, files)
     storage = hub_storage_key(agents.cluster, hf_hub.url)
     hf_hub.rate_limit = 4 * MiB  # the origin download lasts seconds: time to kill its holder
-    first = agents.add(model, storage, "--origin-slot-lease", "4")
+    flags = ("--origin-slot-lease", "4", "--peer-stall-timeout", "3")
+    first = agents.add(model, storage, *flags)
     wait_until(lambda: agents.cluster.detail(first.name, "m").get("bytesDone", 0) > 0,
                "the first agent to be downloading", agent=first.agent)
-    others = [agents.add(model, storage, "--origin-slot-lease", "4") for _ in range(2)]
-    first.agent.kill()  # SIGKILL: no release, no status update, the slot stays "held"
+    others = [agents.add(model, storage, *flags) for _ in range(2)]
+    # The others read the pieces the first has written while it downloads...
+    wait_until(lambda: "filling from peers" in "".join(n.agent.log_text() for n in others),
+               "the others to read from the first")
+    first.agent.kill()  # ...until it dies: no release, no status update, the slot stays "held"
     for node in others:
         agents.cluster.wait_phase(node.name, "m", "ModelDownloaded", node.agent)
         assert tree_digests(node.root / "models" / model.key) == model.digests()
     logs = "".join(node.agent.log_text() for node in others)
+    assert "PeersStalled" in logs  # they noticed, kept what they had, and retried
     assert "origin slot expired; taking it over" in logs
     assert agents.metric("localmodel_fill_downloads_total", 'mode="origin-slot"') == 1
-    assert agents.metric("localmodel_fill_downloads_total", 'mode="peers"') == 1

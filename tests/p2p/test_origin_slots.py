@@ -9,7 +9,12 @@ import pytest
 from lightkube import Client
 from lightkube.resources.coordination_v1 import Lease
 
-from localmodel.node.origin_slots import OriginSlots, SlotSettings, SlotsUnavailableError, lease_name
+from localmodel.node.origin_slots import (
+    OriginSlots,
+    SlotSettings,
+    SlotsUnavailableError,
+    lease_name,
+)
 from tests.node.tokens import AGENT_NAMESPACE
 from tests.p2p.peers import Identity
 

@@ -13,7 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from localmodel.sources.peer_protocol import PIECE_SIZE, PIECE_SIZE_HEADER, file_url, manifest_url, pieces_url
+from localmodel.sources.peer_protocol import (
+    PIECE_SIZE,
+    PIECE_SIZE_HEADER,
+    file_url,
+    manifest_url,
+    pieces_url,
+)
 from tests.p2p.peers import (
     Identity,
     MiB,

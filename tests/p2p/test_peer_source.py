@@ -11,7 +11,14 @@ import pytest
 from localmodel.errors import IntegrityError
 from localmodel.fetch import Layout, download, read_manifest
 from localmodel.node.peer_server import PeerServer
-from localmodel.sources.peer import FillCounters, Peer, PeerClient, PeerHealth, PeerSource, compatible_peers
+from localmodel.sources.peer import (
+    FillCounters,
+    Peer,
+    PeerClient,
+    PeerHealth,
+    PeerSource,
+    compatible_peers,
+)
 from localmodel.sources.peer_protocol import PIECE_SIZE
 from localmodel.sources.registry import open_source
 from tests.p2p.peers import (

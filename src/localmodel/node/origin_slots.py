@@ -135,6 +135,14 @@ class OriginSlots:
                 return OriginSlot(self, name)
         return None
 
+    def holders(self, key: str) -> list[str]:
+        """Nodes seen holding the slots of `key` at the last `try_acquire` (the ones whose
+        downloads a waiter can read from, and whose status to watch)."""
+        with self._lock:
+            seen = [self._observed.get(lease_name(key, index)) for index in range(self.settings.slots)]
+        return sorted({record[0][0] for record in seen if record is not None and record[0][0]}
+                      - {self.settings.identity})
+
     def _take(self, key: str, name: str) -> bool:
         namespace = self.settings.namespace
         try:

@@ -53,6 +53,11 @@ def valid_endpoint(value: Any) -> str | None:
 
 def complete_keys(obj: Mapping[str, Any]) -> set[str]:
     """Storage keys a LocalModelNode reports as downloaded."""
+    return keys_in_phase(obj, ModelStatus.DOWNLOADED)
+
+
+def keys_in_phase(obj: Mapping[str, Any], phase: ModelStatus) -> set[str]:
+    """Storage keys a LocalModelNode reports in `phase`."""
     spec = obj.get("spec") or {}
     status = obj.get("status") or {}
     phases = status.get("modelStatus") or {}
@@ -65,7 +70,7 @@ def complete_keys(obj: Mapping[str, Any]) -> set[str]:
         if not isinstance(uri, str) or not isinstance(name, str):
             continue
         skey = status_key(name, entry.get("namespace") or "")
-        if phases.get(skey) != ModelStatus.DOWNLOADED.value:
+        if phases.get(skey) != phase.value:
             continue
         detail = details.get(skey)
         recorded = detail.get("storageKey") if isinstance(detail, Mapping) else None
@@ -75,8 +80,10 @@ def complete_keys(obj: Mapping[str, Any]) -> set[str]:
     return keys
 
 
-def peers_by_key(objects: Iterable[Mapping[str, Any]], *, exclude: str) -> dict[str, list[Peer]]:
-    """storage key → peers holding it complete, from LocalModelNode objects (pure)."""
+def peers_by_key(objects: Iterable[Mapping[str, Any]], *, exclude: str,
+                 phase: ModelStatus = ModelStatus.DOWNLOADED) -> dict[str, list[Peer]]:
+    """storage key → peers holding it complete (or in another `phase`), from LocalModelNode
+    objects (pure)."""
     found: dict[str, list[Peer]] = {}
     for obj in objects:
         name = (obj.get("metadata") or {}).get("name")
@@ -85,7 +92,7 @@ def peers_by_key(objects: Iterable[Mapping[str, Any]], *, exclude: str) -> dict[
         endpoint = valid_endpoint((obj.get("status") or {}).get("peerEndpoint"))
         if endpoint is None:
             continue
-        for key in complete_keys(obj):
+        for key in keys_in_phase(obj, phase):
             found.setdefault(key, []).append(Peer(name=name, endpoint=endpoint))
     for peers in found.values():
         peers.sort(key=lambda peer: peer.name)
@@ -93,7 +100,8 @@ def peers_by_key(objects: Iterable[Mapping[str, Any]], *, exclude: str) -> dict[
 
 
 class PeerDirectory:
-    """Complete peers per storage key, from a cluster-wide list of LocalModelNodes."""
+    """Peers per storage key, from a cluster-wide list of LocalModelNodes, shared for `ttl`
+    seconds; and single nodes by name (the holders of origin slots), read on every ask."""
 
     def __init__(self, client: Client, *, node_name: str, ttl: float = 2.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -102,22 +110,44 @@ class PeerDirectory:
         self._ttl = ttl
         self._clock = clock
         self._lock = threading.Lock()
-        self._snapshot: dict[str, list[Peer]] = {}
+        self._objects: list[dict[str, Any]] = []
         self._taken_at: float | None = None
         #: Lists sent (tests and metrics).
         self.lists = 0
 
-    def complete_peers(self, key: str) -> list[Peer]:
+    def _snapshot(self, max_age: float | None) -> list[dict[str, Any]]:
         with self._lock:
-            fresh = self._taken_at is not None and self._clock() - self._taken_at < self._ttl
-            if not fresh:
+            age = None if self._taken_at is None else self._clock() - self._taken_at
+            if age is None or age >= (self._ttl if max_age is None else max_age):
                 try:
-                    objects = [obj.to_dict() for obj in self._client.list(resources.LocalModelNode)]
+                    self._objects = [obj.to_dict() for obj in self._client.list(resources.LocalModelNode)]
                 except Exception as exc:  # noqa: BLE001 - no peers is always a safe answer
                     logger.warning("could not list LocalModelNodes to find peers",
                                    extra={"error": f"{exc.__class__.__name__}: {exc}"})
                     return []
                 self.lists += 1
-                self._snapshot = peers_by_key(objects, exclude=self._node_name)
                 self._taken_at = self._clock()
-            return list(self._snapshot.get(key, ()))
+            return self._objects
+
+    def complete_peers(self, key: str, *, max_age: float | None = None) -> list[Peer]:
+        """Peers holding `key` complete, from a list at most `max_age` (default `ttl`) old."""
+        return peers_by_key(self._snapshot(max_age), exclude=self._node_name).get(key, [])
+
+    def downloading_peers(self, key: str, *, max_age: float | None = None) -> list[Peer]:
+        """Peers downloading `key` now (they serve the pieces they have written)."""
+        return peers_by_key(self._snapshot(max_age), exclude=self._node_name,
+                            phase=ModelStatus.DOWNLOADING).get(key, [])
+
+    def nodes(self, names: Iterable[str], key: str) -> tuple[list[Peer], list[Peer]]:
+        """(complete, downloading) among the named nodes, read now (one GET each)."""
+        objects: list[dict[str, Any]] = []
+        for name in names:
+            if name == self._node_name:
+                continue
+            try:
+                objects.append(self._client.get(resources.LocalModelNode, name).to_dict())
+            except Exception:  # noqa: BLE001 - a node that cannot be read is no peer
+                continue
+        complete = peers_by_key(objects, exclude=self._node_name).get(key, [])
+        downloading = peers_by_key(objects, exclude=self._node_name, phase=ModelStatus.DOWNLOADING).get(key, [])
+        return complete, downloading

@@ -24,6 +24,7 @@ from localmodel.node.peer_fill import FillOutcome, FillSettings, PeerFill
 from localmodel.node.peer_server import PeerCounters, PeerServer, PeerServeSettings
 from localmodel.node.settings import AgentSettings, PeerSettings
 from localmodel.sources.peer import PeerClient, PeerHealth
+from localmodel.sources.peer_partial import PartialDownloads
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +70,7 @@ class PeerRuntime:
     fill: PeerFill
     client: PeerClient
     metrics: AgentMetrics
+    partials: PartialDownloads
     server: PeerServer | None = None
     #: Published in status once the server is listening.
     endpoint: str | None = None
@@ -81,7 +83,8 @@ class PeerRuntime:
             PeerServeSettings(bind_address=self.bind_address, port=self.settings.port,
                               rate_limit=self.settings.rate_limit,
                               max_connections=self.settings.max_connections),
-            self.authenticator, on_damage=on_damage, counters=_MetricCounters(self.metrics))
+            self.authenticator, on_damage=on_damage, counters=_MetricCounters(self.metrics),
+            partials=self.partials)
         try:
             port = server.start()
         except OSError as exc:
@@ -121,8 +124,11 @@ def build_peer_runtime(agent: AgentSettings, client: Client, metrics: AgentMetri
         slots = OriginSlots(client, SlotSettings(namespace=agent.namespace, identity=agent.node_name,
                                                  slots=settings.origin_slots,
                                                  lease_seconds=settings.lease_seconds))
+    partials = PartialDownloads()
     fill = PeerFill(directory=PeerDirectory(client, node_name=agent.node_name), client=peer_client,
-                    health=health, slots=slots, node_name=agent.node_name,
-                    settings=FillSettings(verify_md5=verify_md5), on_finish=_record_fill(metrics))
+                    health=health, slots=slots, node_name=agent.node_name, root=agent.root, partials=partials,
+                    settings=FillSettings(verify_md5=verify_md5, stall_seconds=settings.stall_seconds),
+                    on_finish=_record_fill(metrics))
     return PeerRuntime(settings=settings, root=agent.root, bind_address=agent.server.bind_address,
-                       authenticator=authenticator, fill=fill, client=peer_client, metrics=metrics)
+                       authenticator=authenticator, fill=fill, client=peer_client, metrics=metrics,
+                       partials=partials)

@@ -2,8 +2,10 @@
 
 What is served, and only that:
 - storage keys with a manifest in `<root>/manifests/<key>.json` (complete and verified);
-- files named in that manifest, exactly (no listing, no other path); staging is never
-  looked at;
+- files named in that manifest, exactly (no listing, no other path);
+- for a key this agent is downloading right now, the pieces its download recorded as written
+  (`sources.peer_partial`) and nothing else of the staging area: the file named in the
+  download's listing, a range whose every piece is recorded, the file at its listed size;
 - opened from `<root>/models/<key>` one path component at a time with O_NOFOLLOW, so a
   symlink anywhere under the model folder (or the folder itself being one) is refused, and
   the file must be a regular file of the manifest's size.
@@ -38,7 +40,9 @@ from localmodel.fetch.layout import Layout
 from localmodel.fetch.manifest import Manifest, ManifestFile, read_manifest
 from localmodel.fetch.ratelimit import TokenBucket
 from localmodel.node.peer_auth import Authenticator, AuthUnavailableError, PeerIdentity
+from localmodel.sources.peer_partial import PartialDownloads
 from localmodel.sources.peer_protocol import (
+    PARTIAL_HEADER,
     PIECE_SIZE,
     PIECE_SIZE_HEADER,
     PeerRequest,
@@ -93,19 +97,18 @@ class _Refused(Exception):
         self.headers = headers or {}
 
 
-def open_model_file(models_dir: Path, key: str, relative: str) -> int:
-    """An fd for `<models_dir>/<key>/<relative>`, opened without following any symlink below
-    `models_dir`. Raises _Refused for anything that is not a plain path to a regular file."""
-    parts = relative.split("/")
-    if any(part in ("", ".", "..") for part in parts):
+def open_below(base: Path, parts: list[str]) -> int:
+    """An fd for `base/<parts...>`, opened one component at a time without following any
+    symlink below `base`. Raises _Refused for anything but a plain path to a regular file."""
+    if not parts or any(part in ("", ".", "..") or "/" in part for part in parts):
         raise _Refused(404, "bad path")
     flags_dir = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
     try:
-        current = os.open(models_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        current = os.open(base, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError as exc:
-        raise _Refused(404, "no models folder") from exc
+        raise _Refused(404, "not found") from exc
     try:
-        for name in [key, *parts[:-1]]:
+        for name in parts[:-1]:
             try:
                 following = os.open(name, flags_dir, dir_fd=current)
             except OSError as exc:  # ELOOP/ENOTDIR: a symlink or a file where a folder belongs
@@ -123,6 +126,11 @@ def open_model_file(models_dir: Path, key: str, relative: str) -> int:
         os.close(fd)
         raise _Refused(404, "not a regular file")
     return fd
+
+
+def open_model_file(models_dir: Path, key: str, relative: str) -> int:
+    """`<models_dir>/<key>/<relative>`, see `open_below`."""
+    return open_below(models_dir, [key, *relative.split("/")])
 
 
 class _Manifests:
@@ -160,8 +168,9 @@ class PeerServer:
 
     def __init__(self, root: Path, settings: PeerServeSettings, authenticator: Authenticator, *,
                  on_damage: Callable[[str, str], None] = lambda key, problem: None,
-                 counters: PeerCounters | None = None) -> None:
+                 counters: PeerCounters | None = None, partials: PartialDownloads | None = None) -> None:
         self.root = root
+        self.partials = partials
         self.models_dir = root / "models"
         self.settings = settings
         self.authenticator = authenticator
@@ -175,6 +184,7 @@ class PeerServer:
         self._damaged: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
         self._active = 0
+        self._connections: set[socket.socket] = set()
         self._httpd: _Server | None = None
         self._thread: threading.Thread | None = None
         self.port = 0
@@ -194,9 +204,15 @@ class PeerServer:
         return self.port
 
     def stop(self) -> None:
+        """Stop listening and cut every open connection (peers go elsewhere at once)."""
         if self._httpd is not None:
             self._httpd.shutdown()
             self._httpd.server_close()
+            for connection in self._httpd.open_connections():
+                try:
+                    connection.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
             self._httpd = None
         if self._thread is not None:
             self._thread.join(5)
@@ -238,6 +254,35 @@ class PeerServer:
                     raise _Refused(404, "damaged")
                 return manifest, item
         raise _Refused(404, "no such file in the manifest")
+
+    def partial_body(self, key: str) -> bytes:
+        described = self.partials.describe(key) if self.partials is not None else None
+        if described is None:
+            raise _Refused(404, "not downloading")
+        return described
+
+    def partial_table(self, request: PeerRequest) -> tuple[bytes, int]:
+        found = self.partials.table(request.key, request.path) if self.partials is not None else None
+        if found is None:
+            raise _Refused(404, "not held")
+        return found
+
+    def open_partial(self, request: PeerRequest, start: int, end: int) -> int:
+        """The staging file of a download in progress, when [start, end) is all written."""
+        assert self.partials is not None
+        size = self.partials.size(request.key, request.path)
+        data_dir = self.partials.covers(request.key, request.path, start, end)
+        if size is None or data_dir is None:
+            raise _Refused(425, "not written yet", {"Retry-After": "1"})
+        staging = data_dir.parent.parent
+        fd = open_below(staging, [request.key, data_dir.name, *request.path.split("/")])
+        if os.fstat(fd).st_size != size:
+            os.close(fd)
+            raise _Refused(425, "not written yet", {"Retry-After": "1"})
+        return fd
+
+    def holds(self, key: str) -> bool:
+        return self._manifests.get(key) is not None
 
     def manifest_body(self, key: str) -> bytes:
         found = self._manifests.get(key)
@@ -334,6 +379,10 @@ class _Server(ThreadingHTTPServer):
         self.peer = peer
         super().__init__(address, handler)
 
+    def open_connections(self) -> list[socket.socket]:
+        with self.peer._lock:  # noqa: SLF001 - the server and its owner share one lock
+            return list(self.peer._connections)  # noqa: SLF001
+
     def process_request(self, request: Any, client_address: Any) -> None:
         if not self.peer.admit():
             self.peer.counters.count("busy")
@@ -347,9 +396,13 @@ class _Server(ThreadingHTTPServer):
         super().process_request(request, client_address)
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
+        with self.peer._lock:  # noqa: SLF001
+            self.peer._connections.add(request)  # noqa: SLF001
         try:
             super().process_request_thread(request, client_address)
         finally:
+            with self.peer._lock:  # noqa: SLF001
+                self.peer._connections.discard(request)  # noqa: SLF001
             self.peer.leave()
 
 
@@ -389,13 +442,21 @@ class _Handler(BaseHTTPRequestHandler):
             identity = peer.identify(self.headers.get("Authorization"))
             if request.kind == "manifest":
                 self._send_bytes(peer.manifest_body(request.key), "application/json", head)
-            elif request.kind == "pieces":
+            elif request.kind == "partial":
+                self._send_bytes(peer.partial_body(request.key), "application/json", head)
+            elif request.kind == "pieces" and peer.holds(request.key):
                 _manifest, item = peer.entry(request)
                 table = peer.piece_table(request.key, item)
                 self._send_bytes(table, "application/octet-stream", head,
                                  {PIECE_SIZE_HEADER: str(PIECE_SIZE)})
-            else:
+            elif request.kind == "pieces":
+                partial, present = peer.partial_table(request)
+                self._send_bytes(partial, "application/octet-stream", head,
+                                 {PIECE_SIZE_HEADER: str(PIECE_SIZE), PARTIAL_HEADER: str(present)})
+            elif peer.holds(request.key):
                 self._send_file(peer, request, head)
+            else:
+                self._send_partial(peer, request, head)
             logger.debug("peer request served", extra={"peer": identity.node, "path": self.path})
         except _Refused as refused:
             self._refuse(refused)
@@ -422,17 +483,34 @@ class _Handler(BaseHTTPRequestHandler):
         if wanted is False:
             raise _Refused(416, "unsatisfiable range", {"Content-Range": f"bytes */{item.size}"})
         fd = peer.open_file(request.key, item)
+        start, end = wanted if isinstance(wanted, tuple) else (0, item.size)
+        self._send_range(peer, fd, start, end, item.size, isinstance(wanted, tuple), head,
+                         {"ETag": f'"sha256:{item.sha256}"'})
+
+    def _send_partial(self, peer: PeerServer, request: PeerRequest, head: bool) -> None:
+        size = peer.partials.size(request.key, request.path) if peer.partials is not None else None
+        if size is None:
+            raise _Refused(404, "model not held")
+        wanted = parse_range(self.headers.get("Range"), size)
+        if wanted is False:
+            raise _Refused(416, "unsatisfiable range", {"Content-Range": f"bytes */{size}"})
+        start, end = wanted if isinstance(wanted, tuple) else (0, size)
+        fd = peer.open_partial(request, start, end)
+        peer.counters.count("partial")
+        self._send_range(peer, fd, start, end, size, isinstance(wanted, tuple), head, {PARTIAL_HEADER: "1"})
+
+    def _send_range(self, peer: PeerServer, fd: int, start: int, end: int, size: int, partial: bool,
+                    head: bool, extra: dict[str, str]) -> None:
         try:
-            start, end = wanted if isinstance(wanted, tuple) else (0, item.size)
-            partial = isinstance(wanted, tuple)
             peer.counters.count("206" if partial else "200")
             self.send_response(206 if partial else 200)
             self.send_header("Content-Type", "application/octet-stream")
             self.send_header("Content-Length", str(end - start))
             self.send_header("Accept-Ranges", "bytes")
-            self.send_header("ETag", f'"sha256:{item.sha256}"')
+            for name, value in extra.items():
+                self.send_header(name, value)
             if partial:
-                self.send_header("Content-Range", f"bytes {start}-{end - 1}/{item.size}")
+                self.send_header("Content-Range", f"bytes {start}-{end - 1}/{size}")
             self.end_headers()
             if not head and end > start:
                 self.wfile.flush()

@@ -88,6 +88,8 @@ class PeerSettings:
     lease_seconds: int = 30
     #: Seconds a peer that sent bad data is left out.
     quarantine_seconds: float = 600.0
+    #: Seconds without a new piece from peers still downloading before a fill gives up for now.
+    stall_seconds: float = 30.0
 
 
 @dataclass(frozen=True)

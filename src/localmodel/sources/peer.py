@@ -34,9 +34,12 @@ from typing import Any
 import urllib3
 from urllib3.exceptions import HTTPError as Urllib3Error
 
-from localmodel.errors import IntegrityError, SourceUnavailableError
+from localmodel.errors import IntegrityError, PeersStalledError, SourceUnavailableError
 from localmodel.sources.base import Listing, RemoteFile, Source
+from localmodel.sources.peer_partial import PartialDownloads
 from localmodel.sources.peer_protocol import (
+    DIGEST_SIZE,
+    PARTIAL_HEADER,
     PIECE_SIZE,
     PIECE_SIZE_HEADER,
     PieceTable,
@@ -45,7 +48,9 @@ from localmodel.sources.peer_protocol import (
     file_url,
     manifest_entries,
     manifest_url,
+    partial_url,
     piece_bounds,
+    piece_count,
     pieces_url,
     strong_digest,
 )
@@ -56,6 +61,11 @@ logger = logging.getLogger(__name__)
 BUSY_PATIENCE = 30.0
 #: Failed requests in a row after which a peer is left out for a while.
 FAILURES_BEFORE_PAUSE = 3
+#: Without a complete peer: seconds without any new piece of a file before the download
+#: gives up (transient; the agent retries, by then the slot may have a new holder).
+STALL_SECONDS = 30.0
+#: Least seconds between two looks at the partial peers' tables of one file.
+REFRESH = 0.25
 
 
 @dataclass(frozen=True)
@@ -81,6 +91,10 @@ class PeerBusy(PeerError):
 
 class PeerMissing(PeerError):
     """404: the peer does not (or no longer) hold this."""
+
+
+class PeerNotYet(PeerError):
+    """425: the peer is downloading this and has not written that range yet."""
 
 
 # --- peer health, shared by every download of the agent ------------------------------------------
@@ -169,6 +183,8 @@ class PeerClient:
         response.release_conn()
         if response.status in (429, 503):
             raise PeerBusy(f"{url}: HTTP {response.status}")
+        if response.status == 425:
+            raise PeerNotYet(f"{url}: not written yet")
         if response.status == 404:
             raise PeerMissing(f"{url}: HTTP 404")
         raise PeerError(f"{url}: HTTP {response.status}")
@@ -219,13 +235,18 @@ class PeerClient:
         body, _ = self.get_bytes(manifest_url(peer.endpoint, key))
         return manifest_entries(body)
 
+    def partial(self, peer: Peer, key: str) -> dict[str, Mapping[str, Any]]:
+        """The listing a peer's download in progress follows."""
+        body, _ = self.get_bytes(partial_url(peer.endpoint, key))
+        return manifest_entries(body)
+
     def piece_table(self, peer: Peer, key: str, remote: RemoteFile) -> PieceTable:
         body, headers = self.get_bytes(pieces_url(peer.endpoint, key, remote.path))
         try:
             piece_size = int(headers.get(PIECE_SIZE_HEADER, "0"))
         except ValueError:
             piece_size = 0
-        table = decode_table(body, remote.size, piece_size)
+        table = decode_table(body, remote.size, piece_size, partial=PARTIAL_HEADER in headers)
         if table is None or piece_size != PIECE_SIZE:
             raise PeerError(f"{peer.name}: malformed piece table for {remote.path!r}")
         return table
@@ -256,12 +277,23 @@ class FillCounters:
 @dataclass
 class _File:
     remote: RemoteFile
-    #: Peers whose manifest agrees with the origin about this file.
-    peers: list[Peer]
+    #: Peers holding the file complete, whose manifest agrees with the origin.
+    complete: list[Peer]
+    #: Peers downloading it now (same listing), serving the pieces they have written.
+    partial: list[Peer]
     lock: threading.Lock = field(default_factory=threading.Lock)
+    #: The agreed table of the complete peers.
     table: PieceTable | None = None
     table_done: bool = False
     table_providers: tuple[str, ...] = ()
+    #: Without an agreed table: digests pinned from partial tables, first come (zeros: unknown).
+    pinned: bytearray = field(default_factory=bytearray)
+    pin_providers: set[str] = field(default_factory=set)
+    #: The last table of each partial peer (which pieces it can give).
+    seen: dict[str, PieceTable] = field(default_factory=dict)
+    refreshed_at: float = 0.0
+    #: When a piece of this file was last pinned or received (stall detection).
+    progress_at: float = field(default_factory=time.monotonic)
 
 
 class PeerSource:
@@ -269,23 +301,32 @@ class PeerSource:
 
     def __init__(self, origin: Source, listing: Listing, key: str, peers: Mapping[str, Sequence[Peer]],
                  client: PeerClient, health: PeerHealth, *, self_name: str = "",
+                 partial_peers: Mapping[str, Sequence[Peer]] | None = None,
+                 partials: PartialDownloads | None = None,
                  counters: FillCounters | None = None, busy_patience: float = BUSY_PATIENCE,
-                 verify_md5: bool = True) -> None:
+                 stall_seconds: float = STALL_SECONDS, verify_md5: bool = True) -> None:
         self.origin = origin
         self.uri = origin.uri
         self.listing = listing
         self.key = key
         self.client = client
         self.health = health
+        self.partials = partials
         self.counters = counters or FillCounters()
         self.busy_patience = busy_patience
+        self.stall_seconds = stall_seconds
         self._spread = int(hashlib.sha256(self_name.encode()).hexdigest()[:8], 16)
         self._local = threading.local()
         self._closed = False
         self._files: dict[str, _File] = {}
         for remote in listing.files:
-            usable = list(peers.get(remote.path, ())) if strong_digest(remote, verify_md5=verify_md5) else []
-            self._files[remote.path] = _File(remote, usable)
+            if strong_digest(remote, verify_md5=verify_md5):
+                complete = list(peers.get(remote.path, ()))
+                partial = list((partial_peers or {}).get(remote.path, ()))
+            else:
+                complete, partial = [], []
+            self._files[remote.path] = _File(remote, complete, partial,
+                                             pinned=bytearray(piece_count(remote.size) * DIGEST_SIZE))
 
     # --- Source protocol ------------------------------------------------------------------
 
@@ -294,8 +335,10 @@ class PeerSource:
 
     def read_range(self, path: str, offset: int, length: int) -> Iterator[bytes | memoryview]:
         state = self._files.get(path)
-        table = self._table(state) if state is not None and state.peers else None
-        if state is None or table is None:
+        if state is None or not (state.complete or state.partial):
+            yield from self._from_origin(path, offset, length)
+            return
+        if state.complete and self._table(state) is None and not state.partial:
             yield from self._from_origin(path, offset, length)
             return
         end = offset + length
@@ -303,8 +346,11 @@ class PeerSource:
         while position < end:
             index = position // PIECE_SIZE
             start, stop = piece_bounds(index, state.remote.size)
-            piece = self._piece(state, table, index, start, stop)
+            piece, digest = self._piece(state, index, start, stop)
             yield piece[position - start: min(end, stop) - start]
+            # Asked for more: the engine wrote it. A whole piece can be offered to others.
+            if self.partials is not None and position == start and min(end, stop) == stop:
+                self.partials.record(self.key, path, index, digest)
             position = min(end, stop)
 
     def close(self) -> None:
@@ -320,10 +366,10 @@ class PeerSource:
             files = list(self._files.values())
         else:
             files = [self._files[path]] if path in self._files else []
-        return {name for state in files for name in state.table_providers}
+        return {name for state in files for name in (*state.table_providers, *state.pin_providers)}
 
     def peer_paths(self) -> list[str]:
-        return [path for path, state in self._files.items() if state.table is not None]
+        return [path for path, state in self._files.items() if state.complete or state.partial]
 
     # --- origin ---------------------------------------------------------------------------
 
@@ -345,41 +391,40 @@ class PeerSource:
         self.counters.add(counter, filled)
         return buffer[:filled]
 
-    # --- piece tables ---------------------------------------------------------------------
+    # --- piece tables of complete peers -----------------------------------------------------
 
-    def _candidates(self, state: _File, index: int = 0) -> list[Peer]:
-        usable = [peer for peer in state.peers if self.health.usable(peer.name)]
+    def _rotate(self, peers: Sequence[Peer], index: int) -> list[Peer]:
+        usable = [peer for peer in peers if self.health.usable(peer.name)]
         if not usable:
             return []
         turn = (self._spread + index) % len(usable)
         return usable[turn:] + usable[:turn]
 
     def _fetch_table(self, state: _File, skip: set[str]) -> tuple[Peer, PieceTable] | None:
-        for peer in self._candidates(state):
+        for peer in self._rotate(state.complete, 0):
             if peer.name in skip:
                 continue
             skip.add(peer.name)
             try:
                 table = self.client.piece_table(peer, self.key, state.remote)
-            except PeerMissing:
-                continue
-            except PeerBusy:
+            except (PeerMissing, PeerBusy):
                 continue
             except PeerError as exc:
                 self.health.failed(peer.name)
                 logger.info("peer could not give a piece table", extra={"peer": peer.name, "error": str(exc)})
                 continue
+            if table.partial:
+                continue
             return peer, table
         return None
 
     def _table(self, state: _File) -> PieceTable | None:
-        """The file's piece table, agreed by two peers or settled by the origin; None means
-        read this file from the origin."""
+        """The complete peers' table, agreed by two or settled by the origin; None: no
+        complete peer can give one."""
         with state.lock:
-            if state.table_done:
-                return state.table
-            state.table, state.table_providers = self._agree_on_table(state)
-            state.table_done = True
+            if not state.table_done:
+                state.table, state.table_providers = self._agree_on_table(state) if state.complete else (None, ())
+                state.table_done = True
             return state.table
 
     def _agree_on_table(self, state: _File) -> tuple[PieceTable | None, tuple[str, ...]]:
@@ -403,11 +448,56 @@ class PeerSource:
                 return table, (winner.name,)
         for peer in (peer_a, peer_b):
             self.health.quarantine(peer.name, f"piece table of {state.remote.path!r} disagrees with the origin")
-        return self._table_after_dispute(state, asked)
-
-    def _table_after_dispute(self, state: _File, asked: set[str]) -> tuple[PieceTable | None, tuple[str, ...]]:
         found = self._fetch_table(state, asked)
         return (found[1], (found[0].name,)) if found else (None, ())
+
+    # --- partial peers ------------------------------------------------------------------------
+
+    def _refresh(self, state: _File) -> None:
+        """Ask the partial peers which pieces they hold now (at most every REFRESH seconds)."""
+        with state.lock:
+            now = time.monotonic()
+            if now - state.refreshed_at < REFRESH:
+                return
+            state.refreshed_at = now
+            for peer in state.partial:
+                if not self.health.usable(peer.name):
+                    continue
+                try:
+                    table = self.client.piece_table(peer, self.key, state.remote)
+                except (PeerMissing, PeerBusy):
+                    continue
+                except PeerError as exc:
+                    self.health.failed(peer.name)
+                    logger.info("partial peer did not answer", extra={"peer": peer.name, "error": str(exc)})
+                    continue
+                state.seen[peer.name] = table
+                for index in range(len(table)):
+                    if table.has(index) and not self._pinned(state, index):
+                        state.pinned[index * DIGEST_SIZE:(index + 1) * DIGEST_SIZE] = table.digest(index)
+                        state.pin_providers.add(peer.name)
+                        state.progress_at = now
+
+    @staticmethod
+    def _pinned(state: _File, index: int) -> bytes | None:
+        digest = bytes(state.pinned[index * DIGEST_SIZE:(index + 1) * DIGEST_SIZE])
+        return digest if digest != bytes(DIGEST_SIZE) else None
+
+    def _expected(self, state: _File, index: int) -> bytes | None:
+        table = self._table(state) if state.complete else None
+        if table is not None:
+            return table.digest(index)
+        with state.lock:
+            return self._pinned(state, index)
+
+    def _candidates(self, state: _File, index: int, expected: bytes) -> list[Peer]:
+        """Complete peers, then partial peers whose last table has this very piece."""
+        with state.lock:
+            partial = [peer for peer in state.partial
+                       if (seen := state.seen.get(peer.name)) is not None and seen.has(index)
+                       and (seen.digest(index) == expected or not seen.partial)]
+        complete = self._rotate(state.complete, index) if state.table is not None else []
+        return complete + self._rotate(partial, index)
 
     # --- pieces -----------------------------------------------------------------------------
 
@@ -417,47 +507,63 @@ class PeerSource:
             buffer = self._local.buffer = memoryview(bytearray(PIECE_SIZE))
         return buffer
 
-    def _piece(self, state: _File, table: PieceTable, index: int, start: int, stop: int) -> memoryview:
+    def _piece(self, state: _File, index: int, start: int, stop: int) -> tuple[memoryview, bytes]:
+        """Piece `index`, checked against its expected sha256, and that digest."""
         buffer = self._buffer()
         view = buffer[: stop - start]
-        url_path = state.remote.path
-        deadline = time.monotonic() + self.busy_patience
+        path = state.remote.path
+        busy_until = time.monotonic() + self.busy_patience
         while True:
-            busy = False
-            for peer in self._candidates(state, index):
+            expected = self._expected(state, index)
+            busy = waiting = False
+            for peer in self._candidates(state, index, expected) if expected is not None else []:
                 try:
-                    self.client.read_into(file_url(peer.endpoint, self.key, url_path), start, stop, view)
+                    self.client.read_into(file_url(peer.endpoint, self.key, path), start, stop, view)
                 except PeerBusy:
                     busy = True
                     continue
-                except PeerMissing:
-                    self.health.failed(peer.name)
+                except PeerNotYet:
+                    waiting = True
                     continue
                 except PeerError as exc:
                     self.health.failed(peer.name)
                     logger.info("peer read failed; trying another", extra={
-                        "peer": peer.name, "path": url_path, "piece": index, "error": str(exc)})
+                        "peer": peer.name, "path": path, "piece": index, "error": str(exc)})
                     continue
-                if table.matches(index, view):
+                assert expected is not None
+                if hashlib.sha256(view).digest() == expected:
                     self.health.succeeded(peer.name)
                     self.counters.add("peer_bytes", len(view))
-                    return view
+                    with state.lock:
+                        state.progress_at = time.monotonic()
+                    return view, expected
                 self.counters.add("rejected_pieces", 1)
-                self.health.quarantine(peer.name, f"piece {index} of {url_path!r} does not match its sha256")
-            if not busy:
-                break
-            if time.monotonic() >= deadline:
+                self.health.quarantine(peer.name, f"piece {index} of {path!r} does not match its sha256")
+            if state.table is not None and not busy:
+                return self._origin_fallback(state, index, start, stop, buffer, state.table)
+            if state.table is not None and time.monotonic() >= busy_until:
                 # Load is no reason to go to the origin: the engine retries this range later.
-                raise SourceUnavailableError(f"{url_path!r}: every peer holding it is busy")
-            time.sleep(0.2 + random.random() * 0.3)
-        piece = self._origin_piece(url_path, start, stop, buffer, "origin_bytes")
+                raise SourceUnavailableError(f"{path!r}: every peer holding it is busy")
+            if state.table is None:
+                # Only peers still downloading have it: wait for them, never the origin.
+                with state.lock:
+                    stalled = time.monotonic() - state.progress_at > self.stall_seconds
+                if stalled:
+                    raise PeersStalledError(f"{path!r}: no peer wrote a new piece for {self.stall_seconds:.0f}s")
+                self._refresh(state)
+            time.sleep(0.05 + random.random() * 0.1 if waiting or expected is None else 0.2 + random.random() * 0.3)
+
+    def _origin_fallback(self, state: _File, index: int, start: int, stop: int, buffer: memoryview,
+                         table: PieceTable) -> tuple[memoryview, bytes]:
+        path = state.remote.path
+        piece = self._origin_piece(path, start, stop, buffer, "origin_bytes")
         if not table.matches(index, piece):
             # The origin is the truth: the agreed table was wrong.
             for name in state.table_providers:
-                self.health.quarantine(name, f"piece table of {url_path!r} disagrees with the origin")
-            raise IntegrityError(f"{url_path!r}: the peers' piece table disagrees with the origin at "
+                self.health.quarantine(name, f"piece table of {path!r} disagrees with the origin")
+            raise IntegrityError(f"{path!r}: the peers' piece table disagrees with the origin at "
                                  f"piece {index}; download again without them")
-        return piece
+        return piece, table.digest(index)
 
 
 def compatible_peers(listing: Listing, manifests: Mapping[str, tuple[Peer, Mapping[str, Mapping[str, Any]]]],

@@ -8,6 +8,14 @@ A serving agent answers, for storage keys it holds complete (a manifest in
                                              32 raw bytes each, in order
     GET /v1/models/<key>/files/<path>        the file's bytes; one `Range: bytes=a-b` allowed
 
+and, for a key it is still downloading (see `peer_partial`):
+
+    GET /v1/models/<key>/partial             the listing the download follows (JSON)
+    GET /v1/models/<key>/pieces/<path>       the same table, zeros for pieces not written yet,
+                                             with header X-Localmodel-Partial: <pieces present>
+    GET /v1/models/<key>/files/<path>        a range whose pieces are all written; 425 Too Early
+                                             otherwise
+
 `<path>` is the manifest path, percent-encoded (`/` kept). Every request carries
 `Authorization: Bearer <token>` (see `localmodel.node.peer_auth`).
 
@@ -38,10 +46,17 @@ DIGEST_SIZE = 32
 API_PREFIX = "/v1/models/"
 #: Header with the piece size a table was computed with.
 PIECE_SIZE_HEADER = "X-Localmodel-Piece-Size"
+#: Header on a partial table: how many pieces are present.
+PARTIAL_HEADER = "X-Localmodel-Partial"
+_ZERO = bytes(DIGEST_SIZE)
 
 
 def manifest_url(endpoint: str, key: str) -> str:
     return f"{endpoint.rstrip('/')}{API_PREFIX}{key}/manifest"
+
+
+def partial_url(endpoint: str, key: str) -> str:
+    return f"{endpoint.rstrip('/')}{API_PREFIX}{key}/partial"
 
 
 def pieces_url(endpoint: str, key: str, path: str) -> str:
@@ -57,7 +72,7 @@ class PeerRequest:
     """A parsed request path."""
 
     key: str
-    #: "manifest", "pieces" or "files".
+    #: "manifest", "partial", "pieces" or "files".
     kind: str
     #: The file path for "pieces" and "files" (decoded), else "".
     path: str = ""
@@ -71,8 +86,8 @@ def parse_request_path(raw_path: str) -> PeerRequest | None:
     key, _, rest = path[len(API_PREFIX):].partition("/")
     if not is_storage_key(key):
         return None
-    if rest == "manifest":
-        return PeerRequest(key, "manifest")
+    if rest in ("manifest", "partial"):
+        return PeerRequest(key, rest)
     kind, _, encoded = rest.partition("/")
     if kind not in ("pieces", "files") or not encoded:
         return None
@@ -121,10 +136,12 @@ def piece_bounds(index: int, size: int, piece_size: int = PIECE_SIZE) -> tuple[i
 
 @dataclass(frozen=True)
 class PieceTable:
-    """sha256 of every piece of one file, as some peer computed it."""
+    """sha256 of every piece of one file, as some peer computed it. A partial table (a peer
+    still downloading) has zeros for the pieces it does not hold yet."""
 
     piece_size: int
     digests: bytes
+    partial: bool = False
 
     def __len__(self) -> int:
         return len(self.digests) // DIGEST_SIZE
@@ -142,12 +159,15 @@ class PieceTable:
     def matches(self, index: int, data: bytes | memoryview) -> bool:
         return hashlib.sha256(data).digest() == self.digest(index)
 
+    def has(self, index: int) -> bool:
+        return self.digest(index) != _ZERO
 
-def decode_table(body: bytes, size: int, piece_size: int) -> PieceTable | None:
+
+def decode_table(body: bytes, size: int, piece_size: int, *, partial: bool = False) -> PieceTable | None:
     """A table for a file of `size` bytes, or None when the body cannot be one."""
     if piece_size <= 0 or len(body) != piece_count(size, piece_size) * DIGEST_SIZE:
         return None
-    return PieceTable(piece_size, bytes(body))
+    return PieceTable(piece_size, bytes(body), partial)
 
 
 # --- trust -----------------------------------------------------------------------------------
@@ -172,10 +192,11 @@ def strong_digest(remote: RemoteFile, *, verify_md5: bool = True) -> bool:
     return False
 
 
-def _same_digest(listed: Digest, recorded: Mapping[str, Any] | None, sha256: str) -> bool:
-    if listed.algorithm.lower() == "sha256":
-        return listed.value.lower() == sha256.lower()
-    if not recorded:
+def _same_digest(listed: Digest, entry: Mapping[str, Any]) -> bool:
+    if listed.algorithm.lower() == "sha256" and isinstance(entry.get("sha256"), str):
+        return listed.value.lower() == str(entry["sha256"]).lower()
+    recorded = entry.get("digest")
+    if not isinstance(recorded, Mapping):
         return False
     return (str(recorded.get("algorithm", "")).lower() == listed.algorithm.lower()
             and str(recorded.get("value", "")).strip('"').lower()
@@ -183,20 +204,21 @@ def _same_digest(listed: Digest, recorded: Mapping[str, Any] | None, sha256: str
 
 
 def compatible(entry: Mapping[str, Any] | None, remote: RemoteFile) -> bool:
-    """Whether a peer's manifest entry describes the same bytes as the origin's listing: same
-    size and the same origin digest (a peer holding another revision is not used)."""
+    """Whether a peer's manifest entry (or the listing entry of its download in progress)
+    describes the same bytes as the origin's listing: same size and the same origin digest
+    (a peer holding another revision is not used)."""
     if not entry or remote.digest is None:
         return False
     try:
-        size, sha256 = int(entry["size"]), str(entry["sha256"])
+        size = int(entry["size"])
     except (KeyError, TypeError, ValueError):
         return False
-    return size == remote.size and _same_digest(remote.digest, entry.get("digest"), sha256)
+    return size == remote.size and _same_digest(remote.digest, entry)
 
 
 def manifest_entries(manifest_json: str | bytes) -> dict[str, Mapping[str, Any]]:
-    """path → entry of a peer's manifest; {} when it is not a manifest (or an archive's: an
-    unpacked model no longer holds the file the origin lists)."""
+    """path → entry of a peer's manifest (or of the listing its download follows); {} when it
+    is neither (or an archive's: an unpacked model no longer holds the file the origin lists)."""
     try:
         raw = json.loads(manifest_json)
     except ValueError:
