@@ -5,10 +5,10 @@
 
 Everything real and on this machine: the control plane built from Go modules (etcd +
 kube-apiserver), the shipped agent RBAC, N `localmodel agent` processes (own root, peer port,
-Pod-bound token, peer token), and the project's local Hugging Face endpoint as the origin,
-serving a model of `--shards` LFS shards from disk, optionally capped at
+Pod-bound token, peer token), and the project's local Hugging Face endpoint as the origin, in
+its own process, serving a model of `--shards` LFS shards from disk, optionally capped at
 `--origin-rate-mib` MiB/s for all clients together (a WAN origin; 0 = loopback speed). The
-origin counts the body bytes it sends.
+origin counts the body bytes it sends (GET /_stats).
 
 Scenarios, each on a fresh model (new URI, so no Lease or copy is shared between them):
     single     one agent alone (as deployed: peer-to-peer on, it takes the origin slot)
@@ -17,8 +17,8 @@ Scenarios, each on a fresh model (new URI, so no Lease or copy is shared between
 
 Agents are started with an empty LocalModelNode and given the model all at once (one patch
 per node, back to back); wall time runs from the first patch until every status says
-ModelDownloaded. CPU-seconds are read from /proc for each agent, for the bench process (the
-origin runs on a thread in it) and for etcd + kube-apiserver, over the same interval.
+ModelDownloaded. CPU-seconds are read from /proc for each agent, for the origin and for etcd +
+kube-apiserver, over the same interval.
 """
 
 from __future__ import annotations
@@ -27,12 +27,11 @@ import argparse
 import hashlib
 import json
 import os
-import resource
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,7 +50,6 @@ from tests.node.agent_process import AgentProcess  # noqa: E402
 from tests.node.cluster import install_crds  # noqa: E402
 from tests.node.tokens import AGENT_NAMESPACE, JOBS_NAMESPACE, agent_kubeconfig, install_agent_rbac  # noqa: E402
 from tests.p2p.peers import mint_token  # noqa: E402
-from tests.servers.hf import LocalHub  # noqa: E402
 from tests.servers.ports import free_port  # noqa: E402
 
 MiB = 2**20
@@ -64,9 +62,30 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICK
 
 
-def self_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
+class Origin:
+    """The local Hub in its own process, serving the model folder under every scenario's repo."""
+
+    def __init__(self, model_dir: Path, repos: list[str], rate: float) -> None:
+        argv = [sys.executable, "-m", "tests.servers.hf", "--rate-limit", str(rate)]
+        for repo in repos:
+            argv += ["--repo", f"{repo}={model_dir}"]
+        self.process = subprocess.Popen(argv, cwd=Path(__file__).resolve().parents[1],
+                                        stdout=subprocess.PIPE, text=True)
+        assert self.process.stdout is not None
+        self.url = self.process.stdout.readline().strip()
+
+    def bytes_served(self) -> int:
+        import urllib.request
+
+        with urllib.request.urlopen(f"{self.url}/_stats", timeout=10) as response:
+            return int(json.loads(response.read())["bytes_served"])
+
+    def cpu(self) -> float:
+        return cpu_seconds(self.process.pid)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(20)
 
 
 def make_model(folder: Path, size: int, shards: int) -> None:
@@ -92,7 +111,7 @@ class Result:
     origin_bytes: int
     model_bytes: int
     agent_cpu: float
-    bench_cpu: float
+    origin_cpu: float
     control_plane_cpu: float
     modes: dict[str, float]
 
@@ -100,11 +119,11 @@ class Result:
         ratio = self.origin_bytes / self.model_bytes
         modes = ", ".join(f"{k} {int(v)}" for k, v in sorted(self.modes.items()) if v)
         return (f"| {self.scenario} | {self.agents} | {self.seconds:.1f} | {ratio:.2f} | "
-                f"{self.agent_cpu:.1f} | {self.bench_cpu:.1f} | {self.control_plane_cpu:.1f} | {modes or '–'} |")
+                f"{self.agent_cpu:.1f} | {self.origin_cpu:.1f} | {self.control_plane_cpu:.1f} | {modes or '–'} |")
 
 
 class Bench:
-    def __init__(self, plane: ControlPlane, hub: LocalHub, model_dir: Path, work: Path) -> None:
+    def __init__(self, plane: ControlPlane, hub: Origin, model_dir: Path, work: Path) -> None:
         self.plane = plane
         self.hub = hub
         self.model_dir = model_dir
@@ -125,9 +144,7 @@ class Bench:
         return sum(cpu_seconds(pid) for pid in pids)
 
     def run(self, scenario: str, count: int, *extra: str) -> Result:
-        repo = f"bench/{scenario}-{uuid.uuid4().hex[:6]}"
-        self.hub.add_commit(repo, {p.name: p for p in sorted(self.model_dir.iterdir())})
-        uri = f"hf://{repo}"
+        uri = f"hf://bench/{scenario}"
         agents: list[tuple[str, AgentProcess]] = []
         roots: list[Path] = []
         try:
@@ -150,9 +167,9 @@ class Bench:
                 agents.append((node, agent))
             for _node, agent in agents:
                 self._wait(lambda a=agent: a.http(a.health_port, "/readyz")[0] == 200, 120)
-            origin_before = self.hub.bytes_served
+            origin_before = self.hub.bytes_served()
             cpu_before = {node: cpu_seconds(agent.process.pid) for node, agent in agents}  # type: ignore[union-attr]
-            bench_before, plane_before = self_cpu(), self.control_plane_cpu()
+            origin_cpu_before, plane_before = self.hub.cpu(), self.control_plane_cpu()
             started = time.monotonic()
             entry = {"sourceModelUri": uri, "modelName": "m", "storage": {"key": "hub"}}
             for node, _agent in agents:
@@ -171,10 +188,12 @@ class Bench:
                     raise TimeoutError(f"still downloading: {sorted(pending)}")
                 time.sleep(0.1)
             seconds = time.monotonic() - started
-            agent_cpu = sum(cpu_seconds(a.process.pid) - cpu_before[n] for n, a in agents)  # type: ignore[union-attr]
-            result = Result(scenario, count, seconds, self.hub.bytes_served - origin_before, self.model_bytes,
-                            agent_cpu, self_cpu() - bench_before, self.control_plane_cpu() - plane_before,
-                            self._modes(agents))
+            origin_cpu = self.hub.cpu() - origin_cpu_before
+            per_agent = {n: cpu_seconds(a.process.pid) - cpu_before[n] for n, a in agents}  # type: ignore[union-attr]
+            agent_cpu = sum(per_agent.values())
+            print(f"{scenario}: CPU-s per agent " + ", ".join(f"{v:.2f}" for v in per_agent.values()), flush=True)
+            result = Result(scenario, count, seconds, self.hub.bytes_served() - origin_before, self.model_bytes,
+                            agent_cpu, origin_cpu, self.control_plane_cpu() - plane_before, self._modes(agents))
             key = storage_key(uri)
             for root in roots:
                 files = {p.name for p in (root / "models" / key).iterdir()}
@@ -195,11 +214,16 @@ class Bench:
         from tests.node.agent_process import metric_value
 
         modes: dict[str, float] = {}
+        requests: dict[str, float] = {}
         for _node, agent in agents:
             text = agent.metrics()
             for mode in ("origin-slot", "peers", "origin"):
                 modes[mode] = modes.get(mode, 0.0) + (
                     metric_value(text, "localmodel_fill_downloads_total", f'mode="{mode}"') or 0.0)
+            for code in ("200", "206", "partial", "404", "425", "503", "busy"):
+                requests[code] = requests.get(code, 0.0) + (
+                    metric_value(text, "localmodel_peer_requests_total", f'code="{code}"') or 0.0)
+        print("peer requests served: " + ", ".join(f"{k} {int(v)}" for k, v in requests.items() if v), flush=True)
         return modes
 
     @staticmethod
@@ -223,14 +247,13 @@ def main() -> int:
     parser.add_argument("--origin-rate-mib", type=float, default=100.0, help="0: no cap")
     parser.add_argument("--root", type=Path, default=None, help="where agent roots go (default: a temp dir)")
     parser.add_argument("--skip-baseline", action="store_true")
+    parser.add_argument("--keep", action="store_true", help="keep the work folder (agent logs) afterwards")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="p2p-bench-", dir=args.root))
     try:
         model_dir = work / "origin-model"
         make_model(model_dir, args.size_mib * MiB, args.shards)
-        hub = LocalHub()
-        hub.start()
-        hub.rate_limit = args.origin_rate_mib * MiB if args.origin_rate_mib else None
+        hub = Origin(model_dir, ["bench/single", "bench/p2p", "bench/baseline"], args.origin_rate_mib * MiB)
         try:
             with ControlPlane(work / "controlplane") as plane:
                 bench = Bench(plane, hub, model_dir, work)
@@ -244,7 +267,7 @@ def main() -> int:
         rate = f"{args.origin_rate_mib:g} MiB/s" if args.origin_rate_mib else "uncapped"
         print(f"\nmodel {bench.model_bytes / MiB:.0f} MiB in {args.shards} shards + config.json; origin {rate}; "
               f"roots in {work}; load {load:.1f} before")
-        print("| scenario | agents | wall s | origin bytes / model | agents CPU-s | bench+origin CPU-s "
+        print("| scenario | agents | wall s | origin bytes / model | agents CPU-s | origin CPU-s "
               "| etcd+apiserver CPU-s | fill modes |")
         print("|---|---|---|---|---|---|---|---|")
         for result in results:
@@ -254,7 +277,8 @@ def main() -> int:
         print(f"\np2p wall / single wall = {p2p.seconds / single:.2f}; "
               f"p2p origin bytes / model = {p2p.origin_bytes / p2p.model_bytes:.2f}")
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
     return 0
 
 

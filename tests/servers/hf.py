@@ -183,7 +183,12 @@ class LocalHub:
         app.router.add_get("/api/models/{owner}/{name}/tree/{rev:[^/]+}/{sub:.*}", self._tree)
         app.router.add_route("*", "/{owner}/{name}/resolve/{rev}/{path:.+}", self._file)
         app.router.add_route("*", "/_lfs/{sha256}", self._lfs)
+        app.router.add_get("/_stats", self._stats)
         return app
+
+    async def _stats(self, _request: web.Request) -> web.Response:
+        """What a hub in its own process tells a benchmark: bytes of file bodies sent."""
+        return web.json_response({"bytes_served": self.bytes_served})
 
     @web.middleware
     async def _faults_middleware(self, request: web.Request, handler):  # type: ignore[no-untyped-def]
@@ -467,19 +472,23 @@ def serve_folders(repos: Mapping[str, Path], port: int = 0) -> LocalHub:
 
 
 def main() -> None:
-    """`python -m tests.servers.hf --repo owner/name=DIR [--port N]`: serve folders until killed
-    (benchmarks run the hub in its own process so its CPU is not counted as the client's)."""
+    """`python -m tests.servers.hf --repo owner/name=DIR [--port N] [--rate-limit B]`: serve
+    folders until killed (benchmarks run the hub in its own process so its CPU is not counted as
+    the client's; GET /_stats tells the bytes it sent)."""
     import argparse
     import signal
 
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--repo", action="append", required=True, metavar="OWNER/NAME=DIR")
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--rate-limit", type=float, default=0.0,
+                        help="bytes per second for all file bodies together (0: no cap)")
     args = parser.parse_args()
     repos = {spec.split("=", 1)[0]: Path(spec.split("=", 1)[1]) for spec in args.repo}
     stop_signals = {signal.SIGTERM, signal.SIGINT}
     signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)  # the server thread inherits this
     hub = serve_folders(repos, args.port)
+    hub.rate_limit = args.rate_limit or None
     print(hub.url, flush=True)
     signal.sigwait(stop_signals)
     hub.stop()

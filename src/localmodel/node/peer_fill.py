@@ -197,13 +197,15 @@ class PeerFill:
             "storage_key": key, "complete": sorted({p.name for v in plan.complete.values() for p in v}),
             "downloading": sorted({p.name for v in plan.partial.values() for p in v})})
         self.partials.begin(key, listing, self._data_dir(key), origin.uri)
+        completed = False
         try:
             yield _handing(source)
+            completed = True
         except IntegrityError as exc:
             self._blame(source, exc)
             raise
         finally:
-            self.partials.end(key)
+            self.partials.end(key, completed=completed)
             source.close()
 
     @contextmanager
@@ -212,14 +214,16 @@ class PeerFill:
         outcome.mode = "origin-slot" if slot is not None else "origin"
         source = RecordingSource(origin, self.partials, key)
         self.partials.begin(key, listing, self._data_dir(key), origin.uri)
+        completed = False
         try:
             yield _handing(source)
+            completed = True
         except BaseException:
             if slot is not None:
                 slot.release()
             raise
         finally:
-            self.partials.end(key)
+            self.partials.end(key, completed=completed)
             source.close()
         if slot is not None:
             slot.release(completed=True)

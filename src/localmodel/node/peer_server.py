@@ -15,10 +15,11 @@ token bucket shared by every connection (`rate_limit`). Each connection has a th
 (HTTP/1.1 keep-alive); above `max_connections` new connections get 503 at once, which
 clients take as "busy, ask another peer" rather than as a failure.
 
-Piece tables are computed on first request by reading the file once; the same pass
-recomputes the whole-file sha256, and a file that no longer matches its manifest is never
-served again: `on_damage` is told (the agent withdraws the manifest and fetches the model
-again), so a peer whose disk rotted heals instead of spreading it.
+Piece tables come from this agent's own download when it recorded every piece (the file was
+just checked against the origin), else they are computed on first request by reading the file
+once; that pass also recomputes the whole-file sha256, and a file that no longer matches its
+manifest is never served again: `on_damage` is told (the agent withdraws the manifest and
+fetches the model again), so a peer whose disk rotted heals instead of spreading it.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from localmodel.sources.peer_protocol import (
     PIECE_SIZE,
     PIECE_SIZE_HEADER,
     PeerRequest,
+    long_poll,
     parse_range,
     parse_request_path,
 )
@@ -261,8 +263,9 @@ class PeerServer:
             raise _Refused(404, "not downloading")
         return described
 
-    def partial_table(self, request: PeerRequest) -> tuple[bytes, int]:
-        found = self.partials.table(request.key, request.path) if self.partials is not None else None
+    def partial_table(self, request: PeerRequest, known: int, wait: float) -> tuple[bytes, int]:
+        found = self.partials.table(request.key, request.path, known=known, wait=wait) \
+            if self.partials is not None else None
         if found is None:
             raise _Refused(404, "not held")
         return found
@@ -312,13 +315,20 @@ class PeerServer:
                 cached = self._tables.get(table_key)
             if cached is not None:
                 return cached
-            table = self._compute_table(key, item)
+            table = self._recorded_table(key, item) or self._compute_table(key, item)
             with self._lock:
                 self._tables[table_key] = table
                 while len(self._tables) > self.settings.table_cache_entries:
                     self._tables.popitem(last=False)
                 self._table_locks.pop(table_key, None)
         return table
+
+    def _recorded_table(self, key: str, item: ManifestFile) -> bytes | None:
+        """The table this agent's own download recorded (its files were just checked against
+        the origin's digests), instead of reading the file twice more."""
+        if self.partials is None:
+            return None
+        return self.partials.finished_table(key, item.path, item.size)
 
     def _compute_table(self, key: str, item: ManifestFile) -> bytes:
         fd = self.open_file(key, item)
@@ -450,7 +460,7 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send_bytes(table, "application/octet-stream", head,
                                  {PIECE_SIZE_HEADER: str(PIECE_SIZE)})
             elif request.kind == "pieces":
-                partial, present = peer.partial_table(request)
+                partial, present = peer.partial_table(request, *long_poll(self.path))
                 self._send_bytes(partial, "application/octet-stream", head,
                                  {PIECE_SIZE_HEADER: str(PIECE_SIZE), PARTIAL_HEADER: str(present)})
             elif peer.holds(request.key):

@@ -64,8 +64,10 @@ FAILURES_BEFORE_PAUSE = 3
 #: Without a complete peer: seconds without any new piece of a file before the download
 #: gives up (transient; the agent retries, by then the slot may have a new holder).
 STALL_SECONDS = 30.0
-#: Least seconds between two looks at the partial peers' tables of one file.
-REFRESH = 0.25
+#: Seconds a peer still downloading may hold a request for its piece table until it has more.
+LONG_POLL = 1.0
+#: Every this many looks at the partial peers, one besides the slot holder is asked too.
+SPREAD_EVERY = 3
 
 
 @dataclass(frozen=True)
@@ -240,8 +242,11 @@ class PeerClient:
         body, _ = self.get_bytes(partial_url(peer.endpoint, key))
         return manifest_entries(body)
 
-    def piece_table(self, peer: Peer, key: str, remote: RemoteFile) -> PieceTable:
-        body, headers = self.get_bytes(pieces_url(peer.endpoint, key, remote.path))
+    def piece_table(self, peer: Peer, key: str, remote: RemoteFile, *, known: int | None = None,
+                    wait: float = 0.0) -> PieceTable:
+        """A peer's piece table; from a peer still downloading, `wait` seconds at most for
+        more than `known` pieces."""
+        body, headers = self.get_bytes(pieces_url(peer.endpoint, key, remote.path, known=known, wait=wait))
         try:
             piece_size = int(headers.get(PIECE_SIZE_HEADER, "0"))
         except ValueError:
@@ -289,11 +294,18 @@ class _File:
     #: Without an agreed table: digests pinned from partial tables, first come (zeros: unknown).
     pinned: bytearray = field(default_factory=bytearray)
     pin_providers: set[str] = field(default_factory=set)
-    #: The last table of each partial peer (which pieces it can give).
+    #: The last table of each partial peer (which pieces it can give), and how many it had.
     seen: dict[str, PieceTable] = field(default_factory=dict)
-    refreshed_at: float = 0.0
+    counts: dict[str, int] = field(default_factory=dict)
+    #: One thread at a time asks the partial peers; the others wait on `changed`.
+    refreshing: bool = False
+    rounds: int = 0
+    changed: threading.Condition = field(init=False)
     #: When a piece of this file was last pinned or received (stall detection).
     progress_at: float = field(default_factory=time.monotonic)
+
+    def __post_init__(self) -> None:
+        self.changed = threading.Condition(self.lock)
 
 
 class PeerSource:
@@ -453,30 +465,50 @@ class PeerSource:
 
     # --- partial peers ------------------------------------------------------------------------
 
-    def _refresh(self, state: _File) -> None:
-        """Ask the partial peers which pieces they hold now (at most every REFRESH seconds)."""
+    def _await_news(self, state: _File) -> None:
+        """Learn which pieces the partial peers hold now. One thread per file asks (a long
+        poll to the first, now and then a quick look at another); the others wait for it."""
         with state.lock:
-            now = time.monotonic()
-            if now - state.refreshed_at < REFRESH:
+            if state.refreshing:
+                state.changed.wait(LONG_POLL + 1.0)
                 return
-            state.refreshed_at = now
-            for peer in state.partial:
-                if not self.health.usable(peer.name):
-                    continue
+            state.refreshing = True
+            state.rounds += 1
+            usable = [peer for peer in state.partial if self.health.usable(peer.name)]
+            # The first (a slot holder, where new pieces appear first) every round, with a long
+            # poll; now and then one of the others too, to spread the reading over them.
+            peers = usable[:1]
+            if len(usable) > 1 and state.rounds % SPREAD_EVERY == 0:
+                peers.append(usable[1 + (state.rounds // SPREAD_EVERY) % (len(usable) - 1)])
+            known = {peer.name: state.counts.get(peer.name, -1) for peer in peers}
+        try:
+            for position, peer in enumerate(peers):
+                wait = LONG_POLL if position == 0 else 0.0
                 try:
-                    table = self.client.piece_table(peer, self.key, state.remote)
+                    table = self.client.piece_table(peer, self.key, state.remote, known=known[peer.name], wait=wait)
                 except (PeerMissing, PeerBusy):
                     continue
                 except PeerError as exc:
                     self.health.failed(peer.name)
                     logger.info("partial peer did not answer", extra={"peer": peer.name, "error": str(exc)})
                     continue
-                state.seen[peer.name] = table
-                for index in range(len(table)):
-                    if table.has(index) and not self._pinned(state, index):
-                        state.pinned[index * DIGEST_SIZE:(index + 1) * DIGEST_SIZE] = table.digest(index)
-                        state.pin_providers.add(peer.name)
-                        state.progress_at = now
+                self._learn(state, peer, table)
+        finally:
+            with state.lock:
+                state.refreshing = False
+                state.changed.notify_all()
+        if not peers:
+            time.sleep(0.5)
+
+    def _learn(self, state: _File, peer: Peer, table: PieceTable) -> None:
+        with state.lock:
+            state.seen[peer.name] = table
+            state.counts[peer.name] = sum(1 for index in range(len(table)) if table.has(index))
+            for index in range(len(table)):
+                if table.has(index) and not self._pinned(state, index):
+                    state.pinned[index * DIGEST_SIZE:(index + 1) * DIGEST_SIZE] = table.digest(index)
+                    state.pin_providers.add(peer.name)
+                    state.progress_at = time.monotonic()
 
     @staticmethod
     def _pinned(state: _File, index: int) -> bytes | None:
@@ -550,8 +582,12 @@ class PeerSource:
                     stalled = time.monotonic() - state.progress_at > self.stall_seconds
                 if stalled:
                     raise PeersStalledError(f"{path!r}: no peer wrote a new piece for {self.stall_seconds:.0f}s")
-                self._refresh(state)
-            time.sleep(0.05 + random.random() * 0.1 if waiting or expected is None else 0.2 + random.random() * 0.3)
+                if waiting:  # a peer's table was a moment ahead of its disk
+                    time.sleep(0.05)
+                else:
+                    self._await_news(state)
+                continue
+            time.sleep(0.2 + random.random() * 0.3)
 
     def _origin_fallback(self, state: _File, index: int, start: int, stop: int, buffer: memoryview,
                          table: PieceTable) -> tuple[memoryview, bytes]:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,8 @@ from localmodel.sources.base import Listing, Source
 from localmodel.sources.peer_protocol import DIGEST_SIZE, PIECE_SIZE, piece_count
 
 ZERO_DIGEST = bytes(DIGEST_SIZE)
+#: Completed downloads whose piece tables are kept.
+FINISHED_KEPT = 64
 
 
 @dataclass
@@ -50,7 +53,12 @@ class PartialDownloads:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        #: Notified whenever a piece is recorded or a download ends (long polls wait on it).
+        self._changed = threading.Condition(self._lock)
         self._downloads: dict[str, _Partial] = {}
+        #: Tables of downloads that completed, kept so the peer server need not hash the
+        #: files again: key → path → (size, digests). The oldest are dropped.
+        self._finished: dict[str, dict[str, tuple[int, bytes]]] = {}
 
     def begin(self, key: str, listing: Listing, data_dir: Path, source: str) -> None:
         files = {f.path: _PartialFile(f.size, bytearray(piece_count(f.size) * DIGEST_SIZE))
@@ -62,9 +70,27 @@ class PartialDownloads:
         with self._lock:
             self._downloads[key] = _Partial(data_dir, json.dumps(described).encode(), files)
 
-    def end(self, key: str) -> None:
+    def end(self, key: str, *, completed: bool = False) -> None:
+        """The download stopped. After a success (`completed`: the engine checked every file
+        against the origin's digests), the tables of the files whose every piece was recorded
+        are kept for the peer server."""
         with self._lock:
-            self._downloads.pop(key, None)
+            partial = self._downloads.pop(key, None)
+            self._changed.notify_all()
+            if not completed or partial is None:
+                return
+            tables = {path: (entry.size, bytes(entry.digests)) for path, entry in partial.files.items()
+                      if entry.count == piece_count(entry.size)}
+            if tables:
+                self._finished[key] = tables
+                while len(self._finished) > FINISHED_KEPT:
+                    self._finished.pop(next(iter(self._finished)))
+
+    def finished_table(self, key: str, path: str, size: int) -> bytes | None:
+        """The piece table a completed download recorded for this file, if any."""
+        with self._lock:
+            found = self._finished.get(key, {}).get(path)
+        return found[1] if found is not None and found[0] == size else None
 
     def record(self, key: str, path: str, index: int, digest: bytes) -> None:
         with self._lock:
@@ -76,6 +102,7 @@ class PartialDownloads:
             if entry.digests[slot] == ZERO_DIGEST:
                 entry.count += 1
             entry.digests[slot] = digest
+            self._changed.notify_all()
 
     # --- what the server asks -------------------------------------------------------------
 
@@ -85,12 +112,20 @@ class PartialDownloads:
             partial = self._downloads.get(key)
             return partial.listing_json if partial else None
 
-    def table(self, key: str, path: str) -> tuple[bytes, int] | None:
-        """(digests with zeros for missing pieces, pieces present), or None."""
+    def table(self, key: str, path: str, *, known: int = -1, wait: float = 0.0) -> tuple[bytes, int] | None:
+        """(digests with zeros for missing pieces, pieces present), or None. With `wait`,
+        first wait up to that long for more than `known` pieces (a long poll)."""
+        deadline = time.monotonic() + wait
         with self._lock:
-            partial = self._downloads.get(key)
-            entry = partial.files.get(path) if partial else None
-            return (bytes(entry.digests), entry.count) if entry else None
+            while True:
+                partial = self._downloads.get(key)
+                entry = partial.files.get(path) if partial else None
+                if entry is None:
+                    return None
+                left = deadline - time.monotonic()
+                if entry.count > known or entry.count == piece_count(entry.size) or left <= 0:
+                    return bytes(entry.digests), entry.count
+                self._changed.wait(left)
 
     def covers(self, key: str, path: str, start: int, end: int) -> Path | None:
         """The staging data folder when every piece touching [start, end) is written, else None."""

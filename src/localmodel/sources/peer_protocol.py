@@ -12,7 +12,9 @@ and, for a key it is still downloading (see `peer_partial`):
 
     GET /v1/models/<key>/partial             the listing the download follows (JSON)
     GET /v1/models/<key>/pieces/<path>       the same table, zeros for pieces not written yet,
-                                             with header X-Localmodel-Partial: <pieces present>
+                                             with header X-Localmodel-Partial: <pieces present>;
+                                             ?known=N&wait=S waits up to S seconds (at most
+                                             MAX_WAIT) for more than N pieces (a long poll)
     GET /v1/models/<key>/files/<path>        a range whose pieces are all written; 425 Too Early
                                              otherwise
 
@@ -34,7 +36,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote, unquote
+from urllib.parse import parse_qs, quote, unquote
 
 from localmodel.api.keys import is_storage_key
 from localmodel.sources.base import Digest, RemoteFile
@@ -48,6 +50,8 @@ API_PREFIX = "/v1/models/"
 PIECE_SIZE_HEADER = "X-Localmodel-Piece-Size"
 #: Header on a partial table: how many pieces are present.
 PARTIAL_HEADER = "X-Localmodel-Partial"
+#: Longest long poll for a partial table, in seconds.
+MAX_WAIT = 5.0
 _ZERO = bytes(DIGEST_SIZE)
 
 
@@ -59,8 +63,20 @@ def partial_url(endpoint: str, key: str) -> str:
     return f"{endpoint.rstrip('/')}{API_PREFIX}{key}/partial"
 
 
-def pieces_url(endpoint: str, key: str, path: str) -> str:
-    return f"{endpoint.rstrip('/')}{API_PREFIX}{key}/pieces/{quote(path, safe='/')}"
+def pieces_url(endpoint: str, key: str, path: str, *, known: int | None = None, wait: float = 0.0) -> str:
+    url = f"{endpoint.rstrip('/')}{API_PREFIX}{key}/pieces/{quote(path, safe='/')}"
+    return f"{url}?known={known}&wait={wait:g}" if known is not None and wait > 0 else url
+
+
+def long_poll(raw_path: str) -> tuple[int, float]:
+    """(known, wait) from a pieces URL's query; (-1, 0) when it asks for no wait."""
+    query = parse_qs(raw_path.partition("?")[2])
+    try:
+        known = int(query.get("known", ["-1"])[0])
+        wait = min(MAX_WAIT, max(0.0, float(query.get("wait", ["0"])[0])))
+    except ValueError:
+        return -1, 0.0
+    return known, wait
 
 
 def file_url(endpoint: str, key: str, path: str) -> str:
