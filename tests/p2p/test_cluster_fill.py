@@ -13,7 +13,7 @@ from lightkube import Client
 
 from localmodel.dev.controlplane import ControlPlane
 from tests.node.agent_process import wait_until
-from tests.node.cluster import ClusterAgents
+from tests.node.cluster import ClusterAgents, install_crds
 from tests.node.tokens import AGENT_NAMESPACE, JOBS_NAMESPACE
 from tests.p2p.agents import PeerAgents, hub_storage_key
 from tests.p2p.peers import (
@@ -125,3 +125,29 @@ def test_a_dead_slot_holder_is_replaced_after_its_lease_lapses(agents: PeerAgent
     assert "PeersStalled" in logs  # they noticed, kept what they had, and retried
     assert "origin slot expired; taking it over" in logs
     assert agents.metric("localmodel_fill_downloads_total", 'mode="origin-slot"') == 1
+
+
+@pytest.fixture
+def kserve_crds(kube: ControlPlane) -> Iterator[None]:
+    """KServe's own CRDs, which prune status.peerEndpoint; localmodel's put back afterwards."""
+    install_crds(kube, "kserve")
+    try:
+        yield
+    finally:
+        install_crds(kube, "localmodel")
+
+
+def test_with_kserve_crds_nobody_waits_for_peers_nobody_can_find(
+        kserve_crds: None, agents: PeerAgents, hf_hub: LocalHub) -> None:
+    model = hub_model(hf_hub, standard_files("kserve-crds", shard_mib=6))
+    storage = hub_storage_key(agents.cluster, hf_hub.url)
+    before = hf_hub.bytes_served
+    for _ in range(3):
+        agents.add(model, storage)
+    all_downloaded(agents)
+    for node in agents.nodes:
+        assert tree_digests(node.root / "models" / model.key) == model.digests()
+        assert "peerEndpoint" not in agents.cluster.status(node.name)  # pruned
+    # Every node read the origin, as KServe's agents do, and none sat waiting for a slot.
+    assert hf_hub.bytes_served - before == 3 * model.size
+    assert agents.metric("localmodel_fill_downloads_total", 'mode="peers"') == 0

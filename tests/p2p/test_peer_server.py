@@ -138,6 +138,14 @@ def test_authentication_by_token_review(served, identity: Identity) -> None:  # 
     other = mint_token(identity.admin, "client-e", account="default")
     assert get(url, other)[0] == 401
     good = identity.token("client-e")
+    # And the peer token is no key to the API: the apiserver refuses its audience.
+    from lightkube import ApiError, Client, KubeConfig
+    from lightkube.resources.core_v1 import Namespace
+
+    replay = Client(KubeConfig.from_file(identity.kube.kubeconfig_for_token(good)))
+    with pytest.raises(ApiError) as refused:
+        list(replay.list(Namespace))
+    assert refused.value.status.code == 401
     reviews = authenticator.reviews
     for _ in range(3):
         assert get(url, good)[0] == 200

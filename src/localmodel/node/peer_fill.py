@@ -118,6 +118,10 @@ class PeerFill:
         self.settings = settings or FillSettings()
         self._open_origin = open_origin
         self._on_finish = on_finish
+        #: Whether peers can find each other: False once the apiserver is seen pruning
+        #: status.peerEndpoint (KServe's CRDs). Then downloads read the origin, without slots:
+        #: waiting for a peer nobody can find would only serialize them.
+        self.discovery_works: Callable[[], bool] = lambda: True
 
     # --- the session --------------------------------------------------------------------------
 
@@ -144,6 +148,11 @@ class PeerFill:
             while True:
                 if cancel.is_set():
                     raise WaitCancelled()
+                if not self.discovery_works():
+                    owned = False
+                    with self._filling_from_origin(key, origin, listing, None, outcome) as factory:
+                        yield factory
+                    return
                 plan = self._peer_plan(key, listing, list_age)
                 if plan is not None:
                     owned = False

@@ -106,6 +106,7 @@ async def run_agent(settings: AgentSettings, backend: Backend, *, stop: asyncio.
 
         await asyncio.to_thread(peers.start, on_damage=damaged)
         reconciler.peer_endpoint = peers.endpoint
+        peers.fill.discovery_works = lambda: not reconciler.additive_pruned
     await backend.start(poke)
     logger.info("agent started", extra={"node": settings.node_name, "root": str(settings.root),
                                         "max_concurrent": settings.downloads.max_concurrent})
