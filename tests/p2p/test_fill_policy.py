@@ -86,7 +86,8 @@ def nodes(identity: Identity) -> Iterator[list[str]]:
 
 
 def hold_slot(identity: Identity, key: str, node: str) -> object:
-    slot = OriginSlots(identity.reviewer, SlotSettings(namespace=AGENT_NAMESPACE, identity=node, slots=1)).try_acquire(key)
+    slots = OriginSlots(identity.reviewer, SlotSettings(namespace=AGENT_NAMESPACE, identity=node, slots=1))
+    slot = slots.try_acquire(key)
     assert slot is not None
     return slot
 

@@ -41,7 +41,8 @@ SHARD = "model-00001-of-00002.safetensors"
 class Fill:
     """One fill of `model` into `root` from `peers`, with its counters and peer health."""
 
-    def __init__(self, model: HubModel, peers: list[Peer], identity: Identity, health: PeerHealth | None = None) -> None:
+    def __init__(self, model: HubModel, peers: list[Peer], identity: Identity,
+                 health: PeerHealth | None = None) -> None:
         self.model = model
         self.peers = peers
         token = identity.token("receiver")
