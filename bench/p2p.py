@@ -246,6 +246,7 @@ def main() -> int:
     parser.add_argument("--agents", type=int, default=8)
     parser.add_argument("--origin-rate-mib", type=float, default=100.0, help="0: no cap")
     parser.add_argument("--root", type=Path, default=None, help="where agent roots go (default: a temp dir)")
+    parser.add_argument("--origin-slots", type=int, default=1, help="K for the p2p scenario")
     parser.add_argument("--skip-baseline", action="store_true")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (agent logs) afterwards")
     args = parser.parse_args()
@@ -259,14 +260,14 @@ def main() -> int:
                 bench = Bench(plane, hub, model_dir, work)
                 load = os.getloadavg()[0]
                 results = [bench.run("single", 1)]
-                results.append(bench.run("p2p", args.agents))
+                results.append(bench.run("p2p", args.agents, "--origin-slots", str(args.origin_slots)))
                 if not args.skip_baseline:
                     results.append(bench.run("baseline", args.agents, "--peer-port", "-1"))
         finally:
             hub.stop()
         rate = f"{args.origin_rate_mib:g} MiB/s" if args.origin_rate_mib else "uncapped"
         print(f"\nmodel {bench.model_bytes / MiB:.0f} MiB in {args.shards} shards + config.json; origin {rate}; "
-              f"roots in {work}; load {load:.1f} before")
+              f"origin slots {args.origin_slots}; roots in {work}; load {load:.1f} before")
         print("| scenario | agents | wall s | origin bytes / model | agents CPU-s | origin CPU-s "
               "| etcd+apiserver CPU-s | fill modes |")
         print("|---|---|---|---|---|---|---|---|")
