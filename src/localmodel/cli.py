@@ -68,7 +68,8 @@ def crds(write_dir: str | None) -> None:
 @main.command()
 @click.option("--kubeconfig", envvar="KUBECONFIG", help="Kubeconfig file (default: in-cluster or ~/.kube/config).")
 @click.option(
-    "-o", "--output", type=click.Choice(["table", "json", "yaml"]), default="table", show_default=True
+    "-o", "--output", type=click.Choice(["table", "json", "yaml"]), default="table", show_default=True,
+    help="A table for people, or every field as JSON or YAML for scripts.",
 )
 def status(kubeconfig: str | None, output: str) -> None:
     """Show every cache: URI, size, copies, and each node's phase, progress, rate, ETA, error."""
@@ -104,7 +105,8 @@ def status(kubeconfig: str | None, output: str) -> None:
 @click.option("--node-name", envvar="NODE_NAME", help="This node (env NODE_NAME). Standalone default: hostname.")
 @click.option("--namespace", envvar="POD_NAMESPACE", default="kserve", show_default=True,
               help="Namespace of inferenceservice-config (env POD_NAMESPACE).")
-@click.option("--max-concurrent-downloads", type=click.IntRange(min=1), default=2, show_default=True)
+@click.option("--max-concurrent-downloads", type=click.IntRange(min=1), default=2, show_default=True,
+              help="Models downloaded at the same time; the others wait as ModelDownloadPending.")
 @click.option("--download-threads", type=click.IntRange(min=1), default=None,
               help="Parallel ranged requests per download (engine default when unset).")
 @click.option("--rate-limit", type=str, default=None,
@@ -128,7 +130,11 @@ def status(kubeconfig: str | None, output: str) -> None:
 @click.option("--log-format", type=click.Choice(["json", "text"]), default=None,
               help="Default: json in a cluster, text in standalone mode.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
-              show_default=True)
+              show_default=True, help="Least severe log lines written.")
+@click.option("--adopt/--no-adopt", default=True, show_default=True,
+              help="Keep a model folder found without a manifest (KServe's agent left it) when its files "
+                   "match the source listing (sizes, and digests where the source gives them): hash it "
+                   "and write the manifest instead of downloading. --no-adopt downloads it again.")
 @click.option("--once", is_flag=True, help="Exit when every model is downloaded (0) or failed (1).")
 @click.option("--peer-port", type=int, default=8082, show_default=True,
               help="Port serving verified models to other agents (docs/p2p.md); -1 turns peer-to-peer off.")
@@ -161,7 +167,7 @@ def agent(root: str, manifest: str | None, kubeconfig: str | None, node_name: st
           scrub_interval: float, progress_interval: float, resync: float, retry_initial: float,
           retry_max: float, reserve: str,
           bind_address: str | None, health_port: int, metrics_port: int, log_format: str | None,
-          log_level: str, once: bool, peer_port: int, peer_advertise_address: str | None,
+          log_level: str, adopt: bool, once: bool, peer_port: int, peer_advertise_address: str | None,
           peer_rate_limit: str, peer_max_connections: int, peer_token_file: str, peer_audience: str,
           peer_identity: tuple[str, ...], origin_slots: int, origin_slot_lease: int,
           peer_quarantine: float, peer_stall_timeout: float) -> None:
@@ -202,7 +208,7 @@ def agent(root: str, manifest: str | None, kubeconfig: str | None, node_name: st
         peer_limit = parse_quantity(peer_rate_limit) if peer_rate_limit else 0
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from exc
-    engine: dict[str, object] = {}
+    engine: dict[str, object] = {"adopt": adopt}
     if download_threads:
         engine["concurrency"] = download_threads
     if limit:

@@ -223,7 +223,7 @@ def test_resources_and_replicas(render_chart: Render) -> None:
 
 def test_metrics_and_health_ports(render_chart: Render) -> None:
     objects = render_chart({"agent": {"ports": {"metrics": 9100, "health": 9101}},
-                            "controller": {"ports": {"health": 9201, "webhook": 9444},
+                            "controller": {"ports": {"metrics": 9200, "health": 9201, "webhook": 9444},
                                            "metricsService": {"port": 80}}})
     agent = _container(objects, "DaemonSet")
     assert {p["name"]: p["containerPort"] for p in agent["ports"]} == {"metrics": 9100, "health": 9101,
@@ -231,8 +231,8 @@ def test_metrics_and_health_ports(render_chart: Render) -> None:
     assert agent["command"][4:] == ["--metrics-port=9100", "--health-port=9101"]
     controller = _container(objects, "Deployment")
     assert {p["name"]: p["containerPort"] for p in controller["ports"]} == {
-        "metrics": 8080, "health": 9201, "webhook-server": 9444}
-    assert controller["command"][4:] == ["--health-port=9201", "--webhook-port=9444"]
+        "metrics": 9200, "health": 9201, "webhook-server": 9444}
+    assert controller["command"][4:] == ["--metrics-port=9200", "--health-port=9201", "--webhook-port=9444"]
     service = _only(objects, "Service", "kserve-localmodel-metrics")
     assert service["spec"]["ports"] == [{"name": "metrics", "port": 80, "targetPort": "metrics"}]
 
@@ -269,7 +269,7 @@ def test_cli_accepts_every_flag_the_chart_passes(render_chart: Render, kind: str
     # Every option the chart can add: ports off their defaults, ISVC defaulting off.
     objects = render_chart({"agent": {"ports": {"metrics": 9100, "health": 9101, "peer": 9102},
                                       "peers": {"originSlots": 2, "rateLimit": "1G"}},
-                            "controller": {"ports": {"health": 9201, "webhook": 9202}},
+                            "controller": {"ports": {"metrics": 9200, "health": 9201, "webhook": 9202}},
                             "webhooks": {"inferenceServices": False}})
     argv = _container(objects, kind)["command"]
     assert argv[:2] == ["localmodel", command]

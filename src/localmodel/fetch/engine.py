@@ -2,7 +2,8 @@
 
     download(uri, dest) ─┬─ 1. existing manifest for this URI and sizes match → return it
                          ├─ 2. list the source; drop directory markers; apply patterns;
-                         │     check every path (see `paths`)
+                         │     check every path (see `paths`); a folder without a manifest
+                         │     that holds exactly the listed files is adopted (`adopt`)
                          ├─ 3. open staging: adopt a same-plan, same-boot staging area
                          │     (resume) or start afresh; check free space
                          ├─ 4. fetch: a thread pool runs ranged requests (`planning`),
@@ -43,6 +44,7 @@ from localmodel.errors import (
     SourceNotFoundError,
     SourceUnavailableError,
 )
+from localmodel.fetch import adopt as adoption
 from localmodel.fetch import archive as archives
 from localmodel.fetch import manifest as manifests
 from localmodel.fetch import patterns, planning
@@ -95,6 +97,23 @@ def download(source_uri: str, dest: str | os.PathLike[str] | Layout, *,
         source = (source_factory or open_source)(source_uri, settings)
         try:
             return _Download(source, source_name, layout, options, progress).run()
+        finally:
+            source.close()
+
+
+def adopt(source_uri: str, dest: str | os.PathLike[str] | Layout, *,
+          settings: Settings = _NO_SETTINGS, options: FetchOptions | None = None,
+          progress: ProgressCallback | None = None) -> Manifest | None:
+    """Adopt what `dest` already holds, without downloading anything: the manifest written, or
+    None when the folder does not qualify (see `localmodel.fetch.adopt`). `download` does this
+    itself first; callers that check budgets before downloading (the node agent) call it apart,
+    since an adopted model needs no new space."""
+    options = options or FetchOptions()
+    layout = dest if isinstance(dest, Layout) else Layout.for_path(dest)
+    with _exclusive(layout):
+        source = open_source(source_uri, settings)
+        try:
+            return _Download(source, redact_uri(source_uri), layout, options, progress).adopt_only()
         finally:
             source.close()
 
@@ -188,6 +207,41 @@ class _Download:
             return None
         return archives.archive_kind(files[0].path)
 
+    # -- adoption --------------------------------------------------------------------------
+
+    def adopt_only(self) -> Manifest | None:
+        listing = self._list()
+        selected = self._select(listing)
+        return self._adopt(listing, selected, self._archive_kind(listing, selected))
+
+    def _adopt(self, listing: Listing, selected: list[RemoteFile], kind: str | None) -> Manifest | None:
+        if kind is not None:
+            return None  # KServe unpacked the archive: the listing cannot vouch for its files
+        chosen, why = adoption.candidate(self.layout, selected)
+        if chosen is None:
+            if why not in ("no folder", "a manifest exists"):
+                logger.info("existing folder not adopted", extra={"dest": str(self.layout.dest), "why": why})
+            return None
+        entries = adoption.hash_files(self.layout, chosen, verify_md5=self.options.verify_md5,
+                                      progress=self.progress, interval=self.options.progress_interval)
+        if entries is None:
+            return None
+        adoption.remove_leftovers(self.layout, chosen)
+        if self.options.fsync:
+            _fsync_files(self.layout.dest, (entry.path for entry in entries))
+        manifest = Manifest(
+            source=self.source_name, revision=listing.revision, files=entries,
+            total_size=sum(entry.size for entry in entries),
+            completed_at=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            localmodel_version=__version__, details={**listing.details, "adopted": "true"},
+        )
+        manifests.write_manifest(self.layout, manifest)
+        self.staging.wipe()  # partial data of an earlier attempt is moot now
+        logger.info("adopted existing folder", extra={
+            "source": self.source_name, "dest": str(self.layout.dest), "bytes": manifest.total_size,
+            "files": len(entries)})
+        return manifest
+
     # -- the run ---------------------------------------------------------------------------
 
     def run(self) -> Manifest:
@@ -195,6 +249,10 @@ class _Download:
         listing = self._list()
         selected = self._select(listing)
         kind = self._archive_kind(listing, selected)
+        if self.options.adopt and not self.options.force:
+            adopted = self._adopt(listing, selected, kind)
+            if adopted is not None:
+                return adopted
         plan = {
             "format": 1,
             "source": self.source_name,

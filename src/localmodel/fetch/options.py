@@ -35,6 +35,10 @@ class FetchOptions:
     fsync: bool = True
     #: Download again even if a complete copy with a manifest for this URI exists.
     force: bool = False
+    #: Keep a destination folder that has no manifest but holds exactly the listed files
+    #: (sizes, and provider digests where given): hash it, write its manifest, fetch nothing.
+    #: This is how KServe's folders are taken over (see `localmodel.fetch.adopt`). Off with force.
+    adopt: bool = True
     #: Largest ratio of unpacked size to archive size accepted (zip/tar bomb guard).
     max_unpack_ratio: float = 1000.0
     #: Seconds between progress callbacks.

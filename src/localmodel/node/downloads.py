@@ -89,6 +89,8 @@ class JobResult:
     revision: str | None = None
     digest: str | None = None
     bytes_fetched: int = 0
+    #: Download: the folder was already there (KServe's) and was adopted, nothing fetched.
+    adopted: bool = False
     #: Scrub: problems found.
     problems: tuple[str, ...] = ()
 
@@ -304,24 +306,38 @@ class Jobs:
             with self._lock:
                 job.progress = progress
 
+        def on_verify(progress: Progress) -> None:
+            # hashing what is on disk: progress to show, but no bytes fetched
+            if job.cancel.is_set():
+                raise Cancelled()
+            with self._lock:
+                job.progress = progress
+
         try:
             if job.cancel.is_set():
                 raise Cancelled()
             settings, folder = self._materialize(request.credentials)
-            model_bytes, _files = self._store.listed_size(request.uri, settings)
-            self._reserve(key, job, model_bytes, request.capacity)
-            if self._fill is None:
-                manifest = self._store.download(
-                    key, request.uri, settings=settings, options=self._options,
-                    progress=on_progress,
-                )
-            else:
-                # May wait for a complete peer or a free origin slot (cancellable) first.
-                with self._fill.session(key, request.uri, settings, job.cancel) as source_factory:
+            manifest = None
+            if self._options.adopt and not self._options.force:
+                # before any budget: an adopted model already has its space
+                manifest = self._store.adopt(key, request.uri, settings=settings, options=self._options,
+                                             progress=on_verify)
+            adopted = manifest is not None
+            if manifest is None:
+                model_bytes, _files = self._store.listed_size(request.uri, settings)
+                self._reserve(key, job, model_bytes, request.capacity)
+                if self._fill is None:
                     manifest = self._store.download(
                         key, request.uri, settings=settings, options=self._options,
-                        progress=on_progress, source_factory=source_factory,
+                        progress=on_progress,
                     )
+                else:
+                    # May wait for a peer or a free origin slot (cancellable) first.
+                    with self._fill.session(key, request.uri, settings, job.cancel) as source_factory:
+                        manifest = self._store.download(
+                            key, request.uri, settings=settings, options=self._options,
+                            progress=on_progress, source_factory=source_factory,
+                        )
         except BaseException as exc:  # noqa: BLE001 - every outcome becomes a result
             cancelled = isinstance(exc, Cancelled) or job.cancel.is_set()
             reason, message, retry_after = describe_error(exc)
@@ -347,6 +363,7 @@ class Jobs:
                 finished_at=_now(),
                 bytes_total=manifest.total_size, files_total=len(manifest.files),
                 revision=manifest.revision, digest=manifest_digest(manifest), bytes_fetched=fetched,
+                adopted=adopted,
             ),
         )
 

@@ -54,6 +54,11 @@ class AgentMetrics:
         self.reconcile_errors = Counter(
             "localmodel_reconcile_errors_total", "Reconcile passes that ended in an error.", registry=r,
         )
+        self.adoptions = Counter(
+            "localmodel_models_adopted_total",
+            "Model folders found without a manifest (KServe's) whose files matched the source: kept, not "
+            "downloaded.", registry=r,
+        )
         self.deletions = Counter(
             "localmodel_models_deleted_total", "Model folders removed because they left the spec.", registry=r,
         )

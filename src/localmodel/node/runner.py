@@ -24,6 +24,7 @@ from localmodel.fetch.options import FetchOptions
 from localmodel.node.backend import Backend
 from localmodel.node.downloads import Jobs
 from localmodel.node.metrics import AgentMetrics
+from localmodel.node.plan import JobKind
 from localmodel.node.reconcile import Reconciler, utcnow
 from localmodel.node.server import OpsServer
 from localmodel.node.settings import AgentSettings
@@ -138,6 +139,7 @@ async def run_agent(settings: AgentSettings, backend: Backend, *, stop: asyncio.
                 done, all_downloaded = settled(reconciler)
                 if done:
                     exit_code = 0 if all_downloaded else 1
+                    _log_summary(reconciler)
                     break
             deadline = min(d for d in (next_full, wake_at) if d is not None)
             timeout = max(0.0, (deadline - utcnow()).total_seconds())
@@ -145,7 +147,12 @@ async def run_agent(settings: AgentSettings, backend: Backend, *, stop: asyncio.
                 timeout = min(timeout, PROGRESS_TICK)
             await _wait_any(wake, stop, timeout)
     finally:
-        logger.info("agent stopping; partial downloads are kept for resume")
+        running = [k for k, v in jobs.views().items() if v.kind is JobKind.DOWNLOAD]
+        if running:
+            logger.info(f"agent stopping; {len(running)} download(s) stopped, partial data is kept for resume",
+                        extra={"storage_keys": running})
+        else:
+            logger.info("agent stopping")
         stopping = utcnow()
         await asyncio.to_thread(jobs.shutdown, STOP_GRACE)
         if peers is not None:
@@ -164,6 +171,21 @@ async def _withdraw_endpoint(backend: Backend) -> None:
         await backend.write_status({"peerEndpoint": None}, {})
     except Exception as exc:  # noqa: BLE001 - peers skip an endpoint that does not answer anyway
         logger.info("peer endpoint not withdrawn", extra={"error": str(exc)})
+
+
+def _log_summary(reconciler: Reconciler) -> None:
+    """One line per model for `--once`: where it is, or why it is not."""
+    plan = reconciler.last_plan
+    if plan is None:
+        return
+    downloaded = sum(1 for phase in plan.model_status.values() if phase == ModelStatus.DOWNLOADED)
+    logger.info(f"{downloaded} of {len(plan.model_status)} models downloaded into {reconciler.store.models_dir}")
+    for key, phase in sorted(plan.model_status.items()):
+        detail = plan.model_details.get(key)
+        where = f"models/{detail.storage_key}" if detail and detail.storage_key else ""
+        why = f"{detail.reason}: {detail.message}" if detail and detail.reason else ""
+        level = logging.INFO if phase == ModelStatus.DOWNLOADED else logging.WARNING
+        logger.log(level, f"  {key}: {ModelStatus(phase).value} {why or where}".rstrip())
 
 
 async def _wait_any(wake: asyncio.Event, stop: asyncio.Event, timeout: float) -> None:
