@@ -59,7 +59,7 @@ from localmodel.fetch.ranges import RangeSet
 from localmodel.fetch.ratelimit import TokenBucket
 from localmodel.fetch.staging import Staging, allocated_bytes, create_file, is_no_space, make_parents
 from localmodel.sources.base import Listing, RemoteFile, Settings, Source
-from localmodel.sources.registry import open_source, redact_uri
+from localmodel.sources.registry import SourceFactory, open_source, redact_uri
 
 logger = logging.getLogger(__name__)
 
@@ -74,11 +74,14 @@ _NO_SETTINGS: Settings = MappingProxyType({})
 
 def download(source_uri: str, dest: str | os.PathLike[str] | Layout, *,
              settings: Settings = _NO_SETTINGS, options: FetchOptions | None = None,
-             progress: ProgressCallback | None = None) -> Manifest:
+             progress: ProgressCallback | None = None,
+             source_factory: SourceFactory | None = None) -> Manifest:
     """Fetch the model at `source_uri` into `dest` and return its manifest.
 
     `dest` is a folder path (see `Layout.for_path`) or an explicit `Layout`. `settings` are
     environment-style source settings (credentials, endpoints), never read from os.environ.
+    `source_factory` replaces the registry's `open_source` (the node agent passes one that
+    reads from peers); the manifest still names `source_uri`.
     Raises an error from `localmodel.errors`; on error nothing appears at `dest`.
     """
     options = options or FetchOptions()
@@ -92,7 +95,7 @@ def download(source_uri: str, dest: str | os.PathLike[str] | Layout, *,
                     and not manifests.verify_quick(layout, existing):
                 logger.info("already complete", extra={"dest": str(layout.dest)})
                 return existing
-        source = open_source(source_uri, settings)
+        source = (source_factory or open_source)(source_uri, settings)
         try:
             return _Download(source, source_name, layout, options, progress).run()
         finally:
