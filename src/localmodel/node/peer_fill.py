@@ -96,9 +96,6 @@ class _PeerPlan:
     complete: dict[str, list[Peer]]
     partial: dict[str, list[Peer]]
 
-    def names(self) -> list[str]:
-        return sorted({p.name for peers in (*self.complete.values(), *self.partial.values()) for p in peers})
-
 
 class PeerFill:
     """The agent's peer-to-peer policy, shared by all its download threads."""
