@@ -308,6 +308,14 @@ def main() -> int:
                         help="also a p2p run with a malicious peer advertised as complete from the start")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (agent logs) afterwards")
     args = parser.parse_args()
+    # Every agent holds a copy, plus the origin's and a liar's: refuse to fill the filesystem
+    # (on tmpfs that is memory the whole machine shares).
+    needed = (args.agents + 3) * args.size_mib * MiB
+    free = shutil.disk_usage(args.root or tempfile.gettempdir()).free
+    if needed > 0.8 * free:
+        print(f"needs {needed / 2**30:.1f} GiB in {args.root or tempfile.gettempdir()}, "
+              f"{free / 2**30:.1f} GiB free: use a smaller --size-mib or another --root", file=sys.stderr)
+        return 2
     work = Path(tempfile.mkdtemp(prefix="p2p-bench-", dir=args.root))
     try:
         model_dir = work / "origin-model"
