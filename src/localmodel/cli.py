@@ -319,12 +319,19 @@ def _size(ctx: click.Context, param: click.Parameter, value: str | None) -> int 
 @click.option("--retries", type=click.IntRange(0, 100), default=6, envvar="LOCALMODEL_FETCH_RETRIES",
               help="Transient failures in a row tolerated per request (with backoff).")
 @click.option("--force", is_flag=True, help="Download even if a complete copy is present.")
+@click.option("--verify", type=click.Choice(["full", "sha256", "none"]), default="full",
+              envvar="LOCALMODEL_FETCH_VERIFY",
+              help="full: sha256 of every file and every provider digest; sha256: skip md5-based "
+                   "provider digests (S3 ETags, Content-MD5), which cost more CPU than sha256; "
+                   "none: sizes only, no hashing, no sha256 in the manifest (benchmarks, "
+                   "sources trusted end to end).")
 @click.option("--progress", "progress_mode", type=click.Choice(["auto", "bar", "json", "none"]),
               default="auto", help="auto: a bar on a terminal, JSON lines otherwise.")
 @click.option("--progress-interval", type=float, default=5.0,
               help="Seconds between JSON progress lines.")
 def fetch(pairs: tuple[str, ...], concurrency: int, chunk_size: int, limit_rate: int | None,
-          retries: int, force: bool, progress_mode: str, progress_interval: float) -> None:
+          retries: int, force: bool, verify: str, progress_mode: str,
+          progress_interval: float) -> None:
     """Download models: each SRC (s3://, gs://, hf://, https://, Azure blob URL, file://,
     pvc:// or a path) into its DEST folder, the storage-initializer way.
 
@@ -347,6 +354,7 @@ def fetch(pairs: tuple[str, ...], concurrency: int, chunk_size: int, limit_rate:
     options = FetchOptions(
         concurrency=concurrency, chunk_size=chunk_size or 64 * 1024 * 1024,
         rate_limit=limit_rate, force=force, backoff=BackoffPolicy(max_retries=retries),
+        verify=verify != "none", verify_md5=verify == "full",
         allow_patterns=parse_patterns(settings.get("STORAGE_ALLOW_PATTERNS")),
         ignore_patterns=parse_patterns(settings.get("STORAGE_IGNORE_PATTERNS")),
     )

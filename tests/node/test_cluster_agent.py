@@ -392,7 +392,9 @@ def test_bound_token_of_an_agent_on_n1_cannot_write_n2_and_runs_n1(
     cluster.wait_phase(n1, "m", "ModelDownloaded", agent)
     assert tree_digests(model_dir(cluster.root(n1), uri)) == digests
     wait_until(lambda: any(e["reason"] == "Downloaded" for e in cluster.events(n1)), "its Events", agent=agent)
-    assert "Forbidden" not in agent.log_text() and "403" not in agent.log_text()
+    # The apiserver words every RBAC or policy refusal "forbidden"; a bare "403" would also
+    # match byte counts and ports in the log.
+    assert "forbidden" not in agent.log_text().lower()
 
 
 def test_agent_survives_an_apiserver_restart(cluster: ClusterAgents, tmp_path: Path) -> None:

@@ -53,6 +53,11 @@ class Settings:
     metrics_host: str = "0.0.0.0"
     metrics_port: int | None = None
     resync_seconds: float = 600.0
+    # seconds over which agent reports are batched before a group's status is recomputed
+    group_status_batch: float = 1.0
+    # while agent reports keep coming, a cache's status is rewritten at most once per this many
+    # seconds (an isolated report is written at once)
+    cache_status_interval: float = 5.0
 
 
 class Manager:
@@ -63,8 +68,11 @@ class Manager:
         self.node_queue: WorkQueue[str] = WorkQueue()
         self.group_queue: WorkQueue[str] = WorkQueue()
         self.view = ClusterView(client, settings.pod_namespace,
-                                Queues(self.cache_queue.add, self.node_queue.add, self.group_queue.add))
+                                Queues(self.cache_queue.add, self.node_queue.add, self.group_queue.add,
+                                       lambda group: self.group_queue.add_after(group, settings.group_status_batch),
+                                       lambda ref: self.cache_queue.add_spaced(ref, settings.cache_status_interval)))
         self.metrics = ControllerMetrics()
+        self.metrics.api_requests.attach(client)
         self.reconcilers = Reconcilers(client, self.view, EventRecorder(client, settings.identity, self.metrics))
         self.elector = LeaderElector(client, LeaseSettings(
             settings.pod_namespace, LEADER_LOCK_NAME, settings.identity, settings.lease_duration,
@@ -77,7 +85,8 @@ class Manager:
         self.errors = 0
         # last: the registry collects once on registration, which reads the fields above
         self.metrics.watch_cluster(
-            lambda: {"cache": len(self.cache_queue), "node": len(self.node_queue), "group": len(self.group_queue)},
+            lambda: {"cache": self.cache_queue.waiting, "node": self.node_queue.waiting,
+                     "group": self.group_queue.waiting},
             self._cache_objects, self._leading)
 
     def _cache_objects(self) -> list[tuple[str, dict[str, Any]]]:

@@ -15,6 +15,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from localmodel.kube.request_metrics import ApiRequestCounter
+
 # Reconciles are API round trips: milliseconds normally, seconds when the apiserver is slow.
 _RECONCILE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, float("inf"))
 
@@ -47,7 +49,8 @@ class _ClusterCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         depth = GaugeMetricFamily("localmodel_controller_workqueue_depth",
-                                  "Keys waiting in a work queue (not counting those being reconciled).",
+                                  "Keys waiting in a work queue, queued or scheduled for later (not counting "
+                                  "those being reconciled).",
                                   labels=["queue"])
         for queue, value in sorted(self._queue_depths().items()):
             depth.add_metric([queue], value)
@@ -104,6 +107,8 @@ class ControllerMetrics:
             "localmodel_controller_events_total", "Kubernetes Events recorded, by reason.", ["reason"],
             registry=r,
         )
+        # localmodel_kube_api_requests_total{verb, resource, subresource, code}
+        self.api_requests = ApiRequestCounter(r)
 
     def watch_cluster(self, queue_depths: Callable[[], Mapping[str, int]],
                       caches: Callable[[], Iterable[tuple[str, Mapping[str, Any]]]],
