@@ -13,6 +13,8 @@ origin counts the body bytes it sends (GET /_stats).
 Scenarios, each on a fresh model (new URI, so no Lease or copy is shared between them):
     single     one agent alone (as deployed: peer-to-peer on, it takes the origin slot)
     p2p        N agents at once, --origin-slots 1
+    liar       (--liar) as p2p, with a malicious peer advertised as complete from the start: it
+               serves every shard with a flipped byte and piece tables that match its bytes
     baseline   N agents at once with --peer-port -1 (every node reads the origin, as today)
 
 Agents are started with an empty LocalModelNode and given the model all at once (one patch
@@ -38,18 +40,20 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lightkube import Client, KubeConfig  # noqa: E402
-from lightkube.core.exceptions import ApiError  # noqa: E402
 from lightkube.models.meta_v1 import ObjectMeta  # noqa: E402
 from lightkube.resources.core_v1 import ConfigMap, Secret  # noqa: E402
 from lightkube.types import PatchType  # noqa: E402
 
 from localmodel.api.keys import storage_key  # noqa: E402
 from localmodel.dev.controlplane import ControlPlane  # noqa: E402
+from localmodel.fetch import Layout, download  # noqa: E402
 from localmodel.kube import resources  # noqa: E402
+from localmodel.node.peer_auth import PeerIdentity  # noqa: E402
+from localmodel.node.peer_server import PeerServer, PeerServeSettings  # noqa: E402
 from tests.node.agent_process import AgentProcess  # noqa: E402
 from tests.node.cluster import install_crds  # noqa: E402
 from tests.node.tokens import AGENT_NAMESPACE, JOBS_NAMESPACE, agent_kubeconfig, install_agent_rbac  # noqa: E402
-from tests.p2p.peers import mint_token  # noqa: E402
+from tests.p2p.peers import ConsistentLiar, advertise, corrupt_copy, mint_token  # noqa: E402
 from tests.servers.ports import free_port  # noqa: E402
 
 MiB = 2**20
@@ -60,6 +64,20 @@ def cpu_seconds(pid: int) -> float:
     """utime + stime of a live process."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+class _AnyCaller:
+    """The liar serves whoever asks."""
+
+    def authenticate(self, token: str) -> PeerIdentity:
+        return PeerIdentity("anyone")
 
 
 class Origin:
@@ -143,6 +161,26 @@ class Bench:
         pids = [p.pid for p in (self.plane._etcd, self.plane._apiserver) if p is not None and p.pid]  # noqa: SLF001
         return sum(cpu_seconds(pid) for pid in pids)
 
+    def start_liar(self, scenario: str) -> tuple[PeerServer, str]:
+        """A peer that claims the model complete and serves it with bytes flipped in every
+        shard, with piece tables to match (a malicious node; see tests/p2p/peers.py)."""
+        uri = f"hf://bench/{scenario}"
+        key = storage_key(uri)
+        honest = self.work / "liar-honest"
+        download(uri, Layout.in_store(honest, key), settings={"HF_ENDPOINT": self.hub.url})
+        liar_root = self.work / "liar"
+        shards = sorted(p.name for p in (honest / "models" / key).iterdir() if p.name.endswith(".safetensors"))
+        corrupt_copy(honest, liar_root, key, shards[0], [MiB + 1])
+        for shard in shards[1:]:
+            target = liar_root / "models" / key / shard
+            data = bytearray(target.read_bytes())
+            data[2 * MiB] ^= 0xFF
+            target.write_bytes(bytes(data))
+        server = ConsistentLiar(liar_root, PeerServeSettings(bind_address="127.0.0.1", port=0), _AnyCaller())
+        endpoint = f"http://127.0.0.1:{server.start()}"
+        advertise(self.admin, "bench-liar", uri, endpoint)
+        return server, key
+
     def run(self, scenario: str, count: int, *extra: str) -> Result:
         uri = f"hf://bench/{scenario}"
         agents: list[tuple[str, AgentProcess]] = []
@@ -176,22 +214,29 @@ class Bench:
                 self.admin.patch(resources.LocalModelNode, node, {"spec": {"localModels": [entry]}},
                                  patch_type=PatchType.MERGE)
             pending = {node for node, _ in agents}
+            failures: dict[str, set[str]] = {}
             while pending:
                 for node in list(pending):
                     status = self.admin.get(resources.LocalModelNode, node).to_dict().get("status") or {}
                     phase = (status.get("modelStatus") or {}).get("m")
                     if phase == "ModelDownloaded":
                         pending.discard(node)
-                    elif phase == "ModelDownloadError":
-                        raise RuntimeError(f"{node} failed: {status}")
+                    elif phase == "ModelDownloadError":  # retried by the agent (e.g. after a liar)
+                        reason = ((status.get("modelDetails") or {}).get("m") or {}).get("reason", "?")
+                        failures.setdefault(node, set()).add(reason)
                 if time.monotonic() - started > 1800:
                     raise TimeoutError(f"still downloading: {sorted(pending)}")
                 time.sleep(0.1)
             seconds = time.monotonic() - started
+            if failures:
+                print(f"{scenario}: failed attempts seen (then retried) on {len(failures)} agents: "
+                      f"{sorted(set().union(*failures.values()))}", flush=True)
             origin_cpu = self.hub.cpu() - origin_cpu_before
             per_agent = {n: cpu_seconds(a.process.pid) - cpu_before[n] for n, a in agents}  # type: ignore[union-attr]
             agent_cpu = sum(per_agent.values())
-            print(f"{scenario}: CPU-s per agent " + ", ".join(f"{v:.2f}" for v in per_agent.values()), flush=True)
+            print(f"{scenario}: CPU-s per agent " + ", ".join(f"{v:.2f}" for v in per_agent.values())
+                  + "; peak RSS MiB " + ", ".join(f"{peak_rss_mib(a.process.pid):.0f}" for _, a in agents),  # type: ignore[union-attr]
+                  flush=True)
             result = Result(scenario, count, seconds, self.hub.bytes_served() - origin_before, self.model_bytes,
                             agent_cpu, origin_cpu, self.control_plane_cpu() - plane_before, self._modes(agents))
             key = storage_key(uri)
@@ -200,14 +245,25 @@ class Bench:
                 assert files == {p.name for p in self.model_dir.iterdir()}, files
             return result
         finally:
-            for node, agent in agents:
+            for _node, agent in agents:  # every agent first, whatever else fails
                 agent.stop()
+            for node, _agent in agents:
                 try:
                     self.admin.delete(resources.LocalModelNode, node)
-                except ApiError:
+                except Exception:  # noqa: BLE001 - an apiserver in trouble must not leave agents running
                     pass
             for root in roots:
                 shutil.rmtree(root, ignore_errors=True)
+
+    @staticmethod
+    def quarantines(log_folder: Path, scenario: str) -> tuple[int, int]:
+        """(agents that quarantined a peer, rejected-piece or whole-file detections) from logs."""
+        agents = detections = 0
+        for log in log_folder.glob(f"agent-bench-{scenario}-*.log"):
+            found = [line for line in log.read_text().splitlines() if '"peer quarantined"' in line]
+            agents += bool(found)
+            detections += len(found)
+        return agents, detections
 
     @staticmethod
     def _modes(agents: list[tuple[str, AgentProcess]]) -> dict[str, float]:
@@ -248,19 +304,40 @@ def main() -> int:
     parser.add_argument("--root", type=Path, default=None, help="where agent roots go (default: a temp dir)")
     parser.add_argument("--origin-slots", type=int, default=1, help="K for the p2p scenario")
     parser.add_argument("--skip-baseline", action="store_true")
+    parser.add_argument("--liar", action="store_true",
+                        help="also a p2p run with a malicious peer advertised as complete from the start")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (agent logs) afterwards")
     args = parser.parse_args()
+    # Every agent holds a copy, plus the origin's and a liar's: refuse to fill the filesystem
+    # (on tmpfs that is memory the whole machine shares).
+    needed = (args.agents + 3) * args.size_mib * MiB
+    free = shutil.disk_usage(args.root or tempfile.gettempdir()).free
+    if needed > 0.8 * free:
+        print(f"needs {needed / 2**30:.1f} GiB in {args.root or tempfile.gettempdir()}, "
+              f"{free / 2**30:.1f} GiB free: use a smaller --size-mib or another --root", file=sys.stderr)
+        return 2
     work = Path(tempfile.mkdtemp(prefix="p2p-bench-", dir=args.root))
     try:
         model_dir = work / "origin-model"
         make_model(model_dir, args.size_mib * MiB, args.shards)
-        hub = Origin(model_dir, ["bench/single", "bench/p2p", "bench/baseline"], args.origin_rate_mib * MiB)
+        hub = Origin(model_dir, ["bench/single", "bench/p2p", "bench/baseline", "bench/liar"],
+                     args.origin_rate_mib * MiB)
         try:
             with ControlPlane(work / "controlplane") as plane:
                 bench = Bench(plane, hub, model_dir, work)
                 load = os.getloadavg()[0]
                 results = [bench.run("single", 1)]
                 results.append(bench.run("p2p", args.agents, "--origin-slots", str(args.origin_slots)))
+                if args.liar:
+                    liar, _key = bench.start_liar("liar")
+                    try:
+                        results.append(bench.run("liar", args.agents, "--origin-slots", str(args.origin_slots)))
+                    finally:
+                        liar.stop()
+                    caught_by, detections = bench.quarantines(work, "liar")
+                    print(f"liar: served {liar.counters.bytes_sent / MiB:.0f} MiB of bad copies; quarantined by "
+                          f"{caught_by} of {args.agents} agents ({detections} log lines); every copy verified",
+                          flush=True)
                 if not args.skip_baseline:
                     results.append(bench.run("baseline", args.agents, "--peer-port", "-1"))
         finally:

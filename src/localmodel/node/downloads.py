@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from localmodel.errors import InsufficientSpaceError, LocalModelError
+from localmodel.fetch.manifest import Manifest
 from localmodel.fetch.options import FetchOptions
 from localmodel.fetch.progress import Progress
 from localmodel.node.capacity import CapacityRequest, check_capacity
@@ -332,12 +333,7 @@ class Jobs:
                         progress=on_progress,
                     )
                 else:
-                    # May wait for a peer or a free origin slot (cancellable) first.
-                    with self._fill.session(key, request.uri, settings, job.cancel) as source_factory:
-                        manifest = self._store.download(
-                            key, request.uri, settings=settings, options=self._options,
-                            progress=on_progress, source_factory=source_factory,
-                        )
+                    manifest = self._download_with_peers(key, request.uri, settings, job, on_progress)
         except BaseException as exc:  # noqa: BLE001 - every outcome becomes a result
             cancelled = isinstance(exc, Cancelled) or job.cancel.is_set()
             reason, message, retry_after = describe_error(exc)
@@ -366,6 +362,26 @@ class Jobs:
                 adopted=adopted,
             ),
         )
+
+    def _download_with_peers(self, key: str, uri: str, settings: dict[str, str], job: _Job,
+                             on_progress: Callable[[Progress], None]) -> Manifest:
+        """The download under the peer-to-peer policy, which may first wait for a peer or a
+        free origin slot (cancellable). Peers caught lying are quarantined by the policy, and
+        the download is tried again at once without them (once), not after the backoff."""
+        from localmodel.node.peer_fill import PeerDataRejectedError
+
+        assert self._fill is not None
+        for attempt in (1, 2):
+            try:
+                with self._fill.session(key, uri, settings, job.cancel) as source_factory:
+                    return self._store.download(key, uri, settings=settings, options=self._options,
+                                                progress=on_progress, source_factory=source_factory)
+            except PeerDataRejectedError as exc:
+                if attempt == 2:
+                    raise
+                logger.warning("download again without the quarantined peers",
+                               extra={"storage_key": key, "error": str(exc)})
+        raise AssertionError("unreachable")
 
     def _run_scrub(self, key: str, job: _Job) -> JobResult:
         started = self._start(job)

@@ -67,6 +67,11 @@ class WaitCancelled(Exception):
     """The job was cancelled while it waited for a peer or a slot."""
 
 
+class PeerDataRejectedError(IntegrityError):
+    """A file filled from peers failed its origin digest, and the peers whose piece digests it
+    relied on are now quarantined: worth one immediate retry, which goes around them."""
+
+
 @dataclass(frozen=True)
 class FillSettings:
     #: Longest pause between two looks for peers or a slot while waiting.
@@ -208,7 +213,9 @@ class PeerFill:
             yield _handing(source)
             completed = True
         except IntegrityError as exc:
-            self._blame(source, exc)
+            blamed = self._blame(source, exc)
+            if blamed:
+                raise PeerDataRejectedError(f"{exc} (peers quarantined: {', '.join(sorted(blamed))})") from exc
             raise
         finally:
             self.partials.end(key, completed=completed)
@@ -292,14 +299,18 @@ class PeerFill:
                 logger.debug("peer cannot describe the model", extra={"peer": peer.name, "error": str(exc)})
         return compatible_peers(listing, found, verify_md5=self.settings.verify_md5)
 
-    def _blame(self, source: PeerSource, exc: IntegrityError) -> None:
-        """A file failed its whole-file check: the piece digests it was checked against lied."""
+    def _blame(self, source: PeerSource, exc: IntegrityError) -> set[str]:
+        """A file failed its whole-file check: the piece digests it was checked against lied.
+        Returns the peers quarantined for it."""
         message = str(exc)
+        blamed: set[str] = set()
         for path in source.peer_paths():
             if message.startswith(repr(path)):
                 for name in source.table_providers(path):
                     self.health.quarantine(name, f"{path!r} failed its origin digest after a fill "
                                                  "checked against this peer's piece digests")
+                    blamed.add(name)
+        return blamed
 
 
 def _merge(first: list[Peer], more: list[Peer]) -> list[Peer]:

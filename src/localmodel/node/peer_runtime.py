@@ -103,13 +103,18 @@ class PeerRuntime:
         self.client.close()
 
 
-def build_peer_runtime(agent: AgentSettings, client: Client, metrics: AgentMetrics, *,
-                       verify_md5: bool = True) -> PeerRuntime | None:
+def build_peer_runtime(agent: AgentSettings, client: Client, metrics: AgentMetrics) -> PeerRuntime | None:
     """The peer parts for this agent, or None when peer-to-peer is off (logged)."""
     settings = agent.peers
+    engine = agent.downloads.engine_options
     if settings.port is None:
         logger.info("peer-to-peer off (no peer port)")
         return None
+    if engine.get("verify", True) is False:
+        # Peers are trusted only because every file is checked against the origin's digests.
+        logger.warning("peer-to-peer off: the engine is told not to verify downloads")
+        return None
+    verify_md5 = bool(engine.get("verify_md5", True))
     token = TokenFile(settings.token_file)
     if token.token() is None:
         logger.info("peer-to-peer off: no peer token", extra={"token_file": str(settings.token_file)})

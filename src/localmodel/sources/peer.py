@@ -475,30 +475,35 @@ class PeerSource:
             state.refreshing = True
             state.rounds += 1
             usable = [peer for peer in state.partial if self.health.usable(peer.name)]
-            # The first (a slot holder, where new pieces appear first) every round, with a long
-            # poll; now and then one of the others too, to spread the reading over them.
-            peers = usable[:1]
-            if len(usable) > 1 and state.rounds % SPREAD_EVERY == 0:
-                peers.append(usable[1 + (state.rounds // SPREAD_EVERY) % (len(usable) - 1)])
-            known = {peer.name: state.counts.get(peer.name, -1) for peer in peers}
+            known = {peer.name: state.counts.get(peer.name, -1) for peer in usable}
+            rounds = state.rounds
+        answered = False
         try:
-            for position, peer in enumerate(peers):
-                wait = LONG_POLL if position == 0 else 0.0
+            # The first (a slot holder, where new pieces appear first) every round, with a long
+            # poll; one of the others now and then, or whenever the first did not answer
+            # (busy, down): that spreads the reading over everyone who has the pieces.
+            others = usable[1:]
+            turn = others[(rounds // SPREAD_EVERY) % len(others)] if others else None
+            for position, peer in enumerate(usable[:1] + ([turn] if turn else [])):
+                if position == 1 and answered and rounds % SPREAD_EVERY:
+                    break
                 try:
-                    table = self.client.piece_table(peer, self.key, state.remote, known=known[peer.name], wait=wait)
+                    table = self.client.piece_table(peer, self.key, state.remote, known=known[peer.name],
+                                                    wait=LONG_POLL if position == 0 else 0.0)
                 except (PeerMissing, PeerBusy):
                     continue
                 except PeerError as exc:
                     self.health.failed(peer.name)
                     logger.info("partial peer did not answer", extra={"peer": peer.name, "error": str(exc)})
                     continue
+                answered = True
                 self._learn(state, peer, table)
         finally:
             with state.lock:
                 state.refreshing = False
                 state.changed.notify_all()
-        if not peers:
-            time.sleep(0.5)
+        if not answered:  # nobody to ask or nobody answered: do not spin
+            time.sleep(0.2 + random.random() * 0.3)
 
     def _learn(self, state: _File, peer: Peer, table: PieceTable) -> None:
         with state.lock:
