@@ -27,6 +27,11 @@ class FetchOptions:
     #: KServe STORAGE_ALLOW_PATTERNS / STORAGE_IGNORE_PATTERNS (fnmatch globs).
     allow_patterns: tuple[str, ...] = ()
     ignore_patterns: tuple[str, ...] = ()
+    #: Hash every byte: the sha256 of each file goes into the manifest and provider digests
+    #: are checked. False (for benchmarks and sources trusted end to end) checks sizes only,
+    #: hashes nothing, and records no sha256 (`verify_full` then reports the files as
+    #: unverifiable). Never the default: without it a corrupted byte goes unnoticed.
+    verify: bool = True
     #: Check md5 / multipart-ETag provider digests too (md5 costs ~1.4 CPU-s/GB here, more
     #: than sha256 with SHA-NI). sha256 and crc32c digests are always checked.
     verify_md5: bool = True

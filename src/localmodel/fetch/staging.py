@@ -53,7 +53,7 @@ class Recovered:
     """What an earlier run of the same plan left behind."""
 
     done: dict[int, RangeSet] = field(default_factory=dict)
-    verified: dict[int, tuple[str, bool]] = field(default_factory=dict)
+    verified: dict[int, tuple[str | None, bool]] = field(default_factory=dict)
 
 
 def make_parents(root: Path, relative: str, known: set[str] | None = None) -> Path:
@@ -188,7 +188,9 @@ class Staging:
                 record = json.loads(line)
                 index = int(record["f"])
                 if "sha256" in record:
-                    recovered.verified[index] = (str(record["sha256"]), bool(record["checked"]))
+                    sha256 = record["sha256"]
+                    recovered.verified[index] = (None if sha256 is None else str(sha256),
+                                                 bool(record["checked"]))
                 else:
                     recovered.done.setdefault(index, RangeSet()).add(int(record["s"]), int(record["e"]))
             except (ValueError, KeyError, TypeError):
@@ -208,7 +210,7 @@ class Staging:
     def record_range(self, index: int, start: int, end: int) -> None:
         self._append({"f": index, "s": start, "e": end})
 
-    def record_verified(self, index: int, sha256: str, checked: bool) -> None:
+    def record_verified(self, index: int, sha256: str | None, checked: bool) -> None:
         self._append({"f": index, "sha256": sha256, "checked": checked})
 
     def close(self) -> None:

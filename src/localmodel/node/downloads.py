@@ -29,6 +29,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from localmodel.errors import InsufficientSpaceError, LocalModelError
 from localmodel.fetch.options import FetchOptions
@@ -37,6 +38,9 @@ from localmodel.node.capacity import CapacityRequest, check_capacity
 from localmodel.node.credentials import Credentials, redact
 from localmodel.node.plan import JobKind, JobView
 from localmodel.node.store import ModelStore, manifest_digest
+
+if TYPE_CHECKING:
+    from localmodel.node.peer_fill import FillStrategy
 
 logger = logging.getLogger(__name__)
 
@@ -136,8 +140,11 @@ class Jobs:
         temp_dir: Path | None = None,
         on_change: Callable[[], None] = lambda: None,
         on_bytes: Callable[[int], None] = lambda count: None,
+        fill: FillStrategy | None = None,
     ) -> None:
         self._store = store
+        #: Peer-to-peer policy (None: every download reads its origin, as KServe's agent does).
+        self._fill = fill
         self._options = options
         self._temp_dir = temp_dir
         self._on_change = on_change
@@ -319,10 +326,18 @@ class Jobs:
             if manifest is None:
                 model_bytes, _files = self._store.listed_size(request.uri, settings)
                 self._reserve(key, job, model_bytes, request.capacity)
-                manifest = self._store.download(
-                    key, request.uri, settings=settings, options=self._options,
-                    progress=on_progress,
-                )
+                if self._fill is None:
+                    manifest = self._store.download(
+                        key, request.uri, settings=settings, options=self._options,
+                        progress=on_progress,
+                    )
+                else:
+                    # May wait for a peer or a free origin slot (cancellable) first.
+                    with self._fill.session(key, request.uri, settings, job.cancel) as source_factory:
+                        manifest = self._store.download(
+                            key, request.uri, settings=settings, options=self._options,
+                            progress=on_progress, source_factory=source_factory,
+                        )
         except BaseException as exc:  # noqa: BLE001 - every outcome becomes a result
             cancelled = isinstance(exc, Cancelled) or job.cancel.is_set()
             reason, message, retry_after = describe_error(exc)

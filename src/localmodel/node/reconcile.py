@@ -125,6 +125,8 @@ class Reconciler:
         self.synced = False
         self.last_pass_at: datetime | None = None
         self.last_plan: Plan | None = None
+        #: Where this agent serves peers (status.peerEndpoint); None publishes nothing.
+        self.peer_endpoint: str | None = None
 
     @property
     def resync_seconds(self) -> float:
@@ -447,7 +449,8 @@ class Reconciler:
         self.metrics.models_wanted.set(len(self._wanted))
         self.metrics.downloads_running.set(sum(1 for v in views.values() if v.kind is JobKind.DOWNLOAD))
         desired = build_status(current.model_status, current.model_details, disk=disk,
-                               observed_generation=self._desired.generation)
+                               observed_generation=self._desired.generation,
+                               peer_endpoint=self.peer_endpoint)
         patch, significant = status_patch(self._server_status, desired, additive_pruned=self.additive_pruned)
         self._status_wake = None
         if not patch:

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 from localmodel.api.types import ModelStatus
 from localmodel.fetch.options import FetchOptions
@@ -27,6 +29,9 @@ from localmodel.node.reconcile import Reconciler, utcnow
 from localmodel.node.server import OpsServer
 from localmodel.node.settings import AgentSettings
 from localmodel.node.store import ModelStore
+
+if TYPE_CHECKING:
+    from localmodel.node.peer_runtime import PeerRuntime
 
 logger = logging.getLogger(__name__)
 
@@ -56,8 +61,11 @@ def settled(reconciler: Reconciler) -> tuple[bool, bool]:
 
 
 async def run_agent(settings: AgentSettings, backend: Backend, *, stop: asyncio.Event,
-                    options: FetchOptions | None = None, once: bool = False) -> int:
-    """Run until `stop` is set (or, with `once`, until every model is settled). Exit code."""
+                    options: FetchOptions | None = None, once: bool = False,
+                    peer_factory: Callable[[AgentMetrics], PeerRuntime | None] | None = None) -> int:
+    """Run until `stop` is set (or, with `once`, until every model is settled). Exit code.
+
+    `peer_factory` builds the peer-to-peer parts (cluster mode; see docs/p2p.md)."""
     loop = asyncio.get_running_loop()
     wake = asyncio.Event()
 
@@ -70,8 +78,10 @@ async def run_agent(settings: AgentSettings, backend: Backend, *, stop: asyncio.
     metrics = AgentMetrics()
     store = ModelStore(settings.root)
     options = options or FetchOptions(**settings.downloads.engine_options)  # type: ignore[arg-type]
+    peers = await asyncio.to_thread(peer_factory, metrics) if peer_factory is not None else None
     jobs = Jobs(store, max_concurrent=settings.downloads.max_concurrent, options=options,
-                temp_dir=settings.downloads.temp_dir, on_change=poke, on_bytes=metrics.bytes.inc)
+                temp_dir=settings.downloads.temp_dir, on_change=poke, on_bytes=metrics.bytes.inc,
+                fill=peers.fill if peers is not None else None)
     reconciler = Reconciler(settings, backend, store, jobs, metrics)
     agent = _LoopState(last_loop=utcnow())
 
@@ -89,6 +99,15 @@ async def run_agent(settings: AgentSettings, backend: Backend, *, stop: asyncio.
 
     server = OpsServer(settings.server, metrics, live=live, ready=ready)
     await server.start()
+    if peers is not None:
+        def damaged(key: str, _problem: str) -> None:
+            # Like a failed scrub: withdraw the proof, so the next pass fetches the model again.
+            store.withdraw(key)
+            poke()
+
+        await asyncio.to_thread(peers.start, on_damage=damaged)
+        reconciler.peer_endpoint = peers.endpoint
+        peers.fill.discovery_works = lambda: not reconciler.additive_pruned
     await backend.start(poke)
     logger.info("agent started", extra={"node": settings.node_name, "root": str(settings.root),
                                         "max_concurrent": settings.downloads.max_concurrent})
@@ -136,10 +155,22 @@ async def run_agent(settings: AgentSettings, backend: Backend, *, stop: asyncio.
             logger.info("agent stopping")
         stopping = utcnow()
         await asyncio.to_thread(jobs.shutdown, STOP_GRACE)
+        if peers is not None:
+            await asyncio.to_thread(peers.stop)
+            if reconciler.peer_endpoint:
+                await _withdraw_endpoint(backend)
         await backend.close()
         await server.stop()
         logger.info("agent stopped", extra={"seconds": round((utcnow() - stopping).total_seconds(), 3)})
     return exit_code
+
+
+async def _withdraw_endpoint(backend: Backend) -> None:
+    """Take this agent out of peer discovery before it goes."""
+    try:
+        await backend.write_status({"peerEndpoint": None}, {})
+    except Exception as exc:  # noqa: BLE001 - peers skip an endpoint that does not answer anyway
+        logger.info("peer endpoint not withdrawn", extra={"error": str(exc)})
 
 
 def _log_summary(reconciler: Reconciler) -> None:

@@ -43,7 +43,7 @@ from localmodel.fetch.options import FetchOptions
 from localmodel.fetch.progress import Progress
 from localmodel.node.plan import DiskState, Observed
 from localmodel.sources.base import Settings
-from localmodel.sources.registry import open_source, redact_uri
+from localmodel.sources.registry import SourceFactory, open_source, redact_uri
 
 logger = logging.getLogger(__name__)
 
@@ -179,12 +179,15 @@ class ModelStore:
         settings: Settings,
         options: FetchOptions,
         progress: Callable[[Progress], None],
+        source_factory: SourceFactory | None = None,
     ) -> Manifest:
         """Run the engine into this key's layout. To cancel, raise from `progress`: the engine
-        stops its workers and keeps staging, so the next call resumes."""
+        stops its workers and keeps staging, so the next call resumes. `source_factory`
+        (peer-to-peer fill) replaces the registry's `open_source`."""
         # adoption only through `adopt`, which knows which folders this agent found damaged
         manifest = engine_download(uri, self.layout(key), settings=settings,
-                                   options=dataclasses.replace(options, adopt=False), progress=progress)
+                                   options=dataclasses.replace(options, adopt=False), progress=progress,
+                                   source_factory=source_factory)
         self._set_withdrawn(key, False)
         return manifest
 
