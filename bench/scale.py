@@ -200,7 +200,7 @@ class ApiserverMetrics:
 
     def requests(self) -> RequestCounts:
         """Requests served so far; keys ("seconds", verb resource) hold the time spent on them."""
-        with self._opener.open(self._url, timeout=30) as response:
+        with self._opener.open(self._url, timeout=120) as response:
             text = response.read().decode()
         counts = parse_requests(text, "apiserver_request_total")
         throttled = [s.value for m in text_string_to_metric_families(text) if m.name == "apiserver_request"
@@ -236,7 +236,7 @@ class ControllerProcess:
 
     def _get(self, path: str, port: int | None = None) -> tuple[int, str]:
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port or self.port}{path}", timeout=10) as response:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port or self.port}{path}", timeout=120) as response:
                 return response.status, response.read().decode()
         except urllib.error.HTTPError as error:
             return error.code, ""
@@ -267,7 +267,9 @@ class ControllerProcess:
         return out
 
     def activity(self) -> tuple[float, float]:
-        """(non-lease requests + reconciles, keys queued): unchanged while the controller is idle."""
+        """(non-lease requests + reconciles finished, keys queued or being reconciled): the first
+        unchanged and the second 0 while the controller is idle. A reconcile waiting on a slow
+        apiserver shows as in progress, so a starved machine is never mistaken for a quiet one."""
         text = self.metrics_text()
         requests = sum(v for (verb, res), v in parse_requests(text, "localmodel_kube_api_requests_total").items()
                        if not res.startswith("leases"))
@@ -275,8 +277,9 @@ class ControllerProcess:
         for metric in text_string_to_metric_families(text):
             if metric.name == "localmodel_controller_reconciles":
                 reconciles = sum(s.value for s in metric.samples if s.name.endswith("_total"))
-            elif metric.name == "localmodel_controller_workqueue_depth":
-                queued = sum(s.value for s in metric.samples)
+            elif metric.name in ("localmodel_controller_workqueue_depth",
+                                 "localmodel_controller_reconciles_in_progress"):
+                queued += sum(s.value for s in metric.samples)
         return requests + reconciles, queued
 
     def stop(self) -> None:
@@ -630,9 +633,10 @@ class Bench:
                 [shutil.which("py-spy", path=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}") or "py-spy",
                  "record", "--pid", str(self.controller.pid), "--rate", "200", "--format", "raw",
                  "--output", str(self.args.profile)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        synced = await until(self.controller.ready, "controller /readyz", 120, interval=0.1, threaded=True)
+        synced = await until(self.controller.ready, "controller /readyz", self.args.timeout, interval=0.1,
+                             threaded=True)
         converged = await until(self.nodes_converged, "every LocalModelNode to list its caches", self.args.timeout)
-        settled = await quiet(self.controller, self.args.settle)
+        settled = await quiet(self.controller, self.args.settle, self.args.timeout)
         cpu = clock.lap()
         phase = self._record((before_server, {}, {}))
         phase.update({
@@ -656,7 +660,7 @@ class Bench:
                       self.args.concurrency)
         patched = time.monotonic()
         converged = await until(self.caches_full, "every cache to show full copies", self.args.timeout)
-        settled = await quiet(self.controller, self.args.settle)  # type: ignore[arg-type]
+        settled = await quiet(self.controller, self.args.settle, self.args.timeout)  # type: ignore[arg-type]
         cpu = clock.lap()
         phase = self._record(marks)
         phase.update({
@@ -674,12 +678,12 @@ class Bench:
     async def one_change(self, label: str, change: Awaitable[Any], done: Callable[[], bool], caches_on_node: int
                          ) -> None:
         assert self.controller is not None
-        await quiet(self.controller, self.args.settle)
+        await quiet(self.controller, self.args.settle, self.args.timeout)
         marks = self._mark()
         started = time.monotonic()
         await change
         converged = await until(done, label, self.args.timeout)
-        settled = await quiet(self.controller, self.args.settle)
+        settled = await quiet(self.controller, self.args.settle, self.args.timeout)
         record = self._record(marks)
         record["caches_on_node"] = caches_on_node
         record["converged_seconds"] = round(converged - started, 2)
@@ -797,7 +801,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=32, help="parallel requests of setup and agents")
     parser.add_argument("--settle", type=float, default=2.0,
                         help="the controller counts as done after this many seconds without requests or reconciles")
-    parser.add_argument("--timeout", type=float, default=600, help="give up waiting for convergence after this")
+    parser.add_argument("--timeout", type=float, default=600,
+                        help="give up waiting for readiness, convergence or quiet after this many seconds")
     parser.add_argument("--workdir", type=Path, default=None, help="control plane directory (default: a temp dir)")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     parser.add_argument("--profile", type=Path, default=None,

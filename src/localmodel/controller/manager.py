@@ -73,6 +73,9 @@ class Manager:
                                        lambda ref: self.cache_queue.add_spaced(ref, settings.cache_status_interval)))
         self.metrics = ControllerMetrics()
         self.metrics.api_requests.attach(client)
+        self.metrics.watch_in_progress("cache", lambda: self.cache_queue.processing)
+        self.metrics.watch_in_progress("node", lambda: self.node_queue.processing)
+        self.metrics.watch_in_progress("group", lambda: self.group_queue.processing)
         self.reconcilers = Reconcilers(client, self.view, EventRecorder(client, settings.identity, self.metrics))
         self.elector = LeaderElector(client, LeaseSettings(
             settings.pod_namespace, LEADER_LOCK_NAME, settings.identity, settings.lease_duration,

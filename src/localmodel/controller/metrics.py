@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -109,6 +109,13 @@ class ControllerMetrics:
         )
         # localmodel_kube_api_requests_total{verb, resource, subresource, code}
         self.api_requests = ApiRequestCounter(r)
+        self.in_progress = Gauge(
+            "localmodel_controller_reconciles_in_progress", "Reconciles running now, by kind.", ["kind"],
+            registry=r,
+        )
+
+    def watch_in_progress(self, kind: str, running: Callable[[], int]) -> None:
+        self.in_progress.labels(kind).set_function(lambda: float(running()))
 
     def watch_cluster(self, queue_depths: Callable[[], Mapping[str, int]],
                       caches: Callable[[], Iterable[tuple[str, Mapping[str, Any]]]],

@@ -33,6 +33,11 @@ class WorkQueue(Generic[K]):
         return len(self._queue)
 
     @property
+    def processing(self) -> int:
+        """Keys a worker holds (between `get` and `done`)."""
+        return len(self._processing)
+
+    @property
     def waiting(self) -> int:
         """Keys queued now or scheduled by `add_after`."""
         return len(self._queue) + sum(1 for key in self._timers if key not in self._dirty)
