@@ -88,6 +88,8 @@ def download(source_uri: str, dest: str | os.PathLike[str] | Layout, *,
             if existing is not None and existing.source == source_name \
                     and not manifests.verify_quick(layout, existing):
                 logger.info("already complete", extra={"dest": str(layout.dest)})
+                # A run that died after writing the manifest may have left staging behind.
+                shutil.rmtree(layout.staging, ignore_errors=True)
                 return existing
         source = open_source(source_uri, settings)
         try:
@@ -202,6 +204,10 @@ class _Download:
                        f.digest.value if f.digest else None] for f in selected],
         }
         recovered = self.staging.open(plan)
+        if recovered.data_missing:
+            finished = self._finish_interrupted_publish()
+            if finished is not None:
+                return finished
         try:
             root = self.staging.archive if kind else self.staging.data
             root.mkdir(exist_ok=True)
@@ -226,6 +232,24 @@ class _Download:
             "seconds": round(elapsed, 3)})
         return manifest
 
+    def _finish_interrupted_publish(self) -> Manifest | None:
+        """A previous run moved data/ into place and died before writing the manifest: the
+        manifest it meant to write is in staging. Write it if the folder still matches."""
+        text = self.staging.read_intent()
+        manifest = None
+        if text is not None:
+            try:
+                manifest = Manifest.from_json(text)
+            except (ValueError, KeyError, TypeError):
+                manifest = None
+        if manifest is None or manifest.source != self.source_name \
+                or manifests.verify_quick(self.layout, manifest):
+            return None  # the journaled files are gone: each is reset as it is started again
+        manifests.write_manifest(self.layout, manifest)
+        self.staging.wipe()
+        logger.info("finished a publish interrupted by a crash", extra={"dest": str(self.layout.dest)})
+        return manifest
+
     # -- 3. staging and space --------------------------------------------------------------
 
     def _prepare(self, selected: list[RemoteFile], root: Path, done: Mapping[int, RangeSet],
@@ -235,6 +259,9 @@ class _Download:
             state = _File(index, remote, target,
                           FileHasher(remote.digest, verify_md5=self.options.verify_md5))
             present = target.exists()
+            if not present and (index in done or index in verified):
+                # The copy the journal describes is gone; never trust those records again.
+                self.staging.record_reset(index)
             if present and index in verified:
                 sha256, checked = verified[index]
                 state.result = HashResult(sha256, checked)
@@ -510,6 +537,8 @@ class _Download:
             for folder, _, _ in os.walk(staging.data):
                 manifests.fsync_dir(Path(folder))
         manifests.remove_manifest(layout)
+        # Once data/ has moved, only this file says the move was a complete, verified publish.
+        staging.write_intent(manifest.to_json())
         shutil.rmtree(staging.old, ignore_errors=True)
         staging.old.mkdir()
         if layout.in_place:

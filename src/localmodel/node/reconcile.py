@@ -279,6 +279,8 @@ class Reconciler:
                 continue
             scrubbed = max(filter(None, (persisted.get(key), self._scrubbed.get(key))), default=None)
             observed[key] = self.store.observe(key, model.uri, scrubbed_at=scrubbed)
+            if observed[key].state is DiskState.PRESENT and self.store.discard_leftover_staging(key):
+                logger.info("removed staging left by a finished download", extra={"storage_key": key})
             before = self._observed.get(key)
             if (observed[key].state is DiskState.DAMAGED and before is not None
                     and before.state is DiskState.PRESENT):
