@@ -282,11 +282,14 @@ class Reconciler:
             if observed[key].state is DiskState.PRESENT and self.store.discard_leftover_staging(key):
                 logger.info("removed staging left by a finished download", extra={"storage_key": key})
             before = self._observed.get(key)
-            if (observed[key].state is DiskState.DAMAGED and before is not None
-                    and before.state is DiskState.PRESENT):
-                self._pending_events.append(AgentEvent(
-                    "Warning", "ModelDamaged", f"{observed[key].problem}; downloading again",
-                    model.status_keys))
+            if observed[key].state is DiskState.DAMAGED:
+                # Kept while the model is fetched again, so the status says why (a scrub's
+                # finding is recorded the same way); a successful download clears it.
+                self.records[key] = Record(reason="Damaged", message=observed[key].problem)
+                if before is not None and before.state is DiskState.PRESENT:
+                    self._pending_events.append(AgentEvent(
+                        "Warning", "ModelDamaged", f"{observed[key].problem}; downloading again",
+                        model.status_keys))
         self._observed = observed
 
     # --- step 4 -------------------------------------------------------------------------------
