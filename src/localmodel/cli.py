@@ -127,12 +127,20 @@ def status(kubeconfig: str | None, output: str) -> None:
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
               show_default=True)
 @click.option("--once", is_flag=True, help="Exit when every model is downloaded (0) or failed (1).")
+@click.option("--allow-local-sources", is_flag=True,
+              help="In a cluster, accept file://, plain paths and pvc:// URIs, read from the agent's own "
+                   "filesystem (refused by default; always accepted in standalone mode).")
+@click.option("--max-files", type=click.IntRange(min=1), default=None,
+              help="Most files one model may have (engine default 50000; ~3 KiB of memory each).")
+@click.option("--temp-dir", type=click.Path(file_okay=False), default=None,
+              help="Folder for short-lived private credential files (default: the system's temp folder).")
 def agent(root: str, manifest: str | None, kubeconfig: str | None, node_name: str | None, namespace: str,
           max_concurrent_downloads: int, download_threads: int | None, rate_limit: str | None,
           scrub_interval: float, progress_interval: float, resync: float, retry_initial: float,
           retry_max: float, reserve: str,
           bind_address: str | None, health_port: int, metrics_port: int, log_format: str | None,
-          log_level: str, once: bool) -> None:
+          log_level: str, once: bool, allow_local_sources: bool, max_files: int | None,
+          temp_dir: str | None) -> None:
     """Keep this node's models on disk equal to its LocalModelNode (the node agent DaemonSet).
 
     In a cluster it watches only the LocalModelNode named $NODE_NAME, downloads in-process with
@@ -173,13 +181,16 @@ def agent(root: str, manifest: str | None, kubeconfig: str | None, node_name: st
         engine["concurrency"] = download_threads
     if limit:
         engine["rate_limit"] = float(limit)
+    if max_files:
+        engine["max_files"] = max_files
     settings = AgentSettings(
         root=Path(root).absolute(),
         node_name=node_name,
         namespace=namespace,
         retry=RetrySettings(initial_seconds=retry_initial, max_seconds=max(retry_max, retry_initial)),
         downloads=DownloadSettings(max_concurrent=max_concurrent_downloads, reserve_bytes=reserve_bytes,
-                                   engine_options=engine),
+                                   engine_options=engine, allow_local_sources=allow_local_sources or standalone,
+                                   temp_dir=Path(temp_dir).absolute() if temp_dir else None),
         status=StatusSettings(progress_interval_seconds=progress_interval,
                               progress_log_seconds=5.0 if standalone else 30.0),
         scrub=ScrubSettings(interval_seconds=scrub_interval or None),

@@ -93,5 +93,6 @@ def fault_client(fault_plane: FaultPlane) -> Client:
 def agents(fault_plane: FaultPlane, fault_client: Client, tmp_path: Path) -> Iterator[ClusterAgents]:
     """Per-test namespaces, LocalModelNodes and agent processes on the fault control plane."""
     harness = ClusterAgents(fault_plane, fault_client, tmp_path, "localmodel")
+    harness.allow_local_sources = False  # the DaemonSet's default
     yield harness
     harness.close()

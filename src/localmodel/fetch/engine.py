@@ -27,6 +27,7 @@ import os
 import shutil
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
@@ -56,7 +57,7 @@ from localmodel.fetch.progress import Progress, ProgressCallback, RateMeter, eta
 from localmodel.fetch.ranges import RangeSet
 from localmodel.fetch.ratelimit import TokenBucket
 from localmodel.fetch.staging import Staging, allocated_bytes, create_file, is_no_space, make_parents
-from localmodel.sources.base import Listing, RemoteFile, Settings, Source
+from localmodel.sources.base import MAX_FILES_SETTING, Listing, ListingLimit, RemoteFile, Settings, Source
 from localmodel.sources.registry import open_source, redact_uri
 
 logger = logging.getLogger(__name__)
@@ -91,7 +92,7 @@ def download(source_uri: str, dest: str | os.PathLike[str] | Layout, *,
                 # A run that died after writing the manifest may have left staging behind.
                 shutil.rmtree(layout.staging, ignore_errors=True)
                 return existing
-        source = open_source(source_uri, settings)
+        source = open_source(source_uri, with_file_limit(settings, options.max_files))
         try:
             return _Download(source, source_name, layout, options, progress).run()
         finally:
@@ -117,12 +118,15 @@ class _Cancelled(Exception):
     """Raised inside workers once another worker failed or the caller was interrupted."""
 
 
-@dataclass
+@dataclass(slots=True)
 class _File:
+    """One file of the download. Slotted and without a hasher until its bytes start coming:
+    a model of 10^5 small files keeps 10^5 of these."""
+
     index: int
     remote: RemoteFile
     target: Path
-    hasher: FileHasher
+    verify_md5: bool
     done: RangeSet = field(default_factory=RangeSet)
     hashed: int = 0
     hashing: bool = False
@@ -130,6 +134,17 @@ class _File:
     fd: int | None = None
     result: HashResult | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
+    _hasher: FileHasher | None = None
+
+    @property
+    def hasher(self) -> FileHasher:
+        # Only the thread holding `hashing` (or finishing the file) gets here: no race.
+        if self._hasher is None:
+            self._hasher = FileHasher(self.remote.digest, verify_md5=self.verify_md5)
+        return self._hasher
+
+    def drop_hasher(self) -> None:
+        self._hasher = None
 
 
 class _Download:
@@ -175,6 +190,7 @@ class _Download:
         keep = set(patterns.select([f.path for f in files], self.options.allow_patterns,
                                    self.options.ignore_patterns))
         files = [f for f in files if f.path in keep]
+        ListingLimit({MAX_FILES_SETTING: str(self.options.max_files)}, self.source_name).check(len(files))
         if not files:
             raise SourceNotFoundError(f"no files to download at {self.source_name}"
                                       + (" after applying patterns" if listing.files else ""))
@@ -256,8 +272,7 @@ class _Download:
                  verified: Mapping[int, tuple[str, bool]]) -> None:
         for index, remote in enumerate(selected):
             target = make_parents(root, remote.path, self.staging.known_folders)
-            state = _File(index, remote, target,
-                          FileHasher(remote.digest, verify_md5=self.options.verify_md5))
+            state = _File(index, remote, target, self.options.verify_md5)
             present = target.exists()
             if not present and (index in done or index in verified):
                 # The copy the journal describes is gone; never trust those records again.
@@ -300,9 +315,21 @@ class _Download:
         self._report()
         if not tasks:
             return
-        pool = ThreadPoolExecutor(max_workers=min(self.options.concurrency, len(tasks)),
-                                  thread_name_prefix="localmodel-fetch")
-        pending: set[Future[None]] = {pool.submit(function, arg) for function, arg in tasks}
+        # A few long-lived workers take tasks from one queue: a model of 10^5 small files
+        # must not cost 10^5 futures (each with its own lock and condition).
+        queue = deque(tasks)
+
+        def work() -> None:
+            while not self.cancelled.is_set():
+                try:
+                    function, arg = queue.popleft()
+                except IndexError:
+                    return
+                function(arg)
+
+        workers = min(self.options.concurrency, len(tasks))
+        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="localmodel-fetch")
+        pending: set[Future[None]] = {pool.submit(work) for _ in range(workers)}
         try:
             while pending:
                 finished, pending = wait(pending, timeout=self.options.progress_interval,
@@ -464,6 +491,7 @@ class _Download:
 
     def _finish(self, state: _File) -> None:
         result = state.hasher.finish(state.remote.path)
+        state.drop_hasher()
         fd = state.fd
         assert fd is not None
         if os.fstat(fd).st_size != state.remote.size:
@@ -570,6 +598,11 @@ class _Download:
             phase=phase or self.phase, bytes_done=done, bytes_total=total,
             files_done=self.files_done, files_total=len(self.files), rate=rate,
             eta=eta(total - done, rate)))
+
+
+def with_file_limit(settings: Settings, max_files: int) -> Settings:
+    """`settings` plus the listing limit every source honours while it lists."""
+    return {**settings, MAX_FILES_SETTING: str(max_files)}
 
 
 def _free_bytes(path: Path) -> int:

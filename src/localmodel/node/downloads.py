@@ -31,6 +31,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from localmodel.errors import InsufficientSpaceError, LocalModelError
+from localmodel.fetch.engine import with_file_limit
 from localmodel.fetch.options import FetchOptions
 from localmodel.fetch.progress import Progress
 from localmodel.node.capacity import CapacityRequest, check_capacity
@@ -301,7 +302,8 @@ class Jobs:
             if job.cancel.is_set():
                 raise Cancelled()
             settings, folder = self._materialize(request.credentials)
-            model_bytes, _files = self._store.listed_size(request.uri, settings)
+            model_bytes, _files = self._store.listed_size(
+                request.uri, with_file_limit(settings, self._options.max_files))
             self._reserve(key, job, model_bytes, request.capacity)
             manifest = self._store.download(
                 key, request.uri, settings=settings, options=self._options,

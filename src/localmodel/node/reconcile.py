@@ -35,6 +35,7 @@ from localmodel.node.downloads import (
     describe_error,
 )
 from localmodel.node.metrics import AgentMetrics
+from localmodel.node.policy import check_source_allowed
 from localmodel.node.plan import (
     ABSENT,
     DiskState,
@@ -218,7 +219,7 @@ class Reconciler:
         self.metrics.downloads.labels("succeeded").inc()
         self.metrics.duration.observe(seconds)
         model = self._wanted.get(result.key)
-        uri = model.uri if model else result.key
+        uri = model.shown_uri if model else result.key
         speed = f" at {_human_bytes(rate)}/s" if rate else ""
         revision = f", revision {result.revision}" if result.revision else ""
         files = f"{result.files_total} file" + ("" if result.files_total == 1 else "s")
@@ -261,7 +262,7 @@ class Reconciler:
         self.metrics.downloads.labels("failed").inc()
         self.metrics.download_failures.labels(reason).inc()
         model = self._wanted.get(key)
-        uri = model.uri if model else key
+        uri = model.shown_uri if model else key
         await self._event("Warning", "DownloadFailed",
                           f"{uri}: {reason}: {message} (attempt {failures}, retrying in {delay:.0f}s)", key)
 
@@ -343,6 +344,7 @@ class Reconciler:
     async def _start_download(self, model: WantedModel) -> None:
         key = model.storage_key
         try:
+            check_source_allowed(model.uri, allow_local=self.settings.downloads.allow_local_sources)
             credentials = await self._credentials(model)
             budgets = await self.backend.budgets(model)
         except LocalModelError as exc:
@@ -360,7 +362,7 @@ class Reconciler:
         )
         request = DownloadRequest(key=key, uri=model.uri, credentials=credentials, capacity=context)
         if self.jobs.submit_download(request, model.node_groups):
-            logger.info("download queued", extra={"storage_key": key, "uri": model.uri,
+            logger.info("download queued", extra={"storage_key": key, "uri": model.shown_uri,
                                                    "models": list(model.status_keys),
                                                    "credentials": list(credentials.origins)})
             for note in credentials.ignored:
@@ -390,7 +392,7 @@ class Reconciler:
             if view.kind is JobKind.DOWNLOAD and view.running and key not in self._announced:
                 self._announced.add(key)
                 model = self._wanted.get(key)
-                uri = model.uri if model else key
+                uri = model.shown_uri if model else key
                 await self._event("Normal", "DownloadStarted", f"downloading {uri} into models/{key}", key)
 
     def _log_progress(self) -> None:
@@ -410,7 +412,7 @@ class Reconciler:
             left = (view.bytes_total - view.bytes_done) / rate if rate else None
             eta = f", about {left:.0f}s left" if left is not None else ""
             logger.info(
-                f"downloading {model.uri if model else key}: {100 * view.bytes_done / view.bytes_total:.0f}% "
+                f"downloading {model.shown_uri if model else key}: {100 * view.bytes_done / view.bytes_total:.0f}% "
                 f"of {_human_bytes(view.bytes_total)} at {_human_bytes(rate)}/s{eta}",
                 extra={"storage_key": key, "bytes_done": view.bytes_done, "bytes_total": view.bytes_total,
                        "bytes_per_second": rate},

@@ -38,7 +38,8 @@ import urllib3
 
 from localmodel import errors
 from localmodel.sources import _cloudhttp
-from localmodel.sources.base import Digest, Listing, RemoteFile, Settings
+from localmodel.sources.base import Digest, Listing, ListingLimit, RemoteFile, Settings
+from localmodel.sources.registry import redact_uri
 
 API_VERSION = "2021-12-02"
 STORAGE_SCOPE = "https://storage.azure.com/.default"
@@ -201,6 +202,7 @@ class AzureBlobSource:
     def __init__(self, uri: str, settings: Settings) -> None:
         self.uri = uri
         self._location = parse_blob_uri(uri, settings)
+        self._limit = ListingLimit(settings, redact_uri(uri))
         self._pool = _cloudhttp.make_pool(_cloudhttp.TLSOptions())
         self._shared_key: _SharedKey | None = None
         self._bearer: _BearerToken | None = None
@@ -278,6 +280,7 @@ class AzureBlobSource:
                     for blob in child:
                         if _local(blob.tag) == "Blob":
                             blobs.append(self._parse_blob(blob))
+            self._limit.check(len(blobs))
             if not marker:
                 return [b for b in blobs if b[0]]
 

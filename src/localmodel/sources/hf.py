@@ -25,7 +25,7 @@ from typing import Any
 
 from localmodel import errors
 from localmodel.sources import _cloudhttp
-from localmodel.sources.base import Digest, Listing, RemoteFile, Settings
+from localmodel.sources.base import Digest, Listing, ListingLimit, RemoteFile, Settings
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 DEFAULT_REVISION = "main"
@@ -71,6 +71,7 @@ class HFSource:
         self._pool = _cloudhttp.make_pool(_cloudhttp.TLSOptions(), follow_redirects=True)
         self._lock = threading.Lock()
         self._sha: str | None = None
+        self._limit = ListingLimit(settings, f"hf://{self.repo}")
 
     def _get_json(self, url: str, what: str) -> tuple[Any, str | None]:
         resp = _cloudhttp.request(self._pool, "GET", url, headers=self._headers, what=what)
@@ -122,6 +123,7 @@ class HFSource:
                 digest = Digest("sha256", str(lfs["oid"]).lower()) if lfs.get("oid") else None
                 files.append(RemoteFile(path=str(entry["path"]), size=int(entry.get("size", 0)),
                                         digest=digest, version=entry.get("oid")))
+            self._limit.check(len(files))
             nxt = _next_link(link)
             url = urllib.parse.urljoin(url, nxt) if nxt else None
         return Listing(files=tuple(sorted(files, key=lambda f: f.path)), revision=sha,

@@ -42,7 +42,7 @@ from botocore.credentials import Credentials
 
 from localmodel import errors
 from localmodel.sources import _cloudhttp
-from localmodel.sources.base import Digest, Listing, RemoteFile, Settings
+from localmodel.sources.base import Digest, Listing, ListingLimit, RemoteFile, Settings
 
 _DEFAULT_REGION = "us-east-1"
 _NOT_FOUND_CODES = frozenset({"NoSuchBucket", "NoSuchKey"})
@@ -156,6 +156,7 @@ class S3Source:
         self.uri = uri
         self._bucket, self._prefix = parse_s3_uri(uri)
         self._settings = S3Settings.from_settings(settings)
+        self._limit = ListingLimit(settings, f"s3://{self._bucket}/{self._prefix}")
         self._region = self._settings.region
         self._credentials = None if self._settings.anonymous else Credentials(
             self._settings.access_key, self._settings.secret_key, self._settings.session_token)
@@ -230,6 +231,7 @@ class S3Source:
                               for c in root)
             token = None
             truncated = False
+            self._limit.check(len(entries))
             for child in root:
                 tag = _local(child.tag)
                 if tag == "Contents":
