@@ -119,6 +119,8 @@ class LocalHub:
         self.tokens_sent_to_cdn = 0
         self.requests: list[tuple[str, str]] = []
         self._served: dict[tuple[str, str], list[tuple[int, int]]] = {}
+        self._raw_trees: dict[tuple[str, str], list[object]] = {}
+        self._tree_cache: dict[tuple[str, str, str, bool], list[dict[str, object]]] = {}
         self._commits: dict[str, dict[str, dict[str, HubFile]]] = {}  # repo -> sha -> files
         self._refs: dict[str, dict[str, str]] = {}  # repo -> ref -> sha
         self._lfs_blobs: dict[str, HubFile] = {}
@@ -169,6 +171,14 @@ class LocalHub:
             sha = hashlib.sha1(f"{repo}:declared:{next(self._counter)}".encode()).hexdigest()
             self._commits.setdefault(repo, {})[sha] = entries
             self._refs.setdefault(repo, {})[revision] = sha
+        return sha
+
+    def declare_raw(self, repo: str, tree: list[object], *, revision: str = "main") -> str:
+        """A commit whose tree listing is exactly `tree` (any JSON, however malformed): for a
+        client's defences against a hostile hub."""
+        sha = self.declare(repo, {}, revision=revision)
+        with self._lock:
+            self._raw_trees[(repo, sha)] = list(tree)
         return sha
 
     def served(self, repo: str, path: str) -> list[tuple[int, int]]:
@@ -248,6 +258,24 @@ class LocalHub:
         repo, sha, files = self._repo_or_error(request)
         sub = request.match_info.get("sub", "").strip("/")
         recursive = request.query.get("recursive", "false").lower() in ("1", "true")
+        ordered = self._raw_trees.get((repo, sha))
+        if ordered is None:
+            key = (repo, sha, sub, recursive)
+            ordered = self._tree_cache.get(key)
+            if ordered is None:  # commits never change: list each tree once (10^5 files)
+                ordered = self._tree_cache[key] = self._tree_entries(files, sub, recursive)
+        start = int(request.query.get("cursor", "0"))
+        page = ordered[start:start + self.tree_page_size]
+        headers = {}
+        if start + self.tree_page_size < len(ordered):
+            query = dict(request.query)
+            query["cursor"] = str(start + self.tree_page_size)
+            nxt = request.url.with_query(query)
+            headers["Link"] = f'<{nxt}>; rel="next"'
+        return web.json_response(page, headers=headers)
+
+    @staticmethod
+    def _tree_entries(files: Mapping[str, HubFile], sub: str, recursive: bool) -> list[dict[str, object]]:
         entries: dict[str, dict[str, object]] = {}
         for path, entry in sorted(files.items()):
             if sub and not path.startswith(sub + "/"):
@@ -269,17 +297,7 @@ class LocalHub:
                     item["lfs"] = {"oid": entry.sha256, "size": entry.size,
                                    "pointerSize": len(lfs_pointer(entry.sha256, entry.size))}
                 entries[path] = item
-        ordered = sorted(entries.values(), key=lambda e: str(e["path"]))
-        start = int(request.query.get("cursor", "0"))
-        page = ordered[start:start + self.tree_page_size]
-        headers = {}
-        if start + self.tree_page_size < len(ordered):
-            query = dict(request.query)
-            query["cursor"] = str(start + self.tree_page_size)
-            nxt = request.url.with_query(query)
-            headers["Link"] = f'<{nxt}>; rel="next"'
-        del sha, repo
-        return web.json_response(page, headers=headers)
+        return sorted(entries.values(), key=lambda e: str(e["path"]))
 
     async def _file(self, request: web.Request) -> web.StreamResponse:
         repo, sha, files = self._repo_or_error(request)

@@ -38,7 +38,7 @@ import urllib3
 
 from localmodel import errors
 from localmodel.sources import _cloudhttp
-from localmodel.sources.base import Digest, Listing, ListingLimit, RemoteFile, Settings
+from localmodel.sources.base import Digest, Listing, ListingLimit, RemoteFile, Settings, size_from_listing
 from localmodel.sources.registry import redact_uri
 
 API_VERSION = "2021-12-02"
@@ -297,7 +297,7 @@ class AzureBlobSource:
                 props = {_local(p.tag): (p.text or "") for p in field}
                 if props.get("ResourceType") == "directory":  # HNS accounts list folders
                     return "", 0, "", ""
-                size = int(props.get("Content-Length") or 0)
+                size = size_from_listing(props.get("Content-Length") or 0, f"blob {name!r}")
                 etag = props.get("Etag", "").strip('"')
                 md5 = props.get("Content-MD5", "")
         return name, size, etag, md5
@@ -308,7 +308,7 @@ class AzureBlobSource:
         except errors.SourceNotFoundError:
             return None
         h = resp.headers
-        return (blob, int(h.get("Content-Length", "0")), h.get("ETag", "").strip('"'),
+        return (blob, size_from_listing(h.get("Content-Length", "0"), f"blob {blob!r}"), h.get("ETag", "").strip('"'),
                 h.get("Content-MD5", ""))
 
     def list_files(self) -> Listing:

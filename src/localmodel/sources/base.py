@@ -105,3 +105,19 @@ class ListingLimit:
             raise TooManyFilesError(
                 f"{self.what} lists more than {self.limit} files; raise the limit (--max-files) "
                 "if the model really has that many")
+
+
+def size_from_listing(value: object, what: str) -> int:
+    """A file size as a listing gives it (number or digits), checked: a hostile or broken
+    server must not get a traceback, a negative size or a float through."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        size = -1
+    elif isinstance(value, int):
+        size = value
+    else:
+        size = int(value) if value.strip().isdigit() else -1
+    if size < 0:
+        from localmodel.errors import InvalidListingError
+
+        raise InvalidListingError(f"{what}: the listing gives {str(value)[:40]!r} as a file size")
+    return size

@@ -29,7 +29,7 @@ from typing import Any
 
 from localmodel import errors
 from localmodel.sources import _cloudhttp
-from localmodel.sources.base import Digest, Listing, ListingLimit, RemoteFile, Settings
+from localmodel.sources.base import Digest, Listing, ListingLimit, RemoteFile, Settings, size_from_listing
 
 DEFAULT_ENDPOINT = "https://storage.googleapis.com"
 READ_ONLY_SCOPE = "https://www.googleapis.com/auth/devstorage.read_only"
@@ -185,7 +185,8 @@ class GCSSource:
         elif item.get("md5Hash"):
             digest = Digest("md5", base64.b64decode(str(item["md5Hash"])).hex())
         generation = item.get("generation")
-        return RemoteFile(path=path, size=int(item.get("size", 0)), digest=digest,
+        return RemoteFile(path=path, size=size_from_listing(item.get("size", 0), f"gs object {path!r}"),
+                          digest=digest,
                           version=str(generation) if generation else None)
 
     def list_files(self) -> Listing:

@@ -42,7 +42,7 @@ from botocore.credentials import Credentials
 
 from localmodel import errors
 from localmodel.sources import _cloudhttp
-from localmodel.sources.base import Digest, Listing, ListingLimit, RemoteFile, Settings
+from localmodel.sources.base import Digest, Listing, ListingLimit, RemoteFile, Settings, size_from_listing
 
 _DEFAULT_REGION = "us-east-1"
 _NOT_FOUND_CODES = frozenset({"NoSuchBucket", "NoSuchKey"})
@@ -246,7 +246,7 @@ class S3Source:
                     key = fields.get("Key", "")
                     if url_encoded:
                         key = urllib.parse.unquote_plus(key)
-                    entries.append(_Entry(key, int(fields.get("Size", "0")),
+                    entries.append(_Entry(key, size_from_listing(fields.get("Size", "0"), f"s3 key {key!r}"),
                                           fields.get("ETag", "").strip('"'), tuple(algorithms)))
                 elif tag == "NextContinuationToken":
                     token = child.text
@@ -265,7 +265,7 @@ class S3Source:
         headers = resp.headers
         algorithms = tuple(name.upper() for name in ("sha256", "crc32c")
                            if headers.get(f"x-amz-checksum-{name}"))
-        return _Entry(key, int(headers.get("Content-Length", "0")),
+        return _Entry(key, size_from_listing(headers.get("Content-Length", "0"), f"s3 key {key!r}"),
                       headers.get("ETag", "").strip('"'), algorithms)
 
     def _checksum_digest(self, key: str) -> Digest | None:
