@@ -133,7 +133,8 @@ def status(kubeconfig: str | None, output: str) -> None:
 @click.option("--max-files", type=click.IntRange(min=1), default=None,
               help="Most files one model may have (engine default 50000; ~3 KiB of memory each).")
 @click.option("--temp-dir", type=click.Path(file_okay=False), default=None,
-              help="Folder for short-lived private credential files (default: the system's temp folder).")
+              help="Folder for every temporary file: private credential files, the API client's copy of "
+                   "the kubeconfig's CA (default: the system's temp folder, $TMPDIR or /tmp).")
 def agent(root: str, manifest: str | None, kubeconfig: str | None, node_name: str | None, namespace: str,
           max_concurrent_downloads: int, download_threads: int | None, rate_limit: str | None,
           scrub_interval: float, progress_interval: float, resync: float, retry_initial: float,
@@ -167,6 +168,12 @@ def agent(root: str, manifest: str | None, kubeconfig: str | None, node_name: st
 
     standalone = manifest is not None
     setup_logging(log_format or ("text" if standalone else "json"), log_level)
+    if temp_dir:
+        import tempfile
+
+        # Libraries make temporary files too (lightkube writes the kubeconfig's CA to one):
+        # with a read-only root filesystem this folder must be the only place they go.
+        tempfile.tempdir = str(Path(temp_dir).absolute())
     if not node_name:
         if not standalone:
             raise click.UsageError("NODE_NAME is not set (pass --node-name or use --manifest)")
