@@ -150,8 +150,8 @@ def test_the_agent_as_uid_1000_writes_only_its_root_and_temp_folder(
     assert owners == {(UID, GID)}
     # The GCS key was written to the temp folder (the token endpoint was asked with it), and removed.
     detail = failed["modelDetails"]["gcs-model"]
-    # It got as far as the network (no GCS endpoint is reachable here): the key file was fine.
-    assert detail["reason"] == "SourceUnavailable" and "storage.googleapis.com" in detail["message"], detail
+    # It got past the key file to GCS itself (unreachable from here, or refusing a test account).
+    assert detail["reason"] in ("SourceUnavailable", "AccessDenied", "NotFound"), detail
     assert gcs_token_server.issued > issued_before
     assert list(temp.iterdir()) == []
     log = agent.log_text()
