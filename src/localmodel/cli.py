@@ -19,6 +19,9 @@ from localmodel.dev.commands import dev
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from localmodel.node.metrics import AgentMetrics
+    from localmodel.node.peer_runtime import PeerRuntime
+
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 def main() -> None:
@@ -65,7 +68,8 @@ def crds(write_dir: str | None) -> None:
 @main.command()
 @click.option("--kubeconfig", envvar="KUBECONFIG", help="Kubeconfig file (default: in-cluster or ~/.kube/config).")
 @click.option(
-    "-o", "--output", type=click.Choice(["table", "json", "yaml"]), default="table", show_default=True
+    "-o", "--output", type=click.Choice(["table", "json", "yaml"]), default="table", show_default=True,
+    help="A table for people, or every field as JSON or YAML for scripts.",
 )
 def status(kubeconfig: str | None, output: str) -> None:
     """Show every cache: URI, size, copies, and each node's phase, progress, rate, ETA, error."""
@@ -101,7 +105,8 @@ def status(kubeconfig: str | None, output: str) -> None:
 @click.option("--node-name", envvar="NODE_NAME", help="This node (env NODE_NAME). Standalone default: hostname.")
 @click.option("--namespace", envvar="POD_NAMESPACE", default="kserve", show_default=True,
               help="Namespace of inferenceservice-config (env POD_NAMESPACE).")
-@click.option("--max-concurrent-downloads", type=click.IntRange(min=1), default=2, show_default=True)
+@click.option("--max-concurrent-downloads", type=click.IntRange(min=1), default=2, show_default=True,
+              help="Models downloaded at the same time; the others wait as ModelDownloadPending.")
 @click.option("--download-threads", type=click.IntRange(min=1), default=None,
               help="Parallel ranged requests per download (engine default when unset).")
 @click.option("--rate-limit", type=str, default=None,
@@ -125,13 +130,43 @@ def status(kubeconfig: str | None, output: str) -> None:
 @click.option("--log-format", type=click.Choice(["json", "text"]), default=None,
               help="Default: json in a cluster, text in standalone mode.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
-              show_default=True)
+              show_default=True, help="Least severe log lines written.")
+@click.option("--adopt/--no-adopt", default=True, show_default=True,
+              help="Keep a model folder found without a manifest (KServe's agent left it) when its files "
+                   "match the source listing (sizes, and digests where the source gives them): hash it "
+                   "and write the manifest instead of downloading. --no-adopt downloads it again.")
 @click.option("--once", is_flag=True, help="Exit when every model is downloaded (0) or failed (1).")
+@click.option("--peer-port", type=int, default=8082, show_default=True,
+              help="Port serving verified models to other agents (docs/p2p.md); -1 turns peer-to-peer off.")
+@click.option("--peer-advertise-address", envvar="POD_IP", default=None,
+              help="Address other agents reach this one at (env POD_IP); unset: not published.")
+@click.option("--peer-rate-limit", type=str, default="1Gi", show_default=True,
+              help="Bytes per second served to all peers together, as a quantity; 0: no cap.")
+@click.option("--peer-max-connections", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Peer connections served at once; more are answered 503 (busy).")
+@click.option("--peer-token-file", type=click.Path(dir_okay=False),
+              default="/var/run/secrets/localmodel/peer/token", show_default=True,
+              help="Projected ServiceAccount token shown to peers; peer-to-peer is off without it.")
+@click.option("--peer-audience", default="localmodel-peer", show_default=True,
+              help="Audience peer tokens must carry.")
+@click.option("--peer-identity", multiple=True,
+              help="Username accepted from peers (repeatable). Default: "
+                   "system:serviceaccount:$POD_NAMESPACE:kserve-localmodelnode-agent.")
+@click.option("--origin-slots", type=click.IntRange(min=0), default=1, show_default=True,
+              help="Nodes that may download one model from its origin at once, cluster-wide; "
+                   "the others fill from peers. 0: no bound.")
+@click.option("--origin-slot-lease", type=click.IntRange(min=3), default=30, show_default=True,
+              help="Seconds an origin slot outlives a holder that stopped renewing it.")
+@click.option("--peer-quarantine", type=float, default=600.0, show_default=True,
+              help="Seconds a peer that sent bad data is left out.")
+@click.option("--peer-stall-timeout", type=float, default=30.0, show_default=True,
+              help="Seconds without a new piece from peers still downloading before a fill gives up "
+                   "for now (retried; the origin slot may have a new holder by then).")
 @click.option("--allow-local-sources", is_flag=True,
               help="In a cluster, accept file://, plain paths and pvc:// URIs, read from the agent's own "
                    "filesystem (refused by default; always accepted in standalone mode).")
 @click.option("--max-files", type=click.IntRange(min=1), default=None,
-              help="Most files one model may have (engine default 50000; ~3 KiB of memory each).")
+              help="Most files one model may have (default 25000; ~4 KiB of memory each while downloading).")
 @click.option("--temp-dir", type=click.Path(file_okay=False), default=None,
               help="Folder for every temporary file: private credential files, the API client's copy of "
                    "the kubeconfig's CA (default: the system's temp folder, $TMPDIR or /tmp).")
@@ -140,7 +175,10 @@ def agent(root: str, manifest: str | None, kubeconfig: str | None, node_name: st
           scrub_interval: float, progress_interval: float, resync: float, retry_initial: float,
           retry_max: float, reserve: str,
           bind_address: str | None, health_port: int, metrics_port: int, log_format: str | None,
-          log_level: str, once: bool, allow_local_sources: bool, max_files: int | None,
+          log_level: str, adopt: bool, once: bool, peer_port: int, peer_advertise_address: str | None,
+          peer_rate_limit: str, peer_max_connections: int, peer_token_file: str, peer_audience: str,
+          peer_identity: tuple[str, ...], origin_slots: int, origin_slot_lease: int,
+          peer_quarantine: float, peer_stall_timeout: float, allow_local_sources: bool, max_files: int | None,
           temp_dir: str | None) -> None:
     """Keep this node's models on disk equal to its LocalModelNode (the node agent DaemonSet).
 
@@ -160,6 +198,7 @@ def agent(root: str, manifest: str | None, kubeconfig: str | None, node_name: st
     from localmodel.node.settings import (
         AgentSettings,
         DownloadSettings,
+        PeerSettings,
         RetrySettings,
         ScrubSettings,
         ServerSettings,
@@ -181,9 +220,10 @@ def agent(root: str, manifest: str | None, kubeconfig: str | None, node_name: st
     try:
         limit = parse_quantity(rate_limit) if rate_limit else None
         reserve_bytes = parse_quantity(reserve)
+        peer_limit = parse_quantity(peer_rate_limit) if peer_rate_limit else 0
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from exc
-    engine: dict[str, object] = {}
+    engine: dict[str, object] = {"adopt": adopt}
     if download_threads:
         engine["concurrency"] = download_threads
     if limit:
@@ -206,6 +246,19 @@ def agent(root: str, manifest: str | None, kubeconfig: str | None, node_name: st
             health_port=None if health_port < 0 else health_port,
             metrics_port=None if metrics_port < 0 else metrics_port,
         ),
+        peers=PeerSettings(
+            port=None if peer_port < 0 or standalone else peer_port,
+            advertise_address=peer_advertise_address or None,
+            rate_limit=float(peer_limit) if peer_limit else None,
+            max_connections=peer_max_connections,
+            token_file=Path(peer_token_file),
+            audience=peer_audience,
+            allowed_users=tuple(peer_identity),
+            origin_slots=origin_slots,
+            lease_seconds=origin_slot_lease,
+            quarantine_seconds=peer_quarantine,
+            stall_seconds=peer_stall_timeout,
+        ),
         resync_seconds=resync,
     )
 
@@ -215,17 +268,23 @@ def agent(root: str, manifest: str | None, kubeconfig: str | None, node_name: st
 
             backend = StandaloneBackend(Path(manifest).absolute(), settings.root, node_name=settings.node_name,
                                         settings=settings_from_environment(os.environ), resync_seconds=resync)
+            peer_factory = None
         else:
-            from localmodel.kube.client import async_client
+            from localmodel.kube.client import async_client, sync_client
             from localmodel.node.cluster import ClusterBackend
+            from localmodel.node.peer_runtime import build_peer_runtime
 
             backend = ClusterBackend(async_client(kubeconfig, field_manager="localmodel-agent"),
                                      node_name=settings.node_name, namespace=settings.namespace)
+
+            def peer_factory(metrics: AgentMetrics) -> PeerRuntime | None:
+                return build_peer_runtime(settings, sync_client(kubeconfig, field_manager="localmodel-agent"),
+                                          metrics)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
-        return await run_agent(settings, backend, stop=stop, once=once)
+        return await run_agent(settings, backend, stop=stop, once=once, peer_factory=peer_factory)
 
     raise SystemExit(asyncio.run(main_async()))
 
@@ -278,12 +337,19 @@ def _size(ctx: click.Context, param: click.Parameter, value: str | None) -> int 
 @click.option("--retries", type=click.IntRange(0, 100), default=6, envvar="LOCALMODEL_FETCH_RETRIES",
               help="Transient failures in a row tolerated per request (with backoff).")
 @click.option("--force", is_flag=True, help="Download even if a complete copy is present.")
+@click.option("--verify", type=click.Choice(["full", "sha256", "none"]), default="full",
+              envvar="LOCALMODEL_FETCH_VERIFY",
+              help="full: sha256 of every file and every provider digest; sha256: skip md5-based "
+                   "provider digests (S3 ETags, Content-MD5), which cost more CPU than sha256; "
+                   "none: sizes only, no hashing, no sha256 in the manifest (benchmarks, "
+                   "sources trusted end to end).")
 @click.option("--progress", "progress_mode", type=click.Choice(["auto", "bar", "json", "none"]),
               default="auto", help="auto: a bar on a terminal, JSON lines otherwise.")
 @click.option("--progress-interval", type=float, default=5.0,
               help="Seconds between JSON progress lines.")
 def fetch(pairs: tuple[str, ...], concurrency: int, chunk_size: int, limit_rate: int | None,
-          retries: int, force: bool, progress_mode: str, progress_interval: float) -> None:
+          retries: int, force: bool, verify: str, progress_mode: str,
+          progress_interval: float) -> None:
     """Download models: each SRC (s3://, gs://, hf://, https://, Azure blob URL, file://,
     pvc:// or a path) into its DEST folder, the storage-initializer way.
 
@@ -306,6 +372,7 @@ def fetch(pairs: tuple[str, ...], concurrency: int, chunk_size: int, limit_rate:
     options = FetchOptions(
         concurrency=concurrency, chunk_size=chunk_size or 64 * 1024 * 1024,
         rate_limit=limit_rate, force=force, backoff=BackoffPolicy(max_retries=retries),
+        verify=verify != "none", verify_md5=verify == "full",
         allow_patterns=parse_patterns(settings.get("STORAGE_ALLOW_PATTERNS")),
         ignore_patterns=parse_patterns(settings.get("STORAGE_IGNORE_PATTERNS")),
     )

@@ -16,7 +16,8 @@
     ├── TransientError                 worth retrying with backoff
     │   ├── SourceUnavailableError            5xx, 429, timeouts, connection resets
     │   │                                     (carries retry_after seconds when the server said so)
-    │   └── IntegrityError                    size or digest mismatch after download
+    │   ├── IntegrityError                    size or digest mismatch after download
+    │   └── PeersStalledError                 peers still downloading stopped progressing
     └── ControlPlaneError              the local test/demo control plane (localmodel.dev) failed
         └── GoToolchainMissingError           `go` is not on PATH, so it cannot be built
 
@@ -97,6 +98,13 @@ class SourceUnavailableError(TransientError):
 
 class IntegrityError(TransientError):
     reason = "IntegrityCheckFailed"
+
+
+class PeersStalledError(TransientError):
+    """Filling from peers that are still downloading, none of which made progress for a while
+    (the node downloading from the origin stopped). Staging is kept; the agent retries."""
+
+    reason = "PeersStalled"
 
 
 class ControlPlaneError(LocalModelError):

@@ -76,3 +76,13 @@ def test_arguments_come_in_pairs(tmp_path: Path) -> None:
     result = run("s3://bucket/model")
     assert result.returncode == 2
     assert "pairs" in result.stderr
+
+
+def test_verify_none_writes_a_manifest_without_sha256(tmp_path: Path) -> None:
+    source = write_tree(tmp_path / "src", NESTED)
+    result = run("--verify", "none", "--progress", "none", str(source), str(tmp_path / "m"))
+    assert result.returncode == 0, result.stderr
+    assert read_tree(tmp_path / "m") == NESTED
+    manifest = json.loads((tmp_path / ".localmodel" / "manifests" / "m.json").read_text())
+    assert {f["path"] for f in manifest["files"]} == set(NESTED)
+    assert all(f["sha256"] is None for f in manifest["files"])

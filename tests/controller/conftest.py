@@ -94,6 +94,41 @@ def register_webhooks(client: Client, kube: ControlPlane, port: int, suffix: str
             client.replace(res(body))
 
 
+def unregister_webhooks(client: Client, suffix: str = "") -> None:
+    """Delete the configurations, then wait until the apiserver stops calling them (it drops
+    them asynchronously): a dry-run create that a stopped webhook server would fail succeeds."""
+    from lightkube.resources.core_v1 import Pod
+
+    from localmodel.kube import resources
+
+    from .harness import wait_for
+
+    for res, name in ((ValidatingWebhookConfiguration, f"localmodel-validating{suffix}"),
+                      (MutatingWebhookConfiguration, f"localmodel-mutating{suffix}")):
+        try:
+            client.delete(res, name)
+        except ApiError as error:
+            if error.status.code != 404:
+                raise
+    probes = [
+        resources.LocalModelCache({"metadata": {"name": "webhook-gone-probe"}, "spec": {
+            "sourceModelUri": "s3://probe/gone", "modelSize": "1", "nodeGroups": ["none"]}}),
+        Pod.from_dict({"metadata": {"name": "webhook-gone-probe", "namespace": POD_NAMESPACE,
+                                    "labels": {"localmodel.kserve.io/cache": "no-such-cache"}},
+                       "spec": {"containers": [{"name": "c", "image": "x"}]}}),
+    ]
+
+    def accepted() -> bool:
+        try:
+            for probe in probes:
+                client.create(probe, dry_run=True)
+        except ApiError:
+            return False
+        return True
+
+    wait_for(accepted, "webhooks no longer called")
+
+
 @pytest.fixture(scope="session")
 def cluster(kube: ControlPlane, kube_client: Client) -> ControlPlane:
     """Our CRDs plus KServe's InferenceService and LLMInferenceService CRDs, namespaces and config."""
@@ -108,7 +143,10 @@ def cluster(kube: ControlPlane, kube_client: Client) -> ControlPlane:
     return kube
 
 
-@pytest.fixture(scope="session")
+# The controller and its webhooks live only while tests/controller runs: a controller left
+# running would garbage-collect other packages' LocalModelNodes (they have no Node objects),
+# and webhooks left registered with failurePolicy Fail would refuse their caches.
+@pytest.fixture(scope="package")
 def controller(cluster: ControlPlane, kube_client: Client,
                tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningController]:
     cert_dir = tmp_path_factory.mktemp("webhook-certs")
@@ -117,7 +155,11 @@ def controller(cluster: ControlPlane, kube_client: Client,
     pair.key_file.rename(cert_dir / "tls.key")
     settings = Settings(pod_namespace=POD_NAMESPACE, identity="controller-under-test", webhook_host="127.0.0.1",
                         webhook_port=0, webhook_cert_dir=cert_dir, health_port=None,
-                        lease_duration=4, renew_deadline=3, retry_period=0.5)
+                        metrics_host="127.0.0.1", metrics_port=0,
+                        lease_duration=4, renew_deadline=3, retry_period=0.5,
+                        # agent reports show in cache status within 0.5 s instead of 5 s; the spacing
+                        # is unit-tested (test_workqueue) and runs at its default in tests/bench
+                        cache_status_interval=0.5)
     running = RunningController(cluster.kubeconfig, settings).start()
     from .harness import wait_for
 
@@ -126,9 +168,10 @@ def controller(cluster: ControlPlane, kube_client: Client,
     register_webhooks(kube_client, cluster, running.manager.webhook_port)
     yield running
     running.stop()
+    unregister_webhooks(kube_client)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def webhooks_active(controller: RunningController, kube_client: Client) -> RunningController:
     """Wait until the apiserver calls both webhook configurations (they activate asynchronously)."""
     from lightkube.resources.core_v1 import Pod

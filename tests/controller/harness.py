@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from lightkube import ApiError, Client
+from lightkube.generic_resource import create_namespaced_resource
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import Namespace, Node, NodeStatus
 from lightkube.types import PatchType
@@ -195,3 +196,20 @@ def deleted(get: Callable[[], Any]) -> bool:
     if meta is not None:
         return meta.deletionTimestamp is not None
     return bool(obj["metadata"].get("deletionTimestamp"))
+
+
+# Events read as plain dicts: lightkube's typed events.k8s.io Event refuses an item whose
+# eventTime is null, which is what core/v1 Events written by other components look like there.
+RawEvent = create_namespaced_resource("events.k8s.io", "v1", "Event", "events")
+
+
+def events_about(client: Client, name: str, namespace: str = "default",
+                 kinds: tuple[str, ...] = ("LocalModelCache", "LocalModelNamespaceCache")) -> list[dict[str, Any]]:
+    """Events (events.k8s.io/v1) regarding the object `name` of one of `kinds`."""
+    found = []
+    for event in client.list(RawEvent, namespace=namespace):
+        regarding = event.get("regarding") or {}
+        if regarding.get("name") == name and regarding.get("kind") in kinds:
+            found.append({"reason": event.get("reason"), "type": event.get("type"), "note": event.get("note"),
+                          "controller": event.get("reportingController")})
+    return found

@@ -76,3 +76,26 @@ def test_watch_from_expired_version_relists(compacting: ControlPlane) -> None:
     assert relists >= 2
     assert {"after", "before-1", "before-2"} <= names and "before-0" not in names
     assert "DELETED before-0" in events and "ADDED after" in events
+
+
+def test_unserved_api_group_reads_as_empty(kube: ControlPlane) -> None:
+    """An API group that is not served (e.g. KServe's InferenceService CRD not installed) answers a
+    plain-text 404; the informer must still report synced, empty, so the controller starts."""
+    from lightkube.generic_resource import create_global_resource
+
+    Widget = create_global_resource("absent.localmodel.dev", "v1", "Widget", "widgets")
+
+    async def scenario() -> tuple[bool, bool, int]:
+        client = async_client(str(kube.kubeconfig))
+        informer = Informer(client, Widget, name="widgets", absent_retry=60)
+        task = asyncio.create_task(informer.run())
+        try:
+            await asyncio.wait_for(informer.synced.wait(), 30)
+            return informer.synced.is_set(), informer.served, len(informer.store)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await client.close()
+
+    synced, served, stored = asyncio.run(scenario())
+    assert synced and not served and stored == 0

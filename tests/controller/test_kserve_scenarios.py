@@ -55,10 +55,13 @@ def test_pv_pvc_local_model_nodes_and_status_copied_from_agents(kube_client: Cli
     for node in (n1, n2):
         wait_for(lambda node=node: lmn_entries(kube_client, node) == [
             {"sourceModelUri": uri, "modelName": cache, "namespace": "", "nodeGroup": group}], f"entry on {node}")
-    obj = get_cache(kube_client, cache)
+    # entries (node queue) and finalizer/volumes (cache queue) are written by different workers
+    obj = wait_for(lambda: get_cache(kube_client, cache) if get_cache(kube_client, cache)["metadata"].get(
+        "finalizers") else None, "finalizer")
     assert obj["metadata"]["finalizers"] == ["localmodel.kserve.io/finalizer"]
-    pv = kube_client.get(PersistentVolume, f"{cache}-{group}-download")
-    pvc = kube_client.get(PersistentVolumeClaim, f"{cache}-{group}", namespace=JOB_NAMESPACE)
+    pv = wait_for(lambda: kube_client.get(PersistentVolume, f"{cache}-{group}-download"), "download PV")
+    pvc = wait_for(lambda: kube_client.get(PersistentVolumeClaim, f"{cache}-{group}", namespace=JOB_NAMESPACE),
+                   "download PVC")
     for owned in (pv, pvc):
         ref = owned.metadata.ownerReferences[0]
         assert (ref.kind, ref.name, ref.uid, ref.controller) == ("LocalModelCache", cache,

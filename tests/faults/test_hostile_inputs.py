@@ -311,7 +311,7 @@ CASES: list[Case] = [
     Case("size-http", "Content-Length of 2 TiB", lambda w: w.announced(_current(), 2 * TiB), "InsufficientSpace",
          "needs"),
     Case("size-files", "10^5 tiny files", hub({f"d{i // 1000:03d}/f{i:06d}.txt": 1 for i in range(100_000)}),
-         "TooManyFiles", "more than 50000 files"),
+         "TooManyFiles", "more than 25000 files"),
 ]
 
 

@@ -188,3 +188,22 @@ def test_concurrent_downloads_of_one_destination_serialize(tmp_path: Path) -> No
     assert all(not isinstance(r, Exception) for r in results), results
     assert results[0] == results[1] == results[2]  # the later ones found the first's manifest
     assert read_tree(dest) == NESTED
+
+
+def test_without_verification_sizes_are_checked_and_nothing_is_vouched_for(tmp_path: Path) -> None:
+    source = write_tree(tmp_path / "src", NESTED)
+    dest = tmp_path / "model"
+    options = FetchOptions(verify=False, chunk_size=SMALL_CHUNKS.chunk_size, fsync=False)
+    manifest = download(str(source), dest, options=options)
+    assert read_tree(dest) == NESTED
+    assert all(f.sha256 is None and not f.digest_checked for f in manifest.files)
+    layout = Layout.beside(dest)
+    assert read_manifest(layout) == manifest  # null sha256 survives the JSON round trip
+    assert verify_quick(layout, manifest) == []
+    problems = verify_full(layout, manifest)
+    assert len(problems) == len(NESTED) and all("unverifiable" in p for p in problems)
+    # A verifying run does not take the unverified copy as complete: it hashes a fresh one.
+    verified = download(str(source), dest, options=SMALL_CHUNKS)
+    assert {f.path: f.sha256 for f in verified.files} == {
+        path: hashlib.sha256(data).hexdigest() for path, data in NESTED.items()}
+    assert verify_full(layout, verified) == []

@@ -39,15 +39,19 @@ def test_split_range_aligns_to_chunk_boundaries() -> None:
         split_range(0, 1, 0)
 
 
-def test_plan_covers_exactly_the_missing_bytes_in_file_order() -> None:
+def test_plan_covers_exactly_the_missing_bytes_taking_turns_across_files() -> None:
     done = [RangeSet([(0, 6)]), RangeSet(), RangeSet([(2, 4)]), RangeSet()]
     requests = plan_requests([10, 0, 9, 3], done, chunk_size=4)
     assert requests == [
-        Request(0, 6, 8), Request(0, 8, 10),
-        Request(2, 0, 2), Request(2, 4, 8), Request(2, 8, 9),
-        Request(3, 0, 3),
+        Request(0, 6, 8), Request(2, 0, 2), Request(3, 0, 3),
+        Request(0, 8, 10), Request(2, 4, 8),
+        Request(2, 8, 9),
     ]
     assert sum(r.length for r in requests) == 4 + 7 + 3
+    # each file's requests stay front to back
+    for index in (0, 2):
+        starts = [r.start for r in requests if r.file_index == index]
+        assert starts == sorted(starts)
 
 
 def test_plan_reads_unseekable_files_whole_even_when_partly_done() -> None:

@@ -16,13 +16,14 @@ from typing import Any
 from lightkube import Client
 from lightkube.core.exceptions import ApiError
 from lightkube.models.meta_v1 import ObjectMeta
-from lightkube.resources.core_v1 import ConfigMap, Namespace
-from lightkube.resources.events_v1 import Event
+from lightkube.resources.core_v1 import ConfigMap, Namespace, Node
 from lightkube.types import PatchType
 
 from localmodel.dev.controlplane import ControlPlane
 from localmodel.kube import resources
+from tests.controller.harness import RawEvent
 from tests.node.agent_process import AgentProcess, wait_until
+from tests.reference import kserve_reference
 
 REPO = Path(__file__).resolve().parents[2]
 OUR_CRDS = REPO / "deploy" / "crds"
@@ -37,17 +38,8 @@ FAST = ["--progress-interval", "0.3", "--retry-initial", "1", "--retry-max", "2"
 LOCAL = ["--allow-local-sources"]
 
 
-def kserve_crds_dir() -> Path:
-    """KServe's own CRD files (reference data kept beside the repository, never committed)."""
-    for base in (REPO.parent, REPO.parent.parent):
-        candidate = base / "shared" / "kserve-reference" / "crds"
-        if candidate.is_dir():
-            return candidate
-    raise FileNotFoundError(f"KServe reference CRDs not found beside {REPO}")
-
-
 def crd_files(flavor: str) -> list[Path]:
-    folder = OUR_CRDS if flavor == "localmodel" else kserve_crds_dir()
+    folder = OUR_CRDS if flavor == "localmodel" else kserve_reference() / "crds"
     return [folder / f"serving.kserve.io_{name.split('.')[0]}.yaml" for name in CRD_NAMES]
 
 
@@ -110,7 +102,13 @@ class ClusterAgents:
     # --- LocalModelNodes ------------------------------------------------------------------------
 
     def node(self, entries: list[dict[str, Any]], name: str | None = None) -> str:
+        """A Node and its LocalModelNode (a controller deletes LocalModelNodes of missing Nodes)."""
         name = name or unique("node")
+        try:
+            self.client.create(Node(metadata=ObjectMeta(name=name)))
+        except ApiError as exc:
+            if exc.status.code != 409:
+                raise
         self.client.create(resources.LocalModelNode.from_dict({
             "apiVersion": "serving.kserve.io/v1alpha1", "kind": "LocalModelNode",
             "metadata": {"name": name}, "spec": {"localModels": entries},
@@ -139,11 +137,13 @@ class ClusterAgents:
         return self.status(node)
 
     def events(self, node: str) -> list[dict[str, Any]]:
+        # as plain dicts: the typed model refuses the null eventTime of other components' Events
         found = []
-        for event in self.client.list(Event, namespace="default"):
-            if event.regarding is not None and event.regarding.name == node:
-                found.append({"reason": event.reason, "type": event.type, "note": event.note,
-                              "kind": event.regarding.kind})
+        for event in self.client.list(RawEvent, namespace="default"):
+            regarding = event.get("regarding") or {}
+            if regarding.get("name") == node:
+                found.append({"reason": event.get("reason"), "type": event.get("type"), "note": event.get("note"),
+                              "kind": regarding.get("kind")})
         return found
 
     # --- agents -------------------------------------------------------------------------------
@@ -166,10 +166,11 @@ class ClusterAgents:
         for agent in self.agents:
             agent.stop()
         for node in self.nodes:
-            try:
-                self.client.delete(resources.LocalModelNode, node)
-            except ApiError:
-                pass
+            for kind in (resources.LocalModelNode, Node):
+                try:
+                    self.client.delete(kind, node)
+                except ApiError:
+                    pass
         for namespace in self._namespaces:
             try:
                 self.client.delete(Namespace, namespace)

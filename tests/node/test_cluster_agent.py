@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from lightkube import Client
 from lightkube.core.exceptions import ApiError
 from lightkube.models.core_v1 import ObjectReference
 from lightkube.models.meta_v1 import ObjectMeta
@@ -363,13 +362,13 @@ def test_storage_key_of_the_storage_config_secret_and_secrets_never_shown(
 
 
 def test_bound_token_of_an_agent_on_n1_cannot_write_n2_and_runs_n1(
-    cluster: ClusterAgents, kube_client: Client, tmp_path: Path
+    cluster: ClusterAgents, tmp_path: Path
 ) -> None:
-    install_agent_rbac(cluster.kube, kube_client)
+    install_agent_rbac(cluster.kube, cluster.client)
     uri, digests = local_model(tmp_path, "m", {"w.bin": MiB})
     n1 = cluster.node([entry(uri, "m")])
     n2 = cluster.node([entry(uri, "m")])
-    kubeconfig, client = agent_kubeconfig(cluster.kube, kube_client, n1)
+    kubeconfig, client = agent_kubeconfig(cluster.kube, cluster.client, n1)
 
     # The admission policy may take a moment to be enforced: retry until it denies.
     def denied() -> ApiError | None:
@@ -491,3 +490,18 @@ def test_hf_token_and_endpoint_from_the_storage_config_secret(
         assert cluster.detail(node, "hub-model")["revision"] == sha
     assert hf_hub.tokens_sent_to_cdn == 0
     assert token not in agent.log_text() + json.dumps(cluster.get(node))
+
+
+def test_folder_left_by_kserves_agent_is_adopted_not_downloaded(cluster: ClusterAgents, tmp_path: Path) -> None:
+    """Switching from KServe's agent: the same host folder, models/<key>/ without a manifest."""
+    uri, digests = local_model(tmp_path, "m", {"config.json": 300, "w/model.safetensors": 3 * MiB})
+    node = cluster.node([entry(uri, "m")])
+    kserve_copy = model_dir(cluster.root(node), uri)
+    shutil.copytree(Path(uri.removeprefix("file://")), kserve_copy)
+    inode = (kserve_copy / "w" / "model.safetensors").stat().st_ino
+    agent = cluster.start_agent(node)
+    cluster.wait_phase(node, "m", "ModelDownloaded", agent)
+    assert (kserve_copy / "w" / "model.safetensors").stat().st_ino == inode
+    assert tree_digests(kserve_copy) == digests
+    wait_until(lambda: [e for e in cluster.events(node) if e["reason"] == "Adopted"], "an Adopted Event", agent=agent)
+    assert metric_value(agent.metrics(), "localmodel_models_adopted_total") == 1

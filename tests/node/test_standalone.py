@@ -317,7 +317,7 @@ def test_agent_stopped_mid_download_resumes_where_it_stopped(
     else:
         first.signal(signal.SIGTERM)
         assert first.wait() == 0, first.tail()
-        assert "partial downloads are kept" in first.log_text()
+        assert "partial data is kept for resume" in first.log_text()
     staging = standalone.root / "staging" / storage_key(uri)
     assert staging.is_dir() and any(staging.rglob("*"))
     requests_before = len(fault_server.served(path))
@@ -464,3 +464,65 @@ def test_model_removed_mid_download_is_cancelled_and_its_partial_data_deleted(
                "its partial data to go", agent=agent)
     assert metric_value(agent.metrics(), "localmodel_downloads_total", 'result="cancelled"') == 1
     assert tree_digests(model_dir(standalone.root, keep_uri)) == keep_digests
+
+
+# --- moving from KServe's agent ------------------------------------------------------------------
+
+
+def test_folder_left_by_kserve_is_adopted_without_downloading(
+    standalone: Standalone, fault_server: FaultServer, tmp_path: Path
+) -> None:
+    """KServe's agent left models/<key>/ with the files and no manifest: the agent hashes them,
+    writes the manifest and reports Downloaded; the origin serves no byte."""
+    data = os.urandom(3 * MiB)
+    path = f"/{tmp_path.name}/kserve-model.safetensors"
+    uri = fault_server.add(path, data)
+    folder = model_dir(standalone.root, uri)
+    folder.mkdir(parents=True)
+    (folder / "kserve-model.safetensors").write_bytes(data)
+    inode = (folder / "kserve-model.safetensors").stat().st_ino
+    standalone.write(entry(uri, "m"))
+    agent = standalone.start()
+    standalone.wait_phase("m", "ModelDownloaded", agent)
+
+    assert fault_server.body_bytes(path) == 0
+    assert (folder / "kserve-model.safetensors").stat().st_ino == inode
+    assert (standalone.root / "manifests" / f"{storage_key(uri)}.json").is_file()
+    assert standalone.detail("m")["digest"].startswith("sha256:")
+    metrics = agent.metrics()
+    assert metric_value(metrics, "localmodel_models_adopted_total") == 1
+    assert not metric_value(metrics, "localmodel_download_bytes_total")
+    assert "event=Adopted" in agent.log_text()
+
+
+def test_folder_that_does_not_match_the_source_is_downloaded_again(
+    standalone: Standalone, fault_server: FaultServer, tmp_path: Path
+) -> None:
+    data = os.urandom(2 * MiB)
+    path = f"/{tmp_path.name}/w.safetensors"
+    uri = fault_server.add(path, data)
+    folder = model_dir(standalone.root, uri)
+    folder.mkdir(parents=True)
+    (folder / "w.safetensors").write_bytes(data[: MiB])  # an interrupted storage-initializer
+    standalone.write(entry(uri, "m"))
+    agent = standalone.start()
+    standalone.wait_phase("m", "ModelDownloaded", agent)
+    assert (folder / "w.safetensors").read_bytes() == data
+    assert fault_server.body_bytes(path) == len(data)
+    assert not metric_value(agent.metrics(), "localmodel_models_adopted_total")
+
+
+def test_no_adopt_downloads_a_matching_folder_again(
+    standalone: Standalone, fault_server: FaultServer, tmp_path: Path
+) -> None:
+    data = os.urandom(MiB)
+    path = f"/{tmp_path.name}/w.safetensors"
+    uri = fault_server.add(path, data)
+    folder = model_dir(standalone.root, uri)
+    folder.mkdir(parents=True)
+    (folder / "w.safetensors").write_bytes(data)
+    standalone.write(entry(uri, "m"))
+    agent = standalone.start("--no-adopt")
+    standalone.wait_phase("m", "ModelDownloaded", agent)
+    assert fault_server.body_bytes(path) == len(data)
+    assert not metric_value(agent.metrics(), "localmodel_models_adopted_total")

@@ -223,17 +223,33 @@ def test_resources_and_replicas(render_chart: Render) -> None:
 
 def test_metrics_and_health_ports(render_chart: Render) -> None:
     objects = render_chart({"agent": {"ports": {"metrics": 9100, "health": 9101}},
-                            "controller": {"ports": {"health": 9201, "webhook": 9444},
+                            "controller": {"ports": {"metrics": 9200, "health": 9201, "webhook": 9444},
                                            "metricsService": {"port": 80}}})
     agent = _container(objects, "DaemonSet")
-    assert {p["name"]: p["containerPort"] for p in agent["ports"]} == {"metrics": 9100, "health": 9101}
+    assert {p["name"]: p["containerPort"] for p in agent["ports"]} == {"metrics": 9100, "health": 9101,
+                                                                       "peer": 8082}
     assert agent["command"][4:] == ["--metrics-port=9100", "--health-port=9101"]
     controller = _container(objects, "Deployment")
     assert {p["name"]: p["containerPort"] for p in controller["ports"]} == {
-        "metrics": 8080, "health": 9201, "webhook-server": 9444}
-    assert controller["command"][4:] == ["--health-port=9201", "--webhook-port=9444"]
+        "metrics": 9200, "health": 9201, "webhook-server": 9444}
+    assert controller["command"][4:] == ["--metrics-port=9200", "--health-port=9201", "--webhook-port=9444"]
     service = _only(objects, "Service", "kserve-localmodel-metrics")
     assert service["spec"]["ports"] == [{"name": "metrics", "port": 80, "targetPort": "metrics"}]
+
+
+def test_peer_to_peer_values_become_agent_flags(render_chart: Render) -> None:
+    objects = render_chart({"agent": {"ports": {"peer": 9082},
+                                      "peers": {"originSlots": 3, "rateLimit": "500Mi",
+                                                "tokenExpirationSeconds": 7200}}})
+    agent = _container(objects, "DaemonSet")
+    assert agent["command"][4:] == ["--peer-port=9082", "--origin-slots=3", "--peer-rate-limit=500Mi"]
+    assert {p["name"]: p["containerPort"] for p in agent["ports"]}["peer"] == 9082
+    volume = next(v for v in _only(objects, "DaemonSet")["spec"]["template"]["spec"]["volumes"]
+                  if v["name"] == "peer-token")
+    assert volume["projected"]["sources"][0]["serviceAccountToken"] == {
+        "audience": "localmodel-peer", "expirationSeconds": 7200, "path": "token"}
+    off = _container(render_chart({"agent": {"peers": {"enabled": False}}}), "DaemonSet")
+    assert off["command"][4:] == ["--peer-port=-1"]
 
 
 def test_default_ports_add_no_flags(render_chart: Render) -> None:
@@ -251,8 +267,9 @@ def test_cli_accepts_every_flag_the_chart_passes(render_chart: Render, kind: str
     if subcommand is None:
         pytest.skip(f"`localmodel {command}` is not in this tree yet")
     # Every option the chart can add: ports off their defaults, ISVC defaulting off.
-    objects = render_chart({"agent": {"ports": {"metrics": 9100, "health": 9101}},
-                            "controller": {"ports": {"health": 9201, "webhook": 9202}},
+    objects = render_chart({"agent": {"ports": {"metrics": 9100, "health": 9101, "peer": 9102},
+                                      "peers": {"originSlots": 2, "rateLimit": "1G"}},
+                            "controller": {"ports": {"metrics": 9200, "health": 9201, "webhook": 9202}},
                             "webhooks": {"inferenceServices": False}})
     argv = _container(objects, kind)["command"]
     assert argv[:2] == ["localmodel", command]

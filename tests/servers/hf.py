@@ -15,9 +15,11 @@ and an unknown repo answers 401 (no token) or 404 with X-Error-Code.
 
 Fault switches (reset around every test by the `hf_hub` fixture): answer 429 (or any status)
 with Retry-After, 403 (gated), require a token, corrupt bytes of a file, cut responses short and
-drop the connection, serve LFS files without a redirect, trickle bytes slowly. `bytes_served`
-counts the body bytes of file responses and `served(repo, path)` lists the byte ranges sent per
-file; `tokens_sent_to_cdn` counts CDN requests that carried a token (a leak).
+drop the connection, serve LFS files without a redirect, trickle each response slowly
+(`faults.throttle`); `rate_limit` caps the bytes per second of all file bodies together, like a
+WAN origin (benchmarks, downloads that must last). `bytes_served` counts the body bytes of file
+responses and `served(repo, path)` lists the byte ranges sent per file; `tokens_sent_to_cdn`
+counts CDN requests that carried a token (a leak).
 
 `declare(repo, {path: size})` publishes a commit whose tree lists files that have no content
 (hostile listings: paths that must never be written, sizes far beyond any disk).
@@ -37,10 +39,13 @@ from urllib.parse import quote
 import pytest
 from aiohttp import web
 
+from localmodel.fetch.ratelimit import TokenBucket
+
 LFS_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".onnx", ".h5", ".msgpack",
                 ".ckpt", ".model")
 LFS_MIN_SIZE = 10 * 1024 * 1024
 _PIECE = 64 * 1024
+_THROTTLE_SLICE = 256 * 1024
 
 
 def git_blob_sha1(data: bytes) -> str:
@@ -115,6 +120,9 @@ class LocalHub:
         self.tree_page_size = tree_page_size
         self.faults = Faults()
         self.bytes_served = 0
+        #: Bytes per second for all file bodies together (a WAN-like origin); None = no cap.
+        self.rate_limit: float | None = None
+        self._bucket: TokenBucket | None = None
         #: Requests to the CDN path that carried an Authorization header (must stay 0).
         self.tokens_sent_to_cdn = 0
         self.requests: list[tuple[str, str]] = []
@@ -187,9 +195,10 @@ class LocalHub:
             return list(self._served.get((repo, path), ()))
 
     def reset(self) -> None:
-        """Every fault switch off, and an empty request log."""
+        """Every fault switch off, no rate limit, and an empty request log."""
         with self._lock:
             self.faults = Faults()
+            self.rate_limit = None
             self.requests = []
 
     def _resolve(self, repo: str, revision: str) -> tuple[str, dict[str, HubFile]] | None:
@@ -209,7 +218,12 @@ class LocalHub:
         app.router.add_get("/api/models/{owner}/{name}/tree/{rev:[^/]+}/{sub:.*}", self._tree)
         app.router.add_route("*", "/{owner}/{name}/resolve/{rev}/{path:.+}", self._file)
         app.router.add_route("*", "/_lfs/{sha256}", self._lfs)
+        app.router.add_get("/_stats", self._stats)
         return app
+
+    async def _stats(self, _request: web.Request) -> web.Response:
+        """What a hub in its own process tells a benchmark: bytes of file bodies sent."""
+        return web.json_response({"bytes_served": self.bytes_served})
 
     @web.middleware
     async def _faults_middleware(self, request: web.Request, handler):  # type: ignore[no-untyped-def]
@@ -346,6 +360,8 @@ class LocalHub:
                 (start, end if cut is None else start + min(cut, end - start)))
         if cut is not None:
             return await _send_truncated(request, status, headers, entry.read(start, end)[:cut])
+        if self.rate_limit and not corrupt:
+            return await self._send_throttled(request, entry, start, end, status, headers)
         if entry.data is None and not corrupt:
             return _FileSlice(entry.disk_path, start, end, status, headers)  # type: ignore[arg-type]
         body = bytearray(entry.read(start, end))
@@ -378,6 +394,25 @@ class LocalHub:
                 await asyncio.sleep(len(piece) / self.faults.throttle)
         except (ConnectionResetError, asyncio.CancelledError):
             pass
+        return response
+
+    async def _send_throttled(self, request: web.Request, entry: HubFile, start: int, end: int,
+                              status: int, headers: dict[str, str]) -> web.StreamResponse:
+        """The body in slices, each paid for from one bucket shared by every response."""
+        assert self.rate_limit is not None
+        if self._bucket is None or self._bucket.rate != self.rate_limit:
+            self._bucket = TokenBucket(self.rate_limit, burst=max(self.rate_limit / 10, _THROTTLE_SLICE))
+        response = web.StreamResponse(status=status, headers=headers)
+        await response.prepare(request)
+        position = start
+        while position < end:
+            count = min(_THROTTLE_SLICE, end - position)
+            wait = self._bucket.reserve(count)
+            if wait > 0:
+                await asyncio.sleep(wait)
+            await response.write(entry.read(position, position + count))
+            position += count
+        await response.write_eof()
         return response
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -510,19 +545,23 @@ def serve_folders(repos: Mapping[str, Path], port: int = 0) -> LocalHub:
 
 
 def main() -> None:
-    """`python -m tests.servers.hf --repo owner/name=DIR [--port N]`: serve folders until killed
-    (benchmarks run the hub in its own process so its CPU is not counted as the client's)."""
+    """`python -m tests.servers.hf --repo owner/name=DIR [--port N] [--rate-limit B]`: serve
+    folders until killed (benchmarks run the hub in its own process so its CPU is not counted as
+    the client's; GET /_stats tells the bytes it sent)."""
     import argparse
     import signal
 
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--repo", action="append", required=True, metavar="OWNER/NAME=DIR")
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--rate-limit", type=float, default=0.0,
+                        help="bytes per second for all file bodies together (0: no cap)")
     args = parser.parse_args()
     repos = {spec.split("=", 1)[0]: Path(spec.split("=", 1)[1]) for spec in args.repo}
     stop_signals = {signal.SIGTERM, signal.SIGINT}
     signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)  # the server thread inherits this
     hub = serve_folders(repos, args.port)
+    hub.rate_limit = args.rate_limit or None
     print(hub.url, flush=True)
     signal.sigwait(stop_signals)
     hub.stop()

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import concurrent.futures
 import hashlib
+import io
+import zipfile
 from pathlib import Path
 
 import pytest
 
 from localmodel import errors
+from localmodel.fetch import download
 from localmodel.sources.hf import HFSource, parse_hf_uri
 from tests.servers.hf import LocalHub, git_blob_sha1
 from tests.sources.modeldata import BIG, check_listing, check_reads, read_all, sample_model
@@ -42,6 +45,21 @@ def test_lfs_files_carry_sha256_and_git_files_their_blob_id(hf_hub: LocalHub, re
     assert config.digest is None
     assert config.version == git_blob_sha1(MODEL["config.json"])
     assert files["empty.txt"].size == 0
+
+
+def test_single_zip_repo_is_downloaded_not_unpacked(hf_hub: LocalHub, tmp_path: Path) -> None:
+    packed = io.BytesIO()
+    with zipfile.ZipFile(packed, "w") as archive:
+        archive.writestr("inner/weights.bin", b"w" * 1000)
+    hf_hub.add_commit("acme/zipped", {"dataset.zip": packed.getvalue()})
+    listing = open_source(hf_hub, "hf://acme/zipped").list_files()
+    assert listing.details["archive"] == "none"
+    manifest = download("hf://acme/zipped", tmp_path / "model",
+                        settings={"HF_ENDPOINT": hf_hub.url})
+    assert manifest.archive is None
+    assert [f.path for f in manifest.files] == ["dataset.zip"]
+    assert (tmp_path / "model" / "dataset.zip").read_bytes() == packed.getvalue()
+    assert not (tmp_path / "model" / "inner").exists()
 
 
 def test_reads_exact_ranges_through_the_cdn_redirect(hf_hub: LocalHub, repo: str) -> None:

@@ -40,6 +40,20 @@ def test_azure_emulator_endpoint_from_settings() -> None:
                                "http://127.0.0.1:10000/devstoreaccount1"}) == "http"
 
 
+def test_registry_and_azure_source_share_one_rule() -> None:
+    """The registry asks AzureBlobSource.matches, so everything the source understands routes
+    to it: also azurite's `UseDevelopmentStorage=true`, which names the endpoint implicitly."""
+    from localmodel.sources.azure import AzureBlobSource
+
+    settings = {"AZURE_STORAGE_CONNECTION_STRING": "UseDevelopmentStorage=true"}
+    uri = "http://127.0.0.1:10000/devstoreaccount1/models/m"
+    assert AzureBlobSource.matches(uri, settings)
+    assert registry.scheme_of(uri, settings) == "azure"
+    for other in ("https://acct.blob.core.windows.net/c/m", "https://example.com/m.bin",
+                  "http://acct.blob.core.windows.net/c/m"):
+        assert (registry.scheme_of(other) == "azure") == AzureBlobSource.matches(other, {})
+
+
 @pytest.mark.parametrize("uri, message", [
     ("", "empty"),
     ("  s3://b/m", "whitespace"),

@@ -6,11 +6,13 @@ import base64
 import concurrent.futures
 import hashlib
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from localmodel import errors
+from localmodel.fetch import FetchOptions, download
 from localmodel.sources.s3 import S3Settings, S3Source, parse_s3_uri
 from tests.servers.s3 import RcloneS3Server, S3Server, ca_bundle
 from tests.sources.modeldata import (
@@ -165,26 +167,62 @@ def test_sha256_checksum_is_preferred_over_etag(moto_s3: S3Server) -> None:
     assert files["plain.bin"].digest.value == hashlib.md5(data).hexdigest()
 
 
-def test_multipart_upload_has_s3_etag_digest(moto_s3: S3Server) -> None:
+def upload_in_parts(client: Any, bucket: str, key: str, parts: list[bytes]) -> None:
+    """A real multipart upload (what aws cli, boto3 and s5cmd do for big files)."""
+    upload = client.create_multipart_upload(Bucket=bucket, Key=key)
+    done = []
+    for number, body in enumerate(parts, 1):
+        resp = client.upload_part(Bucket=bucket, Key=key, PartNumber=number,
+                                  UploadId=upload["UploadId"], Body=body)
+        done.append({"PartNumber": number, "ETag": resp["ETag"]})
+    client.complete_multipart_upload(Bucket=bucket, Key=key, UploadId=upload["UploadId"],
+                                     MultipartUpload={"Parts": done})
+
+
+def test_multipart_upload_has_s3_etag_digest_with_part_size(moto_s3: S3Server) -> None:
     client = moto_s3.client()
     client.create_bucket(Bucket="multipart")
     part_size = 5 * 1024 * 1024
     data = MODEL[BIG]
-    upload = client.create_multipart_upload(Bucket="multipart", Key="m/big.bin")
-    parts = []
-    for number, start in enumerate(range(0, len(data), part_size), 1):
-        resp = client.upload_part(Bucket="multipart", Key="m/big.bin", PartNumber=number,
-                                  UploadId=upload["UploadId"], Body=data[start:start + part_size])
-        parts.append({"PartNumber": number, "ETag": resp["ETag"]})
-    client.complete_multipart_upload(Bucket="multipart", Key="m/big.bin",
-                                     UploadId=upload["UploadId"],
-                                     MultipartUpload={"Parts": parts})
+    upload_in_parts(client, "multipart", "m/big.bin",
+                    [data[start:start + part_size] for start in range(0, len(data), part_size)])
     source = open_source(moto_s3, "s3://multipart/m")
     [remote] = source.list_files().files
     assert remote.digest is not None
     assert remote.digest.algorithm == "s3-etag"
     assert remote.digest.value == s3_multipart_etag(data, part_size)
+    assert remote.digest.part_size == part_size  # from HEAD ?partNumber=1
     assert read_all(source, "big.bin", part_size - 10, 20) == data[part_size - 10:part_size + 10]
+
+
+def test_multipart_etag_is_checked_by_the_engine(moto_s3: S3Server, tmp_path: Path) -> None:
+    client = moto_s3.client()
+    client.create_bucket(Bucket="multipart-engine")
+    part_size = 5 * 1024 * 1024
+    data = MODEL[BIG]
+    upload_in_parts(client, "multipart-engine", "m/big.bin",
+                    [data[start:start + part_size] for start in range(0, len(data), part_size)])
+    client.put_object(Bucket="multipart-engine", Key="m/config.json", Body=b"{}")
+    manifest = download("s3://multipart-engine/m", tmp_path / "model",
+                        settings=moto_s3.settings(), options=FetchOptions(chunk_size=1024 * 1024))
+    files = {f.path: f for f in manifest.files}
+    assert files["big.bin"].digest is not None and files["big.bin"].digest.algorithm == "s3-etag"
+    assert files["big.bin"].digest_checked
+    assert (tmp_path / "model" / "big.bin").read_bytes() == data
+
+
+def test_multipart_with_uneven_parts_is_left_unchecked(moto_s3: S3Server) -> None:
+    client = moto_s3.client()
+    client.create_bucket(Bucket="uneven")
+    data = bytes(range(256)) * (12 * 4096)  # 12 MiB: parts of 6, 5 and 1 MiB
+    mib = 1024 * 1024
+    upload_in_parts(client, "uneven", "m/w.bin", [data[:6 * mib], data[6 * mib:11 * mib],
+                                                  data[11 * mib:]])
+    [remote] = open_source(moto_s3, "s3://uneven/m").list_files().files
+    # Part 1 is 6 MiB, but 12 MiB in 6 MiB parts would be 2 parts, not 3: the ETag cannot
+    # be recomputed from a part size, so it is not claimed to be checkable.
+    assert remote.digest is not None and remote.digest.algorithm == "s3-etag"
+    assert remote.digest.part_size is None
 
 
 def test_object_replaced_after_listing_is_detected(moto_s3: S3Server) -> None:

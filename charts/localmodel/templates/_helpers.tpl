@@ -44,9 +44,25 @@ runAsNonRoot: true
 Port flags, only when a port differs from the program's default (8080 metrics, 8081 health,
 9443 webhook), so the default command line is the kustomize base's.
 */}}
+{{/*
+Peer-to-peer flags of the agent, only where they differ from the agent's defaults (so the
+default render equals the kustomize base).
+*/}}
+{{- define "localmodel.peerArgs" -}}
+{{- if ne (int .originSlots) 1 }}
+- --origin-slots={{ .originSlots }}
+{{- end }}
+{{- if ne (toString .rateLimit) "1Gi" }}
+- --peer-rate-limit={{ .rateLimit }}
+{{- end }}
+{{- if not .enabled }}
+- --peer-port=-1
+{{- end }}
+{{- end -}}
+
 {{- define "localmodel.portArgs" -}}
-{{- $defaults := dict "metrics" 8080 "health" 8081 "webhook" 9443 -}}
-{{- range $name := list "metrics" "health" "webhook" }}
+{{- $defaults := dict "metrics" 8080 "health" 8081 "webhook" 9443 "peer" 8082 -}}
+{{- range $name := list "metrics" "health" "webhook" "peer" }}
 {{- if and (hasKey $ $name) (ne (int (get $ $name)) (int (get $defaults $name))) }}
 - --{{ $name }}-port={{ get $ $name }}
 {{- end }}

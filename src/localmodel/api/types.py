@@ -82,12 +82,16 @@ _MODEL_TO_NODE = {
 }
 
 
+# keyed by the raw string: a cache's status maps every member node, so this runs 1000s of times
+# per reconcile at scale, and constructing the Enum from its value each time dominated it
+# (an Enum member hashes by its name, so members and plain strings are both keys)
+_NODE_STATUS_BY_VALUE: dict[str | None, NodeStatus] = {
+    **{m.value: n for m, n in _MODEL_TO_NODE.items()}, **_MODEL_TO_NODE}
+
+
 def node_status_for(model_status: str | None) -> NodeStatus:
     """KServe's ModelStatus → NodeStatus mapping; anything unknown or missing is Pending."""
-    try:
-        return _MODEL_TO_NODE.get(ModelStatus(model_status), NodeStatus.DOWNLOAD_PENDING)
-    except ValueError:
-        return NodeStatus.DOWNLOAD_PENDING
+    return _NODE_STATUS_BY_VALUE.get(model_status, NodeStatus.DOWNLOAD_PENDING)
 
 
 # --- shared pieces ---------------------------------------------------------------------------

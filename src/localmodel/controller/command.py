@@ -18,32 +18,45 @@ from localmodel.kube.config import DEFAULT_NAMESPACE
 @click.option("--namespace", "pod_namespace", envvar="POD_NAMESPACE", default=DEFAULT_NAMESPACE, show_default=True,
               help="Namespace of inferenceservice-config and of the leader-election Lease.")
 @click.option("--identity", envvar="POD_NAME", default=None, help="Leader-election identity (default: host_pid).")
-@click.option("--leader-elect/--no-leader-elect", default=True, show_default=True)
+@click.option("--leader-elect/--no-leader-elect", default=True, show_default=True,
+              help="Reconcile only while holding the Lease kserve-local-model-manager-leader-lock "
+                   "(replicas > 1 need it); webhooks are served either way.")
 @click.option("--workers", default=4, show_default=True, help="Concurrent reconciles per kind.")
 @click.option("--webhook-cert-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Directory with tls.crt/tls.key; webhooks are served only when it holds them.")
-@click.option("--webhook-host", default="0.0.0.0", show_default=True)
-@click.option("--webhook-port", default=9443, show_default=True)
+@click.option("--webhook-host", default="0.0.0.0", show_default=True, help="Address the HTTPS webhook server listens on.")
+@click.option("--webhook-port", default=9443, show_default=True, help="Port of the HTTPS webhook server (0: any free port).")
 @click.option("--isvc-defaulting/--no-isvc-defaulting", default=True, show_default=True,
               help="Serve KServe's InferenceService/LLMInferenceService local-model defaulting "
                    "(turn off where KServe's own webhook does it).")
 @click.option("--health-port", default=8081, show_default=True, help="HTTP port of /healthz and /readyz (0: off).")
-@click.option("--log-level", default="INFO", show_default=True)
+@click.option("--metrics-port", default=8080, show_default=True,
+              help="HTTP port of /metrics, Prometheus text format (0: off).")
+@click.option("--bind-address", default="0.0.0.0", show_default=True,
+              help="Address the health and metrics servers listen on.")
+@click.option("--log-level", default="INFO", show_default=True,
+              help="Least severe log lines written (DEBUG also logs every API request).")
 def controller(kubeconfig: str | None, pod_namespace: str, identity: str | None, leader_elect: bool,
                workers: int, webhook_cert_dir: Path | None, webhook_host: str, webhook_port: int,
-               isvc_defaulting: bool, health_port: int, log_level: str) -> None:
+               isvc_defaulting: bool, health_port: int, metrics_port: int, bind_address: str,
+               log_level: str) -> None:
     """Run the LocalModelCache controller (KServe-compatible) and its admission webhooks."""
     from localmodel.controller.manager import Manager, Settings
     from localmodel.kube.client import async_client
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if logging.getLogger().level > logging.DEBUG:
+        # a line per API request is noise; failures surface through our own log lines
+        for name in ("httpx", "httpx2"):
+            logging.getLogger(name).setLevel(logging.WARNING)
     cert_dir = webhook_cert_dir if webhook_cert_dir and (webhook_cert_dir / "tls.crt").exists() else None
     if webhook_cert_dir and cert_dir is None:
         logging.getLogger(__name__).warning("no tls.crt in %s: webhooks not served", webhook_cert_dir)
     settings = Settings(
         pod_namespace=pod_namespace, workers=workers, leader_election=leader_elect,
         webhook_host=webhook_host, webhook_port=webhook_port, webhook_cert_dir=cert_dir,
-        isvc_defaulting=isvc_defaulting, health_port=health_port or None,
+        isvc_defaulting=isvc_defaulting, health_host=bind_address, health_port=health_port or None,
+        metrics_host=bind_address, metrics_port=metrics_port or None,
         **({"identity": identity} if identity else {}),
     )
 

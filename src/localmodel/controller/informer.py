@@ -24,9 +24,13 @@ Handler = Callable[[str, "dict[str, Any] | None", "dict[str, Any] | None"], None
 
 
 def _raw(obj: Any) -> dict[str, Any]:
-    if isinstance(obj, dict):
-        return dict(obj)
-    return obj.to_dict()  # lightkube model
+    """A plain dict without `metadata.managedFields`: nothing here reads them, and at 1000 nodes
+    they are a large share of every stored LocalModelNode and cache (client-go strips them too)."""
+    raw = dict(obj) if isinstance(obj, dict) else obj.to_dict()  # lightkube model
+    meta = raw.get("metadata")
+    if isinstance(meta, dict) and "managedFields" in meta:
+        raw["metadata"] = {k: v for k, v in meta.items() if k != "managedFields"}
+    return raw
 
 
 def object_key(obj: Mapping[str, Any]) -> ObjectKey:

@@ -1,4 +1,5 @@
-"""Wires the controller together: informers, queues, workers, leader election, webhooks, health.
+"""Wires the controller together: informers, queues, workers, leader election, webhooks, health
+and metrics.
 
 Every replica runs the informers and serves the webhooks (they only read); only the leader runs
 the reconcile workers. Leadership is lost → workers are cancelled; the informers keep going.
@@ -10,6 +11,7 @@ import asyncio
 import logging
 import os
 import socket
+import time
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +21,9 @@ from aiohttp import web
 from lightkube import ApiError, AsyncClient
 
 from localmodel.controller.cluster import ClusterView, Queues
+from localmodel.controller.events import EventRecorder
 from localmodel.controller.leader import LeaderElector, LeaseSettings
+from localmodel.controller.metrics import ControllerMetrics
 from localmodel.controller.names import LEADER_LOCK_NAME, CacheRef
 from localmodel.controller.reconcilers import Reconcilers, RetryNow
 from localmodel.controller.workqueue import WorkQueue
@@ -45,7 +49,15 @@ class Settings:
     isvc_defaulting: bool = True
     health_host: str = "0.0.0.0"
     health_port: int | None = 8081
+    # Prometheus text format on /metrics; None: not served (the CLI's default is 8080)
+    metrics_host: str = "0.0.0.0"
+    metrics_port: int | None = None
     resync_seconds: float = 600.0
+    # seconds over which agent reports are batched before a group's status is recomputed
+    group_status_batch: float = 1.0
+    # while agent reports keep coming, a cache's status is rewritten at most once per this many
+    # seconds (an isolated report is written at once)
+    cache_status_interval: float = 5.0
 
 
 class Manager:
@@ -56,26 +68,48 @@ class Manager:
         self.node_queue: WorkQueue[str] = WorkQueue()
         self.group_queue: WorkQueue[str] = WorkQueue()
         self.view = ClusterView(client, settings.pod_namespace,
-                                Queues(self.cache_queue.add, self.node_queue.add, self.group_queue.add))
-        self.reconcilers = Reconcilers(client, self.view)
+                                Queues(self.cache_queue.add, self.node_queue.add, self.group_queue.add,
+                                       lambda group: self.group_queue.add_after(group, settings.group_status_batch),
+                                       lambda ref: self.cache_queue.add_spaced(ref, settings.cache_status_interval)))
+        self.metrics = ControllerMetrics()
+        self.metrics.api_requests.attach(client)
+        self.reconcilers = Reconcilers(client, self.view, EventRecorder(client, settings.identity, self.metrics))
         self.elector = LeaderElector(client, LeaseSettings(
             settings.pod_namespace, LEADER_LOCK_NAME, settings.identity, settings.lease_duration,
             settings.renew_deadline, settings.retry_period))
         self.webhook_port: int | None = None  # the bound port, once serving
+        self.metrics_port: int | None = None  # the bound port, once serving
         self.webhooks: Any = None  # the webhook handlers, once serving
         self.ready = asyncio.Event()
         self.reconciles = 0
         self.errors = 0
+        # last: the registry collects once on registration, which reads the fields above
+        self.metrics.watch_cluster(
+            lambda: {"cache": self.cache_queue.waiting, "node": self.node_queue.waiting,
+                     "group": self.group_queue.waiting},
+            self._cache_objects, self._leading)
+
+    def _cache_objects(self) -> list[tuple[str, dict[str, Any]]]:
+        return [*(("LocalModelCache", o) for o in self.view.caches.store.values()),
+                *(("LocalModelNamespaceCache", o) for o in self.view.ns_caches.store.values())]
+
+    def _leading(self) -> bool:
+        return self.elector.is_leader if self.settings.leader_election else self.ready.is_set()
 
     async def _worker(self, name: str, queue: WorkQueue[K], reconcile: Callable[[K], Awaitable[None]]) -> None:
         while True:
             key = await queue.get()
+            started = time.monotonic()
+            result = "error"
             try:
                 await reconcile(key)
                 queue.forget(key)
+                result = "success"
             except asyncio.CancelledError:
+                result = "cancelled"
                 raise
             except RetryNow:
+                result = "requeue"
                 queue.add(key)
             except ApiError as error:
                 self.errors += 1
@@ -90,6 +124,11 @@ class Manager:
             finally:
                 self.reconciles += 1
                 queue.done(key)
+                if result != "cancelled":
+                    self.metrics.reconciles.labels(name, result).inc()
+                    self.metrics.reconcile_duration.labels(name).observe(time.monotonic() - started)
+                    if result == "error":
+                        self.metrics.reconcile_errors.labels(name).inc()
 
     def enqueue_everything(self) -> None:
         for cache in self.view.all_caches():
@@ -141,14 +180,34 @@ class Manager:
         await web.TCPSite(runner, self.settings.health_host, self.settings.health_port).start()
         return runner
 
+    async def _serve_metrics(self) -> web.AppRunner | None:
+        if self.settings.metrics_port is None:
+            return None
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        async def metrics(_: web.Request) -> web.Response:
+            return web.Response(body=generate_latest(self.metrics.registry),
+                                headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+        app = web.Application()
+        app.add_routes([web.get("/metrics", metrics)])
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, self.settings.metrics_host, self.settings.metrics_port)
+        await site.start()
+        self.metrics_port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        log.info("metrics on http://%s:%d/metrics", self.settings.metrics_host, self.metrics_port)
+        return runner
+
     async def run(self) -> None:
         """Run until cancelled."""
         runners: list[web.AppRunner] = []
         informer_tasks = [asyncio.create_task(i.run()) for i in self.view.informers]
         try:
-            health = await self._serve_health()
-            if health:
-                runners.append(health)
+            for serve in (self._serve_health, self._serve_metrics):
+                server = await serve()
+                if server:
+                    runners.append(server)
             if self.settings.webhook_cert_dir is not None:
                 from localmodel.controller.webhook import serve_webhooks
 

@@ -11,7 +11,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from lightkube import ApiError, AsyncClient
@@ -21,9 +21,11 @@ from lightkube.types import PatchType
 from localmodel.api.types import CLUSTER_CACHE_FINALIZER, NAMESPACE_CACHE_FINALIZER
 from localmodel.controller import plan_volumes
 from localmodel.controller.cluster import ClusterView
+from localmodel.controller.events import EventRecorder
 from localmodel.controller.names import CacheRef
 from localmodel.controller.patches import merge_patch
 from localmodel.controller.plan_labels import desired_model_labels, label_patch
+from localmodel.controller.plan_events import CacheEvent, missing_group_event, status_events
 from localmodel.controller.plan_groups import group_status
 from localmodel.controller.plan_nodes import entries_changed, plan_entries, wanted_entries
 from localmodel.controller.plan_status import desired_status, node_statuses
@@ -38,6 +40,9 @@ log = logging.getLogger(__name__)
 class Reconcilers:
     client: AsyncClient
     view: ClusterView
+    events: EventRecorder | None = None
+    # the missing node groups last reported per cache, so NodeGroupNotFound is recorded once
+    _missing_groups: dict[CacheRef, frozenset[str]] = field(default_factory=dict)
 
     # --- caches ---------------------------------------------------------------------------------
 
@@ -56,6 +61,7 @@ class Reconcilers:
     async def reconcile_cache(self, ref: CacheRef) -> None:
         cache = self.view.cache(ref)
         if cache is None:
+            self._missing_groups.pop(ref, None)
             for node in self.view.entries.get(ref):
                 self.view.queues.node(node)  # a cache deleted without our finalizer: drop its entries
             return
@@ -86,8 +92,22 @@ class Reconcilers:
         patch = merge_patch(dict(cache.status), status)
         if patch:
             await self._patch_cache(cache, {"status": patch}, status=True)
-        if missing:
-            log.warning("%s %s: node groups not found: %s", ref.kind, ref, ", ".join(missing))
+            for event in status_events(cache.status, status, lambda node: self._model_detail(node, cache)):
+                await self._record(cache, event)
+        missing_event = missing_group_event(self._missing_groups.get(ref), missing)
+        self._missing_groups[ref] = frozenset(missing)
+        if missing_event is not None:
+            await self._record(cache, missing_event)
+
+    def _model_detail(self, node: str, cache: Cache) -> dict[str, Any] | None:
+        details = ((self.view.lmns.get(node) or {}).get("status") or {}).get("modelDetails") or {}
+        return details.get(cache.status_key)
+
+    async def _record(self, cache: Cache, event: CacheEvent) -> None:
+        if self.events is not None:
+            await self.events.record(cache, event)
+        else:
+            log.info("%s %s: %s: %s", cache.ref.kind, cache.ref, event.reason, event.message)
 
     async def _apply_volumes(self, cache: Cache, desired: list[Volume], job_namespace: str) -> None:
         for volume in desired:

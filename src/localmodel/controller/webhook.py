@@ -150,18 +150,25 @@ def _response(review: Review, allowed: bool, message: str | None, ops: list[dict
             "response": response}
 
 
-def _handler(webhooks: Webhooks, decide: Callable[[Review], Awaitable[Decision]]
+def _handler(webhooks: Webhooks, name: str, decide: Callable[[Review], Awaitable[Decision]]
              ) -> Callable[[web.Request], Awaitable[web.Response]]:
+    metrics = webhooks.manager.metrics
+
     async def handle(http_request: web.Request) -> web.Response:
         review = await http_request.json()
         webhooks.calls += 1
         request = review.get("request") or {}
+        operation = str(request.get("operation") or "")
+        metrics.webhook_requests.labels(name, operation).inc()
         try:
             message, ops = await decide(request)
         except Exception as error:  # failurePolicy decides what the apiserver does with a 500
             log.exception("webhook %s failed", http_request.path)
+            metrics.webhook_errors.labels(name).inc()
+            metrics.webhook_denials.labels(name, operation).inc()
             return web.json_response(_response(review, False, f"localmodel webhook error: {error}", []))
         if message:
+            metrics.webhook_denials.labels(name, operation).inc()
             log.info("denied %s %s %s/%s: %s", request.get("operation"), request.get("kind", {}).get("kind"),
                      request.get("namespace"), request.get("name"), message)
         return web.json_response(_response(review, message is None, message, ops))
@@ -194,21 +201,24 @@ async def _reload_certificates(context: ssl.SSLContext, cert_dir: Path, every: f
 
 def application(manager: Manager) -> web.Application:
     hooks = Webhooks(manager)
+    # (path, webhook name in metrics, decision)
     routes = [
-        ("/validate-serving-kserve-io-v1alpha1-localmodelcache", hooks.validate_cluster_cache),
-        ("/validate-localmodelcaches", hooks.validate_cluster_cache),
-        ("/validate-serving-kserve-io-v1alpha1-localmodelnamespacecache", hooks.validate_namespace_cache),
-        ("/validate-localmodelnamespacecaches", hooks.validate_namespace_cache),
-        ("/mutate-pods", hooks.mutate_pod),
+        ("/validate-serving-kserve-io-v1alpha1-localmodelcache", "localmodelcache", hooks.validate_cluster_cache),
+        ("/validate-localmodelcaches", "localmodelcache", hooks.validate_cluster_cache),
+        ("/validate-serving-kserve-io-v1alpha1-localmodelnamespacecache", "localmodelnamespacecache",
+         hooks.validate_namespace_cache),
+        ("/validate-localmodelnamespacecaches", "localmodelnamespacecache", hooks.validate_namespace_cache),
+        ("/mutate-pods", "pod", hooks.mutate_pod),
     ]
     if manager.settings.isvc_defaulting:
         routes += [
-            ("/mutate-serving-kserve-io-v1beta1-inferenceservice", hooks.default_isvc),
-            ("/mutate-serving-kserve-io-v1alpha1-llminferenceservice", hooks.default_llmisvc),
+            ("/mutate-serving-kserve-io-v1beta1-inferenceservice", "inferenceservice", hooks.default_isvc),
+            ("/mutate-serving-kserve-io-v1alpha1-llminferenceservice", "llminferenceservice",
+             hooks.default_llmisvc),
         ]
     app = web.Application()
     manager.webhooks = hooks
-    app.add_routes([web.post(path, _handler(hooks, decide)) for path, decide in routes])
+    app.add_routes([web.post(path, _handler(hooks, name, decide)) for path, name, decide in routes])
     return app
 
 

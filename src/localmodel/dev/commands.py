@@ -176,3 +176,29 @@ def demo(workdir: Path, model_mb: int, exit_when_ready: bool, timeout: float) ->
         click.echo(f"{stop}: demo stopped")
     except (DemoError, ControlPlaneError) as error:
         raise click.ClickException(str(error)) from error
+
+
+@dev.command()
+@click.argument("markdown", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.option("--check", is_flag=True, help="Change nothing; exit 1 when a generated block is out of date.")
+def docs(markdown: Path, check: bool) -> None:
+    """Rewrite the flag tables in MARKDOWN (docs/configuration.md) from the command definitions.
+
+    Each block between `<!-- BEGIN GENERATED: localmodel CMD -->` and its END marker is
+    replaced by CMD's options as click defines them.
+    """
+    from localmodel.cli import main
+    from localmodel.dev.clidocs import blocks_in, generated, update
+
+    text = markdown.read_text()
+    unknown = blocks_in(text) - set(generated(main))  # type: ignore[arg-type]
+    if unknown:
+        raise click.ClickException(f"{markdown} has blocks for unknown commands: {', '.join(sorted(unknown))}")
+    fresh = update(text, main)  # type: ignore[arg-type]
+    if fresh == text:
+        click.echo(f"{markdown} is up to date")
+        return
+    if check:
+        raise click.ClickException(f"{markdown} is out of date: run `localmodel dev docs {markdown}`")
+    markdown.write_text(fresh)
+    click.echo(f"rewrote the flag tables in {markdown}")

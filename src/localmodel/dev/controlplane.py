@@ -254,6 +254,13 @@ class ControlPlane:
     def apiserver_running(self) -> bool:
         return self._apiserver is not None and self._apiserver.running()
 
+    @property
+    def pids(self) -> dict[str, int]:
+        """PIDs of the running components by name (etcd, kube-apiserver, ...), e.g. to read their
+        CPU time and memory from /proc."""
+        running = (self._etcd, self._apiserver, self._controller_manager)
+        return {p.name: p.pid for p in running if p is not None and p.pid is not None and p.running()}
+
     def failed_component(self) -> ManagedProcess | None:
         """A component that has exited on its own, if any (for long-running foreground use)."""
         for process in (self._etcd, self._apiserver, self._controller_manager):

@@ -294,7 +294,7 @@ def run_demo(workdir: Path, *, model_mb: int, say: Callable[[str], None]) -> Ite
         processes = [origin]
         controller = ManagedProcess("controller", [
             *_localmodel_argv(), "controller", "--kubeconfig", str(plane.kubeconfig),
-            "--namespace", NAMESPACE, "--no-leader-elect", "--health-port", "0",
+            "--namespace", NAMESPACE, "--no-leader-elect", "--health-port", "0", "--metrics-port", "0",
         ], logs / "controller.log", env=env)
         controller.start()
         stack.callback(controller.stop, 10.0)

@@ -4,13 +4,14 @@ area, verifies sizes and digests, and publishes the model folder atomically with
 Public API (everything else in this package is internal):
 
     manifest = download("s3://bucket/model", "/data/models/abc", settings=..., options=...)
+    adopt(uri, dest, ...)  # keep a folder that already holds the model without a manifest
     read_manifest(layout) / verify_quick(layout, manifest) / verify_full(layout, manifest)
 
 Layouts of folder, staging and manifest are described in `localmodel.fetch.layout`.
 """
 
 from localmodel.fetch.backoff import BackoffPolicy
-from localmodel.fetch.engine import download
+from localmodel.fetch.engine import adopt, download
 from localmodel.fetch.layout import Layout
 from localmodel.fetch.manifest import Manifest, ManifestFile, read_manifest, verify_full, verify_quick
 from localmodel.fetch.options import FetchOptions
@@ -23,6 +24,7 @@ __all__ = [
     "Manifest",
     "ManifestFile",
     "Progress",
+    "adopt",
     "download",
     "read_manifest",
     "verify_full",

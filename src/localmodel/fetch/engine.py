@@ -2,15 +2,17 @@
 
     download(uri, dest) ─┬─ 1. existing manifest for this URI and sizes match → return it
                          ├─ 2. list the source; drop directory markers; apply patterns;
-                         │     check every path (see `paths`)
+                         │     check every path (see `paths`); a folder without a manifest
+                         │     that holds exactly the listed files is adopted (`adopt`)
                          ├─ 3. open staging: adopt a same-plan, same-boot staging area
                          │     (resume) or start afresh; check free space
                          ├─ 4. fetch: a thread pool runs ranged requests (`planning`),
                          │     writes with pwrite into preallocated files, journals
                          │     progress every `checkpoint_size`, and retries transient errors
                          │     with backoff; the sha256 of each file follows its contiguous
-                         │     written prefix, re-read from the page cache by whichever thread
-                         │     extends it, so hashing overlaps the download
+                         │     written prefix: from memory at the frontier, else re-read from
+                         │     the page cache by a separate hashing thread, so hashing (and
+                         │     the final fsync) overlaps the download and never stalls it
                          ├─ 5. verify: size and provider digest per file (IntegrityError)
                          ├─ 6. unpack a single-archive model (`archive`)
                          └─ 7. publish: withdraw old manifest, rename folder into place,
@@ -28,14 +30,13 @@ import shutil
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
 
 from localmodel import __version__
 from localmodel.errors import (
@@ -44,11 +45,12 @@ from localmodel.errors import (
     SourceNotFoundError,
     SourceUnavailableError,
 )
+from localmodel.fetch import adopt as adoption
 from localmodel.fetch import archive as archives
 from localmodel.fetch import manifest as manifests
 from localmodel.fetch import patterns, planning
 from localmodel.fetch.backoff import RetryBudget, backoff_delay
-from localmodel.fetch.hashing import FileHasher, HashResult
+from localmodel.fetch.hashing import FileHasher, HashResult, NoHasher
 from localmodel.fetch.layout import HIDDEN, Layout
 from localmodel.fetch.manifest import Manifest, ManifestFile
 from localmodel.fetch.options import FetchOptions
@@ -58,7 +60,7 @@ from localmodel.fetch.ranges import RangeSet
 from localmodel.fetch.ratelimit import TokenBucket
 from localmodel.fetch.staging import Staging, allocated_bytes, create_file, is_no_space, make_parents
 from localmodel.sources.base import MAX_FILES_SETTING, Listing, ListingLimit, RemoteFile, Settings, Source
-from localmodel.sources.registry import open_source, redact_uri
+from localmodel.sources.registry import SourceFactory, open_source, redact_uri
 
 logger = logging.getLogger(__name__)
 
@@ -73,11 +75,14 @@ _NO_SETTINGS: Settings = MappingProxyType({})
 
 def download(source_uri: str, dest: str | os.PathLike[str] | Layout, *,
              settings: Settings = _NO_SETTINGS, options: FetchOptions | None = None,
-             progress: ProgressCallback | None = None) -> Manifest:
+             progress: ProgressCallback | None = None,
+             source_factory: SourceFactory | None = None) -> Manifest:
     """Fetch the model at `source_uri` into `dest` and return its manifest.
 
     `dest` is a folder path (see `Layout.for_path`) or an explicit `Layout`. `settings` are
     environment-style source settings (credentials, endpoints), never read from os.environ.
+    `source_factory` replaces the registry's `open_source` (the node agent passes one that
+    reads from peers); the manifest still names `source_uri`.
     Raises an error from `localmodel.errors`; on error nothing appears at `dest`.
     """
     options = options or FetchOptions()
@@ -87,14 +92,32 @@ def download(source_uri: str, dest: str | os.PathLike[str] | Layout, *,
         if not options.force:
             existing = manifests.read_manifest(layout)
             if existing is not None and existing.source == source_name \
+                    and (not options.verify or all(f.sha256 for f in existing.files)) \
                     and not manifests.verify_quick(layout, existing):
                 logger.info("already complete", extra={"dest": str(layout.dest)})
                 # A run that died after writing the manifest may have left staging behind.
                 shutil.rmtree(layout.staging, ignore_errors=True)
                 return existing
-        source = open_source(source_uri, with_file_limit(settings, options.max_files))
+        source = (source_factory or open_source)(source_uri, with_file_limit(settings, options.max_files))
         try:
             return _Download(source, source_name, layout, options, progress).run()
+        finally:
+            source.close()
+
+
+def adopt(source_uri: str, dest: str | os.PathLike[str] | Layout, *,
+          settings: Settings = _NO_SETTINGS, options: FetchOptions | None = None,
+          progress: ProgressCallback | None = None) -> Manifest | None:
+    """Adopt what `dest` already holds, without downloading anything: the manifest written, or
+    None when the folder does not qualify (see `localmodel.fetch.adopt`). `download` does this
+    itself first; callers that check budgets before downloading (the node agent) call it apart,
+    since an adopted model needs no new space."""
+    options = options or FetchOptions()
+    layout = dest if isinstance(dest, Layout) else Layout.for_path(dest)
+    with _exclusive(layout):
+        source = open_source(source_uri, settings)
+        try:
+            return _Download(source, redact_uri(source_uri), layout, options, progress).adopt_only()
         finally:
             source.close()
 
@@ -120,31 +143,24 @@ class _Cancelled(Exception):
 
 @dataclass(slots=True)
 class _File:
-    """One file of the download. Slotted and without a hasher until its bytes start coming:
-    a model of 10^5 small files keeps 10^5 of these."""
+    """One file of the download (slotted: a model of 50,000 small files keeps 50,000)."""
 
     index: int
     remote: RemoteFile
     target: Path
-    verify_md5: bool
+    hasher: FileHasher | NoHasher
     done: RangeSet = field(default_factory=RangeSet)
     hashed: int = 0
     hashing: bool = False
+    #: A hashing task for this file is waiting in the hash pool.
+    queued: bool = False
     finished: bool = False
     fd: int | None = None
     result: HashResult | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
-    _hasher: FileHasher | None = None
-
-    @property
-    def hasher(self) -> FileHasher:
-        # Only the thread holding `hashing` (or finishing the file) gets here: no race.
-        if self._hasher is None:
-            self._hasher = FileHasher(self.remote.digest, verify_md5=self.verify_md5)
-        return self._hasher
-
-    def drop_hasher(self) -> None:
-        self._hasher = None
+    #: Writers of one file take turns here. The kernel serializes them anyway (the inode
+    #: lock), but a thread waiting on that lock spins on a CPU, while one waiting here sleeps.
+    write_lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 class _Download:
@@ -167,6 +183,10 @@ class _Download:
         self._counter_lock = threading.Lock()
         self._meter = RateMeter()
         self._local = threading.local()
+        #: Catch-up hashing and finishing run here, off the download threads (see _request_hash).
+        self._hash_pool: ThreadPoolExecutor | None = None
+        self._hash_futures: list[Future[None]] = []
+        self._hash_futures_lock = threading.Lock()
 
     # -- 2. listing ------------------------------------------------------------------------
 
@@ -203,6 +223,41 @@ class _Download:
             return None
         return archives.archive_kind(files[0].path)
 
+    # -- adoption --------------------------------------------------------------------------
+
+    def adopt_only(self) -> Manifest | None:
+        listing = self._list()
+        selected = self._select(listing)
+        return self._adopt(listing, selected, self._archive_kind(listing, selected))
+
+    def _adopt(self, listing: Listing, selected: list[RemoteFile], kind: str | None) -> Manifest | None:
+        if kind is not None:
+            return None  # KServe unpacked the archive: the listing cannot vouch for its files
+        chosen, why = adoption.candidate(self.layout, selected)
+        if chosen is None:
+            if why not in ("no folder", "a manifest exists"):
+                logger.info("existing folder not adopted", extra={"dest": str(self.layout.dest), "why": why})
+            return None
+        entries = adoption.hash_files(self.layout, chosen, verify_md5=self.options.verify_md5,
+                                      progress=self.progress, interval=self.options.progress_interval)
+        if entries is None:
+            return None
+        adoption.remove_leftovers(self.layout, chosen)
+        if self.options.fsync:
+            _fsync_files(self.layout.dest, (entry.path for entry in entries))
+        manifest = Manifest(
+            source=self.source_name, revision=listing.revision, files=entries,
+            total_size=sum(entry.size for entry in entries),
+            completed_at=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            localmodel_version=__version__, details={**listing.details, "adopted": "true"},
+        )
+        manifests.write_manifest(self.layout, manifest)
+        self.staging.wipe()  # partial data of an earlier attempt is moot now
+        logger.info("adopted existing folder", extra={
+            "source": self.source_name, "dest": str(self.layout.dest), "bytes": manifest.total_size,
+            "files": len(entries)})
+        return manifest
+
     # -- the run ---------------------------------------------------------------------------
 
     def run(self) -> Manifest:
@@ -210,11 +265,16 @@ class _Download:
         listing = self._list()
         selected = self._select(listing)
         kind = self._archive_kind(listing, selected)
+        if self.options.adopt and not self.options.force:
+            adopted = self._adopt(listing, selected, kind)
+            if adopted is not None:
+                return adopted
         plan = {
             "format": 1,
             "source": self.source_name,
             "revision": listing.revision,
             "archive": kind,
+            "verify": self.options.verify,
             "files": [[f.path, f.size, f.version,
                        f.digest.algorithm if f.digest else None,
                        f.digest.value if f.digest else None] for f in selected],
@@ -269,10 +329,12 @@ class _Download:
     # -- 3. staging and space --------------------------------------------------------------
 
     def _prepare(self, selected: list[RemoteFile], root: Path, done: Mapping[int, RangeSet],
-                 verified: Mapping[int, tuple[str, bool]]) -> None:
+                 verified: Mapping[int, tuple[str | None, bool]]) -> None:
         for index, remote in enumerate(selected):
             target = make_parents(root, remote.path, self.staging.known_folders)
-            state = _File(index, remote, target, self.options.verify_md5)
+            hasher = (FileHasher(remote.digest, verify_md5=self.options.verify_md5)
+                      if self.options.verify else NoHasher())
+            state = _File(index, remote, target, hasher)
             present = target.exists()
             if not present and (index in done or index in verified):
                 # The copy the journal describes is gone; never trust those records again.
@@ -300,38 +362,48 @@ class _Download:
     # -- 4. fetching -----------------------------------------------------------------------
 
     def _fetch_all(self) -> None:
-        tasks: list[tuple[Callable[..., None], Any]] = []
         for state in self.files:
             if state.result is None and state.remote.size == 0:
                 self._open(state)
                 self._advance_hash(state)
-            elif state.result is None and state.done.prefix_end() > 0:
-                tasks.append((self._hash_resumed, state))
+        resumed = [f for f in self.files if f.result is None and f.done.prefix_end() > 0]
         requests = planning.plan_requests(
             [f.remote.size if f.result is None else 0 for f in self.files],
             [f.done for f in self.files], self.options.chunk_size,
             [f.remote.seekable for f in self.files])
-        tasks.extend((self._fetch, request) for request in requests)
         self._report()
-        if not tasks:
+        if not requests and not resumed:
             return
-        # A few long-lived workers take tasks from one queue: a model of 10^5 small files
-        # must not cost 10^5 futures (each with its own lock and condition).
-        queue = deque(tasks)
+        pool = ThreadPoolExecutor(max_workers=max(1, min(self.options.concurrency, len(requests))),
+                                  thread_name_prefix="localmodel-fetch")
+        hashing = sum(1 for f in self.files if f.result is None and f.remote.size)
+        self._hash_pool = ThreadPoolExecutor(
+            max_workers=max(1, min(self.options.concurrency, hashing)),
+            thread_name_prefix="localmodel-hash")
+        for state in resumed:
+            self._open(state)
+            self._request_hash(state)  # what an earlier run left on disk
+        # A few long-lived workers take requests from one queue: a model of 50,000 small files
+        # must not cost 50,000 futures (each with its own lock and condition) up front.
+        queue = deque(requests)
 
         def work() -> None:
             while not self.cancelled.is_set():
                 try:
-                    function, arg = queue.popleft()
+                    request = queue.popleft()
                 except IndexError:
                     return
-                function(arg)
+                self._fetch(request)
 
-        workers = min(self.options.concurrency, len(tasks))
-        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="localmodel-fetch")
+        workers = max(1, min(self.options.concurrency, len(requests))) if requests else 0
         pending: set[Future[None]] = {pool.submit(work) for _ in range(workers)}
         try:
-            while pending:
+            while True:
+                # Hash tasks are queued by download tasks before those finish, so once every
+                # download is done, one more look finds the last of them.
+                pending |= self._take_hash_futures()
+                if not pending:
+                    break
                 finished, pending = wait(pending, timeout=self.options.progress_interval,
                                          return_when=FIRST_EXCEPTION)
                 for future in finished:
@@ -342,8 +414,10 @@ class _Download:
         except BaseException:
             self.cancelled.set()
             pool.shutdown(wait=True, cancel_futures=True)
+            self._hash_pool.shutdown(wait=True, cancel_futures=True)
             raise
         pool.shutdown(wait=True)
+        self._hash_pool.shutdown(wait=True)
         unfinished = [f.remote.path for f in self.files if f.result is None]
         if unfinished:  # pragma: no cover - would be an engine bug
             raise IntegrityError(f"download ended with unverified files: {unfinished[:3]}")
@@ -409,7 +483,8 @@ class _Download:
         total = len(view)
         try:
             while written < total:
-                written += os.pwrite(fd, view[written: written + WRITE_SIZE], offset + written)
+                with state.write_lock:
+                    written += os.pwrite(fd, view[written: written + WRITE_SIZE], offset + written)
         except OSError as exc:
             if is_no_space(exc):
                 raise InsufficientSpaceError(
@@ -422,11 +497,13 @@ class _Download:
             state.done.add(start, end)
         with self._counter_lock:
             self.bytes_done += end - start
-        self._advance_hash(state)
+        self._request_hash(state)
 
     def _hash_in_stream(self, state: _File, view: memoryview, position: int) -> None:
         """Hash bytes just written straight from memory when they sit at the hash frontier
         (always true for the first request of a file), sparing a re-read."""
+        if not self.options.verify:
+            return
         with state.lock:
             if state.hashing or state.hashed != position:
                 return
@@ -439,7 +516,35 @@ class _Download:
             with state.lock:
                 state.hashed = hashed
                 state.hashing = False
+        self._request_hash(state)
+
+    def _request_hash(self, state: _File) -> None:
+        """Have the hash pool catch the file's hash up with its written prefix (and finish the
+        file), unless a task for it is already waiting. A download thread that did this itself
+        would stop downloading meanwhile: measured ~10% of wall time when the network is the
+        bottleneck, since catching up after a chunk completes means hashing whole chunks that
+        other threads wrote ahead."""
+        assert self._hash_pool is not None
+        with state.lock:
+            if state.queued or state.finished or state.hashing:
+                return  # whoever is hashing re-checks for more work before letting go
+            end = state.done.prefix_end()
+            if end <= state.hashed and not (end == state.hashed == state.remote.size):
+                return  # nothing new to hash, and the file is not complete
+            state.queued = True
+        future = self._hash_pool.submit(self._hash_task, state)
+        with self._hash_futures_lock:
+            self._hash_futures.append(future)
+
+    def _hash_task(self, state: _File) -> None:
+        with state.lock:
+            state.queued = False
         self._advance_hash(state)
+
+    def _take_hash_futures(self) -> set[Future[None]]:
+        with self._hash_futures_lock:
+            taken, self._hash_futures = set(self._hash_futures), []
+        return taken
 
     def _advance_hash(self, state: _File) -> None:
         """Hash the file's contiguous written prefix from the page cache, if no other thread
@@ -464,7 +569,8 @@ class _Download:
                     return
             hashed = position
             try:
-                hashed = self._hash_from_disk(state, position, end)
+                # Without verification the "hash" just follows the written prefix.
+                hashed = self._hash_from_disk(state, position, end) if self.options.verify else end
             finally:
                 with state.lock:
                     state.hashed = hashed
@@ -484,14 +590,9 @@ class _Download:
             position += count
         return position
 
-    def _hash_resumed(self, state: _File) -> None:
-        """A task for a resumed file: hash what an earlier run left on disk."""
-        self._open(state)
-        self._advance_hash(state)
-
     def _finish(self, state: _File) -> None:
         result = state.hasher.finish(state.remote.path)
-        state.drop_hasher()
+        state.hasher = _FINISHED  # its state is no longer needed; 10^4 hashers add up
         fd = state.fd
         assert fd is not None
         if os.fstat(fd).st_size != state.remote.size:
@@ -598,6 +699,9 @@ class _Download:
             phase=phase or self.phase, bytes_done=done, bytes_total=total,
             files_done=self.files_done, files_total=len(self.files), rate=rate,
             eta=eta(total - done, rate)))
+
+
+_FINISHED = NoHasher()
 
 
 def with_file_limit(settings: Settings, max_files: int) -> Settings:

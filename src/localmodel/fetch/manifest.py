@@ -41,7 +41,8 @@ _HASH_BLOCK = 1024 * 1024
 class ManifestFile:
     path: str
     size: int
-    sha256: str
+    #: None only for downloads made without verification (`FetchOptions.verify=False`).
+    sha256: str | None
     #: The provider's digest, if it gave one.
     digest: Digest | None = None
     #: Whether that digest was compared with the downloaded bytes.
@@ -82,7 +83,8 @@ class Manifest:
         def entry(item: Mapping[str, Any]) -> ManifestFile:
             digest = item.get("digest")
             return ManifestFile(
-                path=str(item["path"]), size=int(item["size"]), sha256=str(item["sha256"]),
+                path=str(item["path"]), size=int(item["size"]),
+                sha256=None if item.get("sha256") is None else str(item["sha256"]),
                 digest=Digest(**digest) if digest else None,
                 digest_checked=bool(item.get("digest_checked", False)),
             )
@@ -198,7 +200,8 @@ def file_sha256(path: Path) -> str:
 
 
 def verify_full(layout: Layout, manifest: Manifest) -> list[str]:
-    """`verify_quick`, then re-hash every file and compare with the manifest (a scrub)."""
+    """`verify_quick`, then re-hash every file and compare with the manifest (a scrub).
+    Files downloaded without verification (no sha256) are reported as unverifiable."""
     problems = verify_quick(layout, manifest)
     for item in manifest.files:
         path = layout.dest / item.path
@@ -208,6 +211,9 @@ def verify_full(layout: Layout, manifest: Manifest) -> list[str]:
             continue
         if not stat.S_ISREG(st.st_mode) or st.st_size != item.size:
             continue  # already reported
+        if item.sha256 is None:
+            problems.append(f"unverifiable: {item.path} was downloaded without verification")
+            continue
         actual = file_sha256(path)
         if actual != item.sha256:
             problems.append(f"sha256: {item.path} is {actual}, manifest says {item.sha256}")

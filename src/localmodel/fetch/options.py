@@ -27,6 +27,11 @@ class FetchOptions:
     #: KServe STORAGE_ALLOW_PATTERNS / STORAGE_IGNORE_PATTERNS (fnmatch globs).
     allow_patterns: tuple[str, ...] = ()
     ignore_patterns: tuple[str, ...] = ()
+    #: Hash every byte: the sha256 of each file goes into the manifest and provider digests
+    #: are checked. False (for benchmarks and sources trusted end to end) checks sizes only,
+    #: hashes nothing, and records no sha256 (`verify_full` then reports the files as
+    #: unverifiable). Never the default: without it a corrupted byte goes unnoticed.
+    verify: bool = True
     #: Check md5 / multipart-ETag provider digests too (md5 costs ~1.4 CPU-s/GB here, more
     #: than sha256 with SHA-NI). sha256 and crc32c digests are always checked.
     verify_md5: bool = True
@@ -35,14 +40,19 @@ class FetchOptions:
     fsync: bool = True
     #: Download again even if a complete copy with a manifest for this URI exists.
     force: bool = False
+    #: Keep a destination folder that has no manifest but holds exactly the listed files
+    #: (sizes, and provider digests where given): hash it, write its manifest, fetch nothing.
+    #: This is how KServe's folders are taken over (see `localmodel.fetch.adopt`). Off with force.
+    adopt: bool = True
     #: Largest ratio of unpacked size to archive size accepted (zip/tar bomb guard).
     max_unpack_ratio: float = 1000.0
     #: Seconds between progress callbacks.
     progress_interval: float = 1.0
-    #: Most files one model may have. Each costs the engine ~3 KiB of memory while it runs
-    #: (measured with 10^5 files, bench/many_files.py), so the agent's 300Mi limit holds
-    #: with 50,000; a longer listing fails with TooManyFiles before any byte is fetched.
-    max_files: int = 50_000
+    #: Most files one model may have. Each costs ~4 KiB of memory while the download runs
+    #: (bench/many_files.py: 238 MiB peak for 50,000 tiny files), so two downloads at this
+    #: limit stay within the agent's 300Mi; a longer listing fails with TooManyFiles before
+    #: any byte is fetched, and sources stop listing at the first page past it.
+    max_files: int = 25_000
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:

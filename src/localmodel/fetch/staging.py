@@ -59,7 +59,7 @@ class Recovered:
     """What an earlier run of the same plan left behind."""
 
     done: dict[int, RangeSet] = field(default_factory=dict)
-    verified: dict[int, tuple[str, bool]] = field(default_factory=dict)
+    verified: dict[int, tuple[str | None, bool]] = field(default_factory=dict)
     #: The staging area was adopted (same plan, same boot), not started afresh.
     resumed: bool = False
     #: It was adopted but its data/ folder was gone: a publish moved it into place and the
@@ -207,7 +207,9 @@ class Staging:
                     recovered.done.pop(index, None)
                     recovered.verified.pop(index, None)
                 elif "sha256" in record:
-                    recovered.verified[index] = (str(record["sha256"]), bool(record["checked"]))
+                    sha256 = record["sha256"]
+                    recovered.verified[index] = (None if sha256 is None else str(sha256),
+                                                 bool(record["checked"]))
                 else:
                     recovered.done.setdefault(index, RangeSet()).add(int(record["s"]), int(record["e"]))
             except (ValueError, KeyError, TypeError):
@@ -227,7 +229,7 @@ class Staging:
     def record_range(self, index: int, start: int, end: int) -> None:
         self._append({"f": index, "s": start, "e": end})
 
-    def record_verified(self, index: int, sha256: str, checked: bool) -> None:
+    def record_verified(self, index: int, sha256: str | None, checked: bool) -> None:
         self._append({"f": index, "sha256": sha256, "checked": checked})
 
     def record_reset(self, index: int) -> None:

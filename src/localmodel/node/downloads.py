@@ -29,6 +29,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from localmodel.errors import InsufficientSpaceError, LocalModelError
 from localmodel.fetch.engine import with_file_limit
@@ -38,6 +39,9 @@ from localmodel.node.capacity import CapacityRequest, check_capacity
 from localmodel.node.credentials import Credentials, redact
 from localmodel.node.plan import JobKind, JobView
 from localmodel.node.store import ModelStore, manifest_digest
+
+if TYPE_CHECKING:
+    from localmodel.node.peer_fill import FillStrategy
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +90,8 @@ class JobResult:
     revision: str | None = None
     digest: str | None = None
     bytes_fetched: int = 0
+    #: Download: the folder was already there (KServe's) and was adopted, nothing fetched.
+    adopted: bool = False
     #: Scrub: problems found.
     problems: tuple[str, ...] = ()
 
@@ -135,8 +141,11 @@ class Jobs:
         temp_dir: Path | None = None,
         on_change: Callable[[], None] = lambda: None,
         on_bytes: Callable[[int], None] = lambda count: None,
+        fill: FillStrategy | None = None,
     ) -> None:
         self._store = store
+        #: Peer-to-peer policy (None: every download reads its origin, as KServe's agent does).
+        self._fill = fill
         self._options = options
         self._temp_dir = temp_dir
         self._on_change = on_change
@@ -298,17 +307,40 @@ class Jobs:
             with self._lock:
                 job.progress = progress
 
+        def on_verify(progress: Progress) -> None:
+            # hashing what is on disk: progress to show, but no bytes fetched
+            if job.cancel.is_set():
+                raise Cancelled()
+            with self._lock:
+                job.progress = progress
+
         try:
             if job.cancel.is_set():
                 raise Cancelled()
             settings, folder = self._materialize(request.credentials)
-            model_bytes, _files = self._store.listed_size(
-                request.uri, with_file_limit(settings, self._options.max_files))
-            self._reserve(key, job, model_bytes, request.capacity)
-            manifest = self._store.download(
-                key, request.uri, settings=settings, options=self._options,
-                progress=on_progress,
-            )
+            # Listings stop at the file limit (the engine adds it to its own listing).
+            listing_settings = with_file_limit(settings, self._options.max_files)
+            manifest = None
+            if self._options.adopt and not self._options.force:
+                # before any budget: an adopted model already has its space
+                manifest = self._store.adopt(key, request.uri, settings=listing_settings,
+                                             options=self._options, progress=on_verify)
+            adopted = manifest is not None
+            if manifest is None:
+                model_bytes, _files = self._store.listed_size(request.uri, listing_settings)
+                self._reserve(key, job, model_bytes, request.capacity)
+                if self._fill is None:
+                    manifest = self._store.download(
+                        key, request.uri, settings=settings, options=self._options,
+                        progress=on_progress,
+                    )
+                else:
+                    # May wait for a peer or a free origin slot (cancellable) first.
+                    with self._fill.session(key, request.uri, settings, job.cancel) as source_factory:
+                        manifest = self._store.download(
+                            key, request.uri, settings=settings, options=self._options,
+                            progress=on_progress, source_factory=source_factory,
+                        )
         except BaseException as exc:  # noqa: BLE001 - every outcome becomes a result
             cancelled = isinstance(exc, Cancelled) or job.cancel.is_set()
             reason, message, retry_after = describe_error(exc)
@@ -334,6 +366,7 @@ class Jobs:
                 finished_at=_now(),
                 bytes_total=manifest.total_size, files_total=len(manifest.files),
                 revision=manifest.revision, digest=manifest_digest(manifest), bytes_fetched=fetched,
+                adopted=adopted,
             ),
         )
 

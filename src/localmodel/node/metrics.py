@@ -54,6 +54,36 @@ class AgentMetrics:
         self.reconcile_errors = Counter(
             "localmodel_reconcile_errors_total", "Reconcile passes that ended in an error.", registry=r,
         )
+        self.adoptions = Counter(
+            "localmodel_models_adopted_total",
+            "Model folders found without a manifest (KServe's) whose files matched the source: kept, not "
+            "downloaded.", registry=r,
+        )
         self.deletions = Counter(
             "localmodel_models_deleted_total", "Model folders removed because they left the spec.", registry=r,
+        )
+        # Peer-to-peer (docs/p2p.md).
+        self.fill_downloads = Counter(
+            "localmodel_fill_downloads_total",
+            "Downloads by where their bytes were meant to come from (peers, origin-slot, origin).",
+            ["mode"], registry=r,
+        )
+        self.fill_bytes = Counter(
+            "localmodel_fill_bytes_total",
+            "Bytes of peer-filled downloads by where they came from (peer, origin, arbitration).",
+            ["source"], registry=r,
+        )
+        self.peer_rejected_pieces = Counter(
+            "localmodel_peer_rejected_pieces_total", "Pieces from peers refused by their sha256 check.",
+            registry=r,
+        )
+        self.peer_quarantines = Counter(
+            "localmodel_peer_quarantines_total", "Peers left out after sending bad data.", registry=r,
+        )
+        self.peer_served_bytes = Counter(
+            "localmodel_peer_served_bytes_total", "Bytes sent to other agents.", registry=r,
+        )
+        self.peer_requests = Counter(
+            "localmodel_peer_requests_total", "Requests from other agents, by HTTP status.", ["code"],
+            registry=r,
         )

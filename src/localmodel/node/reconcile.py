@@ -126,6 +126,8 @@ class Reconciler:
         self.synced = False
         self.last_pass_at: datetime | None = None
         self.last_plan: Plan | None = None
+        #: Where this agent serves peers (status.peerEndpoint); None publishes nothing.
+        self.peer_endpoint: str | None = None
 
     @property
     def resync_seconds(self) -> float:
@@ -195,8 +197,13 @@ class Reconciler:
 
     async def _absorb(self, results: list[JobResult]) -> None:
         for result in results:
+            announced = result.key in self._announced
             self._announced.discard(result.key)
             self._progress_logged.pop(result.key, None)
+            if result.kind is JobKind.DOWNLOAD and not result.cancelled and not announced and not result.adopted:
+                # Started and ended between two passes: still tell the whole story, in order.
+                # (An adopted folder downloaded nothing: its Adopted Event is the story.)
+                await self._event_started(result.key)
             if result.kind is JobKind.SCRUB:
                 await self._absorb_scrub(result)
             elif result.ok:
@@ -216,13 +223,20 @@ class Reconciler:
             bytes_per_second=rate, bytes_total=result.bytes_total,
         )
         self._scrubbed[result.key] = result.finished_at
-        self.metrics.downloads.labels("succeeded").inc()
-        self.metrics.duration.observe(seconds)
         model = self._wanted.get(result.key)
         uri = model.shown_uri if model else result.key
+        files = f"{result.files_total} file" + ("" if result.files_total == 1 else "s")
+        if result.adopted:
+            self.metrics.adoptions.inc()
+            await self._event("Normal", "Adopted",
+                              f"kept {uri} already on disk without a manifest ({_human_bytes(result.bytes_total or 0)}, "
+                              f"{files}): every file matched the source listing, hashed in {seconds:.1f}s; nothing downloaded",
+                              result.key)
+            return
+        self.metrics.downloads.labels("succeeded").inc()
+        self.metrics.duration.observe(seconds)
         speed = f" at {_human_bytes(rate)}/s" if rate else ""
         revision = f", revision {result.revision}" if result.revision else ""
-        files = f"{result.files_total} file" + ("" if result.files_total == 1 else "s")
         message = (
             f"downloaded {uri} ({_human_bytes(result.bytes_total or 0)}, {files}) "
             f"in {seconds:.1f}s{speed}{revision}; content verified"
@@ -391,9 +405,12 @@ class Reconciler:
         for key, view in self.jobs.views().items():
             if view.kind is JobKind.DOWNLOAD and view.running and key not in self._announced:
                 self._announced.add(key)
-                model = self._wanted.get(key)
-                uri = model.shown_uri if model else key
-                await self._event("Normal", "DownloadStarted", f"downloading {uri} into models/{key}", key)
+                await self._event_started(key)
+
+    async def _event_started(self, key: str) -> None:
+        model = self._wanted.get(key)
+        uri = model.shown_uri if model else key
+        await self._event("Normal", "DownloadStarted", f"downloading {uri} into models/{key}", key)
 
     def _log_progress(self) -> None:
         interval = self.settings.status.progress_log_seconds
@@ -439,7 +456,8 @@ class Reconciler:
         self.metrics.models_wanted.set(len(self._wanted))
         self.metrics.downloads_running.set(sum(1 for v in views.values() if v.kind is JobKind.DOWNLOAD))
         desired = build_status(current.model_status, current.model_details, disk=disk,
-                               observed_generation=self._desired.generation)
+                               observed_generation=self._desired.generation,
+                               peer_endpoint=self.peer_endpoint)
         patch, significant = status_patch(self._server_status, desired, additive_pruned=self.additive_pruned)
         self._status_wake = None
         if not patch:

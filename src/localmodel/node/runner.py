@@ -14,18 +14,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 from localmodel.api.types import ModelStatus
 from localmodel.fetch.options import FetchOptions
 from localmodel.node.backend import Backend
 from localmodel.node.downloads import Jobs
 from localmodel.node.metrics import AgentMetrics
+from localmodel.node.plan import JobKind
 from localmodel.node.reconcile import Reconciler, utcnow
 from localmodel.node.server import OpsServer
 from localmodel.node.settings import AgentSettings
 from localmodel.node.store import ModelStore
+
+if TYPE_CHECKING:
+    from localmodel.node.peer_runtime import PeerRuntime
 
 logger = logging.getLogger(__name__)
 
@@ -55,8 +61,11 @@ def settled(reconciler: Reconciler) -> tuple[bool, bool]:
 
 
 async def run_agent(settings: AgentSettings, backend: Backend, *, stop: asyncio.Event,
-                    options: FetchOptions | None = None, once: bool = False) -> int:
-    """Run until `stop` is set (or, with `once`, until every model is settled). Exit code."""
+                    options: FetchOptions | None = None, once: bool = False,
+                    peer_factory: Callable[[AgentMetrics], PeerRuntime | None] | None = None) -> int:
+    """Run until `stop` is set (or, with `once`, until every model is settled). Exit code.
+
+    `peer_factory` builds the peer-to-peer parts (cluster mode; see docs/p2p.md)."""
     loop = asyncio.get_running_loop()
     wake = asyncio.Event()
 
@@ -69,8 +78,10 @@ async def run_agent(settings: AgentSettings, backend: Backend, *, stop: asyncio.
     metrics = AgentMetrics()
     store = ModelStore(settings.root)
     options = options or FetchOptions(**settings.downloads.engine_options)  # type: ignore[arg-type]
+    peers = await asyncio.to_thread(peer_factory, metrics) if peer_factory is not None else None
     jobs = Jobs(store, max_concurrent=settings.downloads.max_concurrent, options=options,
-                temp_dir=settings.downloads.temp_dir, on_change=poke, on_bytes=metrics.bytes.inc)
+                temp_dir=settings.downloads.temp_dir, on_change=poke, on_bytes=metrics.bytes.inc,
+                fill=peers.fill if peers is not None else None)
     reconciler = Reconciler(settings, backend, store, jobs, metrics)
     agent = _LoopState(last_loop=utcnow())
 
@@ -88,6 +99,15 @@ async def run_agent(settings: AgentSettings, backend: Backend, *, stop: asyncio.
 
     server = OpsServer(settings.server, metrics, live=live, ready=ready)
     await server.start()
+    if peers is not None:
+        def damaged(key: str, _problem: str) -> None:
+            # Like a failed scrub: withdraw the proof, so the next pass fetches the model again.
+            store.withdraw(key)
+            poke()
+
+        await asyncio.to_thread(peers.start, on_damage=damaged)
+        reconciler.peer_endpoint = peers.endpoint
+        peers.fill.discovery_works = lambda: not reconciler.additive_pruned
     await backend.start(poke)
     logger.info("agent started", extra={"node": settings.node_name, "root": str(settings.root),
                                         "max_concurrent": settings.downloads.max_concurrent})
@@ -121,6 +141,7 @@ async def run_agent(settings: AgentSettings, backend: Backend, *, stop: asyncio.
                 done, all_downloaded = settled(reconciler)
                 if done:
                     exit_code = 0 if all_downloaded else 1
+                    _log_summary(reconciler)
                     break
             deadline = min(d for d in (next_full, wake_at) if d is not None)
             timeout = max(0.0, (deadline - utcnow()).total_seconds())
@@ -128,9 +149,18 @@ async def run_agent(settings: AgentSettings, backend: Backend, *, stop: asyncio.
                 timeout = min(timeout, PROGRESS_TICK)
             await _wait_any(wake, stop, timeout)
     finally:
-        logger.info("agent stopping; partial downloads are kept for resume")
+        running = [k for k, v in jobs.views().items() if v.kind is JobKind.DOWNLOAD]
+        if running:
+            logger.info(f"agent stopping; {len(running)} download(s) stopped, partial data is kept for resume",
+                        extra={"storage_keys": running})
+        else:
+            logger.info("agent stopping")
         stopping = utcnow()
         await asyncio.to_thread(jobs.shutdown, STOP_GRACE)
+        if peers is not None:
+            await asyncio.to_thread(peers.stop)
+            if reconciler.peer_endpoint:
+                await _withdraw_endpoint(backend)
         await backend.close()
         await server.stop()
         logger.info("agent stopped", extra={"seconds": round((utcnow() - stopping).total_seconds(), 3)})
@@ -145,6 +175,29 @@ def _failed(exc: Exception, what: str, failures: int, reconciler: Reconciler, me
     delay = min(reconciler.resync_seconds, 2.0 ** min(failures - 1, 6))
     logger.warning(what, extra={"error": agent.last_error, "retry_in": delay})
     return utcnow() + timedelta(seconds=delay)
+
+
+async def _withdraw_endpoint(backend: Backend) -> None:
+    """Take this agent out of peer discovery before it goes."""
+    try:
+        await backend.write_status({"peerEndpoint": None}, {})
+    except Exception as exc:  # noqa: BLE001 - peers skip an endpoint that does not answer anyway
+        logger.info("peer endpoint not withdrawn", extra={"error": str(exc)})
+
+
+def _log_summary(reconciler: Reconciler) -> None:
+    """One line per model for `--once`: where it is, or why it is not."""
+    plan = reconciler.last_plan
+    if plan is None:
+        return
+    downloaded = sum(1 for phase in plan.model_status.values() if phase == ModelStatus.DOWNLOADED)
+    logger.info(f"{downloaded} of {len(plan.model_status)} models downloaded into {reconciler.store.models_dir}")
+    for key, phase in sorted(plan.model_status.items()):
+        detail = plan.model_details.get(key)
+        where = f"models/{detail.storage_key}" if detail and detail.storage_key else ""
+        why = f"{detail.reason}: {detail.message}" if detail and detail.reason else ""
+        level = logging.INFO if phase == ModelStatus.DOWNLOADED else logging.WARNING
+        logger.log(level, f"  {key}: {ModelStatus(phase).value} {why or where}".rstrip())
 
 
 async def _wait_any(wake: asyncio.Event, stop: asyncio.Event, timeout: float) -> None:

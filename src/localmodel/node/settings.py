@@ -67,6 +67,35 @@ class ServerSettings:
 
 
 @dataclass(frozen=True)
+class PeerSettings:
+    """Peer-to-peer fill (see docs/p2p.md). Only in a cluster, and only when the agent has a
+    peer token to show; otherwise every download reads its origin."""
+
+    #: Port serving verified models to other agents; None turns peer-to-peer off.
+    port: int | None = 8082
+    #: Address other agents reach this one at ($POD_IP); None: serve, but publish no endpoint.
+    advertise_address: str | None = None
+    #: Bytes per second served to all peers together; None = no cap.
+    rate_limit: float | None = float(2**30)
+    #: Peer connections served at once; more are answered 503 (busy).
+    max_connections: int = 64
+    #: The projected ServiceAccount token (audience `audience`) sent to peers.
+    token_file: Path = Path("/var/run/secrets/localmodel/peer/token")
+    #: Audience peer tokens must carry (TokenReview checks it).
+    audience: str = "localmodel-peer"
+    #: Usernames accepted from peers; empty: this agent's ServiceAccount in its namespace.
+    allowed_users: tuple[str, ...] = ()
+    #: Nodes that may download one model from its origin at once, cluster-wide; 0 = no bound.
+    origin_slots: int = 1
+    #: Seconds an origin slot outlives a holder that stopped renewing it.
+    lease_seconds: int = 30
+    #: Seconds a peer that sent bad data is left out.
+    quarantine_seconds: float = 600.0
+    #: Seconds without a new piece from peers still downloading before a fill gives up for now.
+    stall_seconds: float = 30.0
+
+
+@dataclass(frozen=True)
 class AgentSettings:
     """Everything the agent needs to run, except what comes from the cluster's ConfigMap."""
 
@@ -81,6 +110,7 @@ class AgentSettings:
     status: StatusSettings = field(default_factory=StatusSettings)
     scrub: ScrubSettings = field(default_factory=ScrubSettings)
     server: ServerSettings = field(default_factory=ServerSettings)
+    peers: PeerSettings = field(default_factory=PeerSettings)
     #: Seconds between level-triggered passes when the ConfigMap does not say
     #: (`reconcilationFrequencyInSecs`) or in standalone mode.
     resync_seconds: float = 60.0

@@ -39,6 +39,7 @@ def build_status(
     *,
     disk: NodeDisk | None,
     observed_generation: int | None,
+    peer_endpoint: str | None = None,
 ) -> dict[str, Any]:
     """The full status body (camelCase JSON)."""
     downloaded = sum(1 for phase in model_status.values() if phase == ModelStatus.DOWNLOADED)
@@ -47,6 +48,7 @@ def build_status(
         model_details=dict(model_details),
         disk=disk,
         models_downloaded=downloaded,
+        peer_endpoint=peer_endpoint,
         observed_generation=observed_generation,
     )
     body = status.to_k8s()

@@ -6,7 +6,7 @@ The layout is the download engine's `Layout.in_store` (KServe's folder plus two 
     ├── models/<key>/              the model, what pods mount (KServe's layout, unchanged)
     ├── manifests/<key>.json       proof the folder is complete, written last by the engine
     ├── staging/<key>/             partial downloads, resumable
-    └── agent-state.json           when each model was last scrubbed
+    └── agent-state.json           when each model was last scrubbed; manifests withdrawn
 
 Only names shaped like storage keys (16 lower-case hex digits) are ever looked at or removed;
 anything else under these folders is left alone. Symlinks are never followed: a symlink where a
@@ -16,6 +16,7 @@ storage folders themselves with fd-based `shutil.rmtree`, which does not follow 
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import json
 import logging
@@ -29,6 +30,7 @@ from pathlib import Path
 from threading import Lock
 
 from localmodel.api.keys import is_storage_key
+from localmodel.fetch import adopt as engine_adopt
 from localmodel.fetch import download as engine_download
 from localmodel.fetch.layout import Layout
 from localmodel.fetch.manifest import (
@@ -42,7 +44,7 @@ from localmodel.fetch.options import FetchOptions
 from localmodel.fetch.progress import Progress
 from localmodel.node.plan import DiskState, Observed
 from localmodel.sources.base import Settings
-from localmodel.sources.registry import open_source, redact_uri
+from localmodel.sources.registry import SourceFactory, open_source, redact_uri
 
 logger = logging.getLogger(__name__)
 
@@ -181,10 +183,35 @@ class ModelStore:
         settings: Settings,
         options: FetchOptions,
         progress: Callable[[Progress], None],
+        source_factory: SourceFactory | None = None,
     ) -> Manifest:
         """Run the engine into this key's layout. To cancel, raise from `progress`: the engine
-        stops its workers and keeps staging, so the next call resumes."""
-        return engine_download(uri, self.layout(key), settings=settings, options=options, progress=progress)
+        stops its workers and keeps staging, so the next call resumes. `source_factory`
+        (peer-to-peer fill) replaces the registry's `open_source`."""
+        # adoption only through `adopt`, which knows which folders this agent found damaged
+        manifest = engine_download(uri, self.layout(key), settings=settings,
+                                   options=dataclasses.replace(options, adopt=False), progress=progress,
+                                   source_factory=source_factory)
+        self._set_withdrawn(key, False)
+        return manifest
+
+    def adopt(
+        self,
+        key: str,
+        uri: str,
+        *,
+        settings: Settings,
+        options: FetchOptions,
+        progress: Callable[[Progress], None],
+    ) -> Manifest | None:
+        """Keep a folder that holds the model without a manifest (KServe's agent left it):
+        its manifest after hashing every file, or None when it does not qualify.
+
+        A folder whose manifest this agent withdrew (a scrub found damage) is never adopted: its
+        sizes still match, and without a provider digest nothing else would catch the damage."""
+        if key in self.withdrawn():
+            return None
+        return engine_adopt(uri, self.layout(key), settings=settings, options=options, progress=progress)
 
     def scrub(self, key: str) -> list[str]:
         """Re-hash every file; problems found (empty when the model is intact or gone)."""
@@ -219,7 +246,8 @@ class ModelStore:
         return staging.parent / f"{staging.name}{_LOCK_SUFFIX}"
 
     def withdraw(self, key: str) -> None:
-        """Remove the manifest, so the folder no longer counts as complete."""
+        """Remove the manifest, so the folder no longer counts as complete (and is not adopted)."""
+        self._set_withdrawn(key, True)
         remove_manifest(self.layout(key))
 
     def delete(self, key: str) -> list[str]:
@@ -247,6 +275,7 @@ class ModelStore:
         except FileNotFoundError:
             pass
         self.forget_scrub(key)
+        self._set_withdrawn(key, False)
         return kept
 
     # --- scrub times ------------------------------------------------------------------------
@@ -254,22 +283,29 @@ class ModelStore:
     def _state_path(self) -> Path:
         return self.root / _STATE_FILE
 
-    def scrub_times(self) -> dict[str, datetime]:
+    def _read_state(self) -> dict[str, object]:
         try:
             raw = json.loads(self._state_path().read_text())
         except (OSError, ValueError):
             return {}
-        scrubbed = raw.get("scrubbed") if isinstance(raw, dict) else None
+        return raw if isinstance(raw, dict) else {}
+
+    def _write_state(self, state: Mapping[str, object]) -> None:
+        temporary = self._state_path().with_name(f".{_STATE_FILE}.tmp")
+        temporary.write_text(json.dumps(state, indent=1, sort_keys=True) + "\n")
+        os.replace(temporary, self._state_path())
+
+    def scrub_times(self) -> dict[str, datetime]:
+        scrubbed = self._read_state().get("scrubbed")
         if not isinstance(scrubbed, dict):
             return {}
         times = {k: parse_time(v) for k, v in scrubbed.items() if is_storage_key(k) and isinstance(v, str)}
         return {k: v for k, v in times.items() if v is not None}
 
     def _write_scrub_times(self, times: Mapping[str, datetime]) -> None:
-        body = {"scrubbed": {k: v.strftime("%Y-%m-%dT%H:%M:%SZ") for k, v in sorted(times.items())}}
-        temporary = self._state_path().with_name(f".{_STATE_FILE}.tmp")
-        temporary.write_text(json.dumps(body, indent=1) + "\n")
-        os.replace(temporary, self._state_path())
+        state = self._read_state()
+        state["scrubbed"] = {k: v.strftime("%Y-%m-%dT%H:%M:%SZ") for k, v in sorted(times.items())}
+        self._write_state(state)
 
     def record_scrub(self, key: str, moment: datetime) -> None:
         with self._state_lock:
@@ -282,6 +318,21 @@ class ModelStore:
             times = self.scrub_times()
             if times.pop(key, None) is not None:
                 self._write_scrub_times(times)
+
+    def withdrawn(self) -> set[str]:
+        """Keys whose manifest this agent withdrew and that were not downloaded since."""
+        keys = self._read_state().get("withdrawn")
+        return {k for k in keys if isinstance(k, str) and is_storage_key(k)} if isinstance(keys, list) else set()
+
+    def _set_withdrawn(self, key: str, withdrawn: bool) -> None:
+        with self._state_lock:
+            keys = self.withdrawn()
+            if (key in keys) == withdrawn:
+                return
+            keys = keys | {key} if withdrawn else keys - {key}
+            state = self._read_state()
+            state["withdrawn"] = sorted(keys)
+            self._write_state(state)
 
 
 def _summary(problems: list[str], limit: int = 3) -> str:

@@ -192,12 +192,18 @@ class AzureBlobSource:
 
     @classmethod
     def matches(cls, uri: str, settings: Settings) -> bool:
-        """True for URIs this source serves: *.blob.core.windows.net, or the endpoint override."""
+        """True for URIs this source serves: KServe's `https://(.+?).blob.core.windows.net/(.+)`,
+        or anything below the endpoint override (emulators, private endpoints). The registry
+        asks this for every http(s) URI."""
         override = _endpoint_override(settings)
         if override and uri.startswith(override + "/"):
             return True
-        parsed = urllib.parse.urlsplit(uri)
-        return parsed.scheme == "https" and (parsed.hostname or "").endswith(_AZURE_HOST_SUFFIX)
+        try:
+            parsed = urllib.parse.urlsplit(uri)
+            host = parsed.hostname or ""
+        except ValueError:
+            return False
+        return parsed.scheme == "https" and host.endswith(_AZURE_HOST_SUFFIX)
 
     def __init__(self, uri: str, settings: Settings) -> None:
         self.uri = uri

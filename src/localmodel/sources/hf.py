@@ -11,7 +11,7 @@ every read names that sha: a branch that moves mid-download cannot mix two commi
     GET {endpoint}/{repo}/resolve/{sha}/{path} + Range         -> bytes (302 to the CDN)
 
 LFS files carry their sha256 as digest; regular (git) files carry their git blob id as version
-only. The data path is urllib3 (httpx measured 3x slower here); huggingface_hub is not used, so
+only. The listing says {"archive": "none"}: a repo of one .zip is downloaded, not unpacked. The data path is urllib3 (httpx measured 3x slower here); huggingface_hub is not used, so
 it cannot read HF_* variables from the process environment behind our back.
 """
 
@@ -150,8 +150,11 @@ class HFSource:
             self._limit.check(len(files))
             nxt = _next_link(link)
             url = urllib.parse.urljoin(url, nxt) if nxt else None
+        # A repository is a set of files, never an archive to unpack: a repo holding one
+        # .zip must arrive as that .zip (KServe's hf:// downloader does not unpack either).
         return Listing(files=tuple(sorted(files, key=lambda f: f.path)), revision=sha,
-                       details={"repo": self.repo, "requested_revision": self.revision})
+                       details={"repo": self.repo, "requested_revision": self.revision,
+                                "archive": "none"})
 
     def read_range(self, path: str, offset: int, length: int) -> Iterator[bytes]:
         sha = self.resolve_revision()

@@ -59,8 +59,6 @@ _registry: dict[str, Entry] = {
 registry: Mapping[str, Entry] = MappingProxyType(_registry)
 
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
-#: KServe's rule: `https://(.+?).blob.core.windows.net/(.+)`.
-_AZURE_HOST_SUFFIX = ".blob.core.windows.net"
 _CONTROL = re.compile(r"[\x00-\x20\x7f]")
 
 
@@ -88,30 +86,12 @@ def redact_uri(uri: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
 
 
-def _blob_endpoint(settings: Settings) -> str | None:
-    """The blob endpoint override (emulators, private endpoints), as the Azure source reads it."""
-    explicit = settings.get("AZURE_STORAGE_BLOB_ENDPOINT")
-    if explicit:
-        return explicit.rstrip("/")
-    connection_string = settings.get("AZURE_STORAGE_CONNECTION_STRING", "")
-    for item in connection_string.split(";"):
-        key, _, value = item.partition("=")
-        if key.strip() == "BlobEndpoint" and value:
-            return value.rstrip("/")
-    return None
-
-
 def is_azure_blob_uri(uri: str, settings: Settings) -> bool:
-    """Whether an http(s) URI names an Azure blob: `https://<account>.blob.core.windows.net/...`
-    or anything below the endpoint override. The same rule as `AzureBlobSource.matches`."""
-    endpoint = _blob_endpoint(settings)
-    if endpoint and uri.startswith(endpoint + "/"):
-        return True
-    try:
-        parts = urlsplit(uri)
-    except ValueError:
-        return False
-    return parts.scheme == "https" and (parts.hostname or "").endswith(_AZURE_HOST_SUFFIX)
+    """Whether an http(s) URI names an Azure blob. The rule lives in one place,
+    `AzureBlobSource.matches`; its module is imported here only when an http(s) URI is seen."""
+    from localmodel.sources.azure import AzureBlobSource
+
+    return AzureBlobSource.matches(uri, settings)
 
 
 def scheme_of(uri: str, settings: Settings = MappingProxyType({})) -> str:

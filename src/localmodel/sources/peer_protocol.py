@@ -1,0 +1,248 @@
+"""The wire format between node agents that fill each other (pure, shared by client and server).
+
+A serving agent answers, for storage keys it holds complete (a manifest in
+`<root>/manifests/<key>.json`):
+
+    GET /v1/models/<key>/manifest            the manifest JSON as written by the engine
+    GET /v1/models/<key>/pieces/<path>       sha256 of every PIECE_SIZE piece of <path>,
+                                             32 raw bytes each, in order
+    GET /v1/models/<key>/files/<path>        the file's bytes; one `Range: bytes=a-b` allowed
+
+and, for a key it is still downloading (see `peer_partial`):
+
+    GET /v1/models/<key>/partial             the listing the download follows (JSON)
+    GET /v1/models/<key>/pieces/<path>       the same table, zeros for pieces not written yet,
+                                             with header X-Localmodel-Partial: <pieces present>;
+                                             ?known=N&wait=S waits up to S seconds (at most
+                                             MAX_WAIT) for more than N pieces (a long poll)
+    GET /v1/models/<key>/files/<path>        a range whose pieces are all written; 425 Too Early
+                                             otherwise
+
+`<path>` is the manifest path, percent-encoded (`/` kept). Every request carries
+`Authorization: Bearer <token>` (see `localmodel.node.peer_auth`).
+
+Trust: none of this is believed on its own. The file list, sizes and digests come from the
+origin's listing; a peer is used for a file only when its manifest agrees with that listing
+(`compatible`) and the file's origin digest is one a peer cannot forge (`strong_digest`).
+The piece table lets the receiver check every piece as it arrives, so a bad piece is refused
+before it is written; the engine's whole-file digest check against the origin is the backstop
+that catches a lying table.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qs, quote, unquote
+
+from localmodel.api.keys import is_storage_key
+from localmodel.sources.base import Digest, RemoteFile
+
+#: Bytes per verified piece. Small enough to buffer one per download thread (8 × 4 MiB), large
+#: enough that a piece table is 8 KiB per GiB and per-request overhead stays negligible.
+PIECE_SIZE = 4 * 1024 * 1024
+DIGEST_SIZE = 32
+API_PREFIX = "/v1/models/"
+#: Header with the piece size a table was computed with.
+PIECE_SIZE_HEADER = "X-Localmodel-Piece-Size"
+#: Header on a partial table: how many pieces are present.
+PARTIAL_HEADER = "X-Localmodel-Partial"
+#: Longest long poll for a partial table, in seconds.
+MAX_WAIT = 5.0
+_ZERO = bytes(DIGEST_SIZE)
+
+
+def manifest_url(endpoint: str, key: str) -> str:
+    return f"{endpoint.rstrip('/')}{API_PREFIX}{key}/manifest"
+
+
+def partial_url(endpoint: str, key: str) -> str:
+    return f"{endpoint.rstrip('/')}{API_PREFIX}{key}/partial"
+
+
+def pieces_url(endpoint: str, key: str, path: str, *, known: int | None = None, wait: float = 0.0) -> str:
+    url = f"{endpoint.rstrip('/')}{API_PREFIX}{key}/pieces/{quote(path, safe='/')}"
+    return f"{url}?known={known}&wait={wait:g}" if known is not None and wait > 0 else url
+
+
+def long_poll(raw_path: str) -> tuple[int, float]:
+    """(known, wait) from a pieces URL's query; (-1, 0) when it asks for no wait."""
+    query = parse_qs(raw_path.partition("?")[2])
+    try:
+        known = int(query.get("known", ["-1"])[0])
+        wait = min(MAX_WAIT, max(0.0, float(query.get("wait", ["0"])[0])))
+    except ValueError:
+        return -1, 0.0
+    return known, wait
+
+
+def file_url(endpoint: str, key: str, path: str) -> str:
+    return f"{endpoint.rstrip('/')}{API_PREFIX}{key}/files/{quote(path, safe='/')}"
+
+
+@dataclass(frozen=True)
+class PeerRequest:
+    """A parsed request path."""
+
+    key: str
+    #: "manifest", "partial", "pieces" or "files".
+    kind: str
+    #: The file path for "pieces" and "files" (decoded), else "".
+    path: str = ""
+
+
+def parse_request_path(raw_path: str) -> PeerRequest | None:
+    """The request a URL path names, or None when it names nothing this protocol serves."""
+    path = raw_path.split("?", 1)[0]
+    if not path.startswith(API_PREFIX):
+        return None
+    key, _, rest = path[len(API_PREFIX):].partition("/")
+    if not is_storage_key(key):
+        return None
+    if rest in ("manifest", "partial"):
+        return PeerRequest(key, rest)
+    kind, _, encoded = rest.partition("/")
+    if kind not in ("pieces", "files") or not encoded:
+        return None
+    try:
+        decoded = unquote(encoded, errors="strict")
+    except UnicodeDecodeError:
+        return None
+    return PeerRequest(key, kind, decoded)
+
+
+def parse_range(header: str | None, size: int) -> tuple[int, int] | None | bool:
+    """`Range: bytes=a-b` → (start, end) with end exclusive; None when absent (whole file);
+    False when malformed, multi-range or unsatisfiable (answer 416)."""
+    if header is None:
+        return None
+    if not header.startswith("bytes=") or "," in header:
+        return False
+    first, dash, last = header[6:].strip().partition("-")
+    if not dash:
+        return False
+    if first == "":
+        if not last.isdigit() or int(last) == 0 or size == 0:
+            return False
+        return max(0, size - int(last)), size
+    if not first.isdigit() or (last and not last.isdigit()):
+        return False
+    start = int(first)
+    end = size if last == "" else min(size, int(last) + 1)
+    if start >= size or end <= start:
+        return False
+    return start, end
+
+
+# --- pieces ----------------------------------------------------------------------------------
+
+
+def piece_count(size: int, piece_size: int = PIECE_SIZE) -> int:
+    return (size + piece_size - 1) // piece_size
+
+
+def piece_bounds(index: int, size: int, piece_size: int = PIECE_SIZE) -> tuple[int, int]:
+    """[start, end) of piece `index` of a file of `size` bytes."""
+    start = index * piece_size
+    return start, min(size, start + piece_size)
+
+
+@dataclass(frozen=True)
+class PieceTable:
+    """sha256 of every piece of one file, as some peer computed it. A partial table (a peer
+    still downloading) has zeros for the pieces it does not hold yet."""
+
+    piece_size: int
+    digests: bytes
+    partial: bool = False
+
+    def __len__(self) -> int:
+        return len(self.digests) // DIGEST_SIZE
+
+    def digest(self, index: int) -> bytes:
+        return self.digests[index * DIGEST_SIZE:(index + 1) * DIGEST_SIZE]
+
+    def first_difference(self, other: PieceTable) -> int | None:
+        """The first piece where two tables of the same file disagree, or None."""
+        for index in range(min(len(self), len(other))):
+            if self.digest(index) != other.digest(index):
+                return index
+        return None if len(self) == len(other) else min(len(self), len(other))
+
+    def matches(self, index: int, data: bytes | memoryview) -> bool:
+        return hashlib.sha256(data).digest() == self.digest(index)
+
+    def has(self, index: int) -> bool:
+        return self.digest(index) != _ZERO
+
+
+def decode_table(body: bytes, size: int, piece_size: int, *, partial: bool = False) -> PieceTable | None:
+    """A table for a file of `size` bytes, or None when the body cannot be one."""
+    if piece_size <= 0 or len(body) != piece_count(size, piece_size) * DIGEST_SIZE:
+        return None
+    return PieceTable(piece_size, bytes(body), partial)
+
+
+# --- trust -----------------------------------------------------------------------------------
+
+
+def strong_digest(remote: RemoteFile, *, verify_md5: bool = True) -> bool:
+    """Whether the engine will check this file against an origin digest that a peer cannot
+    forge: sha256, or md5 / S3 ETags (second preimages of md5 are out of reach, unlike its
+    collisions, which need control of both contents). crc32c is trivially forged; a file with
+    no digest has nothing to be checked against."""
+    digest = remote.digest
+    if digest is None:
+        return False
+    algorithm = digest.algorithm.lower()
+    if algorithm == "sha256":
+        return True
+    if algorithm == "md5":
+        return verify_md5
+    if algorithm == "s3-etag":
+        multipart = "-" in digest.value.strip().strip('"')
+        return verify_md5 and (not multipart or bool(digest.part_size))
+    return False
+
+
+def _same_digest(listed: Digest, entry: Mapping[str, Any]) -> bool:
+    if listed.algorithm.lower() == "sha256" and isinstance(entry.get("sha256"), str):
+        return listed.value.lower() == str(entry["sha256"]).lower()
+    recorded = entry.get("digest")
+    if not isinstance(recorded, Mapping):
+        return False
+    return (str(recorded.get("algorithm", "")).lower() == listed.algorithm.lower()
+            and str(recorded.get("value", "")).strip('"').lower()
+            == listed.value.strip('"').lower())
+
+
+def compatible(entry: Mapping[str, Any] | None, remote: RemoteFile) -> bool:
+    """Whether a peer's manifest entry (or the listing entry of its download in progress)
+    describes the same bytes as the origin's listing: same size and the same origin digest
+    (a peer holding another revision is not used)."""
+    if not entry or remote.digest is None:
+        return False
+    try:
+        size = int(entry["size"])
+    except (KeyError, TypeError, ValueError):
+        return False
+    return size == remote.size and _same_digest(remote.digest, entry)
+
+
+def manifest_entries(manifest_json: str | bytes) -> dict[str, Mapping[str, Any]]:
+    """path → entry of a peer's manifest (or of the listing its download follows); {} when it
+    is neither (or an archive's: an unpacked model no longer holds the file the origin lists)."""
+    try:
+        raw = json.loads(manifest_json)
+    except ValueError:
+        return {}
+    if not isinstance(raw, dict) or raw.get("archive") or not isinstance(raw.get("files"), list):
+        return {}
+    entries: dict[str, Mapping[str, Any]] = {}
+    for item in raw["files"]:
+        if isinstance(item, dict) and isinstance(item.get("path"), str):
+            entries[item["path"]] = item
+    return entries
