@@ -397,7 +397,7 @@ def test_hostile_inputs_get_clear_errors_write_nothing_outside_and_leak_nothing(
     changed = {path: (before.get(path), now) for path, now in after.items()
                if before.get(path) != now and not path.startswith(tuple(f"root-{node}/{d}"
                                                                        for d in ("models", "manifests", "staging")))
-               and path not in (f"root-{node}/agent-state.json", f"root-{node}")
+               and path not in (f"root-{node}/agent-state.json", f"root-{node}", "agent-tmp")
                and not (path.startswith(ours[1]) and path.endswith(".log"))}
     assert changed == {}, changed
     assert list(temp.iterdir()) == []
