@@ -132,6 +132,7 @@ class Informer:
                     version = await self._list()
                     self.served = True
                     self.synced.set()
+                    failures = 0  # the apiserver answers again: backoff starts over
                 async for event, obj in self._client.watch(
                     self._resource, namespace=self._namespace, labels=self._labels, fields=self._fields,
                     resource_version=version, server_timeout=self._watch_timeout,
@@ -145,12 +146,14 @@ class Informer:
                 raise
             except Exception as error:
                 code = _status_code(error)
-                if code is None:  # connection reset, read timeout, apiserver restart
+                if code is None or code == 429 or code >= 500:
+                    # Connection reset, read timeout, apiserver restart; or an apiserver still
+                    # starting (CRD paths answer 503 for a moment after it comes back).
                     failures += 1
                     log.info("informer %s: watch broke (%s), resuming", self.name,
-                             error.__class__.__name__)
-                    # Capped low: a reconnect is one cheap request per informer, and after an
-                    # apiserver outage a 30 s cap left the controller blind for ~20 s more.
+                             error.__class__.__name__ if code is None else f"HTTP {code}")
+                    # Capped low: a reconnect is one cheap request per informer, and after a
+                    # 30 s apiserver outage a 30 s cap left the controller blind for 20-30 s more.
                     await asyncio.sleep(min(RECONNECT_MAX_SECONDS, 0.2 * 2 ** min(failures, 7)))
                     continue
                 if code == 410:
