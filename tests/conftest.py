@@ -9,4 +9,5 @@ pytest_plugins = [
     "tests.servers.azure",
     "tests.servers.hf",
     "tests.kube_cluster",
+    "tests.image_venv",
 ]

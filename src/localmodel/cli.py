@@ -162,6 +162,14 @@ def status(kubeconfig: str | None, output: str) -> None:
 @click.option("--peer-stall-timeout", type=float, default=30.0, show_default=True,
               help="Seconds without a new piece from peers still downloading before a fill gives up "
                    "for now (retried; the origin slot may have a new holder by then).")
+@click.option("--allow-local-sources", is_flag=True,
+              help="In a cluster, accept file://, plain paths and pvc:// URIs, read from the agent's own "
+                   "filesystem (refused by default; always accepted in standalone mode).")
+@click.option("--max-files", type=click.IntRange(min=1), default=None,
+              help="Most files one model may have (default 25000; ~4 KiB of memory each while downloading).")
+@click.option("--temp-dir", type=click.Path(file_okay=False), default=None,
+              help="Folder for every temporary file: private credential files, the API client's copy of "
+                   "the kubeconfig's CA (default: the system's temp folder, $TMPDIR or /tmp).")
 def agent(root: str, manifest: str | None, kubeconfig: str | None, node_name: str | None, namespace: str,
           max_concurrent_downloads: int, download_threads: int | None, rate_limit: str | None,
           scrub_interval: float, progress_interval: float, resync: float, retry_initial: float,
@@ -170,7 +178,8 @@ def agent(root: str, manifest: str | None, kubeconfig: str | None, node_name: st
           log_level: str, adopt: bool, once: bool, peer_port: int, peer_advertise_address: str | None,
           peer_rate_limit: str, peer_max_connections: int, peer_token_file: str, peer_audience: str,
           peer_identity: tuple[str, ...], origin_slots: int, origin_slot_lease: int,
-          peer_quarantine: float, peer_stall_timeout: float) -> None:
+          peer_quarantine: float, peer_stall_timeout: float, allow_local_sources: bool, max_files: int | None,
+          temp_dir: str | None) -> None:
     """Keep this node's models on disk equal to its LocalModelNode (the node agent DaemonSet).
 
     In a cluster it watches only the LocalModelNode named $NODE_NAME, downloads in-process with
@@ -198,6 +207,12 @@ def agent(root: str, manifest: str | None, kubeconfig: str | None, node_name: st
 
     standalone = manifest is not None
     setup_logging(log_format or ("text" if standalone else "json"), log_level)
+    if temp_dir:
+        import tempfile
+
+        # Libraries make temporary files too (lightkube writes the kubeconfig's CA to one):
+        # with a read-only root filesystem this folder must be the only place they go.
+        tempfile.tempdir = str(Path(temp_dir).absolute())
     if not node_name:
         if not standalone:
             raise click.UsageError("NODE_NAME is not set (pass --node-name or use --manifest)")
@@ -213,13 +228,16 @@ def agent(root: str, manifest: str | None, kubeconfig: str | None, node_name: st
         engine["concurrency"] = download_threads
     if limit:
         engine["rate_limit"] = float(limit)
+    if max_files:
+        engine["max_files"] = max_files
     settings = AgentSettings(
         root=Path(root).absolute(),
         node_name=node_name,
         namespace=namespace,
         retry=RetrySettings(initial_seconds=retry_initial, max_seconds=max(retry_max, retry_initial)),
         downloads=DownloadSettings(max_concurrent=max_concurrent_downloads, reserve_bytes=reserve_bytes,
-                                   engine_options=engine),
+                                   engine_options=engine, allow_local_sources=allow_local_sources or standalone,
+                                   temp_dir=Path(temp_dir).absolute() if temp_dir else None),
         status=StatusSettings(progress_interval_seconds=progress_interval,
                               progress_log_seconds=5.0 if standalone else 30.0),
         scrub=ScrubSettings(interval_seconds=scrub_interval or None),

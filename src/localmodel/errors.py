@@ -3,6 +3,9 @@
     LocalModelError
     ├── PermanentError                 retrying the same input cannot help
     │   ├── InvalidURIError(ValueError)       malformed URI, unknown scheme, credentials in URI
+    │   ├── SourceNotAllowedError             a URI the node agent refuses (local paths)
+    │   ├── TooManyFilesError                 a listing longer than the file limit
+    │   ├── InvalidListingError               a listing the source sent is malformed
     │   ├── UnsafePathError(ValueError)       hostile object key or archive member
     │   ├── SourceNotFoundError(FileNotFoundError)  404 / no such bucket, prefix or repo
     │   ├── SourceAuthError(PermissionError)  401 / 403 / missing or bad credentials
@@ -47,6 +50,18 @@ class TransientError(LocalModelError):
 
 class InvalidURIError(PermanentError, ValueError):
     reason = "InvalidURI"
+
+
+class SourceNotAllowedError(PermanentError):
+    reason = "SourceNotAllowed"
+
+
+class TooManyFilesError(PermanentError):
+    reason = "TooManyFiles"
+
+
+class InvalidListingError(PermanentError):
+    reason = "InvalidListing"
 
 
 class UnsafePathError(PermanentError, ValueError):

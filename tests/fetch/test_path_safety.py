@@ -14,6 +14,7 @@ SAFE = [
     "dir.with.dots/file",
     "ünïcödé/模型.bin",
     "a" * 255,
+    "/".join(["d" * 200] * 5) + "/x",  # 1007 bytes: the longest kind of path still accepted
 ]
 
 UNSAFE = [
@@ -38,6 +39,7 @@ UNSAFE = [
     "x\x7f",
     "a" * 256,
     "ok/" + "é" * 128,  # 256 bytes in UTF-8
+    "/".join(["d" * 200] * 22) + "/x.bin",  # every part legal, 4.4 KB in all (ENAMETOOLONG)
 ]
 
 

@@ -34,6 +34,8 @@ CRD_NAMES = [
     "localmodelnodes.serving.kserve.io",
 ]
 FAST = ["--progress-interval", "0.3", "--retry-initial", "1", "--retry-max", "2"]
+#: Most agent tests serve models from local folders, which a cluster agent refuses by default.
+LOCAL = ["--allow-local-sources"]
 
 
 def crd_files(flavor: str) -> list[Path]:
@@ -73,6 +75,8 @@ class ClusterAgents:
         self.write_config(self.config_namespace, self.job_namespace)
         self.nodes: list[str] = []
         self.agents: list[AgentProcess] = []
+        #: Start agents with --allow-local-sources (the fault suite turns it off).
+        self.allow_local_sources = True
         self._namespaces: list[str] = [self.config_namespace, self.job_namespace]
 
     @property
@@ -151,7 +155,7 @@ class ClusterAgents:
                     namespace: str | None = None) -> AgentProcess:
         agent = AgentProcess(
             ["--root", str(self.root(node)), "--kubeconfig", str(kubeconfig or self.kube.kubeconfig),
-             *FAST, *args],
+             *FAST, *(LOCAL if self.allow_local_sources else []), *args],
             self.tmp / f"agent-{node}-{len(self.agents)}.log",
             env={"NODE_NAME": node, "POD_NAMESPACE": namespace or self.config_namespace},
         ).start()

@@ -19,6 +19,35 @@ UID = GID = 1000
 _SETUP = 'mount -o remount,ro,bind / && mount -t tmpfs -o size=16m,mode=1777 tmpfs /tmp && exec "$@"'
 
 
+# The same, for a long-running process that keeps state in folders of its own: each folder in
+# $LOCALMODEL_WRITABLE is bind-mounted onto itself first (a mount of its own, so it stays
+# writable), then / and every other writable mount a user could write to is made read-only.
+_SETUP_WRITABLE = (
+    'for dir in $LOCALMODEL_WRITABLE; do mount --bind "$dir" "$dir"; done && '
+    'mount -o remount,ro,bind / && '
+    'for other in /dev/shm /run /run/lock /tmp /var/tmp; do '
+    'if mountpoint -q "$other"; then mount -o remount,ro,bind "$other"; fi; done && exec "$@"'
+)
+
+
+def pod_command(argv: Sequence[str], *, path: Sequence[Path], writable: Sequence[Path],
+                env: Mapping[str, str] | None = None) -> tuple[list[str], dict[str, str]]:
+    """(command, environment) that runs `argv` as UID/GID 1000 without capabilities, with only
+    the `writable` folders writable and the rest of the filesystem read-only."""
+    if os.geteuid() != 0:
+        raise PermissionError("the pod-like sandbox needs root to make a mount namespace")
+    environment = {"PATH": ":".join([*map(str, path), "/usr/bin", "/bin"]), "HOME": "/nonexistent",
+                   **(env or {})}
+    command = [
+        "unshare", "--mount", "--propagation", "private", "--", "/bin/sh", "-c", _SETUP_WRITABLE, "sh",
+        "setpriv", f"--reuid={UID}", f"--regid={GID}", "--clear-groups", "--no-new-privs",
+        "--inh-caps=-all", "--bounding-set=-all", "--",
+        "env", "-i", *(f"{k}={v}" for k, v in environment.items()), *argv,
+    ]
+    return command, {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+                     "LOCALMODEL_WRITABLE": " ".join(str(folder) for folder in writable)}
+
+
 def run_as_pod(argv: Sequence[str], *, path: Sequence[Path], env: Mapping[str, str] | None = None,
                timeout: float = 60) -> subprocess.CompletedProcess[str]:
     if os.geteuid() != 0:

@@ -5,13 +5,9 @@ root filesystem, writable /tmp only, no HOME, no capabilities)."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import tomllib
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,41 +18,9 @@ from tests.packaging.conftest import REPO
 from tests.packaging.sandbox import run_as_pod
 
 
-def _usable_by_everyone(path: Path) -> bool:
-    real = path.resolve()
-    return real.stat().st_mode & 0o005 == 0o005 and all(
-        parent.stat().st_mode & 0o001 for parent in real.parents)
-
-
-def _interpreter_for_uid_1000() -> Path:
-    """This Python, or the system's of the same version, if UID 1000 can run it: the venv links
-    to its interpreter as /opt/localmodel does to /usr/local/bin/python3 in the image."""
-    minor = f"python{sys.version_info.major}.{sys.version_info.minor}"
-    for candidate in (Path(sys._base_executable), Path("/usr/bin") / minor, Path("/usr/local/bin") / minor):
-        if candidate.exists() and _usable_by_everyone(candidate):
-            return candidate
-    pytest.fail(f"no {minor} that UID 1000 can run (this one is under a private directory); "
-                f"install Debian's python3 or run the tests with a system-wide Python")
-
-
 @pytest.fixture(scope="module")
-def venv() -> Iterator[Path]:
-    # Not under /tmp (a fresh tmpfs hides it in the sandbox) and readable by UID 1000, like
-    # /opt/localmodel in the image. Created anew every session: a clean install is the point.
-    parent = Path(tempfile.mkdtemp(prefix="localmodel-image-", dir="/var/tmp"))
-    parent.chmod(0o755)
-    dest = parent / "opt" / "localmodel"
-    done = subprocess.run(
-        ["bash", str(REPO / "hack" / "install-venv.sh"), str(dest)],
-        env={**os.environ, "PYTHON": str(_interpreter_for_uid_1000()), "BUILD_PYTHON": sys.executable}, capture_output=True, text=True, timeout=600,
-        check=False,
-    )
-    try:
-        if done.returncode != 0:
-            pytest.fail(f"hack/install-venv.sh failed:\n{done.stdout}\n{done.stderr}")
-        yield dest
-    finally:
-        shutil.rmtree(parent)
+def venv(image_venv: Path) -> Path:
+    return image_venv
 
 
 def _pod(venv: Path, *argv: str) -> subprocess.CompletedProcess[str]:

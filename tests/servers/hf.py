@@ -15,10 +15,14 @@ and an unknown repo answers 401 (no token) or 404 with X-Error-Code.
 
 Fault switches (reset around every test by the `hf_hub` fixture): answer 429 (or any status)
 with Retry-After, 403 (gated), require a token, corrupt bytes of a file, cut responses short and
-drop the connection, serve LFS files without a redirect; `rate_limit` caps the bytes per second
-of all file bodies together, like a WAN origin (benchmarks, downloads that must last).
-`bytes_served` counts the body bytes of file responses; `tokens_sent_to_cdn` counts CDN
-requests that carried a token (a leak).
+drop the connection, serve LFS files without a redirect, trickle each response slowly
+(`faults.throttle`); `rate_limit` caps the bytes per second of all file bodies together, like a
+WAN origin (benchmarks, downloads that must last). `bytes_served` counts the body bytes of file
+responses and `served(repo, path)` lists the byte ranges sent per file; `tokens_sent_to_cdn`
+counts CDN requests that carried a token (a leak).
+
+`declare(repo, {path: size})` publishes a commit whose tree lists files that have no content
+(hostile listings: paths that must never be written, sizes far beyond any disk).
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from localmodel.fetch.ratelimit import TokenBucket
 LFS_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".onnx", ".h5", ".msgpack",
                 ".ckpt", ".model")
 LFS_MIN_SIZE = 10 * 1024 * 1024
+_PIECE = 64 * 1024
 _THROTTLE_SLICE = 256 * 1024
 
 
@@ -102,6 +107,9 @@ class Faults:
     truncate: dict[tuple[str, str], int] = field(default_factory=dict)
     #: Serve LFS files directly from `resolve` instead of redirecting to /_lfs/.
     no_redirect: bool = False
+    #: Bytes per second per file response (0 = as fast as possible). Throttled bodies go out
+    #: in 64 KiB pieces, so `served` knows which bytes really left when a client is killed.
+    throttle: float = 0.0
 
 
 class LocalHub:
@@ -118,6 +126,9 @@ class LocalHub:
         #: Requests to the CDN path that carried an Authorization header (must stay 0).
         self.tokens_sent_to_cdn = 0
         self.requests: list[tuple[str, str]] = []
+        self._served: dict[tuple[str, str], list[tuple[int, int]]] = {}
+        self._raw_trees: dict[tuple[str, str], list[object]] = {}
+        self._tree_cache: dict[tuple[str, str, str, bool], list[dict[str, object]]] = {}
         self._commits: dict[str, dict[str, dict[str, HubFile]]] = {}  # repo -> sha -> files
         self._refs: dict[str, dict[str, str]] = {}  # repo -> ref -> sha
         self._lfs_blobs: dict[str, HubFile] = {}
@@ -158,6 +169,30 @@ class LocalHub:
                 if entry.lfs:
                     self._lfs_blobs[entry.sha256] = entry
         return sha
+
+    def declare(self, repo: str, sizes: Mapping[str, int], *, revision: str = "main") -> str:
+        """Record a commit whose tree lists `sizes` (path -> declared size) and whose files
+        have no content: for listings a client must refuse before reading any byte."""
+        entries = {path: HubFile(path, size, hashlib.sha256(path.encode()).hexdigest(), True,
+                                 data=b"") for path, size in sizes.items()}
+        with self._lock:
+            sha = hashlib.sha1(f"{repo}:declared:{next(self._counter)}".encode()).hexdigest()
+            self._commits.setdefault(repo, {})[sha] = entries
+            self._refs.setdefault(repo, {})[revision] = sha
+        return sha
+
+    def declare_raw(self, repo: str, tree: list[object], *, revision: str = "main") -> str:
+        """A commit whose tree listing is exactly `tree` (any JSON, however malformed): for a
+        client's defences against a hostile hub."""
+        sha = self.declare(repo, {}, revision=revision)
+        with self._lock:
+            self._raw_trees[(repo, sha)] = list(tree)
+        return sha
+
+    def served(self, repo: str, path: str) -> list[tuple[int, int]]:
+        """Byte ranges [start, end) of `path` written to clients, one per GET."""
+        with self._lock:
+            return list(self._served.get((repo, path), ()))
 
     def reset(self) -> None:
         """Every fault switch off, no rate limit, and an empty request log."""
@@ -237,6 +272,24 @@ class LocalHub:
         repo, sha, files = self._repo_or_error(request)
         sub = request.match_info.get("sub", "").strip("/")
         recursive = request.query.get("recursive", "false").lower() in ("1", "true")
+        ordered = self._raw_trees.get((repo, sha))
+        if ordered is None:
+            key = (repo, sha, sub, recursive)
+            ordered = self._tree_cache.get(key)
+            if ordered is None:  # commits never change: list each tree once (10^5 files)
+                ordered = self._tree_cache[key] = self._tree_entries(files, sub, recursive)
+        start = int(request.query.get("cursor", "0"))
+        page = ordered[start:start + self.tree_page_size]
+        headers = {}
+        if start + self.tree_page_size < len(ordered):
+            query = dict(request.query)
+            query["cursor"] = str(start + self.tree_page_size)
+            nxt = request.url.with_query(query)
+            headers["Link"] = f'<{nxt}>; rel="next"'
+        return web.json_response(page, headers=headers)
+
+    @staticmethod
+    def _tree_entries(files: Mapping[str, HubFile], sub: str, recursive: bool) -> list[dict[str, object]]:
         entries: dict[str, dict[str, object]] = {}
         for path, entry in sorted(files.items()):
             if sub and not path.startswith(sub + "/"):
@@ -258,17 +311,7 @@ class LocalHub:
                     item["lfs"] = {"oid": entry.sha256, "size": entry.size,
                                    "pointerSize": len(lfs_pointer(entry.sha256, entry.size))}
                 entries[path] = item
-        ordered = sorted(entries.values(), key=lambda e: str(e["path"]))
-        start = int(request.query.get("cursor", "0"))
-        page = ordered[start:start + self.tree_page_size]
-        headers = {}
-        if start + self.tree_page_size < len(ordered):
-            query = dict(request.query)
-            query["cursor"] = str(start + self.tree_page_size)
-            nxt = request.url.with_query(query)
-            headers["Link"] = f'<{nxt}>; rel="next"'
-        del sha, repo
-        return web.json_response(page, headers=headers)
+        return sorted(entries.values(), key=lambda e: str(e["path"]))
 
     async def _file(self, request: web.Request) -> web.StreamResponse:
         repo, sha, files = self._repo_or_error(request)
@@ -309,8 +352,12 @@ class LocalHub:
             return web.Response(status=status, headers=headers)
         corrupt = self.faults.corrupt.get((repo, entry.path), set())
         cut = self.faults.truncate.get((repo, entry.path))
+        if self.faults.throttle and cut is None:
+            return await self._trickle(request, repo, entry, start, end, status, headers, corrupt)
         with self._lock:
             self.bytes_served += end - start if cut is None else min(cut, end - start)
+            self._served.setdefault((repo, entry.path), []).append(
+                (start, end if cut is None else start + min(cut, end - start)))
         if cut is not None:
             return await _send_truncated(request, status, headers, entry.read(start, end)[:cut])
         if self.rate_limit and not corrupt:
@@ -322,6 +369,32 @@ class LocalHub:
             if start <= offset < end:
                 body[offset - start] ^= 0xFF
         return web.Response(status=status, body=bytes(body), headers=headers)
+
+    async def _trickle(self, request: web.Request, repo: str, entry: HubFile, start: int, end: int,
+                       status: int, headers: dict[str, str], corrupt: set[int]) -> web.StreamResponse:
+        """Send the body in 64 KiB pieces at `faults.throttle` bytes/s, noting each piece sent."""
+        response = web.StreamResponse(status=status, headers=headers)
+        await response.prepare(request)
+        with self._lock:
+            ranges = self._served.setdefault((repo, entry.path), [])
+            slot = len(ranges)
+            ranges.append((start, start))
+        position = start
+        try:
+            while position < end:
+                piece = bytearray(entry.read(position, min(end, position + _PIECE)))
+                for offset in corrupt:
+                    if position <= offset < position + len(piece):
+                        piece[offset - position] ^= 0xFF
+                await response.write(bytes(piece))
+                position += len(piece)
+                with self._lock:
+                    self.bytes_served += len(piece)
+                    ranges[slot] = (start, position)
+                await asyncio.sleep(len(piece) / self.faults.throttle)
+        except (ConnectionResetError, asyncio.CancelledError):
+            pass
+        return response
 
     async def _send_throttled(self, request: web.Request, entry: HubFile, start: int, end: int,
                               status: int, headers: dict[str, str]) -> web.StreamResponse:

@@ -46,6 +46,8 @@ class Faults:
     #: Send `Repr-Digest: sha-256=...` of the true content.
     digest: bool = False
     status: int | None = None
+    #: Announce this Content-Length in HEAD answers (a size far beyond any disk).
+    declared_size: int | None = None
 
 
 @dataclass
@@ -119,6 +121,8 @@ class FaultServer:
             return web.Response(status=412)
         response = web.StreamResponse(status=status, headers=headers)
         response.content_length = end - start
+        if request.method == "HEAD" and faults.declared_size is not None:
+            response.content_length = faults.declared_size
         await response.prepare(request)
         if request.method == "HEAD":
             return response

@@ -19,6 +19,8 @@ from lightkube import ApiError, AsyncClient
 log = logging.getLogger(__name__)
 
 ObjectKey = tuple[str, str]
+#: Longest wait between attempts to reconnect a broken watch (connection refused, reset...).
+RECONNECT_MAX_SECONDS = 4.0
 Handler = Callable[[str, "dict[str, Any] | None", "dict[str, Any] | None"], None]
 """handler(event, old, new): event is ADDED, MODIFIED or DELETED; old/new raw objects or None."""
 
@@ -130,6 +132,7 @@ class Informer:
                     version = await self._list()
                     self.served = True
                     self.synced.set()
+                    failures = 0  # the apiserver answers again: backoff starts over
                 async for event, obj in self._client.watch(
                     self._resource, namespace=self._namespace, labels=self._labels, fields=self._fields,
                     resource_version=version, server_timeout=self._watch_timeout,
@@ -143,11 +146,15 @@ class Informer:
                 raise
             except Exception as error:
                 code = _status_code(error)
-                if code is None:  # connection reset, read timeout, apiserver restart
+                if code is None or code == 429 or code >= 500:
+                    # Connection reset, read timeout, apiserver restart; or an apiserver still
+                    # starting (CRD paths answer 503 for a moment after it comes back).
                     failures += 1
                     log.info("informer %s: watch broke (%s), resuming", self.name,
-                             error.__class__.__name__)
-                    await asyncio.sleep(min(30.0, 0.2 * 2 ** min(failures, 7)))
+                             error.__class__.__name__ if code is None else f"HTTP {code}")
+                    # Capped low: a reconnect is one cheap request per informer, and after a
+                    # 30 s apiserver outage a 30 s cap left the controller blind for 20-30 s more.
+                    await asyncio.sleep(min(RECONNECT_MAX_SECONDS, 0.2 * 2 ** min(failures, 7)))
                     continue
                 if code == 410:
                     log.info("informer %s: watch expired (410 Gone), listing again", self.name)

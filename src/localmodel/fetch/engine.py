@@ -29,6 +29,7 @@ import os
 import shutil
 import threading
 import time
+from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
@@ -58,7 +59,7 @@ from localmodel.fetch.progress import Progress, ProgressCallback, RateMeter, eta
 from localmodel.fetch.ranges import RangeSet
 from localmodel.fetch.ratelimit import TokenBucket
 from localmodel.fetch.staging import Staging, allocated_bytes, create_file, is_no_space, make_parents
-from localmodel.sources.base import Listing, RemoteFile, Settings, Source
+from localmodel.sources.base import MAX_FILES_SETTING, Listing, ListingLimit, RemoteFile, Settings, Source
 from localmodel.sources.registry import SourceFactory, open_source, redact_uri
 
 logger = logging.getLogger(__name__)
@@ -94,8 +95,10 @@ def download(source_uri: str, dest: str | os.PathLike[str] | Layout, *,
                     and (not options.verify or all(f.sha256 for f in existing.files)) \
                     and not manifests.verify_quick(layout, existing):
                 logger.info("already complete", extra={"dest": str(layout.dest)})
+                # A run that died after writing the manifest may have left staging behind.
+                shutil.rmtree(layout.staging, ignore_errors=True)
                 return existing
-        source = (source_factory or open_source)(source_uri, settings)
+        source = (source_factory or open_source)(source_uri, with_file_limit(settings, options.max_files))
         try:
             return _Download(source, source_name, layout, options, progress).run()
         finally:
@@ -138,8 +141,10 @@ class _Cancelled(Exception):
     """Raised inside workers once another worker failed or the caller was interrupted."""
 
 
-@dataclass
+@dataclass(slots=True)
 class _File:
+    """One file of the download (slotted: a model of 50,000 small files keeps 50,000)."""
+
     index: int
     remote: RemoteFile
     target: Path
@@ -205,6 +210,7 @@ class _Download:
         keep = set(patterns.select([f.path for f in files], self.options.allow_patterns,
                                    self.options.ignore_patterns))
         files = [f for f in files if f.path in keep]
+        ListingLimit({MAX_FILES_SETTING: str(self.options.max_files)}, self.source_name).check(len(files))
         if not files:
             raise SourceNotFoundError(f"no files to download at {self.source_name}"
                                       + (" after applying patterns" if listing.files else ""))
@@ -274,6 +280,10 @@ class _Download:
                        f.digest.value if f.digest else None] for f in selected],
         }
         recovered = self.staging.open(plan)
+        if recovered.data_missing:
+            finished = self._finish_interrupted_publish()
+            if finished is not None:
+                return finished
         try:
             root = self.staging.archive if kind else self.staging.data
             root.mkdir(exist_ok=True)
@@ -298,6 +308,24 @@ class _Download:
             "seconds": round(elapsed, 3)})
         return manifest
 
+    def _finish_interrupted_publish(self) -> Manifest | None:
+        """A previous run moved data/ into place and died before writing the manifest: the
+        manifest it meant to write is in staging. Write it if the folder still matches."""
+        text = self.staging.read_intent()
+        manifest = None
+        if text is not None:
+            try:
+                manifest = Manifest.from_json(text)
+            except (ValueError, KeyError, TypeError):
+                manifest = None
+        if manifest is None or manifest.source != self.source_name \
+                or manifests.verify_quick(self.layout, manifest):
+            return None  # the journaled files are gone: each is reset as it is started again
+        manifests.write_manifest(self.layout, manifest)
+        self.staging.wipe()
+        logger.info("finished a publish interrupted by a crash", extra={"dest": str(self.layout.dest)})
+        return manifest
+
     # -- 3. staging and space --------------------------------------------------------------
 
     def _prepare(self, selected: list[RemoteFile], root: Path, done: Mapping[int, RangeSet],
@@ -308,6 +336,9 @@ class _Download:
                       if self.options.verify else NoHasher())
             state = _File(index, remote, target, hasher)
             present = target.exists()
+            if not present and (index in done or index in verified):
+                # The copy the journal describes is gone; never trust those records again.
+                self.staging.record_reset(index)
             if present and index in verified:
                 sha256, checked = verified[index]
                 state.result = HashResult(sha256, checked)
@@ -352,7 +383,20 @@ class _Download:
         for state in resumed:
             self._open(state)
             self._request_hash(state)  # what an earlier run left on disk
-        pending: set[Future[None]] = {pool.submit(self._fetch, request) for request in requests}
+        # A few long-lived workers take requests from one queue: a model of 50,000 small files
+        # must not cost 50,000 futures (each with its own lock and condition) up front.
+        queue = deque(requests)
+
+        def work() -> None:
+            while not self.cancelled.is_set():
+                try:
+                    request = queue.popleft()
+                except IndexError:
+                    return
+                self._fetch(request)
+
+        workers = max(1, min(self.options.concurrency, len(requests))) if requests else 0
+        pending: set[Future[None]] = {pool.submit(work) for _ in range(workers)}
         try:
             while True:
                 # Hash tasks are queued by download tasks before those finish, so once every
@@ -548,6 +592,7 @@ class _Download:
 
     def _finish(self, state: _File) -> None:
         result = state.hasher.finish(state.remote.path)
+        state.hasher = _FINISHED  # its state is no longer needed; 10^4 hashers add up
         fd = state.fd
         assert fd is not None
         if os.fstat(fd).st_size != state.remote.size:
@@ -621,6 +666,8 @@ class _Download:
             for folder, _, _ in os.walk(staging.data):
                 manifests.fsync_dir(Path(folder))
         manifests.remove_manifest(layout)
+        # Once data/ has moved, only this file says the move was a complete, verified publish.
+        staging.write_intent(manifest.to_json())
         shutil.rmtree(staging.old, ignore_errors=True)
         staging.old.mkdir()
         if layout.in_place:
@@ -652,6 +699,14 @@ class _Download:
             phase=phase or self.phase, bytes_done=done, bytes_total=total,
             files_done=self.files_done, files_total=len(self.files), rate=rate,
             eta=eta(total - done, rate)))
+
+
+_FINISHED = NoHasher()
+
+
+def with_file_limit(settings: Settings, max_files: int) -> Settings:
+    """`settings` plus the listing limit every source honours while it lists."""
+    return {**settings, MAX_FILES_SETTING: str(max_files)}
 
 
 def _free_bytes(path: Path) -> int:

@@ -24,7 +24,7 @@ import logging
 import os
 import stat
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +62,17 @@ class Manifest:
     format: int = FORMAT
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=1, sort_keys=False) + "\n"
+        # Field by field rather than dataclasses.asdict, whose deep copies doubled the peak
+        # memory of a manifest of 10^5 files.
+        body = {
+            "source": self.source, "revision": self.revision,
+            "files": [_file_dict(item) for item in self.files],
+            "total_size": self.total_size, "completed_at": self.completed_at,
+            "localmodel_version": self.localmodel_version,
+            "archive": _file_dict(self.archive) if self.archive is not None else None,
+            "details": dict(self.details), "format": self.format,
+        }
+        return json.dumps(body, indent=1, sort_keys=False) + "\n"
 
     @classmethod
     def from_json(cls, text: str) -> Manifest:
@@ -89,6 +99,14 @@ class Manifest:
             archive=entry(raw["archive"]) if raw.get("archive") else None,
             details=dict(raw.get("details") or {}),
         )
+
+
+def _file_dict(item: ManifestFile) -> dict[str, Any]:
+    digest = item.digest
+    return {"path": item.path, "size": item.size, "sha256": item.sha256,
+            "digest": None if digest is None else {"algorithm": digest.algorithm, "value": digest.value,
+                                                    "part_size": digest.part_size},
+            "digest_checked": item.digest_checked}
 
 
 def write_manifest(layout: Layout, manifest: Manifest) -> None:

@@ -48,6 +48,11 @@ class FetchOptions:
     max_unpack_ratio: float = 1000.0
     #: Seconds between progress callbacks.
     progress_interval: float = 1.0
+    #: Most files one model may have. Each costs ~4 KiB of memory while the download runs
+    #: (bench/many_files.py: 238 MiB peak for 50,000 tiny files), so two downloads at this
+    #: limit stay within the agent's 300Mi; a longer listing fails with TooManyFiles before
+    #: any byte is fetched, and sources stop listing at the first page past it.
+    max_files: int = 25_000
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
@@ -56,5 +61,7 @@ class FetchOptions:
             raise ValueError("chunk_size must be at least 64 KiB")
         if self.checkpoint_size < 64 * 1024:
             raise ValueError("checkpoint_size must be at least 64 KiB")
+        if self.max_files < 1:
+            raise ValueError("max_files must be at least 1")
         if self.rate_limit is not None and self.rate_limit <= 0:
             raise ValueError("rate_limit must be positive")

@@ -6,7 +6,8 @@ touches the filesystem it must be a plain relative POSIX path that stays below t
 - no absolute paths, no `..`, `.` or empty components, no trailing `/`;
 - no NUL, newline or other control characters, no backslash (a Windows separator that
   some tools honour), no drive prefixes such as `C:`;
-- each component at most 255 bytes in UTF-8 (the limit of every Linux filesystem);
+- each component at most 255 bytes in UTF-8 (the limit of every Linux filesystem), the whole
+  path at most 1024 (it goes below a root and a staging folder, and Linux paths end at 4096);
 - within one model, no two paths that differ only by case or Unicode normalization (they
   collide on case-insensitive filesystems and confuse readers everywhere), and no path that is
   both a file and a folder (`a` and `a/b`).
@@ -21,6 +22,7 @@ from collections.abc import Iterable
 from localmodel.errors import UnsafePathError
 
 _MAX_COMPONENT_BYTES = 255
+_MAX_PATH_BYTES = 1024
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _DRIVE = re.compile(r"^[A-Za-z]:")
 
@@ -38,6 +40,8 @@ def check_relative_path(path: str) -> str:
         raise UnsafePathError(f"absolute path {shown}")
     if _DRIVE.match(path):
         raise UnsafePathError(f"drive-letter path {shown}")
+    if len(path.encode("utf-8", "surrogateescape")) > _MAX_PATH_BYTES:
+        raise UnsafePathError(f"path longer than {_MAX_PATH_BYTES} bytes: {shown}")
     for component in path.split("/"):
         if component in ("", ".", ".."):
             raise UnsafePathError(f"path component {component!r} not allowed in {shown}")

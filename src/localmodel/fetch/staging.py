@@ -3,9 +3,11 @@
     <staging>/
     ├── plan.json       the listing being fetched, and the boot it started in (atomic write)
     ├── journal.jsonl   append-only: {"f": i, "s": start, "e": end} for each range written,
-    │                   {"f": i, "sha256": hex, "checked": bool} for each verified file
+    │                   {"f": i, "sha256": hex, "checked": bool} for each verified file,
+    │                   {"f": i, "reset": true} when file i is started again from nothing
     ├── data/           the model's files being filled; renamed into place at publish
     ├── archive/        a downloaded archive, before it is unpacked into data/
+    ├── manifest.json   the manifest about to be published (written just before data/ moves)
     └── old/            a previous copy moved aside during publish, then deleted
 
 A rerun with the same plan trusts the journal and fetches only the missing ranges. Journal
@@ -14,6 +16,10 @@ cache still holds both the journal and the bytes it describes, so the two agree.
 reboot that is no longer true (data pages may be lost while a journal line survived), so
 a staging area from an earlier boot (plan.json records /proc/sys/kernel/random/boot_id) is
 thrown away, as is one whose plan differs from the new listing (the source changed).
+
+Journal records describe one file on disk: when a run finds a journaled file missing (the
+data/ folder was already moved into place, or someone deleted it), it appends a reset record
+before creating the file again, so no later run trusts ranges or digests of the lost copy.
 """
 
 from __future__ import annotations
@@ -54,6 +60,11 @@ class Recovered:
 
     done: dict[int, RangeSet] = field(default_factory=dict)
     verified: dict[int, tuple[str | None, bool]] = field(default_factory=dict)
+    #: The staging area was adopted (same plan, same boot), not started afresh.
+    resumed: bool = False
+    #: It was adopted but its data/ folder was gone: a publish moved it into place and the
+    #: process died before the manifest was written (see `Staging.intent`).
+    data_missing: bool = False
 
 
 def make_parents(root: Path, relative: str, known: set[str] | None = None) -> Path:
@@ -140,6 +151,9 @@ class Staging:
         self.data = path / "data"
         self.archive = path / "archive"
         self.old = path / "old"
+        #: The manifest a publish is about to write; with data/ gone, proof the publish got
+        #: as far as moving the folder into place.
+        self.intent = path / "manifest.json"
         self._journal_fd: int | None = None
         self.known_folders: set[str] = set()
         #: Whether to posix_fallocate staging files (not on tmpfs, see `create_file`).
@@ -152,6 +166,8 @@ class Staging:
         recovered = Recovered()
         if stored is not None and stored == current and current["boot_id"]:
             recovered = self._read_journal()
+            recovered.resumed = True
+            recovered.data_missing = not self.data.is_dir()
             logger.info("resuming from staging", extra={"staging": str(self.path)})
         elif self.path.exists():
             logger.info("discarding stale staging", extra={"staging": str(self.path)})
@@ -187,7 +203,10 @@ class Staging:
             try:
                 record = json.loads(line)
                 index = int(record["f"])
-                if "sha256" in record:
+                if record.get("reset"):
+                    recovered.done.pop(index, None)
+                    recovered.verified.pop(index, None)
+                elif "sha256" in record:
                     sha256 = record["sha256"]
                     recovered.verified[index] = (None if sha256 is None else str(sha256),
                                                  bool(record["checked"]))
@@ -212,6 +231,21 @@ class Staging:
 
     def record_verified(self, index: int, sha256: str | None, checked: bool) -> None:
         self._append({"f": index, "sha256": sha256, "checked": checked})
+
+    def record_reset(self, index: int) -> None:
+        """File `index` starts again from nothing: earlier records of it no longer count."""
+        self._append({"f": index, "reset": True})
+
+    def write_intent(self, text: str) -> None:
+        temporary = self.path / "manifest.json.tmp"
+        temporary.write_text(text, encoding="utf-8")
+        os.replace(temporary, self.intent)
+
+    def read_intent(self) -> str | None:
+        try:
+            return self.intent.read_text(encoding="utf-8")
+        except OSError:
+            return None
 
     def close(self) -> None:
         if self._journal_fd is not None:

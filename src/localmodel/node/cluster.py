@@ -4,7 +4,7 @@ status patches and Events, through lightkube.
 The agent watches ONE object: a list+watch with the server-side field selector
 `metadata.name=$NODE_NAME`, so its watch traffic does not grow with the cluster (KServe's agent
 watches every LocalModelNode and drops the others). A watch that expires (410 Gone) is
-re-listed; other errors back off up to 30 s. The watch only wakes the reconciler: every pass
+re-listed; other errors back off up to 5 s. The watch only wakes the reconciler: every pass
 reads the object afresh (level-triggered), so a missed event costs at most one resync period.
 """
 
@@ -54,6 +54,8 @@ REPORTING_CONTROLLER = "serving.kserve.io/localmodel-agent"
 #: Cluster-scoped objects keep their Events in "default" (as kubectl describe expects).
 EVENT_NAMESPACE = "default"
 _NOTE_LIMIT = 1024
+#: Longest wait between attempts to watch again after an error.
+WATCH_RETRY_MAX_SECONDS = 5.0
 
 
 def _decode(data: Mapping[str, str] | None) -> dict[str, str]:
@@ -129,6 +131,7 @@ class ClusterBackend:
                 if version is None:
                     version, seen = await self._list(fields)
                     self.lists += 1
+                    delay = 1.0
                     wake()
                 self.watching = True
                 async for kind, obj in self.client.watch(
@@ -152,7 +155,9 @@ class ClusterBackend:
                 logger.warning("watch failed", extra={"error": f"{exc.__class__.__name__}: {exc}",
                                                        "retry_in": delay})
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 30.0)
+                # Capped low: a spec change made right after an apiserver outage must not wait
+                # for a watch that sleeps 30 s (one cheap request per agent every few seconds).
+                delay = min(delay * 2, WATCH_RETRY_MAX_SECONDS)
                 wake()
 
     # --- reading --------------------------------------------------------------------------------

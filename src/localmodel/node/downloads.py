@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING
 
 from localmodel.errors import InsufficientSpaceError, LocalModelError
 from localmodel.fetch.manifest import Manifest
+from localmodel.fetch.engine import with_file_limit
 from localmodel.fetch.options import FetchOptions
 from localmodel.fetch.progress import Progress
 from localmodel.node.capacity import CapacityRequest, check_capacity
@@ -318,14 +319,16 @@ class Jobs:
             if job.cancel.is_set():
                 raise Cancelled()
             settings, folder = self._materialize(request.credentials)
+            # Listings stop at the file limit (the engine adds it to its own listing).
+            listing_settings = with_file_limit(settings, self._options.max_files)
             manifest = None
             if self._options.adopt and not self._options.force:
                 # before any budget: an adopted model already has its space
-                manifest = self._store.adopt(key, request.uri, settings=settings, options=self._options,
-                                             progress=on_verify)
+                manifest = self._store.adopt(key, request.uri, settings=listing_settings,
+                                             options=self._options, progress=on_verify)
             adopted = manifest is not None
             if manifest is None:
-                model_bytes, _files = self._store.listed_size(request.uri, settings)
+                model_bytes, _files = self._store.listed_size(request.uri, listing_settings)
                 self._reserve(key, job, model_bytes, request.capacity)
                 if self._fill is None:
                     manifest = self._store.download(

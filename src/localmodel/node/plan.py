@@ -27,6 +27,7 @@ from enum import Enum
 
 from localmodel.api.keys import status_key, storage_key
 from localmodel.api.types import LocalModelInfo, ModelDetail, ModelStatus
+from localmodel.sources.registry import redact_uri
 
 
 def rfc3339(moment: datetime | None) -> str | None:
@@ -46,6 +47,12 @@ class WantedModel:
     storage_key: str
     uri: str
     entries: tuple[LocalModelInfo, ...]
+
+    @property
+    def shown_uri(self) -> str:
+        """The URI as logs, Events and status may show it: no user info, no query values
+        (a URI may carry a password or a pre-signed signature)."""
+        return redact_uri(self.uri)
 
     @property
     def status_keys(self) -> tuple[str, ...]:
@@ -70,8 +77,8 @@ def wanted_models(entries: Sequence[LocalModelInfo]) -> tuple[dict[str, WantedMo
         skey = status_key(entry.model_name, entry.namespace or "")
         if skey in seen_status_keys:
             warnings.append(
-                f"status key {skey!r} is listed twice; keeping {seen_status_keys[skey]!r}, "
-                f"ignoring {entry.source_model_uri!r}"
+                f"status key {skey!r} is listed twice; keeping {redact_uri(seen_status_keys[skey])!r}, "
+                f"ignoring {redact_uri(entry.source_model_uri)!r}"
             )
             continue
         seen_status_keys[skey] = entry.source_model_uri

@@ -35,6 +35,7 @@ from localmodel.node.downloads import (
     describe_error,
 )
 from localmodel.node.metrics import AgentMetrics
+from localmodel.node.policy import check_source_allowed
 from localmodel.node.plan import (
     ABSENT,
     DiskState,
@@ -223,7 +224,7 @@ class Reconciler:
         )
         self._scrubbed[result.key] = result.finished_at
         model = self._wanted.get(result.key)
-        uri = model.uri if model else result.key
+        uri = model.shown_uri if model else result.key
         files = f"{result.files_total} file" + ("" if result.files_total == 1 else "s")
         if result.adopted:
             self.metrics.adoptions.inc()
@@ -275,7 +276,7 @@ class Reconciler:
         self.metrics.downloads.labels("failed").inc()
         self.metrics.download_failures.labels(reason).inc()
         model = self._wanted.get(key)
-        uri = model.uri if model else key
+        uri = model.shown_uri if model else key
         await self._event("Warning", "DownloadFailed",
                           f"{uri}: {reason}: {message} (attempt {failures}, retrying in {delay:.0f}s)", key)
 
@@ -293,12 +294,17 @@ class Reconciler:
                 continue
             scrubbed = max(filter(None, (persisted.get(key), self._scrubbed.get(key))), default=None)
             observed[key] = self.store.observe(key, model.uri, scrubbed_at=scrubbed)
+            if observed[key].state is DiskState.PRESENT and self.store.discard_leftover_staging(key):
+                logger.info("removed staging left by a finished download", extra={"storage_key": key})
             before = self._observed.get(key)
-            if (observed[key].state is DiskState.DAMAGED and before is not None
-                    and before.state is DiskState.PRESENT):
-                self._pending_events.append(AgentEvent(
-                    "Warning", "ModelDamaged", f"{observed[key].problem}; downloading again",
-                    model.status_keys))
+            if observed[key].state is DiskState.DAMAGED:
+                # Kept while the model is fetched again, so the status says why (a scrub's
+                # finding is recorded the same way); a successful download clears it.
+                self.records[key] = Record(reason="Damaged", message=observed[key].problem)
+                if before is not None and before.state is DiskState.PRESENT:
+                    self._pending_events.append(AgentEvent(
+                        "Warning", "ModelDamaged", f"{observed[key].problem}; downloading again",
+                        model.status_keys))
         self._observed = observed
 
     # --- step 4 -------------------------------------------------------------------------------
@@ -352,6 +358,7 @@ class Reconciler:
     async def _start_download(self, model: WantedModel) -> None:
         key = model.storage_key
         try:
+            check_source_allowed(model.uri, allow_local=self.settings.downloads.allow_local_sources)
             credentials = await self._credentials(model)
             budgets = await self.backend.budgets(model)
         except LocalModelError as exc:
@@ -369,7 +376,7 @@ class Reconciler:
         )
         request = DownloadRequest(key=key, uri=model.uri, credentials=credentials, capacity=context)
         if self.jobs.submit_download(request, model.node_groups):
-            logger.info("download queued", extra={"storage_key": key, "uri": model.uri,
+            logger.info("download queued", extra={"storage_key": key, "uri": model.shown_uri,
                                                    "models": list(model.status_keys),
                                                    "credentials": list(credentials.origins)})
             for note in credentials.ignored:
@@ -402,7 +409,7 @@ class Reconciler:
 
     async def _event_started(self, key: str) -> None:
         model = self._wanted.get(key)
-        uri = model.uri if model else key
+        uri = model.shown_uri if model else key
         await self._event("Normal", "DownloadStarted", f"downloading {uri} into models/{key}", key)
 
     def _log_progress(self) -> None:
@@ -422,7 +429,7 @@ class Reconciler:
             left = (view.bytes_total - view.bytes_done) / rate if rate else None
             eta = f", about {left:.0f}s left" if left is not None else ""
             logger.info(
-                f"downloading {model.uri if model else key}: {100 * view.bytes_done / view.bytes_total:.0f}% "
+                f"downloading {model.shown_uri if model else key}: {100 * view.bytes_done / view.bytes_total:.0f}% "
                 f"of {_human_bytes(view.bytes_total)} at {_human_bytes(rate)}/s{eta}",
                 extra={"storage_key": key, "bytes_done": view.bytes_done, "bytes_total": view.bytes_total,
                        "bytes_per_second": rate},

@@ -6,7 +6,7 @@
     every second while downloads run ───────────────► progress pass (status only)
 
 A failed pass (API server unreachable...) is retried after 1, 2, 4... seconds, at most the
-resync period. On stop (SIGTERM) downloads are cancelled; the engine keeps their staging data,
+resync period; downloads go on meanwhile, and progress passes wait for a full pass to succeed. On stop (SIGTERM) downloads are cancelled; the engine keeps their staging data,
 so the next agent resumes them.
 """
 
@@ -128,13 +128,15 @@ async def run_agent(settings: AgentSettings, backend: Backend, *, stop: asyncio.
                     next_full = utcnow() + timedelta(seconds=reconciler.resync_seconds)
                 except Exception as exc:  # noqa: BLE001 - keep the agent alive, retry soon
                     failures += 1
-                    metrics.reconcile_errors.inc()
-                    agent.last_error = f"{exc.__class__.__name__}: {exc}"
-                    delay = min(reconciler.resync_seconds, 2.0 ** min(failures - 1, 6))
-                    logger.warning("reconcile failed", extra={"error": agent.last_error, "retry_in": delay})
-                    next_full = utcnow() + timedelta(seconds=delay)
-            elif jobs.has_running_downloads():
-                wake_at = await reconciler.progress_pass()
+                    next_full = _failed(exc, "reconcile failed", failures, reconciler, metrics, agent)
+            elif jobs.has_running_downloads() and failures == 0:
+                # Progress passes write status; while the API fails only full passes (with
+                # their backoff) try again. Downloads run on regardless.
+                try:
+                    wake_at = await reconciler.progress_pass()
+                except Exception as exc:  # noqa: BLE001 - an outage must not stop downloads
+                    failures += 1
+                    next_full = _failed(exc, "status update failed", failures, reconciler, metrics, agent)
             if once:
                 done, all_downloaded = settled(reconciler)
                 if done:
@@ -163,6 +165,16 @@ async def run_agent(settings: AgentSettings, backend: Backend, *, stop: asyncio.
         await server.stop()
         logger.info("agent stopped", extra={"seconds": round((utcnow() - stopping).total_seconds(), 3)})
     return exit_code
+
+
+def _failed(exc: Exception, what: str, failures: int, reconciler: Reconciler, metrics: AgentMetrics,
+            agent: _LoopState) -> datetime:
+    """Record a failed pass; when the next full pass is due (1, 2, 4... s, at most resync)."""
+    metrics.reconcile_errors.inc()
+    agent.last_error = f"{exc.__class__.__name__}: {exc}"
+    delay = min(reconciler.resync_seconds, 2.0 ** min(failures - 1, 6))
+    logger.warning(what, extra={"error": agent.last_error, "retry_in": delay})
+    return utcnow() + timedelta(seconds=delay)
 
 
 async def _withdraw_endpoint(backend: Backend) -> None:

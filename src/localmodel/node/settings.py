@@ -31,6 +31,9 @@ class DownloadSettings:
     reserve_bytes: int = 256 * 2**20
     #: Private folder for short-lived credential files (GCS keys); the DaemonSet mounts /tmp.
     temp_dir: Path | None = None
+    #: Accept file://, plain paths and pvc:// (read from the agent's own filesystem; see
+    #: `localmodel.node.policy`). Off in a cluster, on in the standalone mode.
+    allow_local_sources: bool = False
     #: Extra options handed to the download engine unchanged (threads, chunk size, rate...).
     engine_options: dict[str, object] = field(default_factory=dict)
 

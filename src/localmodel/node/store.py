@@ -17,6 +17,7 @@ storage folders themselves with fd-based `shutil.rmtree`, which does not follow 
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import json
 import logging
 import os
@@ -49,6 +50,7 @@ logger = logging.getLogger(__name__)
 
 _MANIFEST_SUFFIX = ".json"
 _STATE_FILE = "agent-state.json"
+_LOCK_SUFFIX = ".lock"
 
 
 def parse_time(text: str | None) -> datetime | None:
@@ -106,6 +108,8 @@ class ModelStore:
                     if not name.endswith(suffix):
                         continue
                     name = name[: -len(suffix)]
+                elif folder == "staging" and name.endswith(_LOCK_SUFFIX):
+                    name = name[: -len(_LOCK_SUFFIX)]  # a lock left by a finished download
                 if is_storage_key(name):
                     keys.add(name)
         return keys
@@ -217,6 +221,30 @@ class ModelStore:
             return []
         return verify_full(layout, manifest)
 
+    def discard_leftover_staging(self, key: str) -> bool:
+        """Remove the staging folder of a complete model (a download that died after writing
+        its manifest leaves one). Skipped while a download holds the key's lock."""
+        layout = self.layout(key)
+        try:
+            if not stat.S_ISDIR(os.lstat(layout.staging).st_mode):
+                return False
+        except FileNotFoundError:
+            return False
+        fd = os.open(self._lock_path(key), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False
+            shutil.rmtree(layout.staging, ignore_errors=True)
+        finally:
+            os.close(fd)
+        return True
+
+    def _lock_path(self, key: str) -> Path:
+        staging = self.layout(key).staging
+        return staging.parent / f"{staging.name}{_LOCK_SUFFIX}"
+
     def withdraw(self, key: str) -> None:
         """Remove the manifest, so the folder no longer counts as complete (and is not adopted)."""
         self._set_withdrawn(key, True)
@@ -240,6 +268,12 @@ class ModelStore:
                 shutil.rmtree(path)
             else:
                 kept.append(f"{path} is {'a symlink' if stat.S_ISLNK(st.st_mode) else 'not a folder'}")
+        try:
+            # Deleted only when no download of this key runs (the caller's rule), so nobody
+            # holds it; left behind, one lock file per model ever cached would pile up.
+            os.unlink(self._lock_path(key))
+        except FileNotFoundError:
+            pass
         self.forget_scrub(key)
         self._set_withdrawn(key, False)
         return kept

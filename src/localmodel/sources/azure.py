@@ -38,7 +38,8 @@ import urllib3
 
 from localmodel import errors
 from localmodel.sources import _cloudhttp
-from localmodel.sources.base import Digest, Listing, RemoteFile, Settings
+from localmodel.sources.base import Digest, Listing, ListingLimit, RemoteFile, Settings, size_from_listing
+from localmodel.sources.registry import redact_uri
 
 API_VERSION = "2021-12-02"
 STORAGE_SCOPE = "https://storage.azure.com/.default"
@@ -207,6 +208,7 @@ class AzureBlobSource:
     def __init__(self, uri: str, settings: Settings) -> None:
         self.uri = uri
         self._location = parse_blob_uri(uri, settings)
+        self._limit = ListingLimit(settings, redact_uri(uri))
         self._pool = _cloudhttp.make_pool(_cloudhttp.TLSOptions())
         self._shared_key: _SharedKey | None = None
         self._bearer: _BearerToken | None = None
@@ -284,6 +286,7 @@ class AzureBlobSource:
                     for blob in child:
                         if _local(blob.tag) == "Blob":
                             blobs.append(self._parse_blob(blob))
+            self._limit.check(len(blobs))
             if not marker:
                 return [b for b in blobs if b[0]]
 
@@ -300,7 +303,7 @@ class AzureBlobSource:
                 props = {_local(p.tag): (p.text or "") for p in field}
                 if props.get("ResourceType") == "directory":  # HNS accounts list folders
                     return "", 0, "", ""
-                size = int(props.get("Content-Length") or 0)
+                size = size_from_listing(props.get("Content-Length") or 0, f"blob {name!r}")
                 etag = props.get("Etag", "").strip('"')
                 md5 = props.get("Content-MD5", "")
         return name, size, etag, md5
@@ -311,7 +314,7 @@ class AzureBlobSource:
         except errors.SourceNotFoundError:
             return None
         h = resp.headers
-        return (blob, int(h.get("Content-Length", "0")), h.get("ETag", "").strip('"'),
+        return (blob, size_from_listing(h.get("Content-Length", "0"), f"blob {blob!r}"), h.get("ETag", "").strip('"'),
                 h.get("Content-MD5", ""))
 
     def list_files(self) -> Listing:

@@ -84,3 +84,40 @@ class Source(Protocol):
 
 Settings = Mapping[str, str]
 """Environment-style settings for a source (e.g. AWS_ACCESS_KEY_ID, HF_TOKEN), never os.environ."""
+
+#: Setting: the most files one listing may hold. The engine sets it from FetchOptions.max_files,
+#: so a listing of millions of entries stops early instead of filling the agent's memory.
+MAX_FILES_SETTING = "LOCALMODEL_MAX_FILES"
+
+
+class ListingLimit:
+    """Counts a listing as it grows, page by page; TooManyFilesError past the limit."""
+
+    def __init__(self, settings: Settings, what: str) -> None:
+        raw = settings.get(MAX_FILES_SETTING) or ""
+        self.limit = int(raw) if raw.isdigit() and int(raw) > 0 else None
+        self.what = what
+
+    def check(self, count: int) -> None:
+        if self.limit is not None and count > self.limit:
+            from localmodel.errors import TooManyFilesError
+
+            raise TooManyFilesError(
+                f"{self.what} lists more than {self.limit} files; raise the limit (--max-files) "
+                "if the model really has that many")
+
+
+def size_from_listing(value: object, what: str) -> int:
+    """A file size as a listing gives it (number or digits), checked: a hostile or broken
+    server must not get a traceback, a negative size or a float through."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        size = -1
+    elif isinstance(value, int):
+        size = value
+    else:
+        size = int(value) if value.strip().isdigit() else -1
+    if size < 0:
+        from localmodel.errors import InvalidListingError
+
+        raise InvalidListingError(f"{what}: the listing gives {str(value)[:40]!r} as a file size")
+    return size

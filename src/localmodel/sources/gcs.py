@@ -29,7 +29,7 @@ from typing import Any
 
 from localmodel import errors
 from localmodel.sources import _cloudhttp
-from localmodel.sources.base import Digest, Listing, RemoteFile, Settings
+from localmodel.sources.base import Digest, Listing, ListingLimit, RemoteFile, Settings, size_from_listing
 
 DEFAULT_ENDPOINT = "https://storage.googleapis.com"
 READ_ONLY_SCOPE = "https://www.googleapis.com/auth/devstorage.read_only"
@@ -123,6 +123,7 @@ class GCSSource:
     def __init__(self, uri: str, settings: Settings) -> None:
         self.uri = uri
         self._bucket, self._prefix = parse_gs_uri(uri)
+        self._limit = ListingLimit(settings, f"gs://{self._bucket}/{self._prefix}")
         emulator = settings.get("STORAGE_EMULATOR_HOST") or ""
         if emulator and "://" not in emulator:
             emulator = f"http://{emulator}"
@@ -164,6 +165,7 @@ class GCSSource:
                    f"/o?{urllib.parse.urlencode(params)}")
             page = self._get_json(url, f"list gs://{self._bucket}/{prefix}")
             items.extend(page.get("items", []))
+            self._limit.check(len(items))
             token = page.get("nextPageToken", "")
             if not token:
                 return items
@@ -183,7 +185,8 @@ class GCSSource:
         elif item.get("md5Hash"):
             digest = Digest("md5", base64.b64decode(str(item["md5Hash"])).hex())
         generation = item.get("generation")
-        return RemoteFile(path=path, size=int(item.get("size", 0)), digest=digest,
+        return RemoteFile(path=path, size=size_from_listing(item.get("size", 0), f"gs object {path!r}"),
+                          digest=digest,
                           version=str(generation) if generation else None)
 
     def list_files(self) -> Listing:

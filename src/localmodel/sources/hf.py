@@ -18,6 +18,7 @@ it cannot read HF_* variables from the process environment behind our back.
 from __future__ import annotations
 
 import json
+import re
 import threading
 import urllib.parse
 from collections.abc import Iterator
@@ -25,7 +26,7 @@ from typing import Any
 
 from localmodel import errors
 from localmodel.sources import _cloudhttp
-from localmodel.sources.base import Digest, Listing, RemoteFile, Settings
+from localmodel.sources.base import Digest, Listing, ListingLimit, RemoteFile, Settings, size_from_listing
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 DEFAULT_REVISION = "main"
@@ -58,6 +59,32 @@ def _next_link(header: str | None) -> str | None:
     return None
 
 
+_SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
+
+
+def _tree_file(entry: object, what: str) -> RemoteFile | None:
+    """One entry of a tree listing as a RemoteFile (None for folders). The Hub's JSON is input
+    from outside: anything but the documented shape is an InvalidListingError, not a crash."""
+    shown = repr(entry)[:120]
+    if not isinstance(entry, dict):
+        raise errors.InvalidListingError(f"{what}: tree entry {shown} is not an object")
+    if entry.get("type") != "file":
+        return None
+    path, oid, lfs = entry.get("path"), entry.get("oid"), entry.get("lfs")
+    if not isinstance(path, str):
+        raise errors.InvalidListingError(f"{what}: tree entry {shown} has no path")
+    if oid is not None and not isinstance(oid, str):
+        raise errors.InvalidListingError(f"{what}: tree entry {shown} has a malformed oid")
+    digest = None
+    if lfs is not None:
+        lfs_oid = lfs.get("oid") if isinstance(lfs, dict) else None
+        if not isinstance(lfs_oid, str) or not _SHA256.match(lfs_oid):
+            raise errors.InvalidListingError(f"{what}: tree entry {shown} has a malformed LFS sha256")
+        digest = Digest("sha256", lfs_oid.lower())
+    size = size_from_listing(entry.get("size", 0), f"{what}: {path[:80]!r}")
+    return RemoteFile(path=path, size=size, digest=digest, version=oid)
+
+
 class HFSource:
     """One model repository at one commit."""
 
@@ -71,6 +98,7 @@ class HFSource:
         self._pool = _cloudhttp.make_pool(_cloudhttp.TLSOptions(), follow_redirects=True)
         self._lock = threading.Lock()
         self._sha: str | None = None
+        self._limit = ListingLimit(settings, f"hf://{self.repo}")
 
     def _get_json(self, url: str, what: str) -> tuple[Any, str | None]:
         resp = _cloudhttp.request(self._pool, "GET", url, headers=self._headers, what=what)
@@ -116,12 +144,10 @@ class HFSource:
             if not isinstance(page, list):
                 raise errors.SourceUnavailableError(f"list {self.repo}@{sha}: not a list")
             for entry in page:
-                if entry.get("type") != "file":
-                    continue
-                lfs = entry.get("lfs") or {}
-                digest = Digest("sha256", str(lfs["oid"]).lower()) if lfs.get("oid") else None
-                files.append(RemoteFile(path=str(entry["path"]), size=int(entry.get("size", 0)),
-                                        digest=digest, version=entry.get("oid")))
+                remote = _tree_file(entry, f"list {self.repo}@{sha}")
+                if remote is not None:
+                    files.append(remote)
+            self._limit.check(len(files))
             nxt = _next_link(link)
             url = urllib.parse.urljoin(url, nxt) if nxt else None
         # A repository is a set of files, never an archive to unpack: a repo holding one

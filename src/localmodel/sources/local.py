@@ -31,7 +31,7 @@ from localmodel.errors import (
     SourceUnavailableError,
     UnsafePathError,
 )
-from localmodel.sources.base import Listing, RemoteFile, Settings
+from localmodel.sources.base import Listing, ListingLimit, RemoteFile, Settings
 
 PVC_ROOT_SETTING = "LOCALMODEL_PVC_ROOT"
 DEFAULT_PVC_ROOT = "/mnt/pvc"
@@ -82,6 +82,7 @@ class LocalSource:
         self.root = resolve_local_path(uri, settings)
         self.follow_symlinks = settings.get(SYMLINKS_SETTING, "").lower() == "follow"
         self._files: dict[str, tuple[Path, str]] = {}
+        self._limit = ListingLimit(settings, f"local path {str(self.root)!r}")
 
     # -- listing ---------------------------------------------------------------------------
 
@@ -94,7 +95,9 @@ class LocalSource:
         if stat.S_ISREG(st.st_mode):
             files.append(self._remember(self.root.name, self.root, st))
         elif stat.S_ISDIR(st.st_mode):
-            files.extend(self._walk())
+            for found in self._walk():
+                files.append(found)
+                self._limit.check(len(files))
         else:
             raise UnsafePathError(f"{str(self.root)!r} is neither a file nor a folder")
         return Listing(files=tuple(files))

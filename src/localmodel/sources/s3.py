@@ -45,7 +45,7 @@ from botocore.credentials import Credentials
 
 from localmodel import errors
 from localmodel.sources import _cloudhttp
-from localmodel.sources.base import Digest, Listing, RemoteFile, Settings
+from localmodel.sources.base import Digest, Listing, ListingLimit, RemoteFile, Settings, size_from_listing
 
 _DEFAULT_REGION = "us-east-1"
 _NOT_FOUND_CODES = frozenset({"NoSuchBucket", "NoSuchKey"})
@@ -165,6 +165,7 @@ class S3Source:
         self.uri = uri
         self._bucket, self._prefix = parse_s3_uri(uri)
         self._settings = S3Settings.from_settings(settings)
+        self._limit = ListingLimit(settings, f"s3://{self._bucket}/{self._prefix}")
         self._region = self._settings.region
         self._credentials = None if self._settings.anonymous else Credentials(
             self._settings.access_key, self._settings.secret_key, self._settings.session_token)
@@ -239,6 +240,7 @@ class S3Source:
                               for c in root)
             token = None
             truncated = False
+            self._limit.check(len(entries))
             for child in root:
                 tag = _local(child.tag)
                 if tag == "Contents":
@@ -253,7 +255,7 @@ class S3Source:
                     key = fields.get("Key", "")
                     if url_encoded:
                         key = urllib.parse.unquote_plus(key)
-                    entries.append(_Entry(key, int(fields.get("Size", "0")),
+                    entries.append(_Entry(key, size_from_listing(fields.get("Size", "0"), f"s3 key {key!r}"),
                                           fields.get("ETag", "").strip('"'), tuple(algorithms)))
                 elif tag == "NextContinuationToken":
                     token = child.text
@@ -272,7 +274,7 @@ class S3Source:
         headers = resp.headers
         algorithms = tuple(name.upper() for name in ("sha256", "crc32c")
                            if headers.get(f"x-amz-checksum-{name}"))
-        return _Entry(key, int(headers.get("Content-Length", "0")),
+        return _Entry(key, size_from_listing(headers.get("Content-Length", "0"), f"s3 key {key!r}"),
                       headers.get("ETag", "").strip('"'), algorithms)
 
     def _checksum_digest(self, key: str) -> Digest | None:
