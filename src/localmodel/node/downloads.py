@@ -32,8 +32,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from localmodel.errors import InsufficientSpaceError, LocalModelError
-from localmodel.fetch.manifest import Manifest
 from localmodel.fetch.engine import with_file_limit
+from localmodel.fetch.manifest import Manifest
 from localmodel.fetch.options import FetchOptions
 from localmodel.fetch.progress import Progress
 from localmodel.node.capacity import CapacityRequest, check_capacity
