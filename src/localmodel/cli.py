@@ -330,7 +330,7 @@ def _size(ctx: click.Context, param: click.Parameter, value: str | None) -> int 
 @click.argument("pairs", nargs=-1, required=True, metavar="SRC DEST [SRC DEST]...")
 @click.option("--concurrency", type=click.IntRange(1, 256), default=8,
               envvar="LOCALMODEL_FETCH_CONCURRENCY", help="Parallel ranged requests.")
-@click.option("--chunk-size", default="64Mi", callback=_size, envvar="LOCALMODEL_FETCH_CHUNK_SIZE",
+@click.option("--chunk-size", default="16Mi", callback=_size, envvar="LOCALMODEL_FETCH_CHUNK_SIZE",
               help="Bytes per ranged request (e.g. 16Mi).")
 @click.option("--limit-rate", default=None, callback=_size, envvar="LOCALMODEL_FETCH_LIMIT_RATE",
               help="Cap on bytes per second taken from the source (e.g. 200M).")
@@ -370,7 +370,7 @@ def fetch(pairs: tuple[str, ...], concurrency: int, chunk_size: int, limit_rate:
         raise click.UsageError("arguments come in pairs: SRC DEST [SRC DEST]...")
     settings = dict(os.environ)  # the one place settings are read from the environment
     options = FetchOptions(
-        concurrency=concurrency, chunk_size=chunk_size or 64 * 1024 * 1024,
+        concurrency=concurrency, chunk_size=chunk_size or 16 * 1024 * 1024,
         rate_limit=limit_rate, force=force, backoff=BackoffPolicy(max_retries=retries),
         verify=verify != "none", verify_md5=verify == "full",
         allow_patterns=parse_patterns(settings.get("STORAGE_ALLOW_PATTERNS")),

@@ -14,12 +14,12 @@ class FetchOptions:
     #: Parallel ranged requests (threads). Loopback nginx saturates 2 cores at 4; real object
     #: stores give more per connection with 8-16.
     concurrency: int = 8
-    #: Bytes per ranged request; files larger than this are split. Also the unit of work
-    #: re-fetched at most per in-flight file after a crash (see `checkpoint_size`). 16 MiB
-    #: finished sooner when the network is the bottleneck (bench/download.py, 64 MiB/s per
-    #: connection: 0.39-0.49 vs 0.34-0.37 GB/s, a smaller end-of-file hashing tail) but the
-    #: agent's fault and resume suites are validated at 64 MiB; `--chunk-size 16Mi` on fetch.
-    chunk_size: int = 64 * MiB
+    #: Bytes per ranged request; files larger than this are split. 16 MiB beat 64 MiB when the
+    #: network is the bottleneck (bench/download.py, 64 MiB/s per connection: 0.39-0.49 vs
+    #: 0.34-0.37 GB/s): when the last bytes of a file arrive, the chunks other threads wrote
+    #: ahead of the hash frontier (up to concurrency-1 chunks) are still to be hashed, and
+    #: smaller chunks leave less of that tail. CPU per GB was the same within the noise.
+    chunk_size: int = 16 * MiB
     #: Progress inside a request is journaled every this many bytes, so a crash loses at most
     #: this much per in-flight request.
     checkpoint_size: int = 8 * MiB
