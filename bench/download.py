@@ -18,6 +18,8 @@ the write rate of each destination (512 KiB writes, one thread per shard); the l
 (source, destination) pair is the smaller of the two.
 
 Results go to a JSON file and a Markdown report (see --out). Timings are medians over --runs.
+LOCALMODEL_FETCH_* variables set for the bench (e.g. LOCALMODEL_FETCH_CHUNK_SIZE=16Mi) reach
+the localmodel runs only, and are shown in the report's command line.
 """
 
 from __future__ import annotations
@@ -225,7 +227,8 @@ def main(argv: list[str] | None = None) -> int:
                         rows.append(row)
                         problems += row["problems"]  # type: ignore[arg-type]
     shutil.rmtree(work, ignore_errors=True)
-    meta = {"stamp": stamp, "command": " ".join([Path(sys.executable).name, *sys.argv]),
+    tuning = [f"{k}={v}" for k, v in sorted(tools.engine_tuning().items())]
+    meta = {"stamp": stamp, "command": " ".join([*tuning, Path(sys.executable).name, *sys.argv]),
             "model_files": len(model.files), "model_bytes": model.total,
             "shards": args.shards, "shard_bytes": model.files[model.big_files[0]],
             "cpus": os.cpu_count(), "kernel": platform.release(),

@@ -101,9 +101,15 @@ def _base_env(home: Path) -> dict[str, str]:
     return env
 
 
+def engine_tuning() -> dict[str, str]:
+    """`LOCALMODEL_FETCH_*` settings in the bench's own environment (e.g. CHUNK_SIZE=16Mi),
+    handed to localmodel runs only, to measure a tuning against the same peers."""
+    return {k: v for k, v in os.environ.items() if k.startswith("LOCALMODEL_FETCH_")}
+
+
 def engine_run(source: str, server: Server, model: Model, out: Path, *,
                verify: str = "full", tool: str = "localmodel") -> Run:
-    env = _base_env(out.parent / "home")
+    env = _base_env(out.parent / "home") | engine_tuning()
     command = [str(ENGINE), "fetch", "--progress", "none", "--verify", verify]
     if source.startswith("http"):
         pairs = [(url, out / f"{i:02d}") for i, (url, _) in enumerate(file_urls(server, model))]

@@ -70,6 +70,9 @@ def journal(staging: Path) -> tuple[dict[str, RangeSet], dict[str, int]]:
         path = paths.get(int(record["f"]))
         if path is None:
             continue
+        if record.get("reset"):
+            done[path] = RangeSet()  # the file was started again from nothing
+            continue
         ranges = done.setdefault(path, RangeSet())
         if "sha256" in record:
             ranges.add(0, sizes[path])

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from localmodel.fetch import FetchOptions, Layout, download, read_manifest
 from localmodel.fetch.ranges import RangeSet
+from tests.faults.helpers import overlap, union
 from tests.fetch.models import content, read_tree
 from tests.servers.http import FaultServer
 
@@ -68,18 +69,6 @@ def kill_midway(url: str, dest: Path, *, after: int) -> None:
     finally:
         child.send_signal(signal.SIGKILL)
         child.wait()
-
-
-def union(ranges: list[tuple[int, int]]) -> RangeSet:
-    return RangeSet(ranges)
-
-
-def overlap(a: RangeSet, b: RangeSet) -> int:
-    total = 0
-    for start, end in a:
-        for other_start, other_end in b:
-            total += max(0, min(end, other_end) - max(start, other_start))
-    return total
 
 
 def test_sigkill_then_rerun_refetches_at_most_the_unjournaled_tails(
