@@ -62,7 +62,7 @@ def test_pending_downloading_downloaded_with_content_verified_and_events(
     big = os.urandom(24 * MiB)
     small = os.urandom(MiB)
     # 4 MiB/s per connection: the 16 MiB chunks of the file run in parallel, and progress
-    # must still be seen between journal steps (8 MiB).
+    # must still be seen between journal steps (4 MiB).
     uri_big = fault_server.add(f"/{tmp_path.name}/big.safetensors", big, throttle=4 * MiB)
     uri_small = fault_server.add(f"/{tmp_path.name}/small.safetensors", small, throttle=2 * MiB)
     node = cluster.node([entry(uri_big, "big"), entry(uri_small, "small"),
@@ -204,7 +204,7 @@ def test_agent_killed_mid_download_resumes_after_restart(
     staging = cluster.root(node) / "staging" / storage_key(uri)
 
     def journaled() -> RangeSet:
-        # The engine journals every 8 MiB of each ranged request; its journal is what a restart
+        # The engine journals every 4 MiB of each ranged request; its journal is what a restart
         # resumes from (several chunks of the file are in flight at once).
         return next(iter(journal(staging)[0].values()), RangeSet())
 

@@ -94,7 +94,7 @@ def local_model(tmp: Path, name: str, files: dict[str, int], seed: int = 0) -> t
 def test_pending_downloading_downloaded_with_verified_content(
     standalone: Standalone, fault_server: FaultServer, tmp_path: Path
 ) -> None:
-    # Progress moves in steps of the engine's journal (8 MiB): the first model spans several.
+    # Progress moves in steps of the engine's journal (4 MiB): the first model spans several.
     first = os.urandom(24 * MiB)
     second = os.urandom(2 * MiB)
     uri_1 = fault_server.add(f"/{tmp_path.name}/first.safetensors", first, throttle=4 * MiB)
