@@ -4,7 +4,6 @@ objects a cache lifecycle needs: a node group, labelled Ready Nodes, caches."""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 from collections.abc import Mapping
@@ -19,6 +18,7 @@ from lightkube.types import PatchType
 from localmodel.kube import resources
 from tests.controller.factories import group_obj
 from tests.controller.harness import create_node
+from tests.servers.ports import stop_process
 
 
 class ControllerProcess:
@@ -48,14 +48,8 @@ class ControllerProcess:
             return ""
 
     def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        if self.process is not None:
+            stop_process(self.process, timeout=30)
 
 
 class CacheObjects:

@@ -12,15 +12,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from localmodel.fetch import FetchOptions, Layout, download, read_manifest
 from tests.fetch.models import content, read_tree
-from tests.fetch.test_resume import _CHILD
+from tests.fetch.test_resume import _CHILD, sigkill_when
 from tests.servers.http import FaultServer
 
 MiB = 1024 * 1024
@@ -51,7 +49,6 @@ def kill_after_restart(url: str, dest: Path, *, after: int) -> None:
     """Run a download in a child and SIGKILL it once it has journaled `after` bytes since
     resetting the file (its staging already holds a journal from an earlier run)."""
     journal = Layout.beside(dest).staging / "journal.jsonl"
-    child = subprocess.Popen([sys.executable, "-c", _CHILD, url, str(dest)])
 
     def fresh_bytes() -> int:
         total, counting = 0, False
@@ -62,15 +59,7 @@ def kill_after_restart(url: str, dest: Path, *, after: int) -> None:
                 total += record["e"] - record["s"]
         return total
 
-    try:
-        deadline = time.monotonic() + 120
-        while fresh_bytes() < after:
-            assert child.poll() is None, "the download ended before it could be killed"
-            assert time.monotonic() < deadline, "the download made no progress"
-            time.sleep(0.01)
-    finally:
-        child.send_signal(signal.SIGKILL)
-        child.wait()
+    sigkill_when(_CHILD, url, str(dest), enough=lambda: fresh_bytes() >= after)
 
 
 def options() -> FetchOptions:

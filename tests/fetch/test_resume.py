@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from localmodel.fetch import FetchOptions, Layout, download, read_manifest
@@ -56,19 +57,24 @@ def journaled_bytes(staging: Path) -> int:
     return done.covered()
 
 
-def kill_midway(url: str, dest: Path, *, after: int) -> None:
-    """Run a download in a child process and SIGKILL it once `after` bytes are journaled."""
-    staging = Layout.beside(dest).staging
-    child = subprocess.Popen([sys.executable, "-c", _CHILD, url, str(dest)])
+def sigkill_when(code: str, *args: str, enough: Callable[[], bool]) -> None:
+    """Run `python -c code args...` (a download) and SIGKILL it once `enough()` holds."""
+    child = subprocess.Popen([sys.executable, "-c", code, *args])
     try:
         deadline = time.monotonic() + 120
-        while journaled_bytes(staging) < after:
+        while not enough():
             assert child.poll() is None, "the download ended before it could be killed"
             assert time.monotonic() < deadline, "the download made no progress"
             time.sleep(0.01)
     finally:
         child.send_signal(signal.SIGKILL)
         child.wait()
+
+
+def kill_midway(url: str, dest: Path, *, after: int) -> None:
+    """Run a download in a child process and SIGKILL it once `after` bytes are journaled."""
+    staging = Layout.beside(dest).staging
+    sigkill_when(_CHILD, url, str(dest), enough=lambda: journaled_bytes(staging) >= after)
 
 
 def test_sigkill_then_rerun_refetches_at_most_the_unjournaled_tails(
@@ -136,15 +142,8 @@ def test_journaled_bytes_are_not_read_again_and_are_hashed_from_disk(tmp_path: P
     stat = os.stat(source / "w.bin")
     dest = tmp_path / "m"
     throttled = _CHILD.replace("fsync=False)", "fsync=False, rate_limit=4 * 1024 * 1024)")
-    child = subprocess.Popen([sys.executable, "-c", throttled, str(source), str(dest)])
     staging = Layout.beside(dest).staging
-    try:
-        while journaled_bytes(staging) < MiB:
-            assert child.poll() is None, "the download ended before it could be killed"
-            time.sleep(0.01)
-    finally:
-        child.send_signal(signal.SIGKILL)
-        child.wait()
+    sigkill_when(throttled, str(source), str(dest), enough=lambda: journaled_bytes(staging) >= MiB)
     done = RangeSet()
     for line in (staging / "journal.jsonl").read_text().splitlines():
         record = json.loads(line)
