@@ -2,7 +2,7 @@
 
 import pytest
 
-from localmodel.controller.patches import merge_patch
+from localmodel.kube.patches import merge_patch
 from localmodel.controller.plan_status import copies, desired_status, node_statuses
 from localmodel.controller.views import Consumer
 

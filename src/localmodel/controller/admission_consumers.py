@@ -13,7 +13,7 @@ from typing import Any
 
 from localmodel.api.keys import match_storage_uri
 from localmodel.controller import names
-from localmodel.controller.patches import json_patch
+from localmodel.kube.patches import json_patch
 from localmodel.controller.views import Cache
 
 # Framework predictors that KServe folds into `model` (they all carry storageUri).

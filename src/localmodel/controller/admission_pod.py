@@ -18,7 +18,7 @@ from typing import Any
 
 from localmodel.api.keys import storage_key
 from localmodel.controller import names
-from localmodel.controller.patches import json_patch
+from localmodel.kube.patches import json_patch
 from localmodel.controller.views import Cache
 
 AFFINITY_MODES = ("preferred", "required", "none")

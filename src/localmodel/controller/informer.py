@@ -14,7 +14,9 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from lightkube import ApiError, AsyncClient
+from lightkube import AsyncClient
+
+from localmodel.kube.client import status_code
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +147,7 @@ class Informer:
             except asyncio.CancelledError:
                 raise
             except Exception as error:
-                code = _status_code(error)
+                code = status_code(error)
                 if code is None or code == 429 or code >= 500:
                     # Connection reset, read timeout, apiserver restart; or an apiserver still
                     # starting (CRD paths answer 503 for a moment after it comes back).
@@ -172,14 +174,3 @@ class Informer:
                 await asyncio.sleep(min(30.0, 0.5 * 2 ** min(failures, 6)))
 
 
-def _status_code(error: Exception) -> int | None:
-    """The HTTP status behind an API failure, whichever layer raised it.
-
-    lightkube raises ApiError for most calls, but an async list of a resource the server does
-    not serve surfaces as the HTTP library's status error; both mean the same thing here.
-    """
-    if isinstance(error, ApiError):
-        return int(error.status.code) if error.status.code is not None else None
-    response = getattr(error, "response", None)
-    code = getattr(response, "status_code", None)
-    return int(code) if isinstance(code, int) else None

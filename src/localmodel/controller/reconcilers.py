@@ -23,7 +23,7 @@ from localmodel.controller import plan_volumes
 from localmodel.controller.cluster import ClusterView
 from localmodel.controller.events import EventRecorder
 from localmodel.controller.names import CacheRef
-from localmodel.controller.patches import merge_patch
+from localmodel.kube.patches import merge_patch
 from localmodel.controller.plan_labels import desired_model_labels, label_patch
 from localmodel.controller.plan_events import CacheEvent, missing_group_event, status_events
 from localmodel.controller.plan_groups import group_status

@@ -29,6 +29,7 @@ from localmodel.api.quantity import parse_quantity
 from localmodel.api.types import API_VERSION, LocalModelInfo
 from localmodel.errors import CredentialsConfigError
 from localmodel.kube import resources
+from localmodel.kube.client import status_code
 from localmodel.kube.config import (
     CONFIGMAP_NAME,
     ConfigError,
@@ -72,14 +73,6 @@ def _is_not_found(exc: ApiError) -> bool:
     return exc.status.code == 404
 
 
-def _is_gone(exc: BaseException) -> bool:
-    """410 Gone, whether sent as a watch ERROR event (ApiError) or as the HTTP status."""
-    if isinstance(exc, ApiError):
-        return exc.status.code == 410
-    response = getattr(exc, "response", None)
-    return getattr(response, "status_code", None) == 410
-
-
 def _trigger_state(obj: Any) -> dict[str, Any]:
     """What a change must touch to be worth a pass: the spec (generation) or annotations."""
     meta = obj.metadata
@@ -100,8 +93,6 @@ class ClusterBackend:
         self._uid: str | None = None
         self._watch_task: asyncio.Task[None] | None = None
         self._warned: set[str] = set()
-        #: Set while the watch is connected.
-        self.watching = False
         #: Start watching from this resourceVersion instead of listing first.
         self._resume_from = resume_from
         #: How many times the object was listed (once at start, again after each 410 Gone).
@@ -133,7 +124,6 @@ class ClusterBackend:
                     self.lists += 1
                     delay = 1.0
                     wake()
-                self.watching = True
                 async for kind, obj in self.client.watch(
                     resources.LocalModelNode, fields=fields, resource_version=version
                 ):
@@ -147,11 +137,10 @@ class ClusterBackend:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - connection drops, timeouts, API errors
-                if _is_gone(exc):
+                if status_code(exc) == 410:  # Gone: as a watch ERROR event or the HTTP status
                     logger.info("watch expired (410 Gone); listing again")
                     version = None
                     continue
-                self.watching = False
                 logger.warning("watch failed", extra={"error": f"{exc.__class__.__name__}: {exc}",
                                                        "retry_in": delay})
                 await asyncio.sleep(delay)

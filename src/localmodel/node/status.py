@@ -25,6 +25,7 @@ from localmodel.api.types import (
     ModelStatus,
     NodeDisk,
 )
+from localmodel.kube.patches import merge_patch
 
 #: Status fields KServe's CRD knows; everything else is localmodel's and may be pruned.
 KSERVE_STATUS_FIELDS = frozenset({"modelStatus"})
@@ -87,24 +88,6 @@ def steady_view(status: Mapping[str, Any]) -> dict[str, Any]:
             }
         steady[field] = value
     return steady
-
-
-def merge_patch(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> dict[str, Any]:
-    """The RFC 7386 merge patch that turns `old` into `new` (empty when they are equal)."""
-    old = old or {}
-    patch: dict[str, Any] = {}
-    for key in old:
-        if key not in new:
-            patch[key] = None
-    for key, value in new.items():
-        before = old.get(key)
-        if isinstance(value, Mapping) and isinstance(before, Mapping):
-            nested = merge_patch(before, value)
-            if nested:
-                patch[key] = nested
-        elif key not in old or before != value:
-            patch[key] = dict(value) if isinstance(value, Mapping) else value
-    return patch
 
 
 def status_patch(
