@@ -60,8 +60,6 @@ class Recovered:
 
     done: dict[int, RangeSet] = field(default_factory=dict)
     verified: dict[int, tuple[str | None, bool]] = field(default_factory=dict)
-    #: The staging area was adopted (same plan, same boot), not started afresh.
-    resumed: bool = False
     #: It was adopted but its data/ folder was gone: a publish moved it into place and the
     #: process died before the manifest was written (see `Staging.intent`).
     data_missing: bool = False
@@ -166,7 +164,6 @@ class Staging:
         recovered = Recovered()
         if stored is not None and stored == current and current["boot_id"]:
             recovered = self._read_journal()
-            recovered.resumed = True
             recovered.data_missing = not self.data.is_dir()
             logger.info("resuming from staging", extra={"staging": str(self.path)})
         elif self.path.exists():

@@ -39,7 +39,7 @@ from localmodel.fetch.progress import Progress
 from localmodel.node.capacity import CapacityRequest, check_capacity
 from localmodel.node.credentials import Credentials, redact
 from localmodel.node.plan import JobKind, JobView
-from localmodel.node.store import ModelStore, manifest_digest
+from localmodel.node.store import ModelStore
 
 if TYPE_CHECKING:
     from localmodel.node.peer_fill import FillStrategy
@@ -89,7 +89,6 @@ class JobResult:
     bytes_total: int | None = None
     files_total: int | None = None
     revision: str | None = None
-    digest: str | None = None
     bytes_fetched: int = 0
     #: Download: the folder was already there (KServe's) and was adopted, nothing fetched.
     adopted: bool = False
@@ -361,7 +360,7 @@ class Jobs:
                 key=key, kind=JobKind.DOWNLOAD, ok=True, started_at=started,
                 finished_at=_now(),
                 bytes_total=manifest.total_size, files_total=len(manifest.files),
-                revision=manifest.revision, digest=manifest_digest(manifest), bytes_fetched=fetched,
+                revision=manifest.revision, bytes_fetched=fetched,
                 adopted=adopted,
             ),
         )

@@ -37,8 +37,6 @@ logger = logging.getLogger(__name__)
 
 #: The audience of the projected token agents show each other.
 PEER_AUDIENCE = "localmodel-peer"
-#: Where the DaemonSet mounts that token.
-DEFAULT_TOKEN_FILE = "/var/run/secrets/localmodel/peer/token"
 NODE_NAME_EXTRA = "authentication.kubernetes.io/node-name"
 
 

@@ -51,11 +51,6 @@ def valid_endpoint(value: Any) -> str | None:
     return value.rstrip("/")
 
 
-def complete_keys(obj: Mapping[str, Any]) -> set[str]:
-    """Storage keys a LocalModelNode reports as downloaded."""
-    return keys_in_phase(obj, ModelStatus.DOWNLOADED)
-
-
 def keys_in_phase(obj: Mapping[str, Any], phase: ModelStatus) -> set[str]:
     """Storage keys a LocalModelNode reports in `phase`."""
     spec = obj.get("spec") or {}

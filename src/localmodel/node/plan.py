@@ -21,7 +21,7 @@ Rules (KServe's A4–A8 where they exist, and what §9 of the spec asks beyond t
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import Enum
 
@@ -194,7 +194,6 @@ class Plan:
     model_status: dict[str, ModelStatus]
     model_details: dict[str, ModelDetail]
     wake_at: datetime | None
-    warnings: tuple[str, ...] = field(default_factory=tuple)
 
 
 # --- deciding -----------------------------------------------------------------------------------
@@ -314,7 +313,6 @@ def plan(
     now: datetime,
     scrub_interval: float | None = None,
     scrub_baseline: datetime | None = None,
-    warnings: Sequence[str] = (),
 ) -> Plan:
     """Decide every key: wanted ones get a phase and maybe an action; the rest go away.
 
@@ -351,5 +349,4 @@ def plan(
         model_status=model_status,
         model_details=model_details,
         wake_at=min(wakes) if wakes else None,
-        warnings=tuple(warnings),
     )

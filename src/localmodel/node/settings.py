@@ -114,7 +114,3 @@ class AgentSettings:
     #: Seconds between level-triggered passes when the ConfigMap does not say
     #: (`reconcilationFrequencyInSecs`) or in standalone mode.
     resync_seconds: float = 60.0
-
-    @property
-    def models_dir(self) -> Path:
-        return self.root / "models"
