@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from localmodel.errors import IntegrityError
-from localmodel.sources.base import Digest
+from localmodel.sources.base import Digest, digest_check, etag_parts
 
 logger = logging.getLogger(__name__)
 
@@ -60,12 +60,6 @@ class _PartMD5:
         return f"{hashlib.md5(b''.join(parts), usedforsecurity=False).hexdigest()}-{len(parts)}"
 
 
-def _etag_parts(value: str) -> tuple[str, int | None]:
-    etag = value.strip().strip('"')
-    body, dash, count = etag.partition("-")
-    return body.lower(), int(count) if dash and count.isdigit() else None
-
-
 class FileHasher:
     """Feed a file's bytes in order; `finish()` returns the sha256 and checks the provider digest."""
 
@@ -74,20 +68,15 @@ class FileHasher:
         self._sha256 = hashlib.sha256()
         self._extra: Any = None
         self._kind = ""
-        if digest is None:
-            return
-        algorithm = digest.algorithm.lower()
-        if algorithm == "md5" and verify_md5:
+        kind = digest_check(digest, verify_md5=verify_md5)
+        if kind == "md5":
             self._extra, self._kind = hashlib.md5(usedforsecurity=False), "md5"
-        elif algorithm == "crc32c" and _crc32c is not None:
+        elif kind == "crc32c" and _crc32c is not None:
             self._extra, self._kind = _crc32c.Checksum(), "crc32c"
-        elif algorithm == "s3-etag" and verify_md5:
-            body, parts = _etag_parts(digest.value)
-            if parts is None:
-                self._extra, self._kind = hashlib.md5(usedforsecurity=False), "md5"
-            elif digest.part_size:
-                self._extra, self._kind = _PartMD5(digest.part_size), "s3-etag"
-        elif algorithm == "sha256":
+        elif kind == "s3-etag":
+            assert digest is not None and digest.part_size
+            self._extra, self._kind = _PartMD5(digest.part_size), "s3-etag"
+        elif kind == "sha256":
             self._kind = "sha256"
 
     def update(self, data: memoryview | bytes) -> None:
@@ -110,7 +99,7 @@ class FileHasher:
             actual = sha256
         elif self._kind == "md5":
             actual = self._extra.hexdigest()
-            expected = _etag_parts(digest.value)[0] if digest.algorithm == "s3-etag" else expected
+            expected = etag_parts(digest.value)[0] if digest.algorithm == "s3-etag" else expected
         elif self._kind == "crc32c":
             actual = self._extra.digest().hex()
         elif self._kind == "s3-etag":

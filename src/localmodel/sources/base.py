@@ -25,6 +25,34 @@ class Digest:
     part_size: int | None = None
 
 
+def etag_parts(value: str) -> tuple[str, int | None]:
+    """(lower-case body, part count) of an S3 ETag; the count is None for a single-part one."""
+    etag = value.strip().strip('"')
+    body, dash, count = etag.partition("-")
+    return body.lower(), int(count) if dash and count.isdigit() else None
+
+
+def digest_check(digest: Digest | None, *, verify_md5: bool = True) -> str:
+    """How the engine checks a file against its provider digest: "sha256", "md5" (also a
+    single-part S3 ETag), "s3-etag" (multipart, part MD5s), "crc32c", or "" (not checked).
+    `verify_md5=False` skips the md5-based ones. The engine's hasher and the peers' trust rule
+    both follow this, so a peer is trusted exactly where the engine will check its bytes."""
+    if digest is None:
+        return ""
+    algorithm = digest.algorithm.lower()
+    if algorithm == "sha256":
+        return "sha256"
+    if algorithm == "crc32c":
+        return "crc32c"
+    if algorithm == "md5":
+        return "md5" if verify_md5 else ""
+    if algorithm == "s3-etag" and verify_md5:
+        if etag_parts(digest.value)[1] is None:
+            return "md5"
+        return "s3-etag" if digest.part_size else ""
+    return ""
+
+
 @dataclass(frozen=True)
 class RemoteFile:
     """One file of a model, as the source lists it."""

@@ -39,7 +39,7 @@ from typing import Any
 from urllib.parse import parse_qs, quote, unquote
 
 from localmodel.api.keys import is_storage_key
-from localmodel.sources.base import Digest, RemoteFile
+from localmodel.sources.base import Digest, RemoteFile, digest_check
 
 #: Bytes per verified piece. Small enough to buffer one per download thread (8 × 4 MiB), large
 #: enough that a piece table is 8 KiB per GiB and per-request overhead stays negligible.
@@ -52,7 +52,7 @@ PIECE_SIZE_HEADER = "X-Localmodel-Piece-Size"
 PARTIAL_HEADER = "X-Localmodel-Partial"
 #: Longest long poll for a partial table, in seconds.
 MAX_WAIT = 5.0
-_ZERO = bytes(DIGEST_SIZE)
+ZERO_DIGEST = bytes(DIGEST_SIZE)
 
 
 def manifest_url(endpoint: str, key: str) -> str:
@@ -176,7 +176,7 @@ class PieceTable:
         return hashlib.sha256(data).digest() == self.digest(index)
 
     def has(self, index: int) -> bool:
-        return self.digest(index) != _ZERO
+        return self.digest(index) != ZERO_DIGEST
 
 
 def decode_table(body: bytes, size: int, piece_size: int, *, partial: bool = False) -> PieceTable | None:
@@ -194,18 +194,7 @@ def strong_digest(remote: RemoteFile, *, verify_md5: bool = True) -> bool:
     forge: sha256, or md5 / S3 ETags (second preimages of md5 are out of reach, unlike its
     collisions, which need control of both contents). crc32c is trivially forged; a file with
     no digest has nothing to be checked against."""
-    digest = remote.digest
-    if digest is None:
-        return False
-    algorithm = digest.algorithm.lower()
-    if algorithm == "sha256":
-        return True
-    if algorithm == "md5":
-        return verify_md5
-    if algorithm == "s3-etag":
-        multipart = "-" in digest.value.strip().strip('"')
-        return verify_md5 and (not multipart or bool(digest.part_size))
-    return False
+    return digest_check(remote.digest, verify_md5=verify_md5) in ("sha256", "md5", "s3-etag")
 
 
 def _same_digest(listed: Digest, entry: Mapping[str, Any]) -> bool:
