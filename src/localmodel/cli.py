@@ -370,7 +370,7 @@ def fetch(pairs: tuple[str, ...], concurrency: int, chunk_size: int, limit_rate:
         raise click.UsageError("arguments come in pairs: SRC DEST [SRC DEST]...")
     settings = dict(os.environ)  # the one place settings are read from the environment
     options = FetchOptions(
-        concurrency=concurrency, chunk_size=chunk_size or 16 * 1024 * 1024,
+        concurrency=concurrency, chunk_size=chunk_size or FetchOptions.chunk_size,
         rate_limit=limit_rate, force=force, backoff=BackoffPolicy(max_retries=retries),
         verify=verify != "none", verify_md5=verify == "full",
         allow_patterns=parse_patterns(settings.get("STORAGE_ALLOW_PATTERNS")),

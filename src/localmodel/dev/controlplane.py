@@ -305,7 +305,7 @@ class ControlPlane:
         for name in ("etcd-client", "etcd-peer", "apiserver"):
             # Reusing the same ports keeps an existing kubeconfig valid across restarts of a DIR.
             previous = saved.get(name)
-            ports[name] = previous if previous and _port_is_free(previous) else _free_port()
+            ports[name] = previous if previous and _port_is_free(previous) else free_port()
         self._ports = ports
         self.workdir.mkdir(parents=True, exist_ok=True)
         saved_file.write_text(json.dumps(ports, indent=2) + "\n")
@@ -430,7 +430,7 @@ class ControlPlane:
 
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])

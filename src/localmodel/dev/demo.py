@@ -31,6 +31,7 @@ from lightkube.resources.core_v1 import ConfigMap, Namespace, Node, NodeStatus, 
 from lightkube.types import PatchType
 
 from localmodel.api.crds import KINDS, crd
+from localmodel.dev.controlplane import free_port
 from localmodel.dev.process import ManagedProcess
 from localmodel.kube import resources
 from localmodel.report.status import CacheReport, build_report
@@ -95,12 +96,6 @@ def write_sample_model(folder: Path, total_mb: int) -> int:
             tmp.replace(path)
         total += item.size
     return total
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _wait_port(port: int, process: ManagedProcess, timeout: float = 30.0) -> None:
@@ -268,7 +263,7 @@ def run_demo(workdir: Path, *, model_mb: int, say: Callable[[str], None]) -> Ite
         say(f"writing a {model_mb} MB sample model into {workdir / 'origin'}")
         model_bytes = write_sample_model(workdir / "origin" / BUCKET / MODEL_PREFIX, model_mb)
 
-        origin_port = _free_port()
+        origin_port = free_port()
         origin = ManagedProcess("origin", [
             _rclone(), "serve", "s3", "--addr", f"127.0.0.1:{origin_port}",
             "--auth-key", f"{ACCESS_KEY},{SECRET_KEY}", "--config", os.devnull,

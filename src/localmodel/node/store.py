@@ -42,6 +42,7 @@ from localmodel.fetch.manifest import (
 )
 from localmodel.fetch.options import FetchOptions
 from localmodel.fetch.progress import Progress
+from localmodel.fetch.staging import allocated_bytes
 from localmodel.node.plan import DiskState, Observed
 from localmodel.sources.base import Settings
 from localmodel.sources.registry import SourceFactory, open_source, redact_uri
@@ -153,10 +154,7 @@ class ModelStore:
         staging = self.layout(key).staging
         for folder, _dirs, files in os.walk(staging, followlinks=False):
             for name in files:
-                try:
-                    total += os.lstat(os.path.join(folder, name)).st_blocks * 512
-                except FileNotFoundError:
-                    continue
+                total += allocated_bytes(Path(folder, name))
         return total
 
     def usage(self) -> DiskUsage:

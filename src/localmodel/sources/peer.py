@@ -42,6 +42,7 @@ from localmodel.sources.peer_protocol import (
     PARTIAL_HEADER,
     PIECE_SIZE,
     PIECE_SIZE_HEADER,
+    ZERO_DIGEST,
     PieceTable,
     compatible,
     decode_table,
@@ -518,7 +519,7 @@ class PeerSource:
     @staticmethod
     def _pinned(state: _File, index: int) -> bytes | None:
         digest = bytes(state.pinned[index * DIGEST_SIZE:(index + 1) * DIGEST_SIZE])
-        return digest if digest != bytes(DIGEST_SIZE) else None
+        return digest if digest != ZERO_DIGEST else None
 
     def _expected(self, state: _File, index: int) -> bytes | None:
         table = self._table(state) if state.complete else None

@@ -27,9 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from localmodel.sources.base import Listing, Source
-from localmodel.sources.peer_protocol import DIGEST_SIZE, PIECE_SIZE, piece_count
+from localmodel.sources.peer_protocol import DIGEST_SIZE, PIECE_SIZE, ZERO_DIGEST, piece_count
 
-ZERO_DIGEST = bytes(DIGEST_SIZE)
 #: Completed downloads whose piece tables are kept.
 FINISHED_KEPT = 64
 
