@@ -51,3 +51,12 @@ def format_bytes(count: int) -> str:
         if count and count % unit == 0:
             return f"{count // unit}{suffix}"
     return str(count)
+
+
+def human_bytes(count: float) -> str:
+    """A byte count or rate for people: `512 B`, `1.5 GiB` (rounded, unlike `format_bytes`)."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(count) < 1024 or unit == "TiB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024
+    return f"{count:.1f} TiB"

@@ -23,6 +23,7 @@ from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+from localmodel.api.quantity import human_bytes
 from localmodel.api.types import NodeDisk
 from localmodel.errors import LocalModelError
 from localmodel.node.backend import AgentEvent, Backend, Desired
@@ -77,14 +78,6 @@ def apply_merge_patch(target: Mapping[str, Any] | None, patch: Mapping[str, Any]
         else:
             result[key] = value
     return result
-
-
-def _human_bytes(count: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if count < 1024 or unit == "TiB":
-            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
-        count /= 1024
-    return f"{count:.1f} TiB"
 
 
 class Reconciler:
@@ -229,16 +222,16 @@ class Reconciler:
         if result.adopted:
             self.metrics.adoptions.inc()
             await self._event("Normal", "Adopted",
-                              f"kept {uri} already on disk without a manifest ({_human_bytes(result.bytes_total or 0)}, "
+                              f"kept {uri} already on disk without a manifest ({human_bytes(result.bytes_total or 0)}, "
                               f"{files}): every file matched the source listing, hashed in {seconds:.1f}s; nothing downloaded",
                               result.key)
             return
         self.metrics.downloads.labels("succeeded").inc()
         self.metrics.duration.observe(seconds)
-        speed = f" at {_human_bytes(rate)}/s" if rate else ""
+        speed = f" at {human_bytes(rate)}/s" if rate else ""
         revision = f", revision {result.revision}" if result.revision else ""
         message = (
-            f"downloaded {uri} ({_human_bytes(result.bytes_total or 0)}, {files}) "
+            f"downloaded {uri} ({human_bytes(result.bytes_total or 0)}, {files}) "
             f"in {seconds:.1f}s{speed}{revision}; content verified"
         )
         await self._event("Normal", "Downloaded", message, result.key)
@@ -430,7 +423,7 @@ class Reconciler:
             eta = f", about {left:.0f}s left" if left is not None else ""
             logger.info(
                 f"downloading {model.shown_uri if model else key}: {100 * view.bytes_done / view.bytes_total:.0f}% "
-                f"of {_human_bytes(view.bytes_total)} at {_human_bytes(rate)}/s{eta}",
+                f"of {human_bytes(view.bytes_total)} at {human_bytes(rate)}/s{eta}",
                 extra={"storage_key": key, "bytes_done": view.bytes_done, "bytes_total": view.bytes_total,
                        "bytes_per_second": rate},
             )

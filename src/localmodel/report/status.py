@@ -12,6 +12,7 @@ from typing import Any
 from rich.table import Table
 
 from localmodel.api.keys import status_key
+from localmodel.api.quantity import human_bytes
 
 
 @dataclass(frozen=True)
@@ -106,14 +107,6 @@ def build_report(
     return sorted(rows, key=lambda r: (r.namespace, r.name))
 
 
-def _human_bytes(count: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(count) < 1024 or unit == "TiB":
-            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
-        count /= 1024
-    return f"{count:.1f} TiB"
-
-
 def _human_seconds(seconds: float) -> str:
     seconds = int(seconds)
     if seconds >= 3600:
@@ -138,7 +131,7 @@ def describe_node(progress: NodeProgress) -> str:
     if progress.percent is not None and progress.phase != "NodeDownloaded":
         parts.append(f"{progress.percent:.0f}%")
     if progress.bytes_per_second and progress.phase == "NodeDownloading":
-        parts.append(f"{_human_bytes(progress.bytes_per_second)}/s")
+        parts.append(f"{human_bytes(progress.bytes_per_second)}/s")
     if progress.eta_seconds is not None:
         parts.append(f"ETA {_human_seconds(progress.eta_seconds)}")
     if progress.reason and progress.phase == "NodeDownloadError":
