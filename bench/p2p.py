@@ -48,8 +48,8 @@ from localmodel.api.keys import storage_key  # noqa: E402
 from localmodel.dev.controlplane import ControlPlane  # noqa: E402
 from localmodel.fetch import Layout, download  # noqa: E402
 from localmodel.kube import resources  # noqa: E402
-from localmodel.node.peer_auth import PeerIdentity  # noqa: E402
-from localmodel.node.peer_server import PeerServer, PeerServeSettings  # noqa: E402
+from localmodel.peers.auth import PeerIdentity  # noqa: E402
+from localmodel.peers.server import PeerServer, PeerServeSettings  # noqa: E402
 from tests.node.agent_process import AgentProcess  # noqa: E402
 from tests.node.cluster import install_crds  # noqa: E402
 from tests.node.tokens import AGENT_NAMESPACE, JOBS_NAMESPACE, agent_kubeconfig, install_agent_rbac  # noqa: E402

@@ -30,10 +30,10 @@ from localmodel.api.keys import storage_key
 from localmodel.dev.controlplane import ControlPlane
 from localmodel.fetch import Layout, download
 from localmodel.fetch.manifest import ManifestFile
-from localmodel.node.peer_auth import PEER_AUDIENCE, TokenReviewAuthenticator
-from localmodel.node.peer_server import PeerServer, PeerServeSettings
-from localmodel.sources.peer import Peer
-from localmodel.sources.peer_protocol import PIECE_SIZE
+from localmodel.peers.auth import PEER_AUDIENCE, TokenReviewAuthenticator
+from localmodel.peers.protocol import PIECE_SIZE
+from localmodel.peers.server import PeerServer, PeerServeSettings
+from localmodel.peers.source import Peer
 from tests.node.tokens import (
     AGENT_ACCOUNT,
     AGENT_NAMESPACE,

@@ -13,11 +13,11 @@ import pytest
 
 from localmodel.errors import IntegrityError, PeersStalledError
 from localmodel.fetch import FetchOptions, Layout, download
-from localmodel.node.origin_slots import OriginSlots, SlotSettings
-from localmodel.node.peer_discovery import PeerDirectory
-from localmodel.node.peer_fill import FillOutcome, FillSettings, PeerFill, WaitCancelled
-from localmodel.sources.peer import Peer, PeerClient, PeerHealth
-from localmodel.sources.peer_partial import PartialDownloads
+from localmodel.peers.discovery import PeerDirectory
+from localmodel.peers.fill import FillOutcome, FillSettings, PeerFill, WaitCancelled
+from localmodel.peers.origin_slots import OriginSlots, SlotSettings
+from localmodel.peers.partial import PartialDownloads
+from localmodel.peers.source import Peer, PeerClient, PeerHealth
 from tests.node.agent_process import wait_until
 from tests.node.tokens import AGENT_NAMESPACE
 from tests.p2p.peers import (
@@ -195,7 +195,7 @@ def test_a_liar_is_quarantined_and_the_retry_goes_around_it(
 
 def holder_with_server(identity: Identity, root: Path, running: object) -> tuple[Receiver, Peer]:
     """A node that will download from the origin and serve the pieces it has written."""
-    from localmodel.node.peer_server import PeerServer, PeerServeSettings
+    from localmodel.peers.server import PeerServer, PeerServeSettings
 
     partials = PartialDownloads()
     holder = Receiver(identity, root, partials=partials)

@@ -9,7 +9,7 @@ import pytest
 from lightkube import Client
 from lightkube.resources.coordination_v1 import Lease
 
-from localmodel.node.origin_slots import (
+from localmodel.peers.origin_slots import (
     OriginSlots,
     SlotSettings,
     SlotsUnavailableError,

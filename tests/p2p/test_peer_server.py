@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from localmodel.sources.peer_protocol import (
+from localmodel.peers.protocol import (
     PIECE_SIZE,
     PIECE_SIZE_HEADER,
     file_url,
@@ -121,7 +121,7 @@ def test_never_follows_a_symlink_in_or_as_the_model_folder(served, identity: Ide
 def test_authentication_by_token_review(served, identity: Identity) -> None:  # type: ignore[no-untyped-def]
     model, root, _peer, running = served
     authenticator = identity.authenticator()
-    from localmodel.node.peer_server import PeerServer, PeerServeSettings
+    from localmodel.peers.server import PeerServer, PeerServeSettings
 
     server = PeerServer(root, PeerServeSettings(bind_address="127.0.0.1", port=0), authenticator)
     endpoint = f"http://127.0.0.1:{server.start()}"
@@ -155,7 +155,7 @@ def test_authentication_by_token_review(served, identity: Identity) -> None:  # 
 
 def test_damaged_copy_is_withdrawn_not_served(served, identity: Identity) -> None:  # type: ignore[no-untyped-def]
     model, root, _peer, running = served
-    from localmodel.node.peer_server import PeerServer, PeerServeSettings
+    from localmodel.peers.server import PeerServer, PeerServeSettings
 
     reported: list[tuple[str, str]] = []
     server = PeerServer(root, PeerServeSettings(bind_address="127.0.0.1", port=0), identity.authenticator(),

@@ -10,8 +10,9 @@ import pytest
 
 from localmodel.errors import IntegrityError
 from localmodel.fetch import Layout, download, read_manifest
-from localmodel.node.peer_server import PeerServer
-from localmodel.sources.peer import (
+from localmodel.peers.protocol import PIECE_SIZE
+from localmodel.peers.server import PeerServer
+from localmodel.peers.source import (
     FillCounters,
     Peer,
     PeerClient,
@@ -19,7 +20,6 @@ from localmodel.sources.peer import (
     PeerSource,
     compatible_peers,
 )
-from localmodel.sources.peer_protocol import PIECE_SIZE
 from localmodel.sources.registry import open_source
 from tests.p2p.peers import (
     ConsistentLiar,

@@ -14,12 +14,10 @@ from pathlib import Path
 import pytest
 
 from localmodel.api.keys import storage_key
-from localmodel.node.peer_auth import token_expiry
-from localmodel.node.peer_discovery import peers_by_key, valid_endpoint
-from localmodel.sources.base import Digest, Listing, RemoteFile
-from localmodel.sources.peer import Peer, compatible_peers
-from localmodel.sources.peer_partial import PartialDownloads, RecordingSource
-from localmodel.sources.peer_protocol import (
+from localmodel.peers.auth import token_expiry
+from localmodel.peers.discovery import peers_by_key, valid_endpoint
+from localmodel.peers.partial import PartialDownloads, RecordingSource
+from localmodel.peers.protocol import (
     PIECE_SIZE,
     PeerRequest,
     compatible,
@@ -34,6 +32,8 @@ from localmodel.sources.peer_protocol import (
     pieces_url,
     strong_digest,
 )
+from localmodel.peers.source import Peer, compatible_peers
+from localmodel.sources.base import Digest, Listing, RemoteFile
 
 KEY = "0123456789abcdef"
 

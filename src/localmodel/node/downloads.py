@@ -42,7 +42,7 @@ from localmodel.node.plan import JobKind, JobView
 from localmodel.node.store import ModelStore
 
 if TYPE_CHECKING:
-    from localmodel.node.peer_fill import FillStrategy
+    from localmodel.peers.fill import FillStrategy
 
 logger = logging.getLogger(__name__)
 
@@ -370,7 +370,7 @@ class Jobs:
         """The download under the peer-to-peer policy, which may first wait for a peer or a
         free origin slot (cancellable). Peers caught lying are quarantined by the policy, and
         the download is tried again at once without them (once), not after the backoff."""
-        from localmodel.node.peer_fill import PeerDataRejectedError
+        from localmodel.peers.fill import PeerDataRejectedError
 
         assert self._fill is not None
         for attempt in (1, 2):

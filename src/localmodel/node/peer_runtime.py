@@ -17,14 +17,14 @@ from pathlib import Path
 from lightkube import Client
 
 from localmodel.node.metrics import AgentMetrics
-from localmodel.node.origin_slots import OriginSlots, SlotSettings
-from localmodel.node.peer_auth import TokenFile, TokenReviewAuthenticator, agent_username
-from localmodel.node.peer_discovery import PeerDirectory
-from localmodel.node.peer_fill import FillOutcome, FillSettings, PeerFill
-from localmodel.node.peer_server import PeerCounters, PeerServer, PeerServeSettings
 from localmodel.node.settings import AgentSettings, PeerSettings
-from localmodel.sources.peer import PeerClient, PeerHealth
-from localmodel.sources.peer_partial import PartialDownloads
+from localmodel.peers.auth import TokenFile, TokenReviewAuthenticator, agent_username
+from localmodel.peers.discovery import PeerDirectory
+from localmodel.peers.fill import FillOutcome, FillSettings, PeerFill
+from localmodel.peers.origin_slots import OriginSlots, SlotSettings
+from localmodel.peers.partial import PartialDownloads
+from localmodel.peers.server import PeerCounters, PeerServer, PeerServeSettings
+from localmodel.peers.source import PeerClient, PeerHealth
 
 logger = logging.getLogger(__name__)
 

@@ -36,10 +36,11 @@ from typing import Any, Protocol
 from localmodel.errors import IntegrityError
 from localmodel.fetch.archive import archive_kind
 from localmodel.fetch.layout import Layout
-from localmodel.node.origin_slots import OriginSlot, OriginSlots, SlotsUnavailableError
-from localmodel.node.peer_discovery import PeerDirectory
-from localmodel.sources.base import Listing, Settings, Source
-from localmodel.sources.peer import (
+from localmodel.peers.discovery import PeerDirectory
+from localmodel.peers.origin_slots import OriginSlot, OriginSlots, SlotsUnavailableError
+from localmodel.peers.partial import PartialDownloads, RecordingSource
+from localmodel.peers.protocol import strong_digest
+from localmodel.peers.source import (
     FillCounters,
     Peer,
     PeerClient,
@@ -49,8 +50,7 @@ from localmodel.sources.peer import (
     PeerSource,
     compatible_peers,
 )
-from localmodel.sources.peer_partial import PartialDownloads, RecordingSource
-from localmodel.sources.peer_protocol import strong_digest
+from localmodel.sources.base import Listing, Settings, Source
 from localmodel.sources.registry import SourceFactory, open_source
 
 logger = logging.getLogger(__name__)

@@ -35,9 +35,8 @@ import urllib3
 from urllib3.exceptions import HTTPError as Urllib3Error
 
 from localmodel.errors import IntegrityError, PeersStalledError, SourceUnavailableError
-from localmodel.sources.base import Listing, RemoteFile, Source
-from localmodel.sources.peer_partial import PartialDownloads
-from localmodel.sources.peer_protocol import (
+from localmodel.peers.partial import PartialDownloads
+from localmodel.peers.protocol import (
     DIGEST_SIZE,
     PARTIAL_HEADER,
     PIECE_SIZE,
@@ -55,6 +54,7 @@ from localmodel.sources.peer_protocol import (
     pieces_url,
     strong_digest,
 )
+from localmodel.sources.base import Listing, RemoteFile, Source
 
 logger = logging.getLogger(__name__)
 

@@ -26,8 +26,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from localmodel.peers.protocol import DIGEST_SIZE, PIECE_SIZE, ZERO_DIGEST, piece_count
 from localmodel.sources.base import Listing, Source
-from localmodel.sources.peer_protocol import DIGEST_SIZE, PIECE_SIZE, ZERO_DIGEST, piece_count
 
 #: Completed downloads whose piece tables are kept.
 FINISHED_KEPT = 64

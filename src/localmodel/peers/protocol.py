@@ -8,7 +8,7 @@ A serving agent answers, for storage keys it holds complete (a manifest in
                                              32 raw bytes each, in order
     GET /v1/models/<key>/files/<path>        the file's bytes; one `Range: bytes=a-b` allowed
 
-and, for a key it is still downloading (see `peer_partial`):
+and, for a key it is still downloading (see `peers.partial`):
 
     GET /v1/models/<key>/partial             the listing the download follows (JSON)
     GET /v1/models/<key>/pieces/<path>       the same table, zeros for pieces not written yet,
@@ -19,7 +19,7 @@ and, for a key it is still downloading (see `peer_partial`):
                                              otherwise
 
 `<path>` is the manifest path, percent-encoded (`/` kept). Every request carries
-`Authorization: Bearer <token>` (see `localmodel.node.peer_auth`).
+`Authorization: Bearer <token>` (see `localmodel.peers.auth`).
 
 Trust: none of this is believed on its own. The file list, sizes and digests come from the
 origin's listing; a peer is used for a file only when its manifest agrees with that listing

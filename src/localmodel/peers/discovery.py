@@ -30,7 +30,7 @@ from lightkube import Client
 from localmodel.api.keys import status_key, storage_key
 from localmodel.api.types import ModelStatus
 from localmodel.kube import resources
-from localmodel.sources.peer import Peer
+from localmodel.peers.source import Peer
 
 logger = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@
         spec.holderIdentity = the node downloading from the origin, "" when free
 
 An agent may download a model from its origin only while it holds one of the model's K
-Leases; the others wait for a complete peer (see `peer_fill`). The holder renews its Lease
+Leases; the others wait for a complete peer (see `peers.fill`). The holder renews its Lease
 every lease_seconds / 3; when the download fails it empties the Lease, when it succeeds it
 lets the Lease lapse (by then its status names it a complete peer, which waiters prefer). A holder
 that dies stops renewing: the waiters see the same record for lease_seconds (judged on their

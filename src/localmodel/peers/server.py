@@ -1,10 +1,10 @@
-"""Serving this node's verified models to other agents, read-only (see `sources.peer_protocol`).
+"""Serving this node's verified models to other agents, read-only (see `peers.protocol`).
 
 What is served, and only that:
 - storage keys with a manifest in `<root>/manifests/<key>.json` (complete and verified);
 - files named in that manifest, exactly (no listing, no other path);
 - for a key this agent is downloading right now, the pieces its download recorded as written
-  (`sources.peer_partial`) and nothing else of the staging area: the file named in the
+  (`peers.partial`) and nothing else of the staging area: the file named in the
   download's listing, a range whose every piece is recorded, the file at its listed size;
 - opened from `<root>/models/<key>` one path component at a time with O_NOFOLLOW, so a
   symlink anywhere under the model folder (or the folder itself being one) is refused, and
@@ -40,9 +40,9 @@ from typing import Any
 from localmodel.fetch.layout import Layout
 from localmodel.fetch.manifest import Manifest, ManifestFile, read_manifest
 from localmodel.fetch.ratelimit import TokenBucket
-from localmodel.node.peer_auth import Authenticator, AuthUnavailableError, PeerIdentity
-from localmodel.sources.peer_partial import PartialDownloads
-from localmodel.sources.peer_protocol import (
+from localmodel.peers.auth import Authenticator, AuthUnavailableError, PeerIdentity
+from localmodel.peers.partial import PartialDownloads
+from localmodel.peers.protocol import (
     PARTIAL_HEADER,
     PIECE_SIZE,
     PIECE_SIZE_HEADER,
