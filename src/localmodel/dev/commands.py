@@ -181,20 +181,24 @@ def demo(workdir: Path, model_mb: int, exit_when_ready: bool, timeout: float) ->
 @dev.command()
 @click.argument("markdown", type=click.Path(dir_okay=False, exists=True, path_type=Path))
 @click.option("--check", is_flag=True, help="Change nothing; exit 1 when a generated block is out of date.")
-def docs(markdown: Path, check: bool) -> None:
+@click.pass_context
+def docs(ctx: click.Context, markdown: Path, check: bool) -> None:
     """Rewrite the flag tables in MARKDOWN (docs/configuration.md) from the command definitions.
 
     Each block between `<!-- BEGIN GENERATED: localmodel CMD -->` and its END marker is
     replaced by CMD's options as click defines them.
     """
-    from localmodel.cli import main
     from localmodel.dev.clidocs import blocks_in, generated, update
 
+    # The `localmodel` group this command runs under (taken from click, not imported: cli.py
+    # imports this module).
+    main = ctx.find_root().command
+    assert isinstance(main, click.Group)
     text = markdown.read_text()
-    unknown = blocks_in(text) - set(generated(main))  # type: ignore[arg-type]
+    unknown = blocks_in(text) - set(generated(main))
     if unknown:
         raise click.ClickException(f"{markdown} has blocks for unknown commands: {', '.join(sorted(unknown))}")
-    fresh = update(text, main)  # type: ignore[arg-type]
+    fresh = update(text, main)
     if fresh == text:
         click.echo(f"{markdown} is up to date")
         return
