@@ -180,7 +180,8 @@ def webhooks_active(controller: RunningController, kube_client: Client) -> Runni
 
     from .harness import wait_for
 
-    hooks = controller.manager.webhooks  # type: ignore[union-attr]
+    assert controller.manager is not None
+    hooks = controller.manager.webhooks
     probe_cache = resources.LocalModelCache({"metadata": {"name": "webhook-probe"}, "spec": {
         "sourceModelUri": "s3://probe/model", "modelSize": "1", "nodeGroups": ["none"]}})
 

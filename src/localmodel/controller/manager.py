@@ -26,6 +26,7 @@ from localmodel.controller.leader import LeaderElector, LeaseSettings
 from localmodel.controller.metrics import ControllerMetrics
 from localmodel.controller.names import LEADER_LOCK_NAME, CacheRef
 from localmodel.controller.reconcilers import Reconcilers, RetryNow
+from localmodel.controller.webhook import Webhooks, serve_webhooks
 from localmodel.controller.workqueue import WorkQueue
 from localmodel.kube.config import DEFAULT_NAMESPACE
 
@@ -82,7 +83,7 @@ class Manager:
             settings.renew_deadline, settings.retry_period))
         self.webhook_port: int | None = None  # the bound port, once serving
         self.metrics_port: int | None = None  # the bound port, once serving
-        self.webhooks: Any = None  # the webhook handlers, once serving
+        self.webhooks = Webhooks(self.view, client, self.metrics, self.cache_queue.add)
         self.ready = asyncio.Event()
         self.reconciles = 0
         self.errors = 0
@@ -212,9 +213,9 @@ class Manager:
                 if server:
                     runners.append(server)
             if self.settings.webhook_cert_dir is not None:
-                from localmodel.controller.webhook import serve_webhooks
-
-                runner, self.webhook_port = await serve_webhooks(self, self.settings.webhook_cert_dir)
+                runner, self.webhook_port = await serve_webhooks(
+                    self.webhooks, self.settings.webhook_cert_dir, self.settings.webhook_host,
+                    self.settings.webhook_port, isvc_defaulting=self.settings.isvc_defaulting)
                 runners.append(runner)
             await asyncio.gather(*(i.synced.wait() for i in self.view.informers))
             self.ready.set()

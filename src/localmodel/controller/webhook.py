@@ -21,19 +21,18 @@ import logging
 import ssl
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import web
-from lightkube import ApiError
+from lightkube import ApiError, AsyncClient
 
 from localmodel.controller import admission_cache, admission_consumers, admission_pod, names
+from localmodel.controller.cluster import ClusterView
+from localmodel.controller.metrics import ControllerMetrics
 from localmodel.controller.names import CacheRef
 from localmodel.controller.views import Cache
 from localmodel.errors import LocalModelError
 from localmodel.kube import resources
-
-if TYPE_CHECKING:
-    from localmodel.controller.manager import Manager
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +41,16 @@ Decision = tuple[str | None, list[dict[str, Any]]]  # (refusal message or None, 
 
 
 class Webhooks:
-    def __init__(self, manager: Manager) -> None:
-        self.manager = manager
-        self.view = manager.view
+    """The admission decisions, over the controller's informer caches (`view`); the API is read
+    only for a cache's consumers on delete. `claim_now` queues a cache whose serving claim a
+    newly admitted Pod needs."""
+
+    def __init__(self, view: ClusterView, client: AsyncClient, metrics: ControllerMetrics,
+                 claim_now: Callable[[CacheRef], None]) -> None:
+        self.view = view
+        self.client = client
+        self.metrics = metrics
+        self.claim_now = claim_now
         self.calls = 0
 
     # --- caches ---------------------------------------------------------------------------------
@@ -83,7 +89,7 @@ class Webhooks:
                                ("LLMInferenceService", "llmInferenceServices", resources.LLMInferenceService)):
             for ref in cache.status.get(key) or []:
                 try:
-                    obj = await self.manager.client.get(res, ref.get("name", ""), namespace=ref.get("namespace"))
+                    obj = await self.client.get(res, ref.get("name", ""), namespace=ref.get("namespace"))
                 except ApiError as error:
                     if error.status.code == 404:
                         continue
@@ -134,7 +140,7 @@ class Webhooks:
             ops = admission_pod.pod_patch(pod, cache)
         except admission_pod.PodMutationError as error:
             return str(error), []
-        self.manager.cache_queue.add(cache.ref)  # make the serving claim in this namespace now
+        self.claim_now(cache.ref)  # make the serving claim in this namespace now
         return None, ops
 
 
@@ -152,7 +158,7 @@ def _response(review: Review, allowed: bool, message: str | None, ops: list[dict
 
 def _handler(webhooks: Webhooks, name: str, decide: Callable[[Review], Awaitable[Decision]]
              ) -> Callable[[web.Request], Awaitable[web.Response]]:
-    metrics = webhooks.manager.metrics
+    metrics = webhooks.metrics
 
     async def handle(http_request: web.Request) -> web.Response:
         review = await http_request.json()
@@ -199,8 +205,7 @@ async def _reload_certificates(context: ssl.SSLContext, cert_dir: Path, every: f
             log.warning("webhook certificate reload failed: %s", error)
 
 
-def application(manager: Manager) -> web.Application:
-    hooks = Webhooks(manager)
+def application(hooks: Webhooks, *, isvc_defaulting: bool) -> web.Application:
     # (path, webhook name in metrics, decision)
     routes = [
         ("/validate-serving-kserve-io-v1alpha1-localmodelcache", "localmodelcache", hooks.validate_cluster_cache),
@@ -210,21 +215,21 @@ def application(manager: Manager) -> web.Application:
         ("/validate-localmodelnamespacecaches", "localmodelnamespacecache", hooks.validate_namespace_cache),
         ("/mutate-pods", "pod", hooks.mutate_pod),
     ]
-    if manager.settings.isvc_defaulting:
+    if isvc_defaulting:
         routes += [
             ("/mutate-serving-kserve-io-v1beta1-inferenceservice", "inferenceservice", hooks.default_isvc),
             ("/mutate-serving-kserve-io-v1alpha1-llminferenceservice", "llminferenceservice",
              hooks.default_llmisvc),
         ]
     app = web.Application()
-    manager.webhooks = hooks
     app.add_routes([web.post(path, _handler(hooks, name, decide)) for path, name, decide in routes])
     return app
 
 
-async def serve_webhooks(manager: Manager, cert_dir: Path) -> tuple[web.AppRunner, int]:
+async def serve_webhooks(hooks: Webhooks, cert_dir: Path, host: str, port: int, *,
+                         isvc_defaulting: bool) -> tuple[web.AppRunner, int]:
     context = _ssl_context(cert_dir)
-    app = application(manager)
+    app = application(hooks, isvc_defaulting=isvc_defaulting)
     reloader = asyncio.create_task(_reload_certificates(context, cert_dir))
 
     async def stop_reloader(_: web.Application) -> None:
@@ -233,8 +238,8 @@ async def serve_webhooks(manager: Manager, cert_dir: Path) -> tuple[web.AppRunne
     app.on_cleanup.append(stop_reloader)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, manager.settings.webhook_host, manager.settings.webhook_port, ssl_context=context)
+    site = web.TCPSite(runner, host, port, ssl_context=context)
     await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    log.info("webhooks serving on https://%s:%d", manager.settings.webhook_host, port)
-    return runner, port
+    bound = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    log.info("webhooks serving on https://%s:%d", host, bound)
+    return runner, bound
