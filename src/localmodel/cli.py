@@ -364,7 +364,7 @@ def fetch(pairs: tuple[str, ...], concurrency: int, chunk_size: int, limit_rate:
     from localmodel.fetch import BackoffPolicy, FetchOptions, download
     from localmodel.fetch.patterns import parse_patterns
     from localmodel.fetch.reporting import JsonLines, ProgressBar
-    from localmodel.sources.registry import redact_uri
+    from localmodel.sources.uris import redact_uri
 
     if len(pairs) % 2:
         raise click.UsageError("arguments come in pairs: SRC DEST [SRC DEST]...")

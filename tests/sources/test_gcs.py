@@ -11,7 +11,8 @@ import google_crc32c
 import pytest
 
 from localmodel import errors
-from localmodel.sources.gcs import GCSSource, crc32c_hex, parse_gs_uri
+from localmodel.sources.gcs import GCSSource, crc32c_hex
+from localmodel.sources.uris import bucket_and_prefix
 from tests.servers.gcs import GCSEmulator, TokenServer
 from tests.sources.modeldata import BIG, check_listing, check_reads, read_all, sample_model
 
@@ -150,5 +151,5 @@ def test_crc32c_hex_is_big_endian() -> None:
 @pytest.mark.parametrize("uri", ["gs://", "s3://b/m", "gs://user@b/m", "gs://b/m#frag"])
 def test_invalid_uris(uri: str) -> None:
     with pytest.raises(errors.InvalidURIError):
-        parse_gs_uri(uri)
+        bucket_and_prefix(uri, "gs")
 

@@ -3,7 +3,7 @@
 import pytest
 
 from localmodel.errors import InvalidURIError
-from localmodel.sources import registry
+from localmodel.sources import registry, uris
 from localmodel.sources.http import HTTPSource
 from localmodel.sources.local import LocalSource
 
@@ -82,9 +82,9 @@ def test_credentials_in_uri_are_refused_and_not_echoed(uri: str) -> None:
 
 
 def test_redaction_drops_userinfo_and_query_values() -> None:
-    assert registry.redact_uri("https://u:p@h.com/a/b?X-Amz-Signature=s3cr3t&x=1") == \
+    assert uris.redact_uri("https://u:p@h.com/a/b?X-Amz-Signature=s3cr3t&x=1") == \
         "https://h.com/a/b?X-Amz-Signature=REDACTED&x=REDACTED"
-    assert registry.redact_uri("/plain/path") == "/plain/path"
+    assert uris.redact_uri("/plain/path") == "/plain/path"
 
 
 def test_classes_are_imported_lazily_by_target() -> None:

@@ -13,7 +13,8 @@ import pytest
 
 from localmodel import errors
 from localmodel.fetch import FetchOptions, download
-from localmodel.sources.s3 import S3Settings, S3Source, parse_s3_uri
+from localmodel.sources.s3 import S3Settings, S3Source
+from localmodel.sources.uris import bucket_and_prefix
 from tests.servers.s3 import RcloneS3Server, S3Server, ca_bundle
 from tests.sources.modeldata import (
     BIG,
@@ -363,12 +364,12 @@ def test_unreachable_endpoint_is_transient() -> None:
                                  "s3://b/m?x=1"])
 def test_invalid_uris(uri: str) -> None:
     with pytest.raises(errors.InvalidURIError):
-        parse_s3_uri(uri)
+        bucket_and_prefix(uri, "s3")
 
 
 def test_uri_parts() -> None:
-    assert parse_s3_uri("s3://b") == ("b", "")
-    assert parse_s3_uri("s3://b/a/b/") == ("b", "a/b")
+    assert bucket_and_prefix("s3://b", "s3") == ("b", "")
+    assert bucket_and_prefix("s3://b/a/b/", "s3") == ("b", "a/b")
 
 
 def test_settings_follow_kserve_names() -> None:

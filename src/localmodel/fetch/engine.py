@@ -31,8 +31,8 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -60,7 +60,8 @@ from localmodel.fetch.ranges import RangeSet
 from localmodel.fetch.ratelimit import TokenBucket
 from localmodel.fetch.staging import Staging, allocated_bytes, create_file, is_no_space, make_parents
 from localmodel.sources.base import MAX_FILES_SETTING, Listing, ListingLimit, RemoteFile, Settings, Source
-from localmodel.sources.registry import SourceFactory, open_source, redact_uri
+from localmodel.sources.registry import SourceFactory, open_source
+from localmodel.sources.uris import redact_uri
 
 logger = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ from enum import Enum
 
 from localmodel.api.keys import status_key, storage_key
 from localmodel.api.types import LocalModelInfo, ModelDetail, ModelStatus
-from localmodel.sources.registry import redact_uri
+from localmodel.sources.uris import redact_uri
 
 
 def rfc3339(moment: datetime | None) -> str | None:

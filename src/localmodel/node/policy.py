@@ -13,7 +13,8 @@ them.
 from __future__ import annotations
 
 from localmodel.errors import InvalidURIError, SourceNotAllowedError
-from localmodel.sources.registry import LOCAL, redact_uri, scheme_of
+from localmodel.sources.registry import LOCAL, scheme_of
+from localmodel.sources.uris import redact_uri
 
 LOCAL_SCHEMES = frozenset({LOCAL, "file", "pvc"})
 

@@ -45,7 +45,8 @@ from localmodel.fetch.progress import Progress
 from localmodel.fetch.staging import allocated_bytes
 from localmodel.node.plan import DiskState, Observed
 from localmodel.sources.base import Settings
-from localmodel.sources.registry import SourceFactory, open_source, redact_uri
+from localmodel.sources.registry import SourceFactory, open_source
+from localmodel.sources.uris import redact_uri
 
 logger = logging.getLogger(__name__)
 

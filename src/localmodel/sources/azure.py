@@ -38,8 +38,16 @@ import urllib3
 
 from localmodel import errors
 from localmodel.sources import _cloudhttp
-from localmodel.sources.base import Digest, Listing, ListingLimit, RemoteFile, Settings, size_from_listing
-from localmodel.sources.registry import redact_uri
+from localmodel.sources.base import (
+    Digest,
+    Listing,
+    ListingLimit,
+    RemoteFile,
+    Settings,
+    prefix_or_object,
+    size_from_listing,
+)
+from localmodel.sources.uris import redact_uri
 
 API_VERSION = "2021-12-02"
 STORAGE_SCOPE = "https://storage.azure.com/.default"
@@ -318,16 +326,8 @@ class AzureBlobSource:
                 h.get("Content-MD5", ""))
 
     def list_files(self) -> Listing:
-        prefix = self._location.prefix
-        blobs = self._list_blobs(f"{prefix}/" if prefix else "")
-        strip = len(prefix) + 1 if prefix else 0
-        chosen = [(b[0][strip:], b) for b in blobs if not b[0].endswith("/")]
-        if not chosen and prefix:
-            single = self._head(prefix)
-            if single is not None:
-                chosen = [(prefix.rsplit("/", 1)[-1], single)]
-        if not chosen:
-            raise errors.SourceNotFoundError(f"no blobs under {self.uri}")
+        chosen = prefix_or_object(self._location.prefix, self._list_blobs, lambda blob: blob[0], self._head,
+                                  f"no blobs under {self.uri}")
         files = []
         for path, (_, size, etag, md5) in chosen:
             digest = Digest("md5", base64.b64decode(md5).hex()) if md5 else None

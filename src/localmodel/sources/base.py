@@ -6,9 +6,9 @@ of them, possibly from many threads at once (so implementations must be thread-s
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Protocol, TypeVar, runtime_checkable
 
 
 @dataclass(frozen=True)
@@ -149,3 +149,27 @@ def size_from_listing(value: object, what: str) -> int:
 
         raise InvalidListingError(f"{what}: the listing gives {str(value)[:40]!r} as a file size")
     return size
+
+
+Entry = TypeVar("Entry")
+
+
+def prefix_or_object(prefix: str, list_under: Callable[[str], Sequence[Entry]], name_of: Callable[[Entry], str],
+                     stat: Callable[[str], Entry | None], missing: str) -> list[tuple[str, Entry]]:
+    """An object store's model (S3, GCS, Azure Blob): every object under `prefix/`, named relative
+    to it (folder placeholders, names ending in "/", skipped), else the one object named `prefix`
+    itself, named by its last part. `list_under(p)` lists the store's entries whose names start
+    with p; `stat(name)` is one object's entry, None when there is none. Nothing found raises
+    SourceNotFoundError with `missing`."""
+    strip = len(prefix) + 1 if prefix else 0
+    chosen = [(name_of(entry)[strip:], entry) for entry in list_under(f"{prefix}/" if prefix else "")
+              if not name_of(entry).endswith("/")]
+    if not chosen and prefix:
+        single = stat(prefix)
+        if single is not None:
+            chosen = [(prefix.rsplit("/", 1)[-1], single)]
+    if not chosen:
+        from localmodel.errors import SourceNotFoundError
+
+        raise SourceNotFoundError(missing)
+    return chosen

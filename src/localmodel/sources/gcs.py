@@ -29,25 +29,20 @@ from typing import Any
 
 from localmodel import errors
 from localmodel.sources import _cloudhttp
-from localmodel.sources.base import Digest, Listing, ListingLimit, RemoteFile, Settings, size_from_listing
+from localmodel.sources.base import (
+    Digest,
+    Listing,
+    ListingLimit,
+    RemoteFile,
+    Settings,
+    prefix_or_object,
+    size_from_listing,
+)
+from localmodel.sources.uris import bucket_and_prefix
 
 DEFAULT_ENDPOINT = "https://storage.googleapis.com"
 READ_ONLY_SCOPE = "https://www.googleapis.com/auth/devstorage.read_only"
 _LIST_FIELDS = "items(name,size,crc32c,md5Hash,generation),nextPageToken"
-
-
-def parse_gs_uri(uri: str) -> tuple[str, str]:
-    """`gs://bucket/a/b/` -> ("bucket", "a/b")."""
-    parsed = urllib.parse.urlsplit(uri)
-    if parsed.scheme != "gs":
-        raise errors.InvalidURIError(f"not a gs:// URI: {uri!r}")
-    if "@" in parsed.netloc:
-        raise errors.InvalidURIError("credentials do not belong in a gs:// URI")
-    if not parsed.netloc:
-        raise errors.InvalidURIError(f"gs:// URI without a bucket: {uri!r}")
-    if parsed.query or parsed.fragment:
-        raise errors.InvalidURIError(f"gs:// URI with a query or fragment: {uri!r}")
-    return parsed.netloc, parsed.path.strip("/")
 
 
 def crc32c_hex(value_b64: str) -> str:
@@ -122,7 +117,7 @@ class GCSSource:
 
     def __init__(self, uri: str, settings: Settings) -> None:
         self.uri = uri
-        self._bucket, self._prefix = parse_gs_uri(uri)
+        self._bucket, self._prefix = bucket_and_prefix(uri, "gs")
         self._limit = ListingLimit(settings, f"gs://{self._bucket}/{self._prefix}")
         emulator = settings.get("STORAGE_EMULATOR_HOST") or ""
         if emulator and "://" not in emulator:
@@ -190,16 +185,8 @@ class GCSSource:
                           version=str(generation) if generation else None)
 
     def list_files(self) -> Listing:
-        prefix = self._prefix
-        items = self._list_objects(f"{prefix}/" if prefix else "")
-        strip = len(prefix) + 1 if prefix else 0
-        chosen = [(str(i["name"])[strip:], i) for i in items if not str(i["name"]).endswith("/")]
-        if not chosen and prefix:
-            single = self._stat(prefix)
-            if single is not None:
-                chosen = [(prefix.rsplit("/", 1)[-1], single)]
-        if not chosen:
-            raise errors.SourceNotFoundError(f"no objects under {self.uri}")
+        chosen = prefix_or_object(self._prefix, self._list_objects, lambda item: str(item["name"]), self._stat,
+                                  f"no objects under {self.uri}")
         files = [self._remote_file(path, item) for path, item in chosen]
         with self._lock:
             self._listed = {path: (str(item["name"]), str(item.get("generation") or ""))

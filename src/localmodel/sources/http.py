@@ -53,7 +53,7 @@ from localmodel.errors import (
     SourceUnavailableError,
 )
 from localmodel.sources.base import Digest, Listing, RemoteFile, Settings
-from localmodel.sources.registry import redact_uri
+from localmodel.sources.uris import redact_uri
 
 _READ_SIZE = 512 * 1024
 _CA_SETTINGS = ("LOCALMODEL_HTTP_CA_BUNDLE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "SSL_CERT_FILE")

@@ -24,10 +24,11 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from localmodel.errors import InvalidURIError
 from localmodel.sources.base import Settings, Source
+from localmodel.sources.uris import SCHEME, redact_uri
 
 AZURE = "azure"
 LOCAL = "local"
@@ -58,7 +59,6 @@ _registry: dict[str, Entry] = {
 #: URLs and plain paths, which have no scheme of their own).
 registry: Mapping[str, Entry] = MappingProxyType(_registry)
 
-_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 _CONTROL = re.compile(r"[\x00-\x20\x7f]")
 
 
@@ -68,22 +68,6 @@ def register(scheme: str, target: str, *, install_hint: str = "", clobber: bool 
     if scheme in _registry and not clobber and _registry[scheme].target != target:
         raise ValueError(f"scheme {scheme!r} is already served by {_registry[scheme].target}")
     _registry[scheme] = Entry(target, install_hint)
-
-
-def redact_uri(uri: str) -> str:
-    """The URI without user info and without query values (pre-signed URLs carry secrets there)."""
-    if not _SCHEME.match(uri):
-        return uri
-    try:
-        parts = urlsplit(uri)
-    except ValueError:
-        return "<malformed URI>"
-    netloc = parts.netloc.rpartition("@")[2]
-    query = "&".join(
-        f"{item.partition('=')[0]}=REDACTED" if "=" in item else item
-        for item in parts.query.split("&")
-    ) if parts.query else ""
-    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
 
 
 def is_azure_blob_uri(uri: str, settings: Settings) -> bool:
@@ -100,7 +84,7 @@ def scheme_of(uri: str, settings: Settings = MappingProxyType({})) -> str:
         raise InvalidURIError("empty storage URI")
     if _CONTROL.search(uri.strip(" ")) or uri != uri.strip():
         raise InvalidURIError("storage URI contains whitespace or control characters")
-    match = _SCHEME.match(uri)
+    match = SCHEME.match(uri)
     if match is None:
         if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*:", uri) and not re.match(r"^[A-Za-z]:[\\/]", uri):
             raise InvalidURIError(f"malformed storage URI {redact_uri(uri)!r}: expected scheme://...")

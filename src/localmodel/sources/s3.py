@@ -45,7 +45,16 @@ from botocore.credentials import Credentials
 
 from localmodel import errors
 from localmodel.sources import _cloudhttp
-from localmodel.sources.base import Digest, Listing, ListingLimit, RemoteFile, Settings, size_from_listing
+from localmodel.sources.base import (
+    Digest,
+    Listing,
+    ListingLimit,
+    RemoteFile,
+    Settings,
+    prefix_or_object,
+    size_from_listing,
+)
+from localmodel.sources.uris import bucket_and_prefix
 
 _DEFAULT_REGION = "us-east-1"
 _NOT_FOUND_CODES = frozenset({"NoSuchBucket", "NoSuchKey"})
@@ -113,20 +122,6 @@ class S3Settings:
         )
 
 
-def parse_s3_uri(uri: str) -> tuple[str, str]:
-    """`s3://bucket/a/b/` -> ("bucket", "a/b"). The prefix has no leading or trailing slash."""
-    parsed = urllib.parse.urlsplit(uri)
-    if parsed.scheme != "s3":
-        raise errors.InvalidURIError(f"not an s3:// URI: {uri!r}")
-    if "@" in parsed.netloc:
-        raise errors.InvalidURIError("credentials do not belong in an s3:// URI")
-    if not parsed.netloc:
-        raise errors.InvalidURIError(f"s3:// URI without a bucket: {uri!r}")
-    if parsed.query or parsed.fragment:
-        raise errors.InvalidURIError(f"s3:// URI with a query or fragment: {uri!r}")
-    return parsed.netloc, parsed.path.strip("/")
-
-
 def _local(tag: str) -> str:
     return tag.rsplit("}", 1)[-1]
 
@@ -163,7 +158,7 @@ class S3Source:
 
     def __init__(self, uri: str, settings: Settings) -> None:
         self.uri = uri
-        self._bucket, self._prefix = parse_s3_uri(uri)
+        self._bucket, self._prefix = bucket_and_prefix(uri, "s3")
         self._settings = S3Settings.from_settings(settings)
         self._limit = ListingLimit(settings, f"s3://{self._bucket}/{self._prefix}")
         self._region = self._settings.region
@@ -320,16 +315,8 @@ class S3Source:
         return None
 
     def list_files(self) -> Listing:
-        prefix = self._prefix
-        entries = self._list_keys(f"{prefix}/" if prefix else "")
-        strip = len(prefix) + 1 if prefix else 0
-        chosen = [(e.key[strip:], e) for e in entries if not e.key.endswith("/")]
-        if not chosen and prefix:
-            single = self._head(prefix)
-            if single is not None:
-                chosen = [(prefix.rsplit("/", 1)[-1], single)]
-        if not chosen:
-            raise errors.SourceNotFoundError(f"no objects under {self.uri}")
+        chosen = prefix_or_object(self._prefix, self._list_keys, lambda e: e.key, self._head,
+                                  f"no objects under {self.uri}")
 
         wanted = [e.key for _, e in chosen
                   if {"SHA256", "CRC32C"} & set(e.checksum_algorithms)]
