@@ -315,8 +315,8 @@ def _log_to(console: Console, *, as_json: bool) -> None:
     logger.propagate = False
 
 
-def _size(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
-    from localmodel.fetch.reporting import parse_size
+def _parse_size_option(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
+    from localmodel.api.quantity import parse_size
 
     if value is None:
         return None
@@ -330,9 +330,9 @@ def _size(ctx: click.Context, param: click.Parameter, value: str | None) -> int 
 @click.argument("pairs", nargs=-1, required=True, metavar="SRC DEST [SRC DEST]...")
 @click.option("--concurrency", type=click.IntRange(1, 256), default=8,
               envvar="LOCALMODEL_FETCH_CONCURRENCY", help="Parallel ranged requests.")
-@click.option("--chunk-size", default="16Mi", callback=_size, envvar="LOCALMODEL_FETCH_CHUNK_SIZE",
+@click.option("--chunk-size", default="16Mi", callback=_parse_size_option, envvar="LOCALMODEL_FETCH_CHUNK_SIZE",
               help="Bytes per ranged request (e.g. 16Mi).")
-@click.option("--limit-rate", default=None, callback=_size, envvar="LOCALMODEL_FETCH_LIMIT_RATE",
+@click.option("--limit-rate", default=None, callback=_parse_size_option, envvar="LOCALMODEL_FETCH_LIMIT_RATE",
               help="Cap on bytes per second taken from the source (e.g. 200M).")
 @click.option("--retries", type=click.IntRange(0, 100), default=6, envvar="LOCALMODEL_FETCH_RETRIES",
               help="Transient failures in a row tolerated per request (with backoff).")

@@ -2,7 +2,7 @@
 
 import pytest
 
-from localmodel.api.quantity import format_bytes, parse_quantity
+from localmodel.api.quantity import approx_quantity, format_bytes, human_bytes, parse_quantity
 from localmodel.api.types import (
     LocalModelCache,
     LocalModelNode,
@@ -59,6 +59,13 @@ def test_format_bytes() -> None:
     assert format_bytes(3 * 2**20) == "3Mi"
     assert format_bytes(1000) == "1000"
     assert format_bytes(0) == "0"
+
+
+def test_sizes_for_people() -> None:
+    """The three formats side by side: exact quantity, message size, log size."""
+    assert (format_bytes(1536 * 2**20), approx_quantity(1536 * 2**20), human_bytes(1536 * 2**20)) == \
+        ("1536Mi", "1.50Gi", "1.5 GiB")
+    assert (approx_quantity(10 * 2**30), approx_quantity(512), human_bytes(512)) == ("10Gi", "512 bytes", "512 B")
 
 
 def test_cache_round_trip_keeps_kserve_field_names() -> None:

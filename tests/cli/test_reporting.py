@@ -6,8 +6,9 @@ import logging
 
 import pytest
 
+from localmodel.api.quantity import parse_size
 from localmodel.fetch.progress import Progress, RateMeter, eta
-from localmodel.fetch.reporting import JsonLines, JsonLogFormatter, parse_size
+from localmodel.fetch.reporting import JsonLines, JsonLogFormatter
 
 
 @pytest.mark.parametrize("text, value", [

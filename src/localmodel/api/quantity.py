@@ -1,4 +1,6 @@
-"""Kubernetes resource.Quantity: the schema pattern, parsing to bytes and formatting."""
+"""Byte sizes, the one module for them: Kubernetes quantities (the schema pattern, parsing to
+bytes, exact formatting), sizes as people type them on the command line, and sizes written for
+people in messages and logs."""
 
 from __future__ import annotations
 
@@ -60,3 +62,28 @@ def human_bytes(count: float) -> str:
             return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
         count /= 1024
     return f"{count:.1f} TiB"
+
+
+def approx_quantity(count: int) -> str:
+    """A size for messages beside Kubernetes quantities, in the largest binary unit it reaches:
+    `10Gi`, `1.50Gi` (two decimals when not exact), `512 bytes`."""
+    for unit in ("Ti", "Gi", "Mi", "Ki"):
+        scale = _BINARY[unit]
+        if count >= scale:
+            return f"{count // scale}{unit}" if count % scale == 0 else f"{count / scale:.2f}{unit}"
+    return f"{count} bytes"
+
+
+_SIZE_UNITS = {"": 1, "k": 1000, "m": 1000**2, "g": 1000**3, "t": 1000**4,
+               "ki": 1024, "mi": 1024**2, "gi": 1024**3, "ti": 1024**4}
+
+
+def parse_size(text: str) -> int:
+    """Bytes from a size as people type it: "4096", "64Mi", "64MiB", "1.5G", "10MB", "10MB/s"
+    (k/M/G/T are powers of 1000, case-insensitive). Wider than `parse_quantity`, for flags."""
+    value = text.strip().lower().removesuffix("b").removesuffix("/s")
+    number = value.rstrip("kmgti")
+    unit = value[len(number):]
+    if unit not in _SIZE_UNITS or not number:
+        raise ValueError(f"not a size: {text!r}")
+    return int(float(number) * _SIZE_UNITS[unit])

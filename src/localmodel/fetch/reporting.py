@@ -22,20 +22,6 @@ from rich.progress import Progress as RichProgress
 
 from localmodel.fetch.progress import Progress
 
-_UNITS = {"": 1, "k": 1000, "m": 1000**2, "g": 1000**3, "t": 1000**4,
-          "ki": 1024, "mi": 1024**2, "gi": 1024**3, "ti": 1024**4}
-
-
-def parse_size(text: str) -> int:
-    """Bytes from "4096", "64Mi", "64MiB", "1.5G", "10MB" (k/M/G/T are powers of 1000)."""
-    value = text.strip().lower().removesuffix("b").removesuffix("/s")
-    number = value.rstrip("kmgti")
-    unit = value[len(number):]
-    if unit not in _UNITS or not number:
-        raise ValueError(f"not a size: {text!r}")
-    return int(float(number) * _UNITS[unit])
-
-
 class JsonLines:
     """Writes one JSON object per line at most every `interval` seconds (and always the last)."""
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from localmodel.api.quantity import approx_quantity
 from localmodel.errors import (
     InsufficientSpaceError,
     ModelSizeExceededError,
@@ -51,33 +52,25 @@ class CapacityRequest:
         return max(0, self.model_bytes - self.present_bytes)
 
 
-def _size(count: int) -> str:
-    """A size for messages in the largest binary unit it reaches: `10Gi`, `1.50Gi`, `512 bytes`."""
-    for unit, scale in (("Ti", 2**40), ("Gi", 2**30), ("Mi", 2**20), ("Ki", 2**10)):
-        if count >= scale:
-            return f"{count // scale}{unit}" if count % scale == 0 else f"{count / scale:.2f}{unit}"
-    return f"{count} bytes"
-
-
 def check_capacity(request: CapacityRequest) -> None:
     """Raise an InsufficientSpaceError subclass when the download must not start."""
     if request.declared_bytes is not None and request.model_bytes > request.declared_bytes:
         raise ModelSizeExceededError(
-            f"the model is {_size(request.model_bytes)} but its cache declares modelSize "
-            f"{_size(request.declared_bytes)}; raise modelSize to cache it"
+            f"the model is {approx_quantity(request.model_bytes)} but its cache declares modelSize "
+            f"{approx_quantity(request.declared_bytes)}; raise modelSize to cache it"
         )
     if request.group_limit_bytes is not None:
         total = request.group_used_bytes + request.model_bytes
         if total > request.group_limit_bytes:
             raise StorageLimitExceededError(
-                f"node group {request.group!r} would hold {_size(total)} on this node "
-                f"({_size(request.group_used_bytes)} already + {_size(request.model_bytes)}), "
-                f"over its storageLimit {_size(request.group_limit_bytes)}"
+                f"node group {request.group!r} would hold {approx_quantity(total)} on this node "
+                f"({approx_quantity(request.group_used_bytes)} already + {approx_quantity(request.model_bytes)}), "
+                f"over its storageLimit {approx_quantity(request.group_limit_bytes)}"
             )
     usable = request.free_bytes - request.reserved_bytes - request.keep_free_bytes
     if request.need_bytes > usable:
         raise InsufficientSpaceError(
-            f"the download needs {_size(request.need_bytes)} more but only {_size(max(usable, 0))} "
-            f"is usable ({_size(request.free_bytes)} free, {_size(request.reserved_bytes)} promised "
-            f"to other downloads, {_size(request.keep_free_bytes)} kept free)"
+            f"the download needs {approx_quantity(request.need_bytes)} more but only {approx_quantity(max(usable, 0))} "
+            f"is usable ({approx_quantity(request.free_bytes)} free, {approx_quantity(request.reserved_bytes)} promised "
+            f"to other downloads, {approx_quantity(request.keep_free_bytes)} kept free)"
         )
