@@ -37,7 +37,7 @@ from localmodel.kube import resources
 log = logging.getLogger(__name__)
 
 Review = Mapping[str, Any]
-Decision = tuple[str | None, list[dict[str, Any]]]  # (refusal message or None, JSON patch ops)
+Verdict = tuple[str | None, list[dict[str, Any]]]  # (refusal message or None, JSON patch ops)
 
 
 class Webhooks:
@@ -55,7 +55,7 @@ class Webhooks:
 
     # --- caches ---------------------------------------------------------------------------------
 
-    async def validate_cluster_cache(self, request: Review) -> Decision:
+    async def validate_cluster_cache(self, request: Review) -> Verdict:
         operation = request.get("operation")
         if operation == "DELETE":
             cache = Cache.from_k8s(request.get("oldObject") or {})
@@ -66,7 +66,7 @@ class Webhooks:
         message = admission_cache.duplicate_uri(cache, self.view.cluster_caches())
         return message or self._capacity(request, cache), []
 
-    async def validate_namespace_cache(self, request: Review) -> Decision:
+    async def validate_namespace_cache(self, request: Review) -> Verdict:
         operation = request.get("operation")
         if operation == "DELETE":
             cache = Cache.from_k8s(request.get("oldObject") or {})
@@ -111,19 +111,19 @@ class Webhooks:
         return (sorted(self.view.namespace_caches(namespace), key=by_name),
                 sorted(self.view.cluster_caches(), key=by_name))
 
-    async def default_isvc(self, request: Review) -> Decision:
+    async def default_isvc(self, request: Review) -> Verdict:
         obj = request.get("object") or {}
         namespaced, cluster = self._candidates(request.get("namespace") or "")
         uri = admission_consumers.isvc_storage_uri(obj)
         return None, admission_consumers.defaulting_patch(obj, uri, self._defaulting_enabled(), namespaced, cluster)
 
-    async def default_llmisvc(self, request: Review) -> Decision:
+    async def default_llmisvc(self, request: Review) -> Verdict:
         obj = request.get("object") or {}
         namespaced, cluster = self._candidates(request.get("namespace") or "")
         uri = admission_consumers.llmisvc_storage_uri(obj)
         return None, admission_consumers.defaulting_patch(obj, uri, self._defaulting_enabled(), namespaced, cluster)
 
-    async def mutate_pod(self, request: Review) -> Decision:
+    async def mutate_pod(self, request: Review) -> Verdict:
         pod = request.get("object") or {}
         labels = (pod.get("metadata") or {}).get("labels") or {}
         name = labels.get(names.POD_CACHE_LABEL)
@@ -156,7 +156,7 @@ def _response(review: Review, allowed: bool, message: str | None, ops: list[dict
             "response": response}
 
 
-def _handler(webhooks: Webhooks, name: str, decide: Callable[[Review], Awaitable[Decision]]
+def _handler(webhooks: Webhooks, name: str, decide: Callable[[Review], Awaitable[Verdict]]
              ) -> Callable[[web.Request], Awaitable[web.Response]]:
     metrics = webhooks.metrics
 
