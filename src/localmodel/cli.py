@@ -193,6 +193,7 @@ def agent(root: str, manifest: str | None, kubeconfig: str | None, node_name: st
     from pathlib import Path
 
     from localmodel.api.quantity import parse_quantity
+    from localmodel.fetch.options import FetchOptions
     from localmodel.node.logs import setup_logging
     from localmodel.node.runner import run_agent
     from localmodel.node.settings import (
@@ -223,13 +224,9 @@ def agent(root: str, manifest: str | None, kubeconfig: str | None, node_name: st
         peer_limit = parse_quantity(peer_rate_limit) if peer_rate_limit else 0
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from exc
-    engine: dict[str, object] = {"adopt": adopt}
-    if download_threads:
-        engine["concurrency"] = download_threads
-    if limit:
-        engine["rate_limit"] = float(limit)
-    if max_files:
-        engine["max_files"] = max_files
+    default = FetchOptions()
+    engine = FetchOptions(adopt=adopt, concurrency=download_threads or default.concurrency,
+                          rate_limit=float(limit) if limit else None, max_files=max_files or default.max_files)
     settings = AgentSettings(
         root=Path(root).absolute(),
         node_name=node_name,

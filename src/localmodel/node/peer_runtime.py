@@ -110,11 +110,11 @@ def build_peer_runtime(agent: AgentSettings, client: Client, metrics: AgentMetri
     if settings.port is None:
         logger.info("peer-to-peer off (no peer port)")
         return None
-    if engine.get("verify", True) is False:
+    if not engine.verify:
         # Peers are trusted only because every file is checked against the origin's digests.
         logger.warning("peer-to-peer off: the engine is told not to verify downloads")
         return None
-    verify_md5 = bool(engine.get("verify_md5", True))
+    verify_md5 = engine.verify_md5
     token = TokenFile(settings.token_file)
     if token.token() is None:
         logger.info("peer-to-peer off: no peer token", extra={"token_file": str(settings.token_file)})

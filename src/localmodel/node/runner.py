@@ -77,7 +77,7 @@ async def run_agent(settings: AgentSettings, backend: Backend, *, stop: asyncio.
 
     metrics = AgentMetrics()
     store = ModelStore(settings.root)
-    options = options or FetchOptions(**settings.downloads.engine_options)  # type: ignore[arg-type]
+    options = options or settings.downloads.engine_options
     peers = await asyncio.to_thread(peer_factory, metrics) if peer_factory is not None else None
     jobs = Jobs(store, max_concurrent=settings.downloads.max_concurrent, options=options,
                 temp_dir=settings.downloads.temp_dir, on_change=poke, on_bytes=metrics.bytes.inc,

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from localmodel.fetch.options import FetchOptions
+
 
 @dataclass(frozen=True)
 class RetrySettings:
@@ -34,8 +36,8 @@ class DownloadSettings:
     #: Accept file://, plain paths and pvc:// (read from the agent's own filesystem; see
     #: `localmodel.node.policy`). Off in a cluster, on in the standalone mode.
     allow_local_sources: bool = False
-    #: Extra options handed to the download engine unchanged (threads, chunk size, rate...).
-    engine_options: dict[str, object] = field(default_factory=dict)
+    #: The download engine's options (threads, chunk size, rate...), handed to it unchanged.
+    engine_options: FetchOptions = field(default_factory=FetchOptions)
 
 
 @dataclass(frozen=True)
