@@ -24,15 +24,11 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from localmodel.dev.controlplane import free_port
+
 KEY, SECRET = "benchkey", "benchsecret"
 CHUNK = 1 << 20
 _SIZES: dict[str, int] = {}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _boto3_reader(endpoint: str) -> Callable[[str, int, int], Iterator[bytes]]:
@@ -151,7 +147,7 @@ def main() -> None:
     size = args.size_mib << 20
     root = Path(tempfile.mkdtemp(prefix="lm-s3bench-", dir="/dev/shm"))
     rclone = shutil.which("rclone", path=os.path.dirname(sys.executable)) or "rclone"
-    port = _free_port()
+    port = free_port()
     proc = None
     try:
         (root / "bench").mkdir()

@@ -6,12 +6,9 @@ import socket
 import subprocess
 import time
 
+from localmodel.dev.controlplane import free_port
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+__all__ = ["free_port", "stop_process", "wait_for_port"]
 
 
 def wait_for_port(port: int, *, process: subprocess.Popen[bytes] | None = None,
