@@ -32,8 +32,6 @@ import asyncio
 import json
 import os
 import shutil
-import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -54,6 +52,7 @@ from lightkube.types import PatchType
 from prometheus_client.parser import text_string_to_metric_families
 
 from localmodel.api.keys import status_key, storage_key
+from localmodel.dev.controller_process import ControllerProcess
 from localmodel.dev.controlplane import ControlPlane
 from localmodel.kube import resources
 
@@ -214,51 +213,20 @@ class ApiserverMetrics:
 
 # --- the controller under test -----------------------------------------------------------------
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+class BenchController(ControllerProcess):
+    """The controller under test, with what the benchmark reads off its metrics."""
 
-
-class ControllerProcess:
     def __init__(self, kubeconfig: Path, log_file: Path, workers: int) -> None:
-        self.port = free_port()  # /healthz, /readyz
-        self.metrics_port = free_port()
-        executable = Path(sys.executable).with_name("localmodel")
-        argv = [str(executable) if executable.exists() else shutil.which("localmodel") or "localmodel",
-                "controller", "--kubeconfig", str(kubeconfig), "--namespace", POD_NAMESPACE,
-                "--identity", "bench-controller", "--workers", str(workers),
-                "--bind-address", "127.0.0.1", "--health-port", str(self.port),
-                "--metrics-port", str(self.metrics_port), "--log-level", "INFO"]
-        self._log = open(log_file, "ab")
-        self.popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT)
-        self.pid = self.popen.pid
-
-    def _get(self, path: str, port: int | None = None) -> tuple[int, str]:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port or self.port}{path}", timeout=120) as response:
-                return response.status, response.read().decode()
-        except urllib.error.HTTPError as error:
-            return error.code, ""
-
-    def ready(self) -> bool:
-        if self.popen.poll() is not None:
-            raise RuntimeError(f"controller exited with {self.popen.returncode}; see {self._log.name}")
-        try:
-            return self._get("/readyz")[0] == 200
-        except OSError:
-            return False
-
-    def metrics_text(self) -> str:
-        return self._get("/metrics", self.metrics_port)[1]
+        super().__init__(kubeconfig, POD_NAMESPACE, log_file, identity="bench-controller",
+                         args=["--workers", str(workers), "--log-level", "INFO"])
 
     def requests(self) -> RequestCounts:
-        return parse_requests(self.metrics_text(), "localmodel_kube_api_requests_total")
+        return parse_requests(self.metrics(), "localmodel_kube_api_requests_total")
 
     def reconciles(self) -> dict[str, float]:
         """Reconciles run so far, by queue."""
         out: dict[str, float] = {}
-        for metric in text_string_to_metric_families(self.metrics_text()):
+        for metric in text_string_to_metric_families(self.metrics()):
             if metric.name == "localmodel_controller_reconciles":
                 for sample in metric.samples:
                     if sample.name.endswith("_total"):
@@ -270,7 +238,7 @@ class ControllerProcess:
         """(non-lease requests + reconciles finished, keys queued or being reconciled): the first
         unchanged and the second 0 while the controller is idle. A reconcile waiting on a slow
         apiserver shows as in progress, so a starved machine is never mistaken for a quiet one."""
-        text = self.metrics_text()
+        text = self.metrics()
         requests = sum(v for (verb, res), v in parse_requests(text, "localmodel_kube_api_requests_total").items()
                        if not res.startswith("leases"))
         reconciles = queued = 0.0
@@ -281,16 +249,6 @@ class ControllerProcess:
                                  "localmodel_controller_reconciles_in_progress"):
                 queued += sum(s.value for s in metric.samples)
         return requests + reconciles, queued
-
-    def stop(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGTERM)
-            try:
-                self.popen.wait(20)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait()
-        self._log.close()
 
 
 async def first_of(tasks: list[asyncio.Task[None]], events: list[asyncio.Event]) -> None:
@@ -317,7 +275,7 @@ async def until(check: Callable[[], bool], what: str, timeout: float, interval: 
     return time.monotonic()
 
 
-async def quiet(controller: ControllerProcess, settle: float = 2.0, timeout: float = 300.0) -> float:
+async def quiet(controller: BenchController, settle: float = 2.0, timeout: float = 300.0) -> float:
     """Wait until the controller made no request and ran no reconcile for `settle` seconds."""
     deadline = time.monotonic() + timeout
     last, _ = await asyncio.to_thread(controller.activity)
@@ -574,7 +532,7 @@ class Bench:
         self.result = Result(layout.nodes, layout.caches, layout.groups)
         self.apiserver = ApiserverMetrics(plane, plane.workdir / "bench-pki")
         self.client = AsyncClient(KubeConfig.from_file(plane.kubeconfig), field_manager="bench")
-        self.controller: ControllerProcess | None = None
+        self.controller: BenchController | None = None
         self.profiler: subprocess.Popen[bytes] | None = None
         self.expected = {layout.node_name(i): frozenset(layout.caches_of_group(layout.node_group(i)))
                          for i in range(layout.nodes)}
@@ -624,8 +582,8 @@ class Bench:
         before_server = self.apiserver.requests()
         started = time.monotonic()
         clock.lap()
-        self.controller = ControllerProcess(self.plane.kubeconfig, self.plane.logs_dir / "controller.log",
-                                            self.args.workers)
+        self.controller = BenchController(self.plane.kubeconfig, self.plane.logs_dir / "controller.log",
+                                          self.args.workers).start(wait=None)
         clock.pids["controller"] = self.controller.pid
         if self.args.profile:
             # py-spy (pip install py-spy; not a project dependency) samples the controller until it exits

@@ -11,11 +11,6 @@ call they make goes through the shipped RBAC rules.
 from __future__ import annotations
 
 import base64
-import os
-import subprocess
-import sys
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +20,10 @@ from lightkube.models.authentication_v1 import TokenRequestSpec
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import ServiceAccount
 
+from localmodel.dev.controller_process import ControllerProcess
 from localmodel.dev.controlplane import ControlPlane
 from tests.controller.harness import wait_for
 from tests.reference import REPO, kserve_reference
-from tests.servers.ports import free_port, stop_process, wait_for_port
 
 NAMESPACE = "kserve"
 JOB_NAMESPACE = "kserve-localmodel-jobs"
@@ -92,49 +87,14 @@ def service_account_kubeconfig(plane: ControlPlane, client: Client, account: str
     return plane.kubeconfig_for_token(str(issued.status.token), path=path)
 
 
-class ControllerProcess:
-    """`localmodel controller` as a child process with its webhooks on HTTPS (stopped by PID)."""
-
-    def __init__(self, plane: ControlPlane, kubeconfig: Path, workdir: Path, *extra: str) -> None:
-        workdir.mkdir(parents=True, exist_ok=True)
-        cert_dir = workdir / "certs"
-        cert_dir.mkdir(exist_ok=True)
-        pair = plane.server_ca.issue_serving_cert("webhook", ["127.0.0.1"], cert_dir)
-        pair.cert_file.rename(cert_dir / "tls.crt")
-        pair.key_file.rename(cert_dir / "tls.key")
-        self.webhook_port, self.health_port, self.metrics_port = free_port(), free_port(), free_port()
-        self.log = workdir / "controller.log"
-        self.argv = [sys.executable, "-m", "localmodel", "controller", "--kubeconfig", str(kubeconfig),
-                     "--namespace", NAMESPACE, "--identity", "e2e-controller",
-                     "--webhook-cert-dir", str(cert_dir), "--webhook-host", "127.0.0.1",
-                     "--webhook-port", str(self.webhook_port), "--bind-address", "127.0.0.1",
-                     "--health-port", str(self.health_port), "--metrics-port", str(self.metrics_port), *extra]
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> ControllerProcess:
-        env = {k: v for k, v in os.environ.items() if k not in ("KUBECONFIG", "POD_NAMESPACE", "POD_NAME")}
-        with open(self.log, "ab") as out:
-            self.process = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=out,
-                                            stderr=subprocess.STDOUT, env=env, start_new_session=True)
-        wait_for_port(self.health_port, process=self.process, timeout=60)
-        return self
-
-    def get(self, port: int, path: str) -> tuple[int, str]:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as response:
-                return response.status, response.read().decode()
-        except urllib.error.HTTPError as error:
-            return error.code, error.read().decode()
-
-    def ready(self) -> bool:
-        return self.get(self.health_port, "/readyz")[0] == 200
-
-    def metrics(self) -> str:
-        return self.get(self.metrics_port, "/metrics")[1]
-
-    def log_text(self) -> str:
-        return self.log.read_text(errors="replace") if self.log.exists() else ""
-
-    def stop(self) -> None:
-        if self.process is not None:
-            stop_process(self.process, timeout=30)
+def start_controller(plane: ControlPlane, kubeconfig: Path, workdir: Path, *extra: str) -> ControllerProcess:
+    """`localmodel controller` as a child process with its webhooks on HTTPS (a serving
+    certificate from the control plane's CA), started and listening."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    cert_dir = workdir / "certs"
+    cert_dir.mkdir(exist_ok=True)
+    pair = plane.server_ca.issue_serving_cert("webhook", ["127.0.0.1"], cert_dir)
+    pair.cert_file.rename(cert_dir / "tls.crt")
+    pair.key_file.rename(cert_dir / "tls.key")
+    return ControllerProcess(kubeconfig, NAMESPACE, workdir / "controller.log", identity="e2e-controller",
+                             webhook_cert_dir=cert_dir, args=extra).start()

@@ -20,6 +20,7 @@ from lightkube.resources.core_v1 import Node, PersistentVolume, PersistentVolume
 from lightkube.types import PatchType
 
 from localmodel.controller.names import LEADER_LOCK_NAME
+from localmodel.dev.controller_process import ControllerProcess
 from localmodel.dev.controlplane import ControlPlane
 from localmodel.kube import resources
 from tests.controller.harness import (
@@ -40,10 +41,10 @@ from tests.e2e.install import (
     CONTROLLER_ACCOUNT,
     JOB_NAMESPACE,
     NAMESPACE,
-    ControllerProcess,
     install,
     register_webhooks,
     service_account_kubeconfig,
+    start_controller,
 )
 
 GI = 2**30
@@ -57,9 +58,10 @@ def rbac_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Cli
         install(plane, "localmodel")
         admin = Client(KubeConfig.from_file(plane.kubeconfig), field_manager="localmodel-e2e")
         token = service_account_kubeconfig(plane, admin, CONTROLLER_ACCOUNT, Path(workdir / "token.kubeconfig"))
-        controller = ControllerProcess(plane, token, workdir / "controller").start()
+        controller = start_controller(plane, token, workdir / "controller")
         try:
             wait_for(controller.ready, "controller ready", timeout=DEADLINE)
+            assert controller.webhook_port is not None
             register_webhooks(plane, controller.webhook_port)
             yield admin, controller
         finally:

@@ -28,6 +28,7 @@ from lightkube.resources.core_v1 import PersistentVolume, PersistentVolumeClaim,
 
 from localmodel.api.keys import storage_key
 from localmodel.controller.names import node_model_label
+from localmodel.dev.controller_process import ControllerProcess
 from localmodel.dev.controlplane import ControlPlane
 from localmodel.kube import resources
 from tests.controller.harness import (
@@ -45,10 +46,10 @@ from tests.e2e.install import (
     CONTROLLER_ACCOUNT,
     JOB_NAMESPACE,
     NAMESPACE,
-    ControllerProcess,
     install,
     register_webhooks,
     service_account_kubeconfig,
+    start_controller,
 )
 from tests.node.agent_process import AgentProcess, metric_value
 from tests.node.models import make_model, model_dir, tree_digests
@@ -91,11 +92,12 @@ def loop(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
         create_group(admin, GROUP, value=GROUP, limit="1Gi")
 
         token = service_account_kubeconfig(plane, admin, CONTROLLER_ACCOUNT, workdir / "controller.kubeconfig")
-        controller = ControllerProcess(plane, token, workdir / "controller").start()
+        controller = start_controller(plane, token, workdir / "controller")
         agents: dict[str, AgentProcess] = {}
         roots = {node: workdir / "nodes" / node for node in GROUP_NODES}
         try:
             wait_for(controller.ready, "controller ready", timeout=DEADLINE)
+            assert controller.webhook_port is not None
             register_webhooks(plane, controller.webhook_port)
             for node in GROUP_NODES:
                 kubeconfig, _ = agent_kubeconfig(plane, admin, node)

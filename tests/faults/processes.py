@@ -1,13 +1,9 @@
-"""`localmodel controller` as a real child process (as the Deployment runs it), and the cluster
-objects a cache lifecycle needs: a node group, labelled Ready Nodes, caches."""
+"""The cluster objects a cache lifecycle needs: a node group, labelled Ready Nodes, caches (the
+controller itself runs as a child process: `localmodel.dev.controller_process`)."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 from lightkube import Client
@@ -18,38 +14,6 @@ from lightkube.types import PatchType
 from localmodel.kube import resources
 from tests.controller.factories import group_obj
 from tests.controller.harness import create_node
-from tests.servers.ports import stop_process
-
-
-class ControllerProcess:
-    """One `localmodel controller` child, stopped by its own PID; output in `log`."""
-
-    def __init__(self, kubeconfig: Path, namespace: str, log: Path, *args: str) -> None:
-        self.argv = [sys.executable, "-c", "from localmodel.cli import main; main()", "controller",
-                     "--kubeconfig", str(kubeconfig), "--namespace", namespace, "--health-port", "0",
-                     "--identity", f"controller-{namespace}", *args]
-        self.log = log
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> ControllerProcess:
-        env = {k: v for k, v in os.environ.items() if k not in ("KUBECONFIG", "POD_NAMESPACE", "POD_NAME")}
-        with open(self.log, "ab") as out:
-            self.process = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=out,
-                                            stderr=subprocess.STDOUT, env=env, start_new_session=True)
-        return self
-
-    def running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def log_text(self) -> str:
-        try:
-            return self.log.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
-
-    def stop(self) -> None:
-        if self.process is not None:
-            stop_process(self.process, timeout=30)
 
 
 class CacheObjects:

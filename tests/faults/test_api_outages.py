@@ -25,11 +25,12 @@ from lightkube import ApiError
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import ConfigMap
 
+from localmodel.dev.controller_process import ControllerProcess
 from tests.faults import figures
 from tests.faults.conftest import FaultPlane
 from tests.faults.helpers import MiB, hub_storage_config, model_dir
 from tests.faults.observe import file_digests
-from tests.faults.processes import CacheObjects, ControllerProcess
+from tests.faults.processes import CacheObjects
 from tests.node.agent_process import AgentProcess, wait_until
 from tests.node.cluster import ClusterAgents
 from tests.servers.hf import LocalHub
@@ -53,7 +54,8 @@ class Installation:
         # its watch, not from a pass every second.
         agents.write_config(agents.config_namespace, agents.job_namespace, resync=60)
         self.controller = ControllerProcess(agents.kube.kubeconfig, agents.config_namespace,
-                                            agents.tmp / "controller.log").start()
+                                            agents.tmp / "controller.log",
+                                            identity=f"controller-{agents.config_namespace}").start(wait=None)
         self.agent: dict[str, AgentProcess] = {node: agents.start_agent(node) for node in self.nodes}
         self.files: dict[str, dict[str, bytes]] = {}
 

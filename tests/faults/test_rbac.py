@@ -27,12 +27,13 @@ from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import ConfigMap, Namespace, Node, Pod, Secret, ServiceAccount
 from lightkube.types import PatchType
 
+from localmodel.dev.controller_process import ControllerProcess
 from localmodel.kube import resources
 from tests.faults import figures
 from tests.faults.conftest import AUDITED_USERS, FaultPlane
 from tests.faults.helpers import MiB, entry, model_dir, secret
 from tests.faults.observe import file_digests
-from tests.faults.processes import CacheObjects, ControllerProcess
+from tests.faults.processes import CacheObjects
 from tests.node.agent_process import wait_until
 from tests.node.cluster import ClusterAgents
 from tests.node.tokens import AGENT_ACCOUNT, AGENT_NAMESPACE, JOBS_NAMESPACE, agent_kubeconfig, install_agent_rbac
@@ -226,7 +227,8 @@ def test_the_controller_and_the_agents_need_nothing_beyond_their_shipped_rules(
 
     controller_token = token_for(client, shipped_rbac, CONTROLLER_ACCOUNT, node=nodes[0])
     controller_kubeconfig = shipped_rbac.kubeconfig_for_token(controller_token.config.user.token)  # type: ignore[union-attr]
-    controller = ControllerProcess(controller_kubeconfig, AGENT_NAMESPACE, agents.tmp / "controller.log").start()
+    controller = ControllerProcess(controller_kubeconfig, AGENT_NAMESPACE, agents.tmp / "controller.log",
+                                   identity=f"controller-{AGENT_NAMESPACE}").start(wait=None)
     agent_processes = []
     for node in nodes:
         path, _ = agent_kubeconfig(shipped_rbac, client, node)
