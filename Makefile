@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install controlplane demo test lint crds docs
+.PHONY: install controlplane test-deps demo test lint crds docs
 
 $(BIN)/localmodel: pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -21,7 +21,14 @@ controlplane: install
 demo: install
 	$(BIN)/localmodel dev demo
 
-test: install
+# What the tests need beyond Python packages: nginx and azurite (hack/install-test-deps.sh, apt
+# and npm), the control plane and helm (built from Go modules). Idempotent: seconds when all is
+# there, so `make test` runs it every time and works from a fresh clone.
+test-deps: controlplane
+	bash hack/install-test-deps.sh
+	bash hack/build-helm.sh >/dev/null
+
+test: test-deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The CRDs are generated from src/localmodel/api/types.py; both install paths carry a copy
