@@ -204,8 +204,10 @@ def stream_range(
     code_header: str | None = None,
     not_found_codes: frozenset[str] = frozenset(),
     auth_codes: frozenset[str] = frozenset(),
+    range_header: str = "Range",
 ) -> Iterator[memoryview]:
-    """Yield bytes [offset, offset+length) of `url` in chunks of at most CHUNK_SIZE.
+    """Yield bytes [offset, offset+length) of `url` in chunks of at most CHUNK_SIZE. The range
+    goes in `range_header` (Azure Blob's signed requests use `x-ms-range`, as its SDK does).
 
     Accepts 206, and 200 when the server still honoured the range (rclone's S3 answers 200 with
     a Content-Range) or the range is the whole body. A server that ignored the Range header gets
@@ -219,7 +221,7 @@ def stream_range(
     if length <= 0:
         return
     all_headers = dict(headers or {})
-    all_headers["Range"] = f"bytes={offset}-{offset + length - 1}"
+    all_headers[range_header] = f"bytes={offset}-{offset + length - 1}"
     resp = request(pool, "GET", url, headers=all_headers, what=what, preload=False)
     if resp.status not in (200, 206):
         raise_for_failure(read_failure(resp, parse_error, code_header=code_header), what,

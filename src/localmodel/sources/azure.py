@@ -342,14 +342,16 @@ class AzureBlobSource:
         prefix = self._location.prefix
         blob, etag = self._listed.get(path, (f"{prefix}/{path}" if prefix else path, ""))
         url = self._url(blob)
-        extra = {"Range": f"bytes={offset}-{offset + length - 1}"}
+        # x-ms-range, not Range: the request is then the one Azure's SDK sends, and signed the same
+        # (tests/sources/test_azure_signing.py compares the two signers on it).
+        extra = {"x-ms-range": f"bytes={offset}-{offset + length - 1}"}
         if etag:
             extra["If-Match"] = f'"{etag}"'
         return _cloudhttp.stream_range(
             self._pool, url, offset, length, headers=self._headers("GET", url, extra),
             what=f"read {self._location.container}/{blob}", parse_error=_parse_error_xml,
             code_header="x-ms-error-code", not_found_codes=_NOT_FOUND_CODES,
-            auth_codes=_AUTH_CODES)
+            auth_codes=_AUTH_CODES, range_header="x-ms-range")
 
     def close(self) -> None:
         self._pool.clear()
