@@ -38,15 +38,8 @@ import urllib3
 
 from localmodel import errors
 from localmodel.sources import _cloudhttp
-from localmodel.sources.base import (
-    Digest,
-    Listing,
-    ListingLimit,
-    RemoteFile,
-    Settings,
-    prefix_or_object,
-    size_from_listing,
-)
+from localmodel.sources.base import (Digest, Listing, ListingLimit, RemoteFile, Settings, prefix_or_object,
+                                     size_from_listing)
 from localmodel.sources.uris import redact_uri
 
 API_VERSION = "2021-12-02"

@@ -29,15 +29,8 @@ from typing import Any
 
 from localmodel import errors
 from localmodel.sources import _cloudhttp
-from localmodel.sources.base import (
-    Digest,
-    Listing,
-    ListingLimit,
-    RemoteFile,
-    Settings,
-    prefix_or_object,
-    size_from_listing,
-)
+from localmodel.sources.base import (Digest, Listing, ListingLimit, RemoteFile, Settings, prefix_or_object,
+                                     size_from_listing)
 from localmodel.sources.uris import bucket_and_prefix
 
 DEFAULT_ENDPOINT = "https://storage.googleapis.com"

@@ -45,15 +45,8 @@ from botocore.credentials import Credentials
 
 from localmodel import errors
 from localmodel.sources import _cloudhttp
-from localmodel.sources.base import (
-    Digest,
-    Listing,
-    ListingLimit,
-    RemoteFile,
-    Settings,
-    prefix_or_object,
-    size_from_listing,
-)
+from localmodel.sources.base import (Digest, Listing, ListingLimit, RemoteFile, Settings, prefix_or_object,
+                                     size_from_listing)
 from localmodel.sources.uris import bucket_and_prefix
 
 _DEFAULT_REGION = "us-east-1"
