@@ -16,6 +16,7 @@ from typing import Any
 
 from lightkube import AsyncClient
 
+from localmodel.backoff import exponential_delay
 from localmodel.kube.client import status_code
 
 log = logging.getLogger(__name__)
@@ -156,7 +157,7 @@ class Informer:
                              error.__class__.__name__ if code is None else f"HTTP {code}")
                     # Capped low: a reconnect is one cheap request per informer, and after a
                     # 30 s apiserver outage a 30 s cap left the controller blind for 20-30 s more.
-                    await asyncio.sleep(min(RECONNECT_MAX_SECONDS, 0.2 * 2 ** min(failures, 7)))
+                    await asyncio.sleep(exponential_delay(failures, base=0.2, cap=RECONNECT_MAX_SECONDS))
                     continue
                 if code == 410:
                     log.info("informer %s: watch expired (410 Gone), listing again", self.name)
@@ -171,6 +172,6 @@ class Informer:
                 log.warning("informer %s: %s, retrying", self.name, error)
                 if code == 404:
                     version = None
-                await asyncio.sleep(min(30.0, 0.5 * 2 ** min(failures, 6)))
+                await asyncio.sleep(exponential_delay(failures, base=0.5, cap=30.0))
 
 

@@ -14,6 +14,8 @@ from collections import deque
 from collections.abc import Hashable
 from typing import Generic, TypeVar
 
+from localmodel.backoff import exponential_delay
+
 K = TypeVar("K", bound=Hashable)
 
 
@@ -86,7 +88,7 @@ class WorkQueue(Generic[K]):
     def add_rate_limited(self, key: K) -> float:
         failures = self._failures.get(key, 0)
         self._failures[key] = failures + 1
-        delay = min(self._max_delay, self._base_delay * (2**failures))
+        delay = exponential_delay(failures, base=self._base_delay, cap=self._max_delay)
         self.add_after(key, delay)
         return delay
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
+from localmodel.backoff import exponential_delay
+
 
 @dataclass(frozen=True)
 class BackoffPolicy:
@@ -33,7 +35,7 @@ def backoff_delay(failures: int, policy: BackoffPolicy, *, retry_after: float | 
     """
     if failures < 1:
         raise ValueError("failures counts from 1")
-    exponential = min(policy.max_delay, policy.base_delay * 2.0 ** (failures - 1))
+    exponential = exponential_delay(failures - 1, base=policy.base_delay, cap=policy.max_delay)
     draw: float = rand.random() if rand is not None else random.random()
     delay = exponential / 2 + draw * exponential / 2
     if retry_after is not None and retry_after > 0:

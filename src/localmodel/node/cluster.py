@@ -27,6 +27,7 @@ from lightkube.types import PatchType
 
 from localmodel.api.quantity import parse_quantity
 from localmodel.api.types import API_VERSION, LocalModelInfo
+from localmodel.backoff import exponential_delay
 from localmodel.errors import CredentialsConfigError
 from localmodel.kube import resources
 from localmodel.kube.client import status_code
@@ -116,13 +117,13 @@ class ClusterBackend:
         fields: dict[str, Any] = {"metadata.name": self.node_name}
         version = self._resume_from
         seen: dict[str, Any] = {}
-        delay = 1.0
+        failures = 0
         while True:
             try:
                 if version is None:
                     version, seen = await self._list(fields)
                     self.lists += 1
-                    delay = 1.0
+                    failures = 0
                     wake()
                 async for kind, obj in self.client.watch(
                     resources.LocalModelNode, fields=fields, resource_version=version
@@ -133,7 +134,7 @@ class ClusterBackend:
                     if kind != "MODIFIED" or current != seen:
                         wake()
                     seen = current
-                    delay = 1.0
+                    failures = 0
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - connection drops, timeouts, API errors
@@ -141,12 +142,13 @@ class ClusterBackend:
                     logger.info("watch expired (410 Gone); listing again")
                     version = None
                     continue
+                # Capped low: a spec change made right after an apiserver outage must not wait
+                # for a watch that sleeps 30 s (one cheap request per agent every few seconds).
+                delay = exponential_delay(failures, base=1.0, cap=WATCH_RETRY_MAX_SECONDS)
                 logger.warning("watch failed", extra={"error": f"{exc.__class__.__name__}: {exc}",
                                                        "retry_in": delay})
                 await asyncio.sleep(delay)
-                # Capped low: a spec change made right after an apiserver outage must not wait
-                # for a watch that sleeps 30 s (one cheap request per agent every few seconds).
-                delay = min(delay * 2, WATCH_RETRY_MAX_SECONDS)
+                failures += 1
                 wake()
 
     # --- reading --------------------------------------------------------------------------------

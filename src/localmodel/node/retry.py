@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from localmodel.backoff import exponential_delay
 from localmodel.node.settings import RetrySettings
 
 
@@ -15,7 +16,8 @@ def backoff_seconds(
     """
     if failures < 1:
         return 0.0
-    base = min(settings.max_seconds, settings.initial_seconds * settings.factor ** (failures - 1))
+    base = exponential_delay(failures - 1, base=settings.initial_seconds, cap=settings.max_seconds,
+                             factor=settings.factor)
     spread = 1.0 + settings.jitter * (2.0 * draw - 1.0)
     delay = min(settings.max_seconds, base * spread)
     if retry_after is not None and retry_after > delay:

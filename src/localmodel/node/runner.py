@@ -20,6 +20,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from localmodel.api.types import ModelStatus
+from localmodel.backoff import exponential_delay
 from localmodel.fetch.options import FetchOptions
 from localmodel.node.backend import Backend
 from localmodel.node.downloads import Jobs
@@ -172,7 +173,7 @@ def _failed(exc: Exception, what: str, failures: int, reconciler: Reconciler, me
     """Record a failed pass; when the next full pass is due (1, 2, 4... s, at most resync)."""
     metrics.reconcile_errors.inc()
     agent.last_error = f"{exc.__class__.__name__}: {exc}"
-    delay = min(reconciler.resync_seconds, 2.0 ** min(failures - 1, 6))
+    delay = exponential_delay(failures - 1, base=1.0, cap=min(reconciler.resync_seconds, 64.0))
     logger.warning(what, extra={"error": agent.last_error, "retry_in": delay})
     return utcnow() + timedelta(seconds=delay)
 

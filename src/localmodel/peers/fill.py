@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from localmodel.backoff import exponential_delay
 from localmodel.errors import IntegrityError
 from localmodel.fetch.archive import archive_kind
 from localmodel.fetch.layout import Layout
@@ -144,7 +145,7 @@ class PeerFill:
                 owned = False
                 yield None
                 return
-            delay = 0.25
+            waits = 0
             list_age: float | None = None
             announced = False
             while True:
@@ -174,9 +175,9 @@ class PeerFill:
                 if not announced:
                     announced = True
                     logger.info("waiting for a peer or a free origin slot", extra={"storage_key": key})
-                if cancel.wait(delay):
+                if cancel.wait(exponential_delay(waits, base=0.25, cap=self.settings.wait_seconds)):
                     raise WaitCancelled()
-                delay = min(delay * 2, self.settings.wait_seconds)
+                waits += 1
                 list_age = self.settings.list_seconds
         finally:
             if owned:

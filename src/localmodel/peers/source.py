@@ -34,6 +34,7 @@ from typing import Any
 import urllib3
 from urllib3.exceptions import HTTPError as Urllib3Error
 
+from localmodel.backoff import exponential_delay
 from localmodel.errors import IntegrityError, PeersStalledError, SourceUnavailableError
 from localmodel.peers.partial import PartialDownloads
 from localmodel.peers.protocol import (
@@ -134,7 +135,8 @@ class PeerHealth:
         (a dead or drowning peer) keep the peer out for a while, doubling to 30 s."""
         with self._lock:
             count = self._failures.get(peer, (0, 0.0))[0] + 1
-            pause = 0.0 if count < FAILURES_BEFORE_PAUSE else min(30.0, 2.0 ** (count - FAILURES_BEFORE_PAUSE))
+            pause = (0.0 if count < FAILURES_BEFORE_PAUSE
+                     else exponential_delay(count - FAILURES_BEFORE_PAUSE, base=1.0, cap=30.0))
             self._failures[peer] = (count, self._clock() + pause)
 
     def succeeded(self, peer: str) -> None:
