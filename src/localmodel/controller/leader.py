@@ -3,21 +3,22 @@
 One replica holds the Lease `kserve-local-model-manager-leader-lock` and renews it every
 `retry_period`; the others retry to take it. A holder that cannot renew within `renew_deadline`
 steps down. Expiry is judged on the local clock from when this replica last saw the Lease
-change, so clock skew between replicas does not matter.
+change, so clock skew between replicas does not matter (kube/lease.py: the rules the origin
+slots share).
 """
 
 from __future__ import annotations
 
 import asyncio
-import datetime
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
 
 from lightkube import ApiError, AsyncClient
 from lightkube.resources.coordination_v1 import Lease
+
+from localmodel.kube import lease
 
 log = logging.getLogger(__name__)
 
@@ -32,69 +33,43 @@ class LeaseSettings:
     retry_period: float = 2.0
 
 
-def _now() -> str:
-    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
 class LeaderElector:
     def __init__(self, client: AsyncClient, settings: LeaseSettings) -> None:
         self._client = client
         self._settings = settings
-        self._observed: tuple[Any, ...] | None = None
-        self._observed_at = 0.0
+        self._observations = lease.Observations()
         self.is_leader = False
-
-    def _spec(self, transitions: int, acquire_time: str | None) -> dict[str, Any]:
-        now = _now()
-        return {
-            "holderIdentity": self._settings.identity,
-            "leaseDurationSeconds": int(self._settings.lease_duration),
-            "acquireTime": acquire_time or now,
-            "renewTime": now,
-            "leaseTransitions": transitions,
-        }
 
     async def _try_acquire_or_renew(self) -> bool:
         s = self._settings
         try:
-            lease = (await self._client.get(Lease, s.name, namespace=s.namespace)).to_dict()
+            current = (await self._client.get(Lease, s.name, namespace=s.namespace)).to_dict()
         except ApiError as error:
             if error.status.code != 404:
                 raise
-            body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-                    "metadata": {"name": s.name, "namespace": s.namespace}, "spec": self._spec(0, None)}
+            spec = lease.holder_spec(s.identity, s.lease_duration, 0)
             try:
-                await self._client.create(Lease.from_dict(body))
+                await self._client.create(lease.new_lease(s.namespace, s.name, spec))
             except ApiError as create_error:
                 if create_error.status.code == 409:
                     return False
                 raise
-            self._observed_at = time.monotonic()
+            self._observations.wrote(s.name, spec)
             return True
-        spec = lease.get("spec") or {}
-        holder = spec.get("holderIdentity") or ""
-        observed = (holder, spec.get("renewTime"), spec.get("leaseTransitions"))
-        if observed != self._observed:
-            self._observed, self._observed_at = observed, time.monotonic()
-        duration = spec.get("leaseDurationSeconds") or s.lease_duration
-        expired = time.monotonic() > self._observed_at + duration
-        if holder and holder != s.identity and not expired:
+        spec = current.get("spec") or {}
+        expired = self._observations.expired(s.name, spec, s.lease_duration)
+        new_spec = lease.claim(spec, s.identity, s.lease_duration, expired=expired, keep_acquire_time=True)
+        if new_spec is None:
             return False
-        transitions = int(spec.get("leaseTransitions") or 0)
-        if holder == s.identity:
-            new_spec = self._spec(transitions, spec.get("acquireTime"))
-        else:
-            new_spec = self._spec(transitions + 1, None)
-        lease["spec"] = new_spec
+        current["spec"] = new_spec
         try:
             # replace carries the resourceVersion we read: a concurrent taker makes this a 409
-            await self._client.replace(Lease.from_dict(lease))
+            await self._client.replace(lease.from_dict(current))
         except ApiError as error:
             if error.status.code == 409:
                 return False
             raise
-        self._observed = (s.identity, new_spec["renewTime"], new_spec["leaseTransitions"])
-        self._observed_at = time.monotonic()
+        self._observations.wrote(s.name, new_spec)
         return True
 
     async def _attempt(self) -> bool:
@@ -136,11 +111,11 @@ class LeaderElector:
         """Give the Lease up on a clean shutdown so the next replica takes over at once."""
         s = self._settings
         try:
-            lease = (await self._client.get(Lease, s.name, namespace=s.namespace)).to_dict()
-            if (lease.get("spec") or {}).get("holderIdentity") != s.identity:
+            current = (await self._client.get(Lease, s.name, namespace=s.namespace)).to_dict()
+            if lease.holder(current.get("spec") or {}) != s.identity:
                 return
-            lease["spec"]["holderIdentity"] = ""
-            lease["spec"]["leaseDurationSeconds"] = 1
-            await self._client.replace(Lease.from_dict(lease))
+            current["spec"]["holderIdentity"] = ""
+            current["spec"]["leaseDurationSeconds"] = 1
+            await self._client.replace(lease.from_dict(current))
         except Exception as error:
             log.info("leader election: release failed: %s", error)

@@ -20,17 +20,17 @@ is gone from the cluster.
 
 from __future__ import annotations
 
-import datetime
 import logging
 import random
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, cast
 
 from lightkube import ApiError, Client
 from lightkube.resources.coordination_v1 import Lease
+
+from localmodel.kube import lease
 
 logger = logging.getLogger(__name__)
 
@@ -45,14 +45,6 @@ class SlotsUnavailableError(Exception):
 
 def lease_name(key: str, index: int) -> str:
     return f"localmodel-origin-{key}-{index}"
-
-
-def _lease(body: dict[str, Any]) -> Lease:
-    return cast(Lease, Lease.from_dict(body))
-
-
-def _now() -> str:
-    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 @dataclass(frozen=True)
@@ -106,16 +98,8 @@ class OriginSlots:
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.client = client
         self.settings = settings
-        self._clock = clock
-        self._lock = threading.Lock()
-        #: Lease name → (the record last seen, when it was first seen with that value).
-        self._observed: dict[str, tuple[tuple[Any, ...], float]] = {}
-
-    def _spec(self, transitions: int) -> dict[str, Any]:
-        now = _now()
-        return {"holderIdentity": self.settings.identity,
-                "leaseDurationSeconds": int(self.settings.lease_seconds),
-                "acquireTime": now, "renewTime": now, "leaseTransitions": transitions}
+        #: When each slot's record was first seen with its current value, on our clock.
+        self._observations = lease.Observations(clock)
 
     def try_acquire(self, key: str) -> OriginSlot | None:
         """A slot for `key` if one is free (or expired), else None. Never blocks for long.
@@ -138,46 +122,35 @@ class OriginSlots:
     def holders(self, key: str) -> list[str]:
         """Nodes seen holding the slots of `key` at the last `try_acquire` (the ones whose
         downloads a waiter can read from, and whose status to watch)."""
-        with self._lock:
-            seen = [self._observed.get(lease_name(key, index)) for index in range(self.settings.slots)]
-        return sorted({record[0][0] for record in seen if record is not None and record[0][0]}
-                      - {self.settings.identity})
+        names = [lease_name(key, index) for index in range(self.settings.slots)]
+        return sorted(self._observations.holders(names) - {self.settings.identity})
 
     def _take(self, key: str, name: str) -> bool:
-        namespace = self.settings.namespace
+        s = self.settings
         try:
-            lease = self.client.get(Lease, name, namespace=namespace).to_dict()
+            current = self.client.get(Lease, name, namespace=s.namespace).to_dict()
         except ApiError as exc:
             if exc.status.code != 404:
                 raise
-            body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-                    "metadata": {"name": name, "namespace": namespace,
-                                 "labels": {KEY_LABEL: key, **MANAGED_BY}},
-                    "spec": self._spec(0)}
             try:
-                self.client.create(_lease(body))
+                self.client.create(lease.new_lease(s.namespace, name, lease.holder_spec(s.identity, s.lease_seconds, 0),
+                                                   labels={KEY_LABEL: key, **MANAGED_BY}))
             except ApiError as create_error:
                 if create_error.status.code == 409:
                     return False
                 raise
             return True
-        spec = lease.get("spec") or {}
-        holder = spec.get("holderIdentity") or ""
-        record = (holder, spec.get("renewTime"), spec.get("leaseTransitions"))
-        now = self._clock()
-        with self._lock:
-            seen = self._observed.get(name)
-            if seen is None or seen[0] != record:
-                seen = self._observed[name] = (record, now)
-        duration = float(spec.get("leaseDurationSeconds") or self.settings.lease_seconds)
-        expired = now > seen[1] + duration
-        if holder and holder != self.settings.identity and not expired:
+        spec = current.get("spec") or {}
+        expired = self._observations.expired(name, spec, s.lease_seconds)
+        new_spec = lease.claim(spec, s.identity, s.lease_seconds, expired=expired, keep_acquire_time=False)
+        if new_spec is None:
             return False
-        if holder and holder != self.settings.identity:
-            logger.info("origin slot expired; taking it over", extra={"lease": name, "previous": holder})
-        lease["spec"] = self._spec(int(spec.get("leaseTransitions") or 0) + (holder != self.settings.identity))
+        previous = lease.holder(spec)
+        if previous and previous != s.identity:
+            logger.info("origin slot expired; taking it over", extra={"lease": name, "previous": previous})
+        current["spec"] = new_spec
         try:
-            self.client.replace(_lease(lease))  # carries resourceVersion: a race is a 409
+            self.client.replace(lease.from_dict(current))  # carries resourceVersion: a race is a 409
         except ApiError as exc:
             if exc.status.code == 409:
                 return False
@@ -186,14 +159,14 @@ class OriginSlots:
 
     def renew(self, name: str) -> bool:
         """Renew a held Lease; False when another node holds it now."""
-        lease = self.client.get(Lease, name, namespace=self.settings.namespace).to_dict()
-        spec = lease.get("spec") or {}
-        if spec.get("holderIdentity") != self.settings.identity:
+        current = self.client.get(Lease, name, namespace=self.settings.namespace).to_dict()
+        spec = current.get("spec") or {}
+        if lease.holder(spec) != self.settings.identity:
             return False
-        spec["renewTime"] = _now()
+        spec["renewTime"] = lease.now()
         spec["leaseDurationSeconds"] = int(self.settings.lease_seconds)
         try:
-            self.client.replace(_lease(lease))
+            self.client.replace(lease.from_dict(current))
         except ApiError as exc:
             if exc.status.code == 409:  # someone wrote meanwhile: look again next period
                 return True
@@ -204,13 +177,13 @@ class OriginSlots:
         """Empty a Lease this node holds, so a waiter takes it at once."""
         for _attempt in range(3):
             try:
-                lease = self.client.get(Lease, name, namespace=self.settings.namespace).to_dict()
-                spec = lease.get("spec") or {}
-                if spec.get("holderIdentity") != self.settings.identity:
+                current = self.client.get(Lease, name, namespace=self.settings.namespace).to_dict()
+                spec = current.get("spec") or {}
+                if lease.holder(spec) != self.settings.identity:
                     return
                 spec["holderIdentity"] = ""
-                spec["renewTime"] = _now()
-                self.client.replace(_lease(lease))
+                spec["renewTime"] = lease.now()
+                self.client.replace(lease.from_dict(current))
                 logger.info("origin slot released", extra={"lease": name})
                 return
             except ApiError as exc:
