@@ -9,52 +9,34 @@ also a log line, the durable record (Events expire after an hour).
 from __future__ import annotations
 
 import logging
-import secrets
-from datetime import datetime, timezone
 
 from lightkube import ApiError, AsyncClient
 from lightkube.models.core_v1 import ObjectReference
-from lightkube.models.meta_v1 import ObjectMeta
-from lightkube.resources.events_v1 import Event
 
 from localmodel.controller.metrics import ControllerMetrics
 from localmodel.controller.plan_events import WARNING, CacheEvent
 from localmodel.controller.views import Cache
+from localmodel.kube import events
 
 log = logging.getLogger(__name__)
 
 REPORTING_CONTROLLER = "serving.kserve.io/localmodel-controller"
-CLUSTER_EVENT_NAMESPACE = "default"
 API_VERSION = "serving.kserve.io/v1alpha1"
-_NOTE_LIMIT = 1024
 
 
 class EventRecorder:
     def __init__(self, client: AsyncClient, identity: str, metrics: ControllerMetrics) -> None:
-        self.client = client
-        self.instance = identity[:128]
+        self.events = events.EventRecorder(client, REPORTING_CONTROLLER, identity)
         self.metrics = metrics
 
     async def record(self, cache: Cache, event: CacheEvent) -> None:
         ref = cache.ref
         level = logging.WARNING if event.type == WARNING else logging.INFO
         log.log(level, "%s %s: %s: %s", ref.kind, ref, event.reason, event.message)
-        note = event.message if len(event.message) <= _NOTE_LIMIT else event.message[: _NOTE_LIMIT - 1] + "…"
-        namespace = ref.namespace or CLUSTER_EVENT_NAMESPACE
-        body = Event(
-            metadata=ObjectMeta(name=f"{ref.name}.{secrets.token_hex(8)}", namespace=namespace),
-            eventTime=datetime.now(timezone.utc),
-            action=event.reason,
-            reason=event.reason,
-            type=event.type,
-            note=note,
-            regarding=ObjectReference(apiVersion=API_VERSION, kind=ref.kind, name=ref.name,
-                                      namespace=ref.namespace or None, uid=cache.uid or None),
-            reportingController=REPORTING_CONTROLLER,
-            reportingInstance=self.instance,
-        )
+        regarding = ObjectReference(apiVersion=API_VERSION, kind=ref.kind, name=ref.name,
+                                    namespace=ref.namespace or None, uid=cache.uid or None)
         try:
-            await self.client.create(body)
+            await self.events.record(regarding, event.type, event.reason, event.message)
         except ApiError as error:
             log.warning("could not record Event %s for %s %s: %s", event.reason, ref.kind, ref,
                         error.status.message)

@@ -13,23 +13,19 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
-import secrets
 from collections.abc import Callable, Mapping
-from datetime import datetime, timezone
 from typing import Any
 
 from lightkube import ApiError, AsyncClient
 from lightkube.models.core_v1 import ObjectReference
-from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import ConfigMap, Secret, ServiceAccount
-from lightkube.resources.events_v1 import Event
 from lightkube.types import PatchType
 
 from localmodel.api.quantity import parse_quantity
 from localmodel.api.types import API_VERSION, LocalModelInfo
 from localmodel.backoff import exponential_delay
 from localmodel.errors import CredentialsConfigError
-from localmodel.kube import resources
+from localmodel.kube import events, resources
 from localmodel.kube.client import status_code
 from localmodel.kube.config import (
     CONFIGMAP_NAME,
@@ -53,9 +49,6 @@ from localmodel.node.plan import WantedModel
 logger = logging.getLogger(__name__)
 
 REPORTING_CONTROLLER = "serving.kserve.io/localmodel-agent"
-#: Cluster-scoped objects keep their Events in "default" (as kubectl describe expects).
-EVENT_NAMESPACE = "default"
-_NOTE_LIMIT = 1024
 #: Longest wait between attempts to watch again after an error.
 WATCH_RETRY_MAX_SECONDS = 5.0
 
@@ -88,6 +81,7 @@ class ClusterBackend:
         self.client = client
         self.node_name = node_name
         self.namespace = namespace
+        self._events = events.EventRecorder(client, REPORTING_CONTROLLER, f"localmodel-agent-{node_name}")
         self._config = LocalModelConfig()
         self._credentials_config = CredentialsConfig()
         self._config_ok = False
@@ -306,21 +300,9 @@ class ClusterBackend:
         return obj.to_dict().get("status") or {}
 
     async def emit(self, event: AgentEvent) -> None:
-        now = datetime.now(timezone.utc)
-        note = event.message if len(event.message) <= _NOTE_LIMIT else event.message[: _NOTE_LIMIT - 1] + "…"
-        body = Event(
-            metadata=ObjectMeta(name=f"{self.node_name}.{secrets.token_hex(8)}", namespace=EVENT_NAMESPACE),
-            eventTime=now,
-            action=event.reason,
-            reason=event.reason,
-            type=event.type,
-            note=note,
-            regarding=ObjectReference(apiVersion=API_VERSION, kind="LocalModelNode", name=self.node_name,
-                                      uid=self._uid),
-            reportingController=REPORTING_CONTROLLER,
-            reportingInstance=f"localmodel-agent-{self.node_name}"[:128],
-        )
-        await self.client.create(body)
+        regarding = ObjectReference(apiVersion=API_VERSION, kind="LocalModelNode", name=self.node_name,
+                                    uid=self._uid)
+        await self._events.record(regarding, event.type, event.reason, event.message)
 
     async def close(self) -> None:
         if self._watch_task is not None:
