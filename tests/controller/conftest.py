@@ -155,7 +155,7 @@ def controller(cluster: ControlPlane, kube_client: Client,
     pair.key_file.rename(cert_dir / "tls.key")
     settings = Settings(pod_namespace=POD_NAMESPACE, identity="controller-under-test", webhook_host="127.0.0.1",
                         webhook_port=0, webhook_cert_dir=cert_dir, health_port=None,
-                        metrics_host="127.0.0.1", metrics_port=0,
+                        bind_address="127.0.0.1", metrics_port=0,
                         lease_duration=4, renew_deadline=3, retry_period=0.5,
                         # agent reports show in cache status within 0.5 s instead of 5 s; the spacing
                         # is unit-tested (test_workqueue) and runs at its default in tests/bench

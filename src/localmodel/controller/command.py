@@ -55,8 +55,8 @@ def controller(kubeconfig: str | None, pod_namespace: str, identity: str | None,
     settings = Settings(
         pod_namespace=pod_namespace, workers=workers, leader_election=leader_elect,
         webhook_host=webhook_host, webhook_port=webhook_port, webhook_cert_dir=cert_dir,
-        isvc_defaulting=isvc_defaulting, health_host=bind_address, health_port=health_port or None,
-        metrics_host=bind_address, metrics_port=metrics_port or None,
+        isvc_defaulting=isvc_defaulting, bind_address=bind_address, health_port=health_port or None,
+        metrics_port=metrics_port or None,
         **({"identity": identity} if identity else {}),
     )
 

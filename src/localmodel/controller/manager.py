@@ -29,6 +29,7 @@ from localmodel.controller.reconcilers import Reconcilers, RetryNow
 from localmodel.controller.webhook import Webhooks, serve_webhooks
 from localmodel.controller.workqueue import WorkQueue
 from localmodel.kube.config import DEFAULT_NAMESPACE
+from localmodel.kube.ops import OpsServer
 
 log = logging.getLogger(__name__)
 K = TypeVar("K", bound=Hashable)
@@ -48,10 +49,10 @@ class Settings:
     webhook_port: int = 9443
     webhook_cert_dir: Path | None = None
     isvc_defaulting: bool = True
-    health_host: str = "0.0.0.0"
+    # health (/healthz, /readyz) and metrics: None not served, 0 any free port
+    bind_address: str = "0.0.0.0"
     health_port: int | None = 8081
     # Prometheus text format on /metrics; None: not served (the CLI's default is 8080)
-    metrics_host: str = "0.0.0.0"
     metrics_port: int | None = None
     resync_seconds: float = 600.0
     # seconds over which agent reports are batched before a group's status is recomputed
@@ -165,53 +166,18 @@ class Manager:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _serve_health(self) -> web.AppRunner | None:
-        if self.settings.health_port is None:
-            return None
-
-        async def healthz(_: web.Request) -> web.Response:
-            return web.Response(text="ok")
-
-        async def readyz(_: web.Request) -> web.Response:
-            if self.ready.is_set():
-                return web.Response(text="ok")
-            return web.Response(status=503, text="informers not synced")
-
-        app = web.Application()
-        app.add_routes([web.get("/healthz", healthz), web.get("/readyz", readyz)])
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        await web.TCPSite(runner, self.settings.health_host, self.settings.health_port).start()
-        return runner
-
-    async def _serve_metrics(self) -> web.AppRunner | None:
-        if self.settings.metrics_port is None:
-            return None
-        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-
-        async def metrics(_: web.Request) -> web.Response:
-            return web.Response(body=generate_latest(self.metrics.registry),
-                                headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-        app = web.Application()
-        app.add_routes([web.get("/metrics", metrics)])
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, self.settings.metrics_host, self.settings.metrics_port)
-        await site.start()
-        self.metrics_port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        log.info("metrics on http://%s:%d/metrics", self.settings.metrics_host, self.metrics_port)
-        return runner
-
     async def run(self) -> None:
         """Run until cancelled."""
         runners: list[web.AppRunner] = []
         informer_tasks = [asyncio.create_task(i.run()) for i in self.view.informers]
+        ops = OpsServer(self.metrics.registry, bind_address=self.settings.bind_address,
+                        health_port=self.settings.health_port, metrics_port=self.settings.metrics_port,
+                        live=lambda: (True, "running"),
+                        ready=lambda: (True, "informers synced") if self.ready.is_set()
+                        else (False, "informers not synced"))
         try:
-            for serve in (self._serve_health, self._serve_metrics):
-                server = await serve()
-                if server:
-                    runners.append(server)
+            await ops.start()
+            self.metrics_port = ops.ports.get("metrics")
             if self.settings.webhook_cert_dir is not None:
                 runner, self.webhook_port = await serve_webhooks(
                     self.webhooks, self.settings.webhook_cert_dir, self.settings.webhook_host,
@@ -228,6 +194,7 @@ class Manager:
             for task in informer_tasks:
                 task.cancel()
             await asyncio.gather(*informer_tasks, return_exceptions=True)
+            await ops.stop()
             for runner in runners:
                 await runner.cleanup()
             for queue in (self.cache_queue, self.node_queue, self.group_queue):

@@ -2,6 +2,6 @@
 
 Pure planning (`plan`, `capacity`, `credentials`, `status`, `retry`) is kept apart from the edges
 that do I/O: the disk (`layout`), the download engine (`store`, `downloads`), the API server or a
-manifest file (`cluster`, `standalone`), and the operations endpoints (`server`, `metrics`).
+manifest file (`cluster`, `standalone`), and the metrics (`metrics`; served by `kube.ops`).
 `reconcile` joins them into one level-triggered pass; `runner` drives passes until SIGTERM.
 """

@@ -22,12 +22,12 @@ from typing import TYPE_CHECKING
 from localmodel.api.types import ModelStatus
 from localmodel.backoff import exponential_delay
 from localmodel.fetch.options import FetchOptions
+from localmodel.kube.ops import OpsServer
 from localmodel.node.backend import Backend
 from localmodel.node.downloads import Jobs
 from localmodel.node.metrics import AgentMetrics
 from localmodel.node.plan import JobKind
 from localmodel.node.reconcile import Reconciler, utcnow
-from localmodel.node.server import OpsServer
 from localmodel.node.settings import AgentSettings
 from localmodel.node.store import ModelStore
 
@@ -98,7 +98,9 @@ async def run_agent(settings: AgentSettings, backend: Backend, *, stop: asyncio.
             return False, agent.last_error
         return True, "synced"
 
-    server = OpsServer(settings.server, metrics, live=live, ready=ready)
+    server = OpsServer(metrics.registry, bind_address=settings.server.bind_address,
+                       health_port=settings.server.health_port, metrics_port=settings.server.metrics_port,
+                       live=live, ready=ready)
     await server.start()
     if peers is not None:
         def damaged(key: str, _problem: str) -> None:

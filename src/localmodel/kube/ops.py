@@ -1,8 +1,10 @@
-"""Operations endpoints: /healthz (liveness), /readyz (readiness) and /metrics (Prometheus).
+"""Operations endpoints of the agent and the controller: /healthz (liveness), /readyz
+(readiness) and /metrics (Prometheus text from the program's registry).
 
-Liveness says the reconcile loop is still turning; readiness says the agent has finished a pass
-against the current wishes (so a rollout waits until each new agent has taken over its node).
-When both ports are equal one listener serves all three paths.
+Each program says what live and ready mean (the agent: its loop turned lately / its last pass
+succeeded; the controller: always / informers synced); a check answers (ok, detail), served as
+200 or 503 with "ok: detail" or "not ok: detail". A port of None serves nothing, 0 any free
+port (`ports` says which); when both ports are equal one listener serves all three paths.
 """
 
 from __future__ import annotations
@@ -11,10 +13,7 @@ import logging
 from collections.abc import Callable
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-
-from localmodel.node.metrics import AgentMetrics
-from localmodel.node.settings import ServerSettings
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 logger = logging.getLogger(__name__)
 
@@ -22,9 +21,12 @@ Check = Callable[[], tuple[bool, str]]
 
 
 class OpsServer:
-    def __init__(self, settings: ServerSettings, metrics: AgentMetrics, *, live: Check, ready: Check) -> None:
-        self.settings = settings
-        self.metrics = metrics
+    def __init__(self, registry: CollectorRegistry, *, bind_address: str, health_port: int | None,
+                 metrics_port: int | None, live: Check, ready: Check) -> None:
+        self.registry = registry
+        self.bind_address = bind_address
+        self.health_port = health_port
+        self.metrics_port = metrics_port
         self._live = live
         self._ready = ready
         self._runners: list[web.AppRunner] = []
@@ -42,7 +44,7 @@ class OpsServer:
         return await self._check(self._ready)
 
     async def _metrics(self, _request: web.Request) -> web.Response:
-        body = generate_latest(self.metrics.registry)
+        body = generate_latest(self.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def _serve(self, routes: list[web.RouteDef], port: int) -> int:
@@ -50,7 +52,7 @@ class OpsServer:
         app.add_routes(routes)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
-        site = web.TCPSite(runner, self.settings.bind_address, port)
+        site = web.TCPSite(runner, self.bind_address, port)
         await site.start()
         self._runners.append(runner)
         server = site._server  # noqa: SLF001 - aiohttp offers no public way to read the bound port
@@ -60,7 +62,7 @@ class OpsServer:
     async def start(self) -> None:
         health = [web.get("/healthz", self._healthz), web.get("/readyz", self._readyz)]
         metrics = [web.get("/metrics", self._metrics)]
-        hp, mp = self.settings.health_port, self.settings.metrics_port
+        hp, mp = self.health_port, self.metrics_port
         if hp is not None and hp == mp and hp != 0:
             port = await self._serve(health + metrics, hp)
             self.ports = {"health": port, "metrics": port}
@@ -70,7 +72,8 @@ class OpsServer:
             if mp is not None:
                 self.ports["metrics"] = await self._serve(metrics, mp)
         if self.ports:
-            logger.info("serving operations endpoints", extra={"address": self.settings.bind_address, **self.ports})
+            where = ", ".join(f"{role} http://{self.bind_address}:{port}" for role, port in self.ports.items())
+            logger.info("serving operations endpoints: %s", where, extra={"address": self.bind_address, **self.ports})
 
     async def stop(self) -> None:
         for runner in self._runners:
