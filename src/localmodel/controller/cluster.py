@@ -18,13 +18,13 @@ from lightkube.resources.core_v1 import ConfigMap, Node, PersistentVolume, Persi
 
 from localmodel.api.keys import status_key
 from localmodel.controller import names
-from localmodel.controller.informer import Informer
 from localmodel.controller.names import CacheRef
 from localmodel.controller.plan_volumes import PV, PVC, VolumeKey
 from localmodel.controller.state import Membership, RefIndex
 from localmodel.controller.views import Cache, Consumer, Group, NodeInfo, entry_ref
 from localmodel.kube import resources
 from localmodel.kube.config import CONFIGMAP_NAME, LocalModelConfig, parse_local_model_config
+from localmodel.kube.informer import Informer
 
 Raw = dict[str, Any]
 

@@ -27,9 +27,9 @@ from localmodel.controller.metrics import ControllerMetrics
 from localmodel.controller.names import LEADER_LOCK_NAME, CacheRef
 from localmodel.controller.reconcilers import Reconcilers, RetryNow
 from localmodel.controller.webhook import Webhooks, serve_webhooks
-from localmodel.controller.workqueue import WorkQueue
 from localmodel.kube.config import DEFAULT_NAMESPACE
 from localmodel.kube.ops import OpsServer
+from localmodel.kube.workqueue import WorkQueue
 
 log = logging.getLogger(__name__)
 K = TypeVar("K", bound=Hashable)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-
 from collections.abc import Iterator
 
 import pytest
@@ -12,11 +11,10 @@ from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import ConfigMap
 
 from localmodel.dev.controlplane import ControlPlane
-
-from localmodel.controller.informer import Informer
 from localmodel.kube.client import async_client
+from localmodel.kube.informer import Informer
 
-from .harness import create_namespace, unique, wait_for
+from tests.controller.harness import create_namespace, unique, wait_for
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from localmodel.controller.workqueue import WorkQueue
+from localmodel.kube.workqueue import WorkQueue
 
 
 def test_a_key_is_queued_once_and_requeued_when_added_while_processing() -> None:
