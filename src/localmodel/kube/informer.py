@@ -4,7 +4,13 @@ Each informer lists once, then watches from the list's resourceVersion, restarti
 from the last version it saw when the stream ends or breaks. A 410 Gone (version too old) makes it
 list again; objects that vanished meanwhile are reported deleted, so handlers stay level-correct.
 Objects are stored as raw dicts keyed by (namespace, name). A resource whose API is not served
-(its CRD not installed) reads as empty and is retried every `absent_retry` seconds.
+(its CRD not installed) reads as empty and is retried every `absent_retry` seconds, unless the
+informer is not `optional` (the agent's own LocalModelNode): then that is an error like others.
+
+The controller runs one per kind it watches; the agent one for its own LocalModelNode (field
+selector), starting from a resourceVersion it already has when given `resume_from`. `on_sync`
+runs after every list and `on_error` after every failed attempt's pause, for a program that
+reacts to those rather than to object events (the agent runs a pass).
 """
 
 from __future__ import annotations
@@ -63,6 +69,11 @@ class Informer:
         transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
         absent_retry: float = 30.0,
         watch_timeout: int = 300,
+        optional: bool = True,
+        resume_from: str | None = None,
+        error_backoff: tuple[float, float] = (0.5, 30.0),
+        on_sync: Callable[[], None] | None = None,
+        on_error: Callable[[], None] | None = None,
     ) -> None:
         self.name = name
         self._client = client
@@ -73,6 +84,12 @@ class Informer:
         self._transform = transform or (lambda obj: obj)
         self._absent_retry = absent_retry
         self._watch_timeout = watch_timeout
+        self._optional = optional
+        self._resume_from = resume_from
+        #: (base, cap) of the pause after an error that is not a broken connection (403, 404...).
+        self._error_backoff = error_backoff
+        self._on_sync = on_sync or (lambda: None)
+        self._on_error = on_error or (lambda: None)
         self._handlers: list[Handler] = []
         self.store: dict[ObjectKey, dict[str, Any]] = {}
         self.synced = asyncio.Event()
@@ -127,15 +144,17 @@ class Informer:
         return listing.resourceVersion
 
     async def run(self) -> None:
-        version: str | None = None
+        version: str | None = self._resume_from
         failures = 0
+        unreachable = False  # the last attempt got no answer at all (connection refused, reset)
         while True:
             try:
                 if version is None:
                     version = await self._list()
                     self.served = True
                     self.synced.set()
-                    failures = 0  # the apiserver answers again: backoff starts over
+                    failures, unreachable = 0, False  # the apiserver answers again: backoff starts over
+                    self._on_sync()
                 async for event, obj in self._client.watch(
                     self._resource, namespace=self._namespace, labels=self._labels, fields=self._fields,
                     resource_version=version, server_timeout=self._watch_timeout,
@@ -152,18 +171,22 @@ class Informer:
                 if code is None or code == 429 or code >= 500:
                     # Connection reset, read timeout, apiserver restart; or an apiserver still
                     # starting (CRD paths answer 503 for a moment after it comes back).
+                    if unreachable and code is not None:
+                        failures = 0  # it answers again: a short pause, not the outage's longest
+                    unreachable = code is None
                     failures += 1
                     log.info("informer %s: watch broke (%s), resuming", self.name,
                              error.__class__.__name__ if code is None else f"HTTP {code}")
                     # Capped low: a reconnect is one cheap request per informer, and after a
                     # 30 s apiserver outage a 30 s cap left the controller blind for 20-30 s more.
                     await asyncio.sleep(exponential_delay(failures, base=0.2, cap=RECONNECT_MAX_SECONDS))
+                    self._on_error()
                     continue
                 if code == 410:
                     log.info("informer %s: watch expired (410 Gone), listing again", self.name)
                     version = None
                     continue
-                if code in (404, 403) and not self.served:
+                if code in (404, 403) and not self.served and self._optional:
                     # optional API missing (or not allowed): read as empty, look again later
                     self.synced.set()
                     await asyncio.sleep(self._absent_retry)
@@ -172,6 +195,8 @@ class Informer:
                 log.warning("informer %s: %s, retrying", self.name, error)
                 if code == 404:
                     version = None
-                await asyncio.sleep(exponential_delay(failures, base=0.5, cap=30.0))
+                base, cap = self._error_backoff
+                await asyncio.sleep(exponential_delay(failures, base=base, cap=cap))
+                self._on_error()
 
 

@@ -23,10 +23,9 @@ from lightkube.types import PatchType
 
 from localmodel.api.quantity import parse_quantity
 from localmodel.api.types import API_VERSION, LocalModelInfo
-from localmodel.backoff import exponential_delay
 from localmodel.errors import CredentialsConfigError
 from localmodel.kube import events, resources
-from localmodel.kube.client import status_code
+from localmodel.kube.informer import Informer
 from localmodel.kube.config import (
     CONFIGMAP_NAME,
     ConfigError,
@@ -49,7 +48,8 @@ from localmodel.node.plan import WantedModel
 logger = logging.getLogger(__name__)
 
 REPORTING_CONTROLLER = "serving.kserve.io/localmodel-agent"
-#: Longest wait between attempts to watch again after an error.
+#: Longest wait between attempts to watch again after an error the apiserver answered (403, 404);
+#: a broken connection is retried as the controller's informers do (kube/informer.py).
 WATCH_RETRY_MAX_SECONDS = 5.0
 
 
@@ -67,10 +67,10 @@ def _is_not_found(exc: ApiError) -> bool:
     return exc.status.code == 404
 
 
-def _trigger_state(obj: Any) -> dict[str, Any]:
+def _trigger_state(obj: Mapping[str, Any] | None) -> dict[str, Any]:
     """What a change must touch to be worth a pass: the spec (generation) or annotations."""
-    meta = obj.metadata
-    return {"generation": meta.generation if meta else None, "annotations": meta.annotations if meta else None}
+    meta = (obj or {}).get("metadata") or {}
+    return {"generation": meta.get("generation"), "annotations": meta.get("annotations")}
 
 
 class ClusterBackend:
@@ -90,60 +90,33 @@ class ClusterBackend:
         self._warned: set[str] = set()
         #: Start watching from this resourceVersion instead of listing first.
         self._resume_from = resume_from
-        #: How many times the object was listed (once at start, again after each 410 Gone).
-        self.lists = 0
+        self._informer: Informer | None = None
 
     # --- watching -------------------------------------------------------------------------------
 
     async def start(self, wake: Callable[[], None]) -> None:
-        self._watch_task = asyncio.create_task(self._watch(wake), name="watch-localmodelnode")
+        """Watch this node's LocalModelNode (an informer on its name) and wake the loop when a
+        pass is worth it: the object appears or goes, its spec or annotations change, after every
+        list, and after every failed watch (so a pass retries as soon as the apiserver is back)."""
 
-    async def _list(self, fields: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-        listing = self.client.list(resources.LocalModelNode, fields=fields)
-        seen: dict[str, Any] = {}
-        async for obj in listing:
-            seen = _trigger_state(obj)
-        return listing.resourceVersion, seen
-
-    async def _watch(self, wake: Callable[[], None]) -> None:
-        """List, then watch from the list's version; on 410 Gone list again; on any other
-        error back off and watch again from the last version seen (informer style)."""
-        fields: dict[str, Any] = {"metadata.name": self.node_name}
-        version = self._resume_from
-        seen: dict[str, Any] = {}
-        failures = 0
-        while True:
-            try:
-                if version is None:
-                    version, seen = await self._list(fields)
-                    self.lists += 1
-                    failures = 0
-                    wake()
-                async for kind, obj in self.client.watch(
-                    resources.LocalModelNode, fields=fields, resource_version=version
-                ):
-                    version = (obj.metadata.resourceVersion if obj.metadata else None) or version
-                    current = _trigger_state(obj) if kind != "DELETED" else {}
-                    # Our own status writes change neither generation nor annotations (A2).
-                    if kind != "MODIFIED" or current != seen:
-                        wake()
-                    seen = current
-                    failures = 0
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - connection drops, timeouts, API errors
-                if status_code(exc) == 410:  # Gone: as a watch ERROR event or the HTTP status
-                    logger.info("watch expired (410 Gone); listing again")
-                    version = None
-                    continue
-                # Capped low: a spec change made right after an apiserver outage must not wait
-                # for a watch that sleeps 30 s (one cheap request per agent every few seconds).
-                delay = exponential_delay(failures, base=1.0, cap=WATCH_RETRY_MAX_SECONDS)
-                logger.warning("watch failed", extra={"error": f"{exc.__class__.__name__}: {exc}",
-                                                       "retry_in": delay})
-                await asyncio.sleep(delay)
-                failures += 1
+        def changed(event: str, old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
+            # Our own status writes change neither generation nor annotations (A2).
+            if event != "MODIFIED" or _trigger_state(old) != _trigger_state(new):
                 wake()
+
+        # Errors other than a broken connection (403, 404: the CRD is not optional here) are
+        # retried at 1, 2, 4, then every WATCH_RETRY_MAX_SECONDS.
+        self._informer = Informer(
+            self.client, resources.LocalModelNode, name="localmodelnode", fields={"metadata.name": self.node_name},
+            optional=False, resume_from=self._resume_from, error_backoff=(0.5, WATCH_RETRY_MAX_SECONDS),
+            on_sync=wake, on_error=wake)
+        self._informer.add_handler(changed)
+        self._watch_task = asyncio.create_task(self._informer.run(), name="watch-localmodelnode")
+
+    @property
+    def lists(self) -> int:
+        """How many times the object was listed (once at start, again after each 410 Gone)."""
+        return self._informer.relists if self._informer is not None else 0
 
     # --- reading --------------------------------------------------------------------------------
 
