@@ -74,6 +74,14 @@ def _pod_ref(obj: Raw | None) -> set[CacheRef]:
     return {CacheRef(namespace, name)} if namespace == meta.get("namespace") else set()
 
 
+#: Informer index of caches by the node groups their spec names.
+GROUPS = "nodeGroups"
+
+
+def _node_groups(obj: Raw) -> list[str]:
+    return list((_spec(obj) or {}).get("nodeGroups") or [])
+
+
 def _spec(obj: Raw | None) -> Any:
     return (obj or {}).get("spec")
 
@@ -100,7 +108,6 @@ class ClusterView:
         self.pod_namespace = pod_namespace
         self.queues = queues
         self.membership = Membership()
-        self.caches_by_group: RefIndex[CacheRef] = RefIndex()  # group name stored as CacheRef("", g)
         self.entries = RefIndex[str]()  # cache → LocalModelNodes listing it
         self.consumers = RefIndex[tuple[str, str, str]]()  # cache → (kind, ns, name)
         self.volumes = RefIndex[VolumeKey]()  # cache → PV/PVCs we created for it
@@ -124,6 +131,8 @@ class ClusterView:
                        namespace=ALL_NS)
         self.configmaps = mk(client, ConfigMap, name="inferenceservice-config", namespace=pod_namespace,
                              fields={"metadata.name": CONFIGMAP_NAME})
+        for informer in (self.caches, self.ns_caches):
+            informer.add_index(GROUPS, _node_groups)
         self.nodes.add_handler(self._on_node)
         self.groups.add_handler(self._on_group)
         self.caches.add_handler(self._on_cache)
@@ -167,10 +176,15 @@ class ClusterView:
     def all_groups(self) -> dict[str, Group]:
         return {name: Group.from_k8s(o) for (_, name), o in self.groups.store.items()}
 
+    def caches_in_group(self, group: str) -> set[CacheRef]:
+        """Every cache, cluster-wide or namespaced, that names `group` in spec.nodeGroups."""
+        return {CacheRef(namespace, name) for informer in (self.caches, self.ns_caches)
+                for namespace, name in informer.keys_by_index(GROUPS, group)}
+
     def caches_for_groups(self, groups: Iterable[str]) -> list[Cache]:
         refs: set[CacheRef] = set()
         for group in groups:
-            refs |= self.caches_by_group.get(CacheRef("", group))
+            refs |= self.caches_in_group(group)
         found = (self.cache(ref) for ref in sorted(refs))
         return [c for c in found if c is not None]
 
@@ -211,7 +225,7 @@ class ClusterView:
             touched |= self.membership.groups_of(name) | changed_groups
         for group in touched:
             self.queues.group(group)
-            for ref in self.caches_by_group.get(CacheRef("", group)):
+            for ref in self.caches_in_group(group):
                 self.queues.cache(ref)
 
     def _on_group(self, event: str, old: Raw | None, new: Raw | None) -> None:
@@ -223,7 +237,7 @@ class ClusterView:
         moved = self.membership.set_group(name, group.terms if group else None, present=new is not None)
         for node in moved:
             self.queues.node(node)
-        for ref in self.caches_by_group.get(CacheRef("", name)):
+        for ref in self.caches_in_group(name):
             self.queues.cache(ref)
 
     def _on_cache(self, event: str, old: Raw | None, new: Raw | None) -> None:
@@ -235,7 +249,6 @@ class ClusterView:
             return  # our own status write
         old_groups = set(_spec(old).get("nodeGroups") or []) if old else set()
         new_groups = set(_spec(new).get("nodeGroups") or []) if new else set()
-        self.caches_by_group.set(ref, [CacheRef("", g) for g in new_groups])
         self.queues.cache(ref)
         if event != "MODIFIED" or _spec(old) != _spec(new) or _deleting(old) != _deleting(new):
             nodes = set(self.entries.get(ref))

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from typing import Any
 
 from lightkube import AsyncClient
@@ -32,6 +32,8 @@ ObjectKey = tuple[str, str]
 RECONNECT_MAX_SECONDS = 4.0
 Handler = Callable[[str, "dict[str, Any] | None", "dict[str, Any] | None"], None]
 """handler(event, old, new): event is ADDED, MODIFIED or DELETED; old/new raw objects or None."""
+IndexFunc = Callable[[dict[str, Any]], Iterable[Hashable]]
+"""The values an object is found under in one index (client-go's IndexFunc)."""
 
 
 def _raw(obj: Any) -> dict[str, Any]:
@@ -92,6 +94,9 @@ class Informer:
         self._on_error = on_error or (lambda: None)
         self._handlers: list[Handler] = []
         self.store: dict[ObjectKey, dict[str, Any]] = {}
+        self._index_funcs: dict[str, IndexFunc] = {}
+        #: index name -> value -> keys of the objects found under it
+        self._indexes: dict[str, dict[Hashable, set[ObjectKey]]] = {}
         self.synced = asyncio.Event()
         self.served = False  # False while the API (e.g. an optional CRD) is not installed
         self.relists = 0
@@ -101,6 +106,39 @@ class Informer:
 
     def get(self, name: str, namespace: str = "") -> dict[str, Any] | None:
         return self.store.get((namespace, name))
+
+    def add_index(self, name: str, values_of: IndexFunc) -> None:
+        """Keep the objects findable by `values_of(obj)` (e.g. a cache by each of its node
+        groups); updated before handlers run, so they can read it."""
+        self._index_funcs[name] = values_of
+        self._indexes[name] = {}
+        for key, obj in self.store.items():
+            self._reindex(key, None, obj, only=name)
+
+    def keys_by_index(self, name: str, value: Hashable) -> set[ObjectKey]:
+        """Keys of the objects `value` finds in index `name`."""
+        return set(self._indexes[name].get(value, ()))
+
+    def by_index(self, name: str, value: Hashable) -> list[dict[str, Any]]:
+        """The objects `value` finds in index `name`, in key order."""
+        return [self.store[key] for key in sorted(self._indexes[name].get(value, ()))]
+
+    def _reindex(self, key: ObjectKey, old: dict[str, Any] | None, new: dict[str, Any] | None,
+                 only: str | None = None) -> None:
+        for name, values_of in self._index_funcs.items():
+            if only is not None and name != only:
+                continue
+            index = self._indexes[name]
+            before = set(values_of(old)) if old is not None else set()
+            after = set(values_of(new)) if new is not None else set()
+            for value in before - after:
+                keys = index.get(value)
+                if keys is not None:
+                    keys.discard(key)
+                    if not keys:
+                        del index[value]
+            for value in after - before:
+                index.setdefault(value, set()).add(key)
 
     def _emit(self, event: str, old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
         for handler in self._handlers:
@@ -115,11 +153,13 @@ class Informer:
         if event == "DELETED":
             if old is not None:
                 del self.store[key]
+                self._reindex(key, old, None)
                 self._emit("DELETED", old, None)
             return
         if old is not None and _rv(old) > _rv(obj) > 0:
             return  # we already hold something newer (written through after our own update)
         self.store[key] = obj
+        self._reindex(key, old, obj)
         self._emit("ADDED" if old is None else "MODIFIED", old, obj)
 
     def write_through(self, obj: Any) -> None:
@@ -137,7 +177,9 @@ class Informer:
             raw = self._transform(_raw(item))
             fresh[object_key(raw)] = raw
         for key in [k for k in self.store if k not in fresh]:
-            self._emit("DELETED", self.store.pop(key), None)
+            gone = self.store.pop(key)
+            self._reindex(key, gone, None)
+            self._emit("DELETED", gone, None)
         for key, raw in fresh.items():
             self._apply("MODIFIED" if key in self.store else "ADDED", raw)
         self.relists += 1
