@@ -194,7 +194,7 @@ def agent(root: str, manifest: str | None, kubeconfig: str | None, node_name: st
 
     from localmodel.api.quantity import parse_quantity
     from localmodel.fetch.options import FetchOptions
-    from localmodel.node.logs import setup_logging
+    from localmodel.kube.logs import setup_logging
     from localmodel.node.runner import run_agent
     from localmodel.node.settings import (
         AgentSettings,
@@ -298,12 +298,12 @@ def _log_to(console: Console, *, as_json: bool) -> None:
 
     from rich.logging import RichHandler
 
-    from localmodel.fetch.reporting import JsonLogFormatter
+    from localmodel.kube.logs import JSONFormatter
 
     handler: logging.Handler
     if as_json:
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(JsonLogFormatter())
+        handler.setFormatter(JSONFormatter(fields={"event": "log"}))
     else:
         handler = RichHandler(console=console, show_path=False)
     logger = logging.getLogger("localmodel")

@@ -8,7 +8,8 @@ import pytest
 
 from localmodel.api.quantity import parse_size
 from localmodel.fetch.progress import Progress, RateMeter, eta
-from localmodel.fetch.reporting import JsonLines, JsonLogFormatter
+from localmodel.fetch.reporting import JsonLines
+from localmodel.kube.logs import JSONFormatter
 
 
 @pytest.mark.parametrize("text, value", [
@@ -49,9 +50,10 @@ def test_log_records_carry_their_extra_fields() -> None:
     record = logging.LogRecord("localmodel.x", logging.WARNING, "f.py", 1, "retrying %s", ("now",),
                                None)
     record.attempt = 2
-    assert json.loads(JsonLogFormatter().format(record)) == {
-        "event": "log", "level": "warning", "logger": "localmodel.x",
-        "message": "retrying now", "attempt": 2}
+    line = json.loads(JSONFormatter(fields={"event": "log"}).format(record))
+    assert line.pop("time").endswith("Z")
+    assert line == {"event": "log", "level": "warning", "logger": "localmodel.x", "msg": "retrying now",
+                    "attempt": 2}
 
 
 def test_rate_meter_uses_a_sliding_window() -> None:

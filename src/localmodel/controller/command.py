@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import signal
+import sys
 from pathlib import Path
 
 import click
@@ -43,12 +43,12 @@ def controller(kubeconfig: str | None, pod_namespace: str, identity: str | None,
     """Run the LocalModelCache controller (KServe-compatible) and its admission webhooks."""
     from localmodel.controller.manager import Manager, Settings
     from localmodel.kube.client import async_client
+    from localmodel.kube.logs import setup_logging
 
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if logging.getLogger().level > logging.DEBUG:
-        # a line per API request is noise; failures surface through our own log lines
-        for name in ("httpx", "httpx2"):
-            logging.getLogger(name).setLevel(logging.WARNING)
+    # JSON lines, the agent's format, for a log collector; readable lines on a terminal. A line
+    # per API request is noise except at DEBUG: failures surface through our own log lines.
+    setup_logging("text" if sys.stderr.isatty() else "json", log_level,
+                  library_requests=log_level.upper() == "DEBUG")
     cert_dir = webhook_cert_dir if webhook_cert_dir and (webhook_cert_dir / "tls.crt").exists() else None
     if webhook_cert_dir and cert_dir is None:
         logging.getLogger(__name__).warning("no tls.crt in %s: webhooks not served", webhook_cert_dir)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import time
 from collections.abc import Callable
 from types import TracebackType
@@ -75,18 +74,3 @@ class ProgressBar:
         self._bar.update(self._task, completed=progress.bytes_done, total=progress.bytes_total,
                          description=description,
                          files=f"{progress.files_done}/{progress.files_total} files")
-
-
-_STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
-
-
-class JsonLogFormatter(logging.Formatter):
-    """One JSON object per log record: level, logger, message and the `extra` fields."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        fields = {key: value for key, value in record.__dict__.items() if key not in _STANDARD}
-        entry = {"event": "log", "level": record.levelname.lower(), "logger": record.name,
-                 "message": record.getMessage(), **fields}
-        if record.exc_info and record.exc_info[1] is not None:
-            entry["error"] = str(record.exc_info[1])
-        return json.dumps(entry, default=str, separators=(",", ":"))

@@ -1,8 +1,12 @@
-"""Logging for the agent: one JSON object per line (cluster), or short readable lines (standalone).
+"""The one log format of every localmodel program: one JSON object per line with the same keys
+everywhere (time, level, logger, msg, then the record's `extra=` fields, and exception), or short
+readable lines for a terminal.
 
-Fields passed with `extra=` become JSON keys (kubebuilder style: a fixed message plus key/values).
-Nothing here knows about secrets: callers never pass credential values, and error messages are
-redacted before they are logged.
+The agent writes JSON in a cluster and text standalone (`--log-format`); the controller JSON, or
+text when its stderr is a terminal; `localmodel fetch --progress json` its warnings as JSON with
+`"event": "log"` beside its progress events. Fields passed with `extra=` become JSON keys
+(kubebuilder style: a fixed message plus key/values). Nothing here knows about secrets: callers
+never pass credential values, and error messages are redacted before they are logged.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import Any, TextIO
 
@@ -22,12 +27,18 @@ def _extra(record: logging.LogRecord) -> dict[str, Any]:
 
 
 class JSONFormatter(logging.Formatter):
+    def __init__(self, fields: Mapping[str, Any] | None = None) -> None:
+        super().__init__()
+        #: Keys every line carries (e.g. `{"event": "log"}` where logs share a stream with events).
+        self.fields = dict(fields or {})
+
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
             "time": datetime.fromtimestamp(record.created, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": record.getMessage(),
+            **self.fields,
         }
         entry.update(_extra(record))
         if record.exc_info:
@@ -47,7 +58,11 @@ class TextFormatter(logging.Formatter):
         return line
 
 
-def setup_logging(fmt: str = "json", level: str = "info", stream: TextIO | None = None) -> None:
+def setup_logging(fmt: str = "json", level: str = "info", stream: TextIO | None = None, *,
+                  library_requests: bool = False) -> None:
+    """Every record of the process to `stream` (stderr) in `fmt` ("json" or "text") from `level`
+    on. Client libraries' per-request lines are kept only with `library_requests` (the
+    controller at DEBUG); otherwise they show from WARNING."""
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JSONFormatter() if fmt == "json" else TextFormatter())
     root = logging.getLogger()
@@ -58,4 +73,4 @@ def setup_logging(fmt: str = "json", level: str = "info", stream: TextIO | None 
     # Client libraries log every request at INFO; the agent's own lines are what matter.
     for noisy in ("httpx", "httpx2", "httpcore", "httpcore2", "urllib3", "botocore", "azure", "google",
                   "huggingface_hub", "aiohttp.access"):
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+        logging.getLogger(noisy).setLevel(root.level if library_requests else max(logging.WARNING, root.level))
