@@ -6,6 +6,7 @@ import pytest
 
 from localmodel.fetch.backoff import BackoffPolicy, RetryBudget, backoff_delay
 from localmodel.fetch.ratelimit import TokenBucket
+from tests.clock import FakeClock
 
 
 class FixedRandom(random.Random):
@@ -45,14 +46,6 @@ def test_budget_resets_when_bytes_arrive() -> None:
     assert [budget.failed() for _ in range(3)] == [True, True, True]
     budget.progress()
     assert [budget.failed() for _ in range(4)] == [True, True, True, False]
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_token_bucket_allows_burst_then_paces() -> None:

@@ -4,18 +4,11 @@ apiserver; both users are tested against a real one in tests/controller and test
 from __future__ import annotations
 
 from localmodel.kube import lease
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.clock import FakeClock
 
 
 def test_a_record_expires_on_the_local_clock_only_when_it_stops_changing() -> None:
-    clock = Clock()
+    clock = FakeClock()
     seen = lease.Observations(clock)
     spec = lease.holder_spec("node-a", 10, 0)
     assert not seen.expired("l", spec, 30)
@@ -30,7 +23,7 @@ def test_a_record_expires_on_the_local_clock_only_when_it_stops_changing() -> No
 
 
 def test_a_record_we_wrote_is_fresh() -> None:
-    clock = Clock()
+    clock = FakeClock()
     seen = lease.Observations(clock)
     spec = lease.holder_spec("me", 5, 3)
     seen.wrote("l", spec)

@@ -15,16 +15,9 @@ from localmodel.peers.origin_slots import (
     SlotsUnavailableError,
     lease_name,
 )
+from tests.clock import FakeClock
 from tests.node.tokens import AGENT_NAMESPACE
 from tests.p2p.peers import Identity
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def slots_for(client: Client, node: str, k: int, clock: FakeClock | None = None, lease: int = 30) -> OriginSlots:
@@ -64,7 +57,7 @@ def test_a_dead_holder_is_taken_over_after_the_lease_duration(identity: Identity
     dead = slots_for(client, "node-dead", 1, lease=5).try_acquire(model)
     assert dead is not None
     dead._stop.set()  # the node died: no renewals, no release  # noqa: SLF001
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     waiter = slots_for(client, "node-w", 1, clock)
     assert waiter.try_acquire(model) is None  # first look: the record is fresh on our clock
     clock.now += 4
@@ -81,7 +74,7 @@ def test_a_renewing_holder_is_never_taken_over(identity: Identity) -> None:
     client, model = identity.reviewer, key()
     live = slots_for(client, "node-live", 1, lease=3).try_acquire(model)  # renews every second
     assert live is not None
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     waiter = slots_for(client, "node-w2", 1, clock)
     import time
 
