@@ -4,10 +4,11 @@ reconcile logic and Kubernetes (`cluster`) or a manifest file (`standalone`)."""
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from localmodel.api.types import LocalModelInfo
+from localmodel.node.capacity import Budgets
 from localmodel.node.credentials import Credentials
 from localmodel.node.plan import WantedModel
 
@@ -25,14 +26,6 @@ class Desired:
     resync_seconds: float = 60.0
     #: Problems worth a warning (bad ConfigMap, unreadable manifest entry...).
     warnings: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class Budgets:
-    """Capacity facts about one model, read from the cluster when available."""
-
-    declared_bytes: int | None = None
-    group_limits: Mapping[str, int | None] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,8 @@ checks three budgets with the size the source lists, and refuses with a reason t
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from localmodel.api.quantity import approx_quantity
 from localmodel.errors import (
@@ -22,6 +23,21 @@ from localmodel.errors import (
     ModelSizeExceededError,
     StorageLimitExceededError,
 )
+
+
+@dataclass(frozen=True)
+class Budgets:
+    """A model's budgets: what the cluster says (the backend fills the first two) and what this
+    node holds (the reconciler adds the rest before the download starts)."""
+
+    #: The largest modelSize any of the model's caches declares, when known.
+    declared_bytes: int | None = None
+    #: storageLimit of each node group the model's entries name (None = unknown).
+    group_limits: Mapping[str, int | None] = field(default_factory=dict)
+    #: Bytes each of those groups already holds on this node in complete models.
+    group_present_bytes: Mapping[str, int] = field(default_factory=dict)
+    #: Bytes that must stay free on the models filesystem.
+    keep_free_bytes: int = 0
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,6 @@ from localmodel.api.quantity import parse_quantity
 from localmodel.api.types import API_VERSION, LocalModelInfo
 from localmodel.errors import CredentialsConfigError
 from localmodel.kube import events, resources
-from localmodel.kube.informer import Informer
 from localmodel.kube.config import (
     CONFIGMAP_NAME,
     ConfigError,
@@ -34,7 +33,9 @@ from localmodel.kube.config import (
     parse_credentials_config,
     parse_local_model_config,
 )
-from localmodel.node.backend import AgentEvent, Budgets, Desired
+from localmodel.kube.informer import Informer
+from localmodel.node.backend import AgentEvent, Desired
+from localmodel.node.capacity import Budgets
 from localmodel.node.credentials import (
     NO_CREDENTIALS,
     Credentials,

@@ -24,7 +24,7 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -36,7 +36,7 @@ from localmodel.fetch.engine import with_file_limit
 from localmodel.fetch.manifest import Manifest
 from localmodel.fetch.options import FetchOptions
 from localmodel.fetch.progress import Progress
-from localmodel.node.capacity import CapacityRequest, check_capacity
+from localmodel.node.capacity import Budgets, CapacityRequest, check_capacity
 from localmodel.node.credentials import Credentials, redact
 from localmodel.node.plan import JobKind, JobView
 from localmodel.node.store import ModelStore
@@ -52,24 +52,11 @@ class Cancelled(Exception):
 
 
 @dataclass(frozen=True)
-class CapacityContext:
-    """What the reconciler knows about a model's budgets when it starts the download."""
-
-    #: The largest modelSize any of the model's caches declares, when known.
-    declared_bytes: int | None = None
-    #: storageLimit of each node group the model's entries name (None = unknown).
-    group_limits: Mapping[str, int | None] = field(default_factory=dict)
-    #: Bytes each of those groups already holds on this node in complete models.
-    group_present_bytes: Mapping[str, int] = field(default_factory=dict)
-    keep_free_bytes: int = 0
-
-
-@dataclass(frozen=True)
 class DownloadRequest:
     key: str
     uri: str
     credentials: Credentials
-    capacity: CapacityContext = field(default_factory=CapacityContext)
+    budgets: Budgets = field(default_factory=Budgets)
 
 
 @dataclass(frozen=True)
@@ -244,7 +231,7 @@ class Jobs:
         self._on_change()
         return started
 
-    def _reserve(self, key: str, job: _Job, model_bytes: int, context: CapacityContext) -> None:
+    def _reserve(self, key: str, job: _Job, model_bytes: int, budgets: Budgets) -> None:
         """Check every budget and book this download's bytes, atomically across jobs."""
         present = self._store.partial_bytes(key)
         usage = self._store.usage()
@@ -253,8 +240,8 @@ class Jobs:
             reserved = sum(max(0, j.need_bytes - (j.progress.bytes_done if j.progress else 0)) for j in others)
             groups: list[str | None] = [*sorted(job.groups)] or [None]
             for group in groups:
-                limit = context.group_limits.get(group) if group else None
-                used = context.group_present_bytes.get(group, 0) if group else 0
+                limit = budgets.group_limits.get(group) if group else None
+                used = budgets.group_present_bytes.get(group, 0) if group else 0
                 used += sum(j.model_bytes for j in others if group in j.groups)
                 check_capacity(
                     CapacityRequest(
@@ -262,8 +249,8 @@ class Jobs:
                         present_bytes=present,
                         free_bytes=usage.free_bytes,
                         reserved_bytes=reserved,
-                        keep_free_bytes=context.keep_free_bytes,
-                        declared_bytes=context.declared_bytes,
+                        keep_free_bytes=budgets.keep_free_bytes,
+                        declared_bytes=budgets.declared_bytes,
                         group=group,
                         group_limit_bytes=limit,
                         group_used_bytes=used,
@@ -328,7 +315,7 @@ class Jobs:
             adopted = manifest is not None
             if manifest is None:
                 model_bytes, _files = self._store.listed_size(request.uri, listing_settings)
-                self._reserve(key, job, model_bytes, request.capacity)
+                self._reserve(key, job, model_bytes, request.budgets)
                 if self._fill is None:
                     manifest = self._store.download(
                         key, request.uri, settings=settings, options=self._options,

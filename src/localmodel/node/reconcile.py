@@ -20,6 +20,7 @@ import asyncio
 import logging
 import random
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -29,14 +30,12 @@ from localmodel.errors import LocalModelError
 from localmodel.node.backend import AgentEvent, Backend, Desired
 from localmodel.node.credentials import Credentials
 from localmodel.node.downloads import (
-    CapacityContext,
     DownloadRequest,
     JobResult,
     Jobs,
     describe_error,
 )
 from localmodel.node.metrics import AgentMetrics
-from localmodel.node.policy import check_source_allowed
 from localmodel.node.plan import (
     ABSENT,
     DiskState,
@@ -48,6 +47,7 @@ from localmodel.node.plan import (
     plan,
     wanted_models,
 )
+from localmodel.node.policy import check_source_allowed
 from localmodel.node.retry import backoff_seconds
 from localmodel.node.settings import AgentSettings
 from localmodel.node.status import (
@@ -361,13 +361,12 @@ class Reconciler:
         if observed.state is DiskState.DAMAGED:
             # The engine must not trust the old manifest: withdraw it before fetching again.
             await asyncio.to_thread(self.store.withdraw, key)
-        context = CapacityContext(
-            declared_bytes=budgets.declared_bytes,
-            group_limits=dict(budgets.group_limits),
+        budgets = replace(
+            budgets,
             group_present_bytes={g: self._group_present_bytes(g, exclude=key) for g in model.node_groups},
             keep_free_bytes=self.settings.downloads.reserve_bytes,
         )
-        request = DownloadRequest(key=key, uri=model.uri, credentials=credentials, capacity=context)
+        request = DownloadRequest(key=key, uri=model.uri, credentials=credentials, budgets=budgets)
         if self.jobs.submit_download(request, model.node_groups):
             logger.info("download queued", extra={"storage_key": key, "uri": model.shown_uri,
                                                    "models": list(model.status_keys),

@@ -32,7 +32,8 @@ import yaml
 from localmodel.api.keys import status_key
 from localmodel.api.quantity import parse_quantity
 from localmodel.api.types import LocalModelInfo
-from localmodel.node.backend import AgentEvent, Budgets, Desired
+from localmodel.node.backend import AgentEvent, Desired
+from localmodel.node.capacity import Budgets
 from localmodel.node.credentials import Credentials
 from localmodel.node.plan import WantedModel
 
