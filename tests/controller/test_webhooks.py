@@ -102,3 +102,58 @@ def test_pod_naming_an_unknown_cache_is_refused(kube_client: Client) -> None:
         "metadata": {"name": "p", "namespace": ns, "labels": {"localmodel.kserve.io/cache": "nope"}},
         "spec": {"containers": [{"name": "main", "image": "x"}]}})))
     assert "no LocalModelNamespaceCache" in message and "no LocalModelCache nope" in message
+
+
+# --- admission reads its own writes: decisions are confirmed live where the informers may lag ---
+
+
+def test_caches_created_back_to_back_never_share_a_uri(kube_client: Client) -> None:
+    """The duplicate rule used to read only the informer: a second cache created right after the
+    first was admitted whenever the watch event had not arrived yet."""
+    group = unique("race")
+    create_group(kube_client, group)
+    for round_ in range(25):
+        first = unique(f"r{round_}a")
+        uri = f"gs://bucket/{first}"
+        create_cache(kube_client, first, uri, [group])
+        message = refused(lambda: create_cache(kube_client, unique(f"r{round_}b"), uri, [group]))
+        assert f"LocalModelCache {first} has the same StorageURI {uri}" in message
+
+
+def test_capacity_counts_a_cache_admitted_a_moment_ago(kube_client: Client) -> None:
+    for round_ in range(10):
+        group = unique(f"capr{round_}")
+        create_group(kube_client, group, limit="10Gi")
+        a = unique("a")
+        create_cache(kube_client, a, f"s3://b/{a}", [group], size="6Gi")
+        message = refused(lambda: create_cache(kube_client, unique("b"), f"s3://b/{a}-2", [group], size="5Gi"))
+        assert f"6Gi already reserved by 1 cache(s) ({a})" in message
+
+
+def test_namespaced_cache_right_after_its_group_and_pod_right_after_its_cache(kube_client: Client) -> None:
+    ns = create_namespace(kube_client, unique("fresh"))
+    for round_ in range(10):
+        group = unique(f"g{round_}")
+        create_group(kube_client, group)
+        name = f"m{round_}"
+        create_cache(kube_client, name, f"s3://b/{ns}-{round_}", [group], namespace=ns)  # not refused
+        pod = kube_client.create(Pod.from_dict({
+            "metadata": {"name": f"p{round_}", "namespace": ns, "labels": {"localmodel.kserve.io/cache": name}},
+            "spec": {"containers": [{"name": "main", "image": "x"}]}}))
+        assert any(v.name == "localmodel-cache" for v in pod.spec.volumes)
+
+
+def test_delete_refused_for_a_consumer_not_yet_in_status(kube_client: Client) -> None:
+    """A labelled InferenceService counts at once, before the controller lists it in status."""
+    group = unique("fresh-use")
+    create_group(kube_client, group)
+    ns = create_namespace(kube_client, unique("ns"))
+    for round_ in range(5):
+        cache = unique(f"u{round_}")
+        create_cache(kube_client, cache, f"s3://b/{cache}", [group])
+        kube_client.create(resources.InferenceService({
+            "metadata": {"name": f"svc{round_}", "namespace": ns,
+                         "labels": {"internal.serving.kserve.io/localmodel": cache}},
+            "spec": {"predictor": {"model": {"storageUri": "s3://elsewhere/x"}}}}))
+        message = refused(lambda: kube_client.delete(resources.LocalModelCache, cache))
+        assert f"LocalModelCache {cache} is being used by InferenceService svc{round_}" in message

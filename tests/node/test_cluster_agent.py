@@ -350,15 +350,57 @@ def test_storage_key_of_the_storage_config_secret_and_secrets_never_shown(
     cluster.wait_phase(node, "denied", "ModelDownloadError", agent)
     cluster.wait_phase(node, "nokey", "ModelDownloadError", agent)
 
+    # A key missing from the Secret: downloaded without credentials (as KServe's agent does), so
+    # the private origin refuses, and the refusal names what is missing.
+    missing = f"storage key 'absent' not found in storage secret {jobs}/storage-config"
+
     def both_failures_reported() -> str | None:
         notes = " ".join(e["note"] or "" for e in cluster.events(node) if e["reason"] == "DownloadFailed")
-        return notes if "AccessDenied" in notes and "storage key 'absent' not found" in notes else None
+        return notes if notes.count("AccessDenied") >= 2 and missing in notes else None
 
     notes = wait_until(both_failures_reported, "both failures in Events", agent=agent)
     if not cluster.pruned:
-        assert cluster.detail(node, "nokey")["reason"] == "InvalidCredentials"
+        detail = cluster.detail(node, "nokey")
+        assert detail["reason"] == "AccessDenied" and missing in detail["message"]
+        assert detail["warning"] == f"{missing}; downloading without credentials"
     for text in (json.dumps(cluster.get(node)), notes, agent.log_text()):
         assert "WRONG-SECRET" not in text and PRIVATE_TOKEN not in text
+
+
+
+def test_missing_storage_config_secret_still_brings_a_public_model_and_says_so(
+    cluster: ClusterAgents, nginx: NginxServer, tmp_path: Path
+) -> None:
+    """KServe's agent logs "Failed to inject credentials" and downloads anyway; so do we, out loud.
+
+    Where the missing Secret would decide where the request goes (an s3:// bucket without a known
+    endpoint), the download is refused instead.
+    """
+    folder = nginx.root / "public" / f"nosecret-{tmp_path.name}"
+    folder.mkdir(parents=True, exist_ok=True)
+    data = os.urandom(MiB)
+    (folder / "model.bin").write_bytes(data)
+    uri = f"{nginx.http_url}/public/nosecret-{tmp_path.name}/model.bin"
+    jobs = cluster.job_namespace
+    node = cluster.node([entry(uri, "public", storage={"key": "web"}),
+                         entry("s3://somebody-elses-bucket/m", "s3model", storage={"key": "minio"})])
+    agent = cluster.start_agent(node)
+    cluster.wait_phase(node, "public", "ModelDownloaded", agent)
+    cluster.wait_phase(node, "s3model", "ModelDownloadError", agent)
+    assert (model_dir(cluster.root(node), uri) / "model.bin").read_bytes() == data
+    missing = f"storage secret {jobs}/storage-config not found"
+    notes = wait_until(
+        lambda: [e["note"] for e in cluster.events(node) if e["reason"] == "CredentialsMissing"],
+        "a CredentialsMissing Event", agent=agent)
+    assert any(uri in note and missing in note for note in notes)
+    if not cluster.pruned:
+        assert cluster.detail(node, "public")["warning"] == f"{missing}; downloading without credentials"
+        refused = cluster.detail(node, "s3model")
+        assert refused["reason"] == "InvalidCredentials"
+        assert missing in refused["message"] and "AWS S3" in refused["message"]
+    # Nothing was asked of any S3 endpoint for the refused entry: it never reached the engine.
+    assert "somebody-elses-bucket" not in " ".join(
+        line for line in agent.log_text().splitlines() if "download queued" in line)
 
 
 # --- least privilege: RBAC and the admission policy ---------------------------------------------------

@@ -41,6 +41,7 @@ from localmodel.node.plan import (
     DiskState,
     JobKind,
     Observed,
+    NO_RECORD,
     Plan,
     Record,
     WantedModel,
@@ -214,6 +215,7 @@ class Reconciler:
         self.records[result.key] = Record(
             started_at=result.started_at, finished_at=result.finished_at,
             bytes_per_second=rate, bytes_total=result.bytes_total,
+            warning=self.records.get(result.key, NO_RECORD).warning,
         )
         self._scrubbed[result.key] = result.finished_at
         model = self._wanted.get(result.key)
@@ -265,6 +267,7 @@ class Reconciler:
         self.records[key] = Record(
             failures=failures, reason=reason, message=message, retry_at=now + timedelta(seconds=delay),
             started_at=started_at or previous.started_at, bytes_total=previous.bytes_total,
+            warning=previous.warning,
         )
         self.metrics.downloads.labels("failed").inc()
         self.metrics.download_failures.labels(reason).inc()
@@ -368,6 +371,11 @@ class Reconciler:
         )
         request = DownloadRequest(key=key, uri=model.uri, credentials=credentials, budgets=budgets)
         if self.jobs.submit_download(request, model.node_groups):
+            previous = self.records.get(key, NO_RECORD)
+            if previous.warning != credentials.missing:
+                self.records[key] = replace(previous, warning=credentials.missing)
+            if credentials.missing:
+                await self._event("Warning", "CredentialsMissing", f"{model.shown_uri}: {credentials.missing}", key)
             logger.info("download queued", extra={"storage_key": key, "uri": model.shown_uri,
                                                    "models": list(model.status_keys),
                                                    "credentials": list(credentials.origins)})
