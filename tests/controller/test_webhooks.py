@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+from types import SimpleNamespace
+from typing import Any
+
 import pytest
 from lightkube import ApiError, Client
 from lightkube.resources.core_v1 import PersistentVolumeClaim, Pod
 
 from localmodel.api.keys import storage_key
+from localmodel.controller.webhook import Webhooks
+from localmodel.dev.controlplane import ControlPlane
 from localmodel.kube import resources
+from localmodel.kube.client import async_client
 
 from .harness import cache_status, create_cache, create_group, create_namespace, create_node, unique, wait_for
 
@@ -151,9 +158,66 @@ def test_delete_refused_for_a_consumer_not_yet_in_status(kube_client: Client) ->
     for round_ in range(5):
         cache = unique(f"u{round_}")
         create_cache(kube_client, cache, f"s3://b/{cache}", [group])
-        kube_client.create(resources.InferenceService({
-            "metadata": {"name": f"svc{round_}", "namespace": ns,
-                         "labels": {"internal.serving.kserve.io/localmodel": cache}},
-            "spec": {"predictor": {"model": {"storageUri": "s3://elsewhere/x"}}}}))
+        # The defaulting webhook labels it (the cache was just created: a live read finds it).
+        svc = kube_client.create(resources.InferenceService({
+            "metadata": {"name": f"svc{round_}", "namespace": ns},
+            "spec": {"predictor": {"model": {"storageUri": f"s3://b/{cache}"}}}}))
+        assert svc["metadata"]["labels"]["internal.serving.kserve.io/localmodel"] == cache
         message = refused(lambda: kube_client.delete(resources.LocalModelCache, cache))
         assert f"LocalModelCache {cache} is being used by InferenceService svc{round_}" in message
+
+
+class _NothingSeen:
+    """An informer view that has not caught up with anything yet (the race, made certain)."""
+
+    def cluster_caches(self) -> list[Any]:
+        return []
+
+    def namespace_caches(self, namespace: str) -> list[Any]:
+        return []
+
+    def all_caches(self) -> list[Any]:
+        return []
+
+    def all_groups(self) -> dict[str, Any]:
+        return {}
+
+    def cache(self, ref: Any) -> None:
+        return None
+
+
+def test_every_cache_dependent_decision_reads_its_own_writes(cluster: ControlPlane, kube_client: Client) -> None:
+    """With informers that have seen nothing, each decision still matches the apiserver's truth."""
+    group = unique("live")
+    create_group(kube_client, group, limit="10Gi")
+    first = unique("live-first")
+    uri = f"gs://bucket/{first}"
+    create_cache(kube_client, first, uri, [group], size="6Gi")
+    ns = create_namespace(kube_client, unique("live-ns"))
+
+    def cache_review(name: str, source: str, size: str, namespace: str = "") -> dict[str, Any]:
+        meta = {"name": name, **({"namespace": namespace} if namespace else {})}
+        return {"operation": "CREATE", "object": {"metadata": meta, "spec": {
+            "sourceModelUri": source, "modelSize": size, "nodeGroups": [group]}}}
+
+    async def decide() -> list[str | None]:
+        client = async_client(str(cluster.kubeconfig))
+        try:
+            hooks = Webhooks(SimpleNamespace(view=_NothingSeen(), client=client,  # type: ignore[arg-type]
+                                             cache_queue=SimpleNamespace(add=lambda ref: None)))
+            duplicate, _ = await hooks.validate_cluster_cache(cache_review(unique("dup"), uri, "1Gi"))
+            overflow, _ = await hooks.validate_cluster_cache(cache_review(unique("big"), f"{uri}-2", "5Gi"))
+            grouped, _ = await hooks.validate_namespace_cache(cache_review("m", f"{uri}-3", "1Gi", ns))
+            pod = {"metadata": {"name": "p", "namespace": ns, "labels": {"localmodel.kserve.io/cache": first}},
+                   "spec": {"containers": [{"name": "c", "image": "x"}]}}
+            mounted, ops = await hooks.mutate_pod({"operation": "CREATE", "namespace": ns, "object": pod})
+            assert ops, "the Pod gets the cache mounted"
+            return [duplicate, overflow, grouped, mounted]
+        finally:
+            await client.close()
+
+    duplicate, overflow, grouped, mounted = asyncio.run(decide())
+    assert duplicate is not None and f"LocalModelCache {first} has the same StorageURI {uri}" in duplicate
+    assert overflow is not None and "6Gi already reserved by 1 cache(s)" in overflow
+    assert grouped is None, "the group exists, though the informers have not seen it"
+    assert mounted is None
