@@ -27,6 +27,7 @@ from typing import Any
 from localmodel.api.quantity import human_bytes
 from localmodel.api.types import NodeDisk
 from localmodel.errors import LocalModelError
+from localmodel.node.aliases import plan_aliases, sync_aliases
 from localmodel.node.backend import AgentEvent, Backend, Desired
 from localmodel.node.credentials import Credentials
 from localmodel.node.downloads import (
@@ -104,6 +105,7 @@ class Reconciler:
         self._draw = draw
         self.started_at = clock()
         self.records: dict[str, Record] = {}
+        self._alias_refusals_shown: frozenset[str] = frozenset()
         self._wanted: dict[str, WantedModel] = {}
         self._desired: Desired | None = None
         self._observed: dict[str, Observed] = {}
@@ -280,6 +282,7 @@ class Reconciler:
 
     def _observe_disk(self) -> None:
         self.store.ensure_root()
+        self._sync_aliases()
         self._on_disk = self.store.keys_on_disk()
         persisted = self.store.scrub_times()
         running = self.jobs.views()
@@ -334,6 +337,17 @@ class Reconciler:
         for key in current.scrubs:
             if self.jobs.submit_scrub(key):
                 logger.info("scrub started", extra={"storage_key": key})
+
+    def _sync_aliases(self) -> None:
+        """KServe <= 0.17's models/<modelName> names (node/aliases); before the folders are seen,
+        so an old folder moved under its storage key is adopted in this very pass."""
+        aliases = plan_aliases(self.settings.folder_layout,
+                               ((e.model_name, key) for key, m in self._wanted.items() for e in m.entries))
+        for note in sync_aliases(self.store.models_dir, aliases.links):
+            logger.info(note)
+        for note in set(aliases.refused) - self._alias_refusals_shown:
+            logger.warning(note)
+        self._alias_refusals_shown = frozenset(aliases.refused)
 
     def _take_pending_events(self) -> list[AgentEvent]:
         events, self._pending_events = self._pending_events, []

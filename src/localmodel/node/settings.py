@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from localmodel.fetch.options import FetchOptions
+from localmodel.node.aliases import FolderLayout
 
 
 @dataclass(frozen=True)
@@ -107,6 +108,8 @@ class AgentSettings:
     node_name: str
     #: Namespace of the agent ($POD_NAMESPACE): where inferenceservice-config lives.
     namespace: str = "kserve"
+    #: Also show each model as models/<modelName> (KServe <= 0.17's controller); see node/aliases.
+    folder_layout: FolderLayout = FolderLayout.STORAGE_KEY
     retry: RetrySettings = field(default_factory=RetrySettings)
     downloads: DownloadSettings = field(default_factory=DownloadSettings)
     status: StatusSettings = field(default_factory=StatusSettings)
