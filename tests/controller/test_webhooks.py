@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -11,6 +10,7 @@ from lightkube import ApiError, Client
 from lightkube.resources.core_v1 import PersistentVolumeClaim, Pod
 
 from localmodel.api.keys import storage_key
+from localmodel.controller.metrics import ControllerMetrics
 from localmodel.controller.webhook import Webhooks
 from localmodel.dev.controlplane import ControlPlane
 from localmodel.kube import resources
@@ -203,8 +203,8 @@ def test_every_cache_dependent_decision_reads_its_own_writes(cluster: ControlPla
     async def decide() -> list[str | None]:
         client = async_client(str(cluster.kubeconfig))
         try:
-            hooks = Webhooks(SimpleNamespace(view=_NothingSeen(), client=client,  # type: ignore[arg-type]
-                                             cache_queue=SimpleNamespace(add=lambda ref: None)))
+            hooks = Webhooks(_NothingSeen(), client, ControllerMetrics(),  # type: ignore[arg-type]
+                             claim_now=lambda ref: None)
             duplicate, _ = await hooks.validate_cluster_cache(cache_review(unique("dup"), uri, "1Gi"))
             overflow, _ = await hooks.validate_cluster_cache(cache_review(unique("big"), f"{uri}-2", "5Gi"))
             grouped, _ = await hooks.validate_namespace_cache(cache_review("m", f"{uri}-3", "1Gi", ns))

@@ -27,9 +27,9 @@ from aiohttp import web
 from lightkube import ApiError, AsyncClient
 
 from localmodel.controller import admission_cache, admission_consumers, admission_pod, names
+from localmodel.controller.admission_live import LiveReads
 from localmodel.controller.cluster import ClusterView
 from localmodel.controller.metrics import ControllerMetrics
-from localmodel.controller.admission_live import LiveReads
 from localmodel.controller.names import CacheRef
 from localmodel.controller.views import Cache
 from localmodel.errors import LocalModelError
@@ -42,17 +42,18 @@ Verdict = tuple[str | None, list[dict[str, Any]]]  # (refusal message or None, J
 
 
 class Webhooks:
-    """The admission decisions, over the controller's informer caches (`view`); the API is read
-    only for a cache's consumers on delete. `claim_now` queues a cache whose serving claim a
-    newly admitted Pod needs."""
+    """The admission decisions, over the controller's informer caches (`view`). Each one that
+    depends on other objects is confirmed with a live read where a lagging informer would decide
+    wrongly (admission_live). `claim_now` queues a cache whose serving claim a newly admitted Pod
+    needs."""
 
     def __init__(self, view: ClusterView, client: AsyncClient, metrics: ControllerMetrics,
                  claim_now: Callable[[CacheRef], None]) -> None:
         self.view = view
         self.client = client
+        self.live = LiveReads(client)
         self.metrics = metrics
         self.claim_now = claim_now
-from localmodel.controller.admission_live import LiveReads
         self.calls = 0
 
     # --- caches ---------------------------------------------------------------------------------
