@@ -153,6 +153,10 @@ def status(kubeconfig: str | None, output: str) -> None:
 @click.option("--peer-token-file", type=click.Path(dir_okay=False),
               default="/var/run/secrets/localmodel/peer/token", show_default=True,
               help="Projected ServiceAccount token shown to peers; peer-to-peer is off without it.")
+@click.option("--peer-service", default="kserve-localmodelnode-agent-peers", show_default=True,
+              help="Headless Service over the agent Pods (in the agent's namespace): its EndpointSlices give "
+                   "each node's peer address whatever CRD is installed (KServe's prunes status.peerEndpoint). "
+                   "Empty: status.peerEndpoint only.")
 @click.option("--peer-audience", default="localmodel-peer", show_default=True,
               help="Audience peer tokens must carry.")
 @click.option("--peer-identity", multiple=True,
@@ -182,7 +186,8 @@ def agent(root: str, manifest: str | None, kubeconfig: str | None, node_name: st
           retry_max: float, reserve: str,
           bind_address: str | None, health_port: int, metrics_port: int, log_format: str | None,
           log_level: str, adopt: bool, folder_layout: str, once: bool, peer_port: int, peer_advertise_address: str | None,
-          peer_rate_limit: str, peer_max_connections: int, peer_token_file: str, peer_audience: str,
+          peer_rate_limit: str, peer_max_connections: int, peer_token_file: str, peer_service: str,
+          peer_audience: str,
           peer_identity: tuple[str, ...], origin_slots: int, origin_slot_lease: int,
           peer_quarantine: float, peer_stall_timeout: float, allow_local_sources: bool, max_files: int | None,
           temp_dir: str | None) -> None:
@@ -254,6 +259,7 @@ def agent(root: str, manifest: str | None, kubeconfig: str | None, node_name: st
         peers=PeerSettings(
             port=None if peer_port < 0 or standalone else peer_port,
             advertise_address=peer_advertise_address or None,
+            service=peer_service or None,
             rate_limit=float(peer_limit) if peer_limit else None,
             max_connections=peer_max_connections,
             token_file=Path(peer_token_file),

@@ -78,6 +78,9 @@ class PeerSettings:
     port: int | None = 8082
     #: Address other agents reach this one at ($POD_IP); None: serve, but publish no endpoint.
     advertise_address: str | None = None
+    #: Headless Service over the agent Pods, in the agent's namespace: its EndpointSlices find
+    #: peers whatever CRD is installed (KServe's prunes status.peerEndpoint); None: status only.
+    service: str | None = "kserve-localmodelnode-agent-peers"
     #: Bytes per second served to all peers together; None = no cap.
     rate_limit: float | None = float(2**30)
     #: Peer connections served at once; more are answered 503 (busy).
