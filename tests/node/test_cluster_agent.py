@@ -552,3 +552,28 @@ def test_folder_left_by_kserves_agent_is_adopted_not_downloaded(cluster: Cluster
     assert tree_digests(kserve_copy) == digests
     wait_until(lambda: [e for e in cluster.events(node) if e["reason"] == "Adopted"], "an Adopted Event", agent=agent)
     assert metric_value(agent.metrics(), "localmodel_models_adopted_total") == 1
+
+
+def test_kserve_0_17_layout_under_either_crd_moves_the_old_folder_and_links_the_name(
+    cluster: ClusterAgents, tmp_path: Path
+) -> None:
+    """With KServe <= 0.17's controller, Pods mount models/<modelName>: --folder-layout
+    model-name keeps the folder under its storage key, adopts KServe's old copy and links the
+    name to it; nothing is downloaded again."""
+    uri, digests = local_model(tmp_path, "old", {"config.json": 300, "w/model.safetensors": 2 * MiB})
+    node = cluster.node([entry(uri, "llama")])
+    old = cluster.root(node) / "models" / "llama"  # what KServe 0.17's agent left
+    shutil.copytree(Path(uri.removeprefix("file://")), old)
+    inode = (old / "w" / "model.safetensors").stat().st_ino
+    agent = cluster.start_agent(node, "--folder-layout", "model-name")
+    cluster.wait_phase(node, "llama", "ModelDownloaded", agent)
+    models = cluster.root(node) / "models"
+    key = storage_key(uri)
+    wait_until(lambda: os.path.islink(models / "llama"), "the name linked", agent=agent)
+    assert os.readlink(models / "llama") == key
+    assert (models / key / "w" / "model.safetensors").stat().st_ino == inode, "moved, not copied"
+    assert tree_digests(models / "llama") == digests
+    wait_until(lambda: [e for e in cluster.events(node) if e["reason"] == "Adopted"], "an Adopted Event", agent=agent)
+    cluster.set_entries(node, [])  # the cache is deleted: folder and link go
+    wait_until(lambda: not os.path.lexists(models / "llama") and not (models / key).exists(),
+               "the folder and its link removed", agent=agent)
