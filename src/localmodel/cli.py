@@ -135,6 +135,12 @@ def status(kubeconfig: str | None, output: str) -> None:
               help="Keep a model folder found without a manifest (KServe's agent left it) when its files "
                    "match the source listing (sizes, and digests where the source gives them): hash it "
                    "and write the manifest instead of downloading. --no-adopt downloads it again.")
+@click.option("--folder-layout", type=click.Choice(["storage-key", "model-name"]), default="storage-key",
+              show_default=True, envvar="LOCALMODEL_FOLDER_LAYOUT",
+              help="storage-key: models/<sha256(uri)[:16]> (KServe >= 0.18, localmodel's controller). "
+                   "model-name: each model also appears as models/<modelName>, a link to that folder, for "
+                   "KServe <= 0.17's controller; KServe's old models/<modelName> folders are moved and adopted, "
+                   "not downloaded again.")
 @click.option("--once", is_flag=True, help="Exit when every model is downloaded (0) or failed (1).")
 @click.option("--peer-port", type=int, default=8082, show_default=True,
               help="Port serving verified models to other agents (docs/p2p.md); -1 turns peer-to-peer off.")
@@ -147,6 +153,10 @@ def status(kubeconfig: str | None, output: str) -> None:
 @click.option("--peer-token-file", type=click.Path(dir_okay=False),
               default="/var/run/secrets/localmodel/peer/token", show_default=True,
               help="Projected ServiceAccount token shown to peers; peer-to-peer is off without it.")
+@click.option("--peer-service", default="kserve-localmodelnode-agent-peers", show_default=True,
+              help="Headless Service over the agent Pods (in the agent's namespace): its EndpointSlices give "
+                   "each node's peer address whatever CRD is installed (KServe's prunes status.peerEndpoint). "
+                   "Empty: status.peerEndpoint only.")
 @click.option("--peer-audience", default="localmodel-peer", show_default=True,
               help="Audience peer tokens must carry.")
 @click.option("--peer-identity", multiple=True,
@@ -175,8 +185,9 @@ def agent(root: str, manifest: str | None, kubeconfig: str | None, node_name: st
           scrub_interval: float, progress_interval: float, resync: float, retry_initial: float,
           retry_max: float, reserve: str,
           bind_address: str | None, health_port: int, metrics_port: int, log_format: str | None,
-          log_level: str, adopt: bool, once: bool, peer_port: int, peer_advertise_address: str | None,
-          peer_rate_limit: str, peer_max_connections: int, peer_token_file: str, peer_audience: str,
+          log_level: str, adopt: bool, folder_layout: str, once: bool, peer_port: int, peer_advertise_address: str | None,
+          peer_rate_limit: str, peer_max_connections: int, peer_token_file: str, peer_service: str,
+          peer_audience: str,
           peer_identity: tuple[str, ...], origin_slots: int, origin_slot_lease: int,
           peer_quarantine: float, peer_stall_timeout: float, allow_local_sources: bool, max_files: int | None,
           temp_dir: str | None) -> None:
@@ -195,6 +206,7 @@ def agent(root: str, manifest: str | None, kubeconfig: str | None, node_name: st
     from localmodel.api.quantity import parse_quantity
     from localmodel.fetch.options import FetchOptions
     from localmodel.kube.logs import setup_logging
+    from localmodel.node.aliases import FolderLayout
     from localmodel.node.runner import run_agent
     from localmodel.node.settings import (
         AgentSettings,
@@ -231,6 +243,7 @@ def agent(root: str, manifest: str | None, kubeconfig: str | None, node_name: st
         root=Path(root).absolute(),
         node_name=node_name,
         namespace=namespace,
+        folder_layout=FolderLayout(folder_layout),
         retry=RetrySettings(initial_seconds=retry_initial, max_seconds=max(retry_max, retry_initial)),
         downloads=DownloadSettings(max_concurrent=max_concurrent_downloads, reserve_bytes=reserve_bytes,
                                    engine_options=engine, allow_local_sources=allow_local_sources or standalone,
@@ -246,6 +259,7 @@ def agent(root: str, manifest: str | None, kubeconfig: str | None, node_name: st
         peers=PeerSettings(
             port=None if peer_port < 0 or standalone else peer_port,
             advertise_address=peer_advertise_address or None,
+            service=peer_service or None,
             rate_limit=float(peer_limit) if peer_limit else None,
             max_connections=peer_max_connections,
             token_file=Path(peer_token_file),

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
 import pytest
 from lightkube import ApiError, Client
 from lightkube.resources.core_v1 import PersistentVolumeClaim, Pod
 
 from localmodel.api.keys import storage_key
+from localmodel.controller.metrics import ControllerMetrics
+from localmodel.controller.webhook import Webhooks
+from localmodel.dev.controlplane import ControlPlane
 from localmodel.kube import resources
+from localmodel.kube.client import async_client
 
 from .harness import cache_status, create_cache, create_group, create_namespace, create_node, unique, wait_for
 
@@ -102,3 +109,115 @@ def test_pod_naming_an_unknown_cache_is_refused(kube_client: Client) -> None:
         "metadata": {"name": "p", "namespace": ns, "labels": {"localmodel.kserve.io/cache": "nope"}},
         "spec": {"containers": [{"name": "main", "image": "x"}]}})))
     assert "no LocalModelNamespaceCache" in message and "no LocalModelCache nope" in message
+
+
+# --- admission reads its own writes: decisions are confirmed live where the informers may lag ---
+
+
+def test_caches_created_back_to_back_never_share_a_uri(kube_client: Client) -> None:
+    """The duplicate rule used to read only the informer: a second cache created right after the
+    first was admitted whenever the watch event had not arrived yet."""
+    group = unique("race")
+    create_group(kube_client, group)
+    for round_ in range(25):
+        first = unique(f"r{round_}a")
+        uri = f"gs://bucket/{first}"
+        create_cache(kube_client, first, uri, [group])
+        message = refused(lambda: create_cache(kube_client, unique(f"r{round_}b"), uri, [group]))
+        assert f"LocalModelCache {first} has the same StorageURI {uri}" in message
+
+
+def test_capacity_counts_a_cache_admitted_a_moment_ago(kube_client: Client) -> None:
+    for round_ in range(10):
+        group = unique(f"capr{round_}")
+        create_group(kube_client, group, limit="10Gi")
+        a = unique("a")
+        create_cache(kube_client, a, f"s3://b/{a}", [group], size="6Gi")
+        message = refused(lambda: create_cache(kube_client, unique("b"), f"s3://b/{a}-2", [group], size="5Gi"))
+        assert f"6Gi already reserved by 1 cache(s) ({a})" in message
+
+
+def test_namespaced_cache_right_after_its_group_and_pod_right_after_its_cache(kube_client: Client) -> None:
+    ns = create_namespace(kube_client, unique("fresh"))
+    for round_ in range(10):
+        group = unique(f"g{round_}")
+        create_group(kube_client, group)
+        name = f"m{round_}"
+        create_cache(kube_client, name, f"s3://b/{ns}-{round_}", [group], namespace=ns)  # not refused
+        pod = kube_client.create(Pod.from_dict({
+            "metadata": {"name": f"p{round_}", "namespace": ns, "labels": {"localmodel.kserve.io/cache": name}},
+            "spec": {"containers": [{"name": "main", "image": "x"}]}}))
+        assert any(v.name == "localmodel-cache" for v in pod.spec.volumes)
+
+
+def test_delete_refused_for_a_consumer_not_yet_in_status(kube_client: Client) -> None:
+    """A labelled InferenceService counts at once, before the controller lists it in status."""
+    group = unique("fresh-use")
+    create_group(kube_client, group)
+    ns = create_namespace(kube_client, unique("ns"))
+    for round_ in range(5):
+        cache = unique(f"u{round_}")
+        create_cache(kube_client, cache, f"s3://b/{cache}", [group])
+        # The defaulting webhook labels it (the cache was just created: a live read finds it).
+        svc = kube_client.create(resources.InferenceService({
+            "metadata": {"name": f"svc{round_}", "namespace": ns},
+            "spec": {"predictor": {"model": {"storageUri": f"s3://b/{cache}"}}}}))
+        assert svc["metadata"]["labels"]["internal.serving.kserve.io/localmodel"] == cache
+        message = refused(lambda: kube_client.delete(resources.LocalModelCache, cache))
+        assert f"LocalModelCache {cache} is being used by InferenceService svc{round_}" in message
+
+
+class _NothingSeen:
+    """An informer view that has not caught up with anything yet (the race, made certain)."""
+
+    def cluster_caches(self) -> list[Any]:
+        return []
+
+    def namespace_caches(self, namespace: str) -> list[Any]:
+        return []
+
+    def all_caches(self) -> list[Any]:
+        return []
+
+    def all_groups(self) -> dict[str, Any]:
+        return {}
+
+    def cache(self, ref: Any) -> None:
+        return None
+
+
+def test_every_cache_dependent_decision_reads_its_own_writes(cluster: ControlPlane, kube_client: Client) -> None:
+    """With informers that have seen nothing, each decision still matches the apiserver's truth."""
+    group = unique("live")
+    create_group(kube_client, group, limit="10Gi")
+    first = unique("live-first")
+    uri = f"gs://bucket/{first}"
+    create_cache(kube_client, first, uri, [group], size="6Gi")
+    ns = create_namespace(kube_client, unique("live-ns"))
+
+    def cache_review(name: str, source: str, size: str, namespace: str = "") -> dict[str, Any]:
+        meta = {"name": name, **({"namespace": namespace} if namespace else {})}
+        return {"operation": "CREATE", "object": {"metadata": meta, "spec": {
+            "sourceModelUri": source, "modelSize": size, "nodeGroups": [group]}}}
+
+    async def decide() -> list[str | None]:
+        client = async_client(str(cluster.kubeconfig))
+        try:
+            hooks = Webhooks(_NothingSeen(), client, ControllerMetrics(),  # type: ignore[arg-type]
+                             claim_now=lambda ref: None)
+            duplicate, _ = await hooks.validate_cluster_cache(cache_review(unique("dup"), uri, "1Gi"))
+            overflow, _ = await hooks.validate_cluster_cache(cache_review(unique("big"), f"{uri}-2", "5Gi"))
+            grouped, _ = await hooks.validate_namespace_cache(cache_review("m", f"{uri}-3", "1Gi", ns))
+            pod = {"metadata": {"name": "p", "namespace": ns, "labels": {"localmodel.kserve.io/cache": first}},
+                   "spec": {"containers": [{"name": "c", "image": "x"}]}}
+            mounted, ops = await hooks.mutate_pod({"operation": "CREATE", "namespace": ns, "object": pod})
+            assert ops, "the Pod gets the cache mounted"
+            return [duplicate, overflow, grouped, mounted]
+        finally:
+            await client.close()
+
+    duplicate, overflow, grouped, mounted = asyncio.run(decide())
+    assert duplicate is not None and f"LocalModelCache {first} has the same StorageURI {uri}" in duplicate
+    assert overflow is not None and "6Gi already reserved by 1 cache(s)" in overflow
+    assert grouped is None, "the group exists, though the informers have not seen it"
+    assert mounted is None

@@ -30,11 +30,11 @@ class AgentProcess:
     def __init__(self, args: Sequence[str], log: Path, env: Mapping[str, str] | None = None) -> None:
         self.health_port = free_port()
         self.metrics_port = free_port()
-        self.args = [
-            *args,
+        self.args = [  # defaults first: a caller's own --bind-address wins
             "--bind-address", "127.0.0.1",
             "--health-port", str(self.health_port),
             "--metrics-port", str(self.metrics_port),
+            *args,
         ]
         self.log = log
         self.env = {k: v for k, v in os.environ.items() if k not in ("NODE_NAME", "POD_NAMESPACE")}

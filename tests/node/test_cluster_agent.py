@@ -350,15 +350,57 @@ def test_storage_key_of_the_storage_config_secret_and_secrets_never_shown(
     cluster.wait_phase(node, "denied", "ModelDownloadError", agent)
     cluster.wait_phase(node, "nokey", "ModelDownloadError", agent)
 
+    # A key missing from the Secret: downloaded without credentials (as KServe's agent does), so
+    # the private origin refuses, and the refusal names what is missing.
+    missing = f"storage key 'absent' not found in storage secret {jobs}/storage-config"
+
     def both_failures_reported() -> str | None:
         notes = " ".join(e["note"] or "" for e in cluster.events(node) if e["reason"] == "DownloadFailed")
-        return notes if "AccessDenied" in notes and "storage key 'absent' not found" in notes else None
+        return notes if notes.count("AccessDenied") >= 2 and missing in notes else None
 
     notes = wait_until(both_failures_reported, "both failures in Events", agent=agent)
     if not cluster.pruned:
-        assert cluster.detail(node, "nokey")["reason"] == "InvalidCredentials"
+        detail = cluster.detail(node, "nokey")
+        assert detail["reason"] == "AccessDenied" and missing in detail["message"]
+        assert detail["warning"] == f"{missing}; downloading without credentials"
     for text in (json.dumps(cluster.get(node)), notes, agent.log_text()):
         assert "WRONG-SECRET" not in text and PRIVATE_TOKEN not in text
+
+
+
+def test_missing_storage_config_secret_still_brings_a_public_model_and_says_so(
+    cluster: ClusterAgents, nginx: NginxServer, tmp_path: Path
+) -> None:
+    """KServe's agent logs "Failed to inject credentials" and downloads anyway; so do we, out loud.
+
+    Where the missing Secret would decide where the request goes (an s3:// bucket without a known
+    endpoint), the download is refused instead.
+    """
+    folder = nginx.root / "public" / f"nosecret-{tmp_path.name}"
+    folder.mkdir(parents=True, exist_ok=True)
+    data = os.urandom(MiB)
+    (folder / "model.bin").write_bytes(data)
+    uri = f"{nginx.http_url}/public/nosecret-{tmp_path.name}/model.bin"
+    jobs = cluster.job_namespace
+    node = cluster.node([entry(uri, "public", storage={"key": "web"}),
+                         entry("s3://somebody-elses-bucket/m", "s3model", storage={"key": "minio"})])
+    agent = cluster.start_agent(node)
+    cluster.wait_phase(node, "public", "ModelDownloaded", agent)
+    cluster.wait_phase(node, "s3model", "ModelDownloadError", agent)
+    assert (model_dir(cluster.root(node), uri) / "model.bin").read_bytes() == data
+    missing = f"storage secret {jobs}/storage-config not found"
+    notes = wait_until(
+        lambda: [e["note"] for e in cluster.events(node) if e["reason"] == "CredentialsMissing"],
+        "a CredentialsMissing Event", agent=agent)
+    assert any(uri in note and missing in note for note in notes)
+    if not cluster.pruned:
+        assert cluster.detail(node, "public")["warning"] == f"{missing}; downloading without credentials"
+        refused = cluster.detail(node, "s3model")
+        assert refused["reason"] == "InvalidCredentials"
+        assert missing in refused["message"] and "AWS S3" in refused["message"]
+    # Nothing was asked of any S3 endpoint for the refused entry: it never reached the engine.
+    assert "somebody-elses-bucket" not in " ".join(
+        line for line in agent.log_text().splitlines() if "download queued" in line)
 
 
 # --- least privilege: RBAC and the admission policy ---------------------------------------------------
@@ -510,3 +552,28 @@ def test_folder_left_by_kserves_agent_is_adopted_not_downloaded(cluster: Cluster
     assert tree_digests(kserve_copy) == digests
     wait_until(lambda: [e for e in cluster.events(node) if e["reason"] == "Adopted"], "an Adopted Event", agent=agent)
     assert metric_value(agent.metrics(), "localmodel_models_adopted_total") == 1
+
+
+def test_kserve_0_17_layout_under_either_crd_moves_the_old_folder_and_links_the_name(
+    cluster: ClusterAgents, tmp_path: Path
+) -> None:
+    """With KServe <= 0.17's controller, Pods mount models/<modelName>: --folder-layout
+    model-name keeps the folder under its storage key, adopts KServe's old copy and links the
+    name to it; nothing is downloaded again."""
+    uri, digests = local_model(tmp_path, "old", {"config.json": 300, "w/model.safetensors": 2 * MiB})
+    node = cluster.node([entry(uri, "llama")])
+    old = cluster.root(node) / "models" / "llama"  # what KServe 0.17's agent left
+    shutil.copytree(Path(uri.removeprefix("file://")), old)
+    inode = (old / "w" / "model.safetensors").stat().st_ino
+    agent = cluster.start_agent(node, "--folder-layout", "model-name")
+    cluster.wait_phase(node, "llama", "ModelDownloaded", agent)
+    models = cluster.root(node) / "models"
+    key = storage_key(uri)
+    wait_until(lambda: os.path.islink(models / "llama"), "the name linked", agent=agent)
+    assert os.readlink(models / "llama") == key
+    assert (models / key / "w" / "model.safetensors").stat().st_ino == inode, "moved, not copied"
+    assert tree_digests(models / "llama") == digests
+    wait_until(lambda: [e for e in cluster.events(node) if e["reason"] == "Adopted"], "an Adopted Event", agent=agent)
+    cluster.set_entries(node, [])  # the cache is deleted: folder and link go
+    wait_until(lambda: not os.path.lexists(models / "llama") and not (models / key).exists(),
+               "the folder and its link removed", agent=agent)

@@ -17,6 +17,7 @@ from localmodel.node.credentials import (
     plan_credentials,
     redact,
     s3_settings,
+    without_storage_secret,
 )
 
 CONFIG = CredentialsConfig()
@@ -282,3 +283,46 @@ def test_redact_hides_every_value_including_header_values() -> None:
 
 def test_redact_replaces_longest_first() -> None:
     assert redact("key=abcdef and abcd", ["abcd", "abcdef"]) == "key=*** and ***"
+
+
+# --- a missing storage-config secret: downloaded without it, as KServe's agent does ---------------
+
+MISSING = "storage secret jobs/storage-config not found"
+
+
+@pytest.mark.parametrize("uri", ["hf://org/model", "gs://bucket/m", "https://host/m.bin",
+                                 "https://acct.blob.core.windows.net/c/m"])
+def test_missing_storage_secret_downloads_without_credentials_and_says_so(uri: str) -> None:
+    creds = without_storage_secret(uri, missing=MISSING, parameters={}, config=CONFIG)
+    assert creds.settings == {} and creds.files == {}
+    assert creds.missing == f"{MISSING}; downloading without credentials"
+
+
+def test_missing_storage_secret_refuses_s3_when_no_endpoint_is_known() -> None:
+    """The Secret may name a private endpoint: without it the bucket name would go to AWS."""
+    with pytest.raises(CredentialsConfigError, match="refusing to read s3://b/m without it") as caught:
+        without_storage_secret("s3://b/m", missing=MISSING, parameters={}, config=CONFIG)
+    assert caught.value.reason == "InvalidCredentials"
+    assert MISSING in str(caught.value)
+
+
+def test_missing_storage_secret_s3_goes_to_the_clusters_configured_endpoint() -> None:
+    config = parse_credentials_config({"credentials": json.dumps(
+        {"s3": {"s3Endpoint": "minio.store:9000", "s3UseHttps": "0"}})})
+    creds = without_storage_secret("s3://b/m", missing=MISSING, parameters={}, config=config)
+    assert creds.settings["AWS_ENDPOINT_URL"] == "http://minio.store:9000"
+    assert "AWS_SECRET_ACCESS_KEY" not in creds.settings
+    assert creds.missing is not None and MISSING in creds.missing
+
+
+def test_missing_storage_secret_with_typed_parameters_uses_them_as_the_spec() -> None:
+    creds = without_storage_secret(
+        "s3://b/m", missing=MISSING, parameters={"type": "s3", "endpoint_url": "http://minio:9000"},
+        config=CONFIG)
+    assert creds.settings == {"AWS_ENDPOINT_URL": "http://minio:9000"}
+    assert creds.missing == f"{MISSING}; downloading with storage.parameters only"
+
+
+def test_missing_note_is_shown_by_repr_but_never_values() -> None:
+    creds = without_storage_secret("hf://o/m", missing=MISSING, parameters={}, config=CONFIG)
+    assert "downloading without credentials" in repr(creds)

@@ -532,3 +532,47 @@ def test_no_adopt_downloads_a_matching_folder_again(
     standalone.wait_phase("m", "ModelDownloaded", agent)
     assert fault_server.body_bytes(path) == len(data)
     assert not metric_value(agent.metrics(), "localmodel_models_adopted_total")
+
+
+# --- KServe <= 0.17's folder layout: models/<modelName> ---------------------------------------
+
+
+def test_model_name_layout_links_moves_kserves_old_folder_and_switches_back_without_downloading(
+    standalone: Standalone, fault_server: FaultServer, tmp_path: Path
+) -> None:
+    """--folder-layout model-name: KServe <= 0.17 mounted models/<modelName>. Its old folder is
+    moved under the storage key and adopted, the name becomes a link, and switching back to the
+    storage-key layout removes only the link; the origin never serves a byte."""
+    data = os.urandom(2 * MiB)
+    path = f"/{tmp_path.name}/w.safetensors"
+    uri = fault_server.add(path, data)
+    other_path = f"/{tmp_path.name}/other.safetensors"
+    other_uri = fault_server.add(other_path, os.urandom(MiB))
+    old = standalone.root / "models" / "llama"  # what KServe 0.17's agent left
+    old.mkdir(parents=True)
+    (old / "w.safetensors").write_bytes(data)
+    inode = (old / "w.safetensors").stat().st_ino
+    standalone.write(entry(uri, "llama"), entry(uri, "llama-too"), entry(other_uri, "fresh"))
+    agent = standalone.start("--folder-layout", "model-name")
+    standalone.wait_phase("llama", "ModelDownloaded", agent)
+    standalone.wait_phase("fresh", "ModelDownloaded", agent)
+
+    key = storage_key(uri)
+    models = standalone.root / "models"
+    assert fault_server.body_bytes(path) == 0, "KServe's folder was adopted, not downloaded"
+    assert (models / key / "w.safetensors").stat().st_ino == inode
+    for name in ("llama", "llama-too"):  # two caches of one URI share one folder
+        assert os.readlink(models / name) == key
+        assert (models / name / "w.safetensors").read_bytes() == data
+    wait_until(lambda: os.path.islink(models / "fresh"), "the new model's link", agent=agent)
+    assert os.readlink(models / "fresh") == storage_key(other_uri)
+    agent.stop()
+
+    # Back to KServe >= 0.18's layout: the links go, the folders stay, nothing is fetched.
+    agent = standalone.start()
+    standalone.wait_phase("llama", "ModelDownloaded", agent)
+    wait_until(lambda: not os.path.lexists(models / "llama"), "the link removed", agent=agent)
+    assert not os.path.lexists(models / "llama-too") and not os.path.lexists(models / "fresh")
+    assert (models / key / "w.safetensors").stat().st_ino == inode
+    assert fault_server.body_bytes(path) == 0
+    assert fault_server.body_bytes(other_path) == MiB  # its one download, before the switch

@@ -166,12 +166,12 @@ class RunningPeers:
     servers: list[PeerServer] = field(default_factory=list)
 
     def serve(self, root: Path, identity: Identity, name: str, server_class: type[PeerServer] = PeerServer,
-              **settings: object) -> Peer:
-        server = server_class(root, PeerServeSettings(bind_address="127.0.0.1", port=0, **settings),  # type: ignore[arg-type]
+              address: str = "127.0.0.1", **settings: object) -> Peer:
+        server = server_class(root, PeerServeSettings(bind_address=address, port=0, **settings),  # type: ignore[arg-type]
                               identity.authenticator())
         port = server.start()
         self.servers.append(server)
-        return Peer(name=name, endpoint=f"http://127.0.0.1:{port}")
+        return Peer(name=name, endpoint=f"http://{address}:{port}")
 
     def stop(self) -> None:
         for server in self.servers:

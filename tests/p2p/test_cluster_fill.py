@@ -15,7 +15,15 @@ from localmodel.dev.controlplane import ControlPlane
 from tests.node.agent_process import wait_until
 from tests.node.cluster import ClusterAgents, install_crds
 from tests.node.tokens import AGENT_NAMESPACE, JOBS_NAMESPACE
-from tests.p2p.agents import PeerAgents, hub_storage_key
+from tests.p2p.agents import (
+    PEER_TEST_ADDRESS,
+    PeerAgents,
+    add_peer_address,
+    hub_storage_key,
+    publish_endpoint,
+    remove_peer_address,
+    withdraw_endpoints,
+)
 from tests.p2p.peers import (
     ConsistentLiar,
     Identity,
@@ -35,14 +43,26 @@ from tests.servers.hf import LocalHub
 pytestmark = pytest.mark.usefixtures("localmodel_crds")
 
 
-@pytest.fixture
-def agents(kube: ControlPlane, kube_client: Client, identity: Identity, tmp_path: Path) -> Iterator[PeerAgents]:
-    cluster = ClusterAgents(kube, kube_client, tmp_path, "localmodel")
+@pytest.fixture(params=["localmodel", "kserve"])
+def agents(request: pytest.FixtureRequest, kube: ControlPlane, kube_client: Client, identity: Identity,
+           tmp_path: Path) -> Iterator[PeerAgents]:
+    """Agents under localmodel's CRDs (peers found by status.peerEndpoint), and under KServe's,
+    which prune it (peers found by the peer Service's EndpointSlices): the same tests, the same
+    trust rules."""
+    flavor = request.param
+    if flavor == "kserve":
+        install_crds(kube, "kserve")
+        add_peer_address()
+    cluster = ClusterAgents(kube, kube_client, tmp_path, flavor)
     cluster.write_config(AGENT_NAMESPACE, JOBS_NAMESPACE)
     try:
-        yield PeerAgents(cluster, identity)
+        yield PeerAgents(cluster, identity, by_service=flavor == "kserve")
     finally:
         cluster.close()
+        withdraw_endpoints(identity.admin)
+        if flavor == "kserve":
+            remove_peer_address()
+            install_crds(kube, "localmodel")
 
 
 def all_downloaded(agents: PeerAgents) -> None:
@@ -60,14 +80,17 @@ def test_eight_agents_take_one_copy_from_the_origin(agents: PeerAgents, hf_hub: 
     for node in agents.nodes:
         assert tree_digests(node.root / "models" / model.key) == model.digests()
         status = agents.cluster.status(node.name)
-        assert status["peerEndpoint"] == f"http://127.0.0.1:{node.peer_port}"
+        if agents.by_service:
+            assert "peerEndpoint" not in status  # pruned by KServe's CRD: found by the Service
+        else:
+            assert status["peerEndpoint"] == f"http://127.0.0.1:{node.peer_port}"
     origin = hf_hub.bytes_served - before
     assert origin <= 1.2 * model.size, (origin, model.size)
     assert agents.metric("localmodel_fill_downloads_total", 'mode="origin-slot"') == 1
     assert agents.metric("localmodel_fill_downloads_total", 'mode="peers"') == 7
     assert agents.metric("localmodel_peer_served_bytes_total") >= 7 * (model.size - len(model.files["config.json"]))
     assert agents.metric("localmodel_peer_rejected_pieces_total") == 0
-    # An agent that stops takes its endpoint out of discovery.
+    # An agent that stops takes its endpoint out of discovery (its Pod's endpoint goes with the Pod).
     leaving = agents.nodes[0]
     assert leaving.agent.stop() == 0
     assert "peerEndpoint" not in agents.cluster.status(leaving.name)
@@ -83,8 +106,11 @@ def test_a_malicious_peer_is_detected_and_bypassed(agents: PeerAgents, hf_hub: L
     corrupt_copy(seed, liar_root, model.key, "model-00001-of-00002.safetensors", [3 * MiB, 9 * MiB + 1])
     liar_node = f"p2p-liar-{uuid.uuid4().hex[:6]}"
     with peer_servers() as running:
-        liar = running.serve(liar_root, agents.identity, liar_node, server_class=ConsistentLiar)
+        liar = running.serve(liar_root, agents.identity, liar_node, server_class=ConsistentLiar,
+                             address=PEER_TEST_ADDRESS if agents.by_service else "127.0.0.1")
         advertise(agents.identity.admin, liar_node, model.uri, liar.endpoint)
+        if agents.by_service:
+            publish_endpoint(agents.identity.admin, liar_node, int(liar.endpoint.rsplit(":", 1)[1]))
         try:
             before = hf_hub.bytes_served
             for _ in range(4):
@@ -111,8 +137,14 @@ def test_a_dead_slot_holder_is_replaced_after_its_lease_lapses(agents: PeerAgent
     hf_hub.rate_limit = 4 * MiB  # the origin download lasts seconds: time to kill its holder
     flags = ("--origin-slot-lease", "4", "--peer-stall-timeout", "3")
     first = agents.add(model, storage, *flags)
-    wait_until(lambda: agents.cluster.detail(first.name, "m").get("bytesDone", 0) > 0,
-               "the first agent to be downloading", agent=first.agent)
+    def first_has_bytes() -> bool:
+        if agents.cluster.pruned:  # KServe's CRD keeps only the phase: look at its staging data
+            staged = first.root / "staging" / model.key
+            return (agents.cluster.phase(first.name, "m") == "ModelDownloading" and staged.is_dir()
+                    and any(f.stat().st_blocks for f in staged.rglob("*") if f.is_file()))
+        return agents.cluster.detail(first.name, "m").get("bytesDone", 0) > 0
+
+    wait_until(first_has_bytes, "the first agent to be downloading", agent=first.agent)
     others = [agents.add(model, storage, *flags) for _ in range(2)]
     # The others read the pieces the first has written while it downloads...
     wait_until(lambda: "filling from peers" in "".join(n.agent.log_text() for n in others),
@@ -127,18 +159,10 @@ def test_a_dead_slot_holder_is_replaced_after_its_lease_lapses(agents: PeerAgent
     assert agents.metric("localmodel_fill_downloads_total", 'mode="origin-slot"') == 1
 
 
-@pytest.fixture
-def kserve_crds(kube: ControlPlane) -> Iterator[None]:
-    """KServe's own CRDs, which prune status.peerEndpoint; localmodel's put back afterwards."""
-    install_crds(kube, "kserve")
-    try:
-        yield
-    finally:
-        install_crds(kube, "localmodel")
-
-
-def test_with_kserve_crds_nobody_waits_for_peers_nobody_can_find(
-        kserve_crds: None, agents: PeerAgents, hf_hub: LocalHub) -> None:
+@pytest.mark.parametrize("agents", ["kserve"], indirect=True)
+def test_with_kserve_crds_and_no_peer_service_nobody_waits_for_peers_nobody_can_find(
+        agents: PeerAgents, hf_hub: LocalHub) -> None:
+    agents.by_service = False  # no EndpointSlices: the agents cannot find each other
     model = hub_model(hf_hub, standard_files("kserve-crds", shard_mib=6))
     storage = hub_storage_key(agents.cluster, hf_hub.url)
     before = hf_hub.bytes_served

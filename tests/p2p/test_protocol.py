@@ -15,7 +15,7 @@ import pytest
 
 from localmodel.api.keys import storage_key
 from localmodel.peers.auth import token_expiry
-from localmodel.peers.discovery import peers_by_key, valid_endpoint
+from localmodel.peers.discovery import endpoints_by_node, peers_by_key, valid_endpoint
 from localmodel.peers.partial import PartialDownloads, RecordingSource
 from localmodel.peers.protocol import (
     PIECE_SIZE,
@@ -213,3 +213,41 @@ def test_a_long_poll_returns_when_a_piece_is_recorded() -> None:
     partials.end(KEY, completed=True)
     assert partials.finished_table(KEY, "w", 3 * PIECE_SIZE) == b"\x02" * 32 + b"\x01" * 32 + b"\x03" * 32
     assert partials.finished_table(KEY, "w", 3 * PIECE_SIZE + 1) is None
+
+
+# --- peers found through the peer Service's EndpointSlices (any CRD) -------------------------------
+
+
+def _slice(name: str, port: int, *endpoints: dict[str, object], family: str = "IPv4") -> dict[str, object]:
+    return {"metadata": {"name": name}, "addressType": family,
+            "ports": [{"name": "metrics", "port": 8080}, {"name": "peer", "port": port}],
+            "endpoints": list(endpoints)}
+
+
+def test_endpoint_slices_map_each_node_to_its_agents_peer_url() -> None:
+    slices = [
+        _slice("b", 8082, {"addresses": ["10.0.0.9"], "nodeName": "n1"}),  # n1 is in "a" first
+        _slice("a", 8082, {"addresses": ["10.0.0.1"], "nodeName": "n1"},
+               {"addresses": ["10.0.0.2"], "nodeName": "n2", "conditions": {"terminating": True}},
+               {"addresses": [], "nodeName": "n3"}, {"addresses": ["10.0.0.4"]}),
+        _slice("c", 8082, {"addresses": ["fd00::5"], "nodeName": "n5"}, family="IPv6"),
+        _slice("d", 8082, {"addresses": ["agent.example"], "nodeName": "n6"}, family="FQDN"),
+        {"metadata": {"name": "e"}, "addressType": "IPv4", "ports": [{"name": "other", "port": 1}],
+         "endpoints": [{"addresses": ["10.0.0.7"], "nodeName": "n7"}]},
+    ]
+    assert endpoints_by_node(slices) == {"n1": "http://10.0.0.1:8082", "n5": "http://[fd00::5]:8082",
+                                         "n6": "http://agent.example:8082"}
+
+
+def test_a_pruned_peer_endpoint_is_taken_from_the_service() -> None:
+    uri = "hf://org/m"
+    objects = [{"metadata": {"name": "n1"},
+                "spec": {"localModels": [{"sourceModelUri": uri, "modelName": "m"}]},
+                "status": {"modelStatus": {"m": "ModelDownloaded"}}},  # KServe's CRD: no peerEndpoint
+               {"metadata": {"name": "n2"},
+                "spec": {"localModels": [{"sourceModelUri": uri, "modelName": "m"}]},
+                "status": {"modelStatus": {"m": "ModelDownloaded"}, "peerEndpoint": "http://10.0.0.2:8082"}}]
+    found = peers_by_key(objects, exclude="self",
+                         endpoints={"n1": "http://10.0.0.1:8082", "n2": "http://10.9.9.9:8082"})
+    assert found[storage_key(uri)] == [Peer("n1", "http://10.0.0.1:8082"), Peer("n2", "http://10.0.0.2:8082")]
+    assert peers_by_key(objects[:1], exclude="self") == {}, "no address, no peer"

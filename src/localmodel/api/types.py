@@ -218,6 +218,10 @@ class ModelDetail(_Model):
     reason: str | None = Field(default=None, description="CamelCase reason of the last failure.")
     message: str | None = None
     retry_at: str | None = None
+    warning: str | None = Field(
+        default=None,
+        description="What the download went ahead without (e.g. a missing storage-config Secret).",
+    )
 
 
 class NodeDisk(_Model):

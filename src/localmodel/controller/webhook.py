@@ -27,6 +27,7 @@ from aiohttp import web
 from lightkube import ApiError, AsyncClient
 
 from localmodel.controller import admission_cache, admission_consumers, admission_pod, names
+from localmodel.controller.admission_live import LiveReads
 from localmodel.controller.cluster import ClusterView
 from localmodel.controller.metrics import ControllerMetrics
 from localmodel.controller.names import CacheRef
@@ -41,14 +42,16 @@ Verdict = tuple[str | None, list[dict[str, Any]]]  # (refusal message or None, J
 
 
 class Webhooks:
-    """The admission decisions, over the controller's informer caches (`view`); the API is read
-    only for a cache's consumers on delete. `claim_now` queues a cache whose serving claim a
-    newly admitted Pod needs."""
+    """The admission decisions, over the controller's informer caches (`view`). Each one that
+    depends on other objects is confirmed with a live read where a lagging informer would decide
+    wrongly (admission_live). `claim_now` queues a cache whose serving claim a newly admitted Pod
+    needs."""
 
     def __init__(self, view: ClusterView, client: AsyncClient, metrics: ControllerMetrics,
                  claim_now: Callable[[CacheRef], None]) -> None:
         self.view = view
         self.client = client
+        self.live = LiveReads(client)
         self.metrics = metrics
         self.claim_now = claim_now
         self.calls = 0
@@ -64,7 +67,10 @@ class Webhooks:
         if cache.deleting:
             return None, []
         message = admission_cache.duplicate_uri(cache, self.view.cluster_caches())
-        return message or self._capacity(request, cache), []
+        if message is None and operation == "CREATE":
+            # sourceModelUri is immutable (CEL), so only a create can bring a duplicate.
+            message = admission_cache.duplicate_uri(cache, await self.live.cluster_caches())
+        return message or await self._capacity(request, cache), []
 
     async def validate_namespace_cache(self, request: Review) -> Verdict:
         operation = request.get("operation")
@@ -75,13 +81,18 @@ class Webhooks:
         if cache.deleting:
             return None, []
         message = admission_cache.missing_groups(cache, self.view.all_groups())
-        return message or self._capacity(request, cache), []
+        if message is not None:
+            message = admission_cache.missing_groups(cache, await self.live.groups())
+        return message or await self._capacity(request, cache), []
 
-    def _capacity(self, request: Review, cache: Cache) -> str | None:
+    async def _capacity(self, request: Review, cache: Cache) -> str | None:
         old = Cache.from_k8s(request["oldObject"]) if request.get("oldObject") else None
         if not admission_cache.capacity_relevant_change(old, cache):
             return None
-        return admission_cache.capacity(cache, self.view.all_groups(), self.view.all_caches())
+        if cache.model_size is None:
+            return None  # nothing to weigh, whatever the other objects say
+        # A cache just admitted, or a limit just changed, may not be in the informers yet.
+        return admission_cache.capacity(cache, await self.live.groups(), await self.live.all_caches())
 
     async def _in_use(self, cache: Cache) -> str | None:
         consumers: list[tuple[str, Mapping[str, Any]]] = []
@@ -95,7 +106,11 @@ class Webhooks:
                         continue
                     raise
                 consumers.append((kind, obj if isinstance(obj, dict) else obj.to_dict()))
-        return admission_cache.in_use(cache, consumers)
+        message = admission_cache.in_use(cache, consumers)
+        if message is None:
+            # A consumer created a moment ago is labelled but not yet in the cache's status.
+            message = admission_cache.in_use(cache, await self.live.labelled_consumers(cache))
+        return message
 
     # --- consumers ------------------------------------------------------------------------------
 
@@ -107,21 +122,26 @@ class Webhooks:
             return False
 
     def _candidates(self, namespace: str) -> tuple[list[Cache], list[Cache]]:
-        by_name = lambda c: c.ref.name  # noqa: E731 (KServe lists in name order)
-        return (sorted(self.view.namespace_caches(namespace), key=by_name),
-                sorted(self.view.cluster_caches(), key=by_name))
+        return (_by_name(self.view.namespace_caches(namespace)), _by_name(self.view.cluster_caches()))
+
+    async def _default(self, request: Review, uri: str | None) -> Verdict:
+        obj = request.get("object") or {}
+        enabled = self._defaulting_enabled()
+        namespace = request.get("namespace") or ""
+        namespaced, cluster = self._candidates(namespace)
+        ops = admission_consumers.defaulting_patch(obj, uri, enabled, namespaced, cluster)
+        if not ops and uri and enabled:
+            # No cached model matched: a cache created a moment ago may not be in the informers.
+            namespaced = _by_name(await self.live.namespace_caches(namespace))
+            cluster = _by_name(await self.live.cluster_caches())
+            ops = admission_consumers.defaulting_patch(obj, uri, enabled, namespaced, cluster)
+        return None, ops
 
     async def default_isvc(self, request: Review) -> Verdict:
-        obj = request.get("object") or {}
-        namespaced, cluster = self._candidates(request.get("namespace") or "")
-        uri = admission_consumers.isvc_storage_uri(obj)
-        return None, admission_consumers.defaulting_patch(obj, uri, self._defaulting_enabled(), namespaced, cluster)
+        return await self._default(request, admission_consumers.isvc_storage_uri(request.get("object") or {}))
 
     async def default_llmisvc(self, request: Review) -> Verdict:
-        obj = request.get("object") or {}
-        namespaced, cluster = self._candidates(request.get("namespace") or "")
-        uri = admission_consumers.llmisvc_storage_uri(obj)
-        return None, admission_consumers.defaulting_patch(obj, uri, self._defaulting_enabled(), namespaced, cluster)
+        return await self._default(request, admission_consumers.llmisvc_storage_uri(request.get("object") or {}))
 
     async def mutate_pod(self, request: Review) -> Verdict:
         pod = request.get("object") or {}
@@ -130,7 +150,7 @@ class Webhooks:
         if not name:
             return None, []
         namespace = request.get("namespace") or (pod.get("metadata") or {}).get("namespace") or ""
-        cache = self.view.cache(CacheRef(namespace, name)) or self.view.cache(CacheRef("", name))
+        cache = await self._find_cache(namespace, name)
         if cache is None:
             return (f"pod asks for model cache {name!r} (label {names.POD_CACHE_LABEL}) but there is no "
                     f"LocalModelNamespaceCache {namespace}/{name} and no LocalModelCache {name}"), []
@@ -142,6 +162,24 @@ class Webhooks:
             return str(error), []
         self.claim_now(cache.ref)  # make the serving claim in this namespace now
         return None, ops
+
+    async def _find_cache(self, namespace: str, name: str) -> Cache | None:
+        """The namespace's cache of that name, else the cluster's; live when the informers miss."""
+        refs = (CacheRef(namespace, name), CacheRef("", name))
+        for ref in refs:
+            cache = self.view.cache(ref)
+            if cache is not None:
+                return cache
+        for ref in refs:
+            cache = await self.live.cache(ref)
+            if cache is not None:
+                return cache
+        return None
+
+
+def _by_name(caches: list[Cache]) -> list[Cache]:
+    """KServe lists candidate caches in name order."""
+    return sorted(caches, key=lambda c: c.ref.name)
 
 
 def _response(review: Review, allowed: bool, message: str | None, ops: list[dict[str, Any]]) -> dict[str, Any]:

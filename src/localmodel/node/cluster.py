@@ -23,7 +23,6 @@ from lightkube.types import PatchType
 
 from localmodel.api.quantity import parse_quantity
 from localmodel.api.types import API_VERSION, LocalModelInfo
-from localmodel.errors import CredentialsConfigError
 from localmodel.kube import events, resources
 from localmodel.kube.config import (
     CONFIGMAP_NAME,
@@ -43,6 +42,7 @@ from localmodel.node.credentials import (
     from_service_account,
     from_storage_spec,
     plan_credentials,
+    without_storage_secret,
 )
 from localmodel.node.plan import WantedModel
 
@@ -180,11 +180,17 @@ class ClusterBackend:
         if plan.storage_key is not None:
             assert plan.storage_secret_name is not None
             secret = await self._secret(plan.storage_secret_name)
-            if secret is None:
-                raise CredentialsConfigError(
-                    f"can't read storage secret {namespace}/{plan.storage_secret_name}: not found")
+            raw = None if secret is None else secret.data.get(plan.storage_key)
+            if raw is None:
+                # KServe's agent downloads anyway; so do we, saying so (and refusing where the
+                # Secret decides where the request goes).
+                where = f"storage secret {namespace}/{plan.storage_secret_name}"
+                missing = (f"{where} not found" if secret is None
+                           else f"storage key {plan.storage_key!r} not found in {where}")
+                return without_storage_secret(model.uri, missing=missing, parameters=plan.parameters,
+                                              config=self._credentials_config)
             return from_storage_spec(
-                secret.data.get(plan.storage_key), secret_name=plan.storage_secret_name,
+                raw, secret_name=plan.storage_secret_name,
                 storage_key=plan.storage_key, parameters=plan.parameters, uri=model.uri,
             )
         if plan.service_account is None:

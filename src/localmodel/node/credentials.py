@@ -17,7 +17,10 @@ Differences from KServe, on purpose:
   `"type": "hf"`);
 - a GCS key is handed over as content; the I/O layer writes it to a private temp file and points
   GOOGLE_APPLICATION_CREDENTIALS at it for the length of the download;
-- HDFS is recognised but not supported by localmodel's sources, so it is reported, not used.
+- HDFS is recognised but not supported by localmodel's sources, so it is reported, not used;
+- a missing storage-config Secret (or key) is downloaded without credentials, as KServe's agent
+  does ("Failed to inject credentials"), but said so in an Event and the status, and refused for
+  `s3://` unless an endpoint is known without the Secret (`without_storage_secret`).
 
 `Credentials` never shows secret values in its repr; `secret_values` feeds `redact`, which the
 agent applies to every message before it reaches a log, the status or an Event.
@@ -96,6 +99,10 @@ class Credentials:
     origins: tuple[str, ...] = ()
     #: Secrets that were found but cannot be used, with why (for a warning, never an error).
     ignored: tuple[str, ...] = ()
+    #: Set when the entry asked for credentials that do not exist and the download goes ahead
+    #: without them, as KServe's agent does: what is missing, for an Event, the status and any
+    #: refusal the origin then gives.
+    missing: str | None = None
 
     @property
     def secret_values(self) -> frozenset[str]:
@@ -110,7 +117,7 @@ class Credentials:
     def __repr__(self) -> str:
         return (
             f"Credentials(settings={sorted(self.settings)!r}, files={sorted(self.files)!r}, "
-            f"origins={self.origins!r})"
+            f"origins={self.origins!r}, missing={self.missing!r})"
         )
 
 
@@ -382,3 +389,40 @@ def from_storage_spec(
         if "headers" in merged and host:
             settings[f"{host}-headers"] = merged["headers"]
     return Credentials(settings=settings, files=files, origins=(f"{where} ({kind})",))
+
+
+def without_storage_secret(
+    uri: str,
+    *,
+    missing: str,
+    parameters: Mapping[str, str],
+    config: CredentialsConfig,
+) -> Credentials:
+    """Credentials for an entry whose storage-config Secret (or key) does not exist.
+
+    KServe's agent logs "Failed to inject credentials" and downloads anyway, so a public model
+    still arrives; so do we, and `missing` travels with the download for the Event, the status
+    and the message of any refusal from the origin. `storage.parameters` with a `type` are used
+    as the whole spec, as they would override the missing one.
+
+    Refused where the missing Secret decides where the request goes: an `s3://` bucket name is
+    global, so without the Secret's endpoint the request would go to AWS S3, where a bucket of
+    that name may belong to someone else. It goes ahead when the cluster's credentials config
+    (`s3.s3Endpoint`) or the parameters name an endpoint.
+    """
+    note = f"{missing}; downloading without credentials"
+    if parameters.get("type"):
+        found = from_storage_spec("{}", secret_name="storage.parameters", storage_key="-",
+                                  parameters=parameters, uri=uri)
+        return Credentials(settings=found.settings, files=found.files, origins=found.origins,
+                           missing=f"{missing}; downloading with storage.parameters only")
+    if urlsplit(uri).scheme.lower() == "s3":
+        settings = s3_settings({}, None, config.s3)
+        if "AWS_ENDPOINT_URL" not in settings:
+            raise CredentialsConfigError(
+                f"{missing}: refusing to read {uri} without it, since the Secret may name the S3 "
+                "endpoint and without one the request would go to AWS S3, where a bucket of that "
+                "name may belong to someone else (set credentials.s3.s3Endpoint, or create the Secret)"
+            )
+        return Credentials(settings=settings, origins=("credentials.s3 (endpoint only)",), missing=note)
+    return Credentials(missing=note)

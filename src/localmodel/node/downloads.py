@@ -31,7 +31,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from localmodel.errors import InsufficientSpaceError, LocalModelError
+from localmodel.errors import (
+    InsufficientSpaceError,
+    LocalModelError,
+    SourceAuthError,
+    SourceNotFoundError,
+)
 from localmodel.fetch.engine import with_file_limit
 from localmodel.fetch.manifest import Manifest
 from localmodel.fetch.options import FetchOptions
@@ -47,6 +52,10 @@ if TYPE_CHECKING:
     from localmodel.peers.fill import FillStrategy
 
 logger = logging.getLogger(__name__)
+
+#: Failure reasons an origin gives when it wants credentials (private objects answer 404 on
+#: several stores, e.g. Hugging Face, so NotFound counts too).
+_REFUSALS = frozenset({SourceAuthError.reason, SourceNotFoundError.reason})
 
 
 class Cancelled(Exception):
@@ -333,6 +342,10 @@ class Jobs:
         except BaseException as exc:  # noqa: BLE001 - every outcome becomes a result
             cancelled = isinstance(exc, Cancelled) or job.cancel.is_set()
             reason, message, retry_after = describe_error(exc)
+            if request.credentials.missing and reason in _REFUSALS:
+                # The origin refused a download that went ahead without the credentials asked
+                # for: name what is missing, the likely cause.
+                message = f"{message} ({request.credentials.missing})"
             if not cancelled and not isinstance(exc, LocalModelError):
                 logger.exception("download crashed", extra={"storage_key": key})
             result = JobResult(

@@ -130,7 +130,8 @@ def build_peer_runtime(agent: AgentSettings, client: Client, metrics: AgentMetri
                                                  slots=settings.origin_slots,
                                                  lease_seconds=settings.lease_seconds))
     partials = PartialDownloads()
-    fill = PeerFill(directory=PeerDirectory(client, node_name=agent.node_name), client=peer_client,
+    fill = PeerFill(directory=PeerDirectory(client, node_name=agent.node_name,
+                                              service=(agent.namespace, settings.service) if settings.service else None), client=peer_client,
                     health=health, slots=slots, node_name=agent.node_name, root=agent.root, partials=partials,
                     settings=FillSettings(verify_md5=verify_md5, stall_seconds=settings.stall_seconds),
                     on_finish=_record_fill(metrics))

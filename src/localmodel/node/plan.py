@@ -157,6 +157,8 @@ class Record:
     #: Bytes per second of the last successful download.
     bytes_per_second: int | None = None
     bytes_total: int | None = None
+    #: What the last download went ahead without (credentials.missing), shown in status.
+    warning: str | None = None
 
 
 NO_RECORD = Record()
@@ -234,6 +236,7 @@ def decide(
                 start_time=rfc3339(job.started_at),
                 reason=record.reason,
                 message=record.message,
+                warning=record.warning,
             ),
         )
 
@@ -255,6 +258,7 @@ def decide(
                 completion_time=rfc3339(observed.completed_at or record.finished_at),
                 revision=observed.revision,
                 digest=observed.digest,
+                warning=record.warning,
             ),
             wake_at=None if scrub_now or job is not None else due,
         )
@@ -283,6 +287,7 @@ def decide(
                 retry_at=rfc3339(record.retry_at),
                 reason=record.reason,
                 message=record.message,
+                warning=record.warning,
             ),
             wake_at=record.retry_at,
         )
@@ -299,6 +304,7 @@ def decide(
             bytes_total=observed.bytes_total or record.bytes_total,
             reason=record.reason if observed.state is not DiskState.DAMAGED else "Damaged",
             message=message,
+            warning=record.warning,
         ),
     )
 

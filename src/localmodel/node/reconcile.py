@@ -27,6 +27,7 @@ from typing import Any
 from localmodel.api.quantity import human_bytes
 from localmodel.api.types import NodeDisk
 from localmodel.errors import LocalModelError
+from localmodel.node.aliases import plan_aliases, sync_aliases
 from localmodel.node.backend import AgentEvent, Backend, Desired
 from localmodel.node.credentials import Credentials
 from localmodel.node.downloads import (
@@ -41,6 +42,7 @@ from localmodel.node.plan import (
     DiskState,
     JobKind,
     Observed,
+    NO_RECORD,
     Plan,
     Record,
     WantedModel,
@@ -103,6 +105,7 @@ class Reconciler:
         self._draw = draw
         self.started_at = clock()
         self.records: dict[str, Record] = {}
+        self._alias_refusals_shown: frozenset[str] = frozenset()
         self._wanted: dict[str, WantedModel] = {}
         self._desired: Desired | None = None
         self._observed: dict[str, Observed] = {}
@@ -214,6 +217,7 @@ class Reconciler:
         self.records[result.key] = Record(
             started_at=result.started_at, finished_at=result.finished_at,
             bytes_per_second=rate, bytes_total=result.bytes_total,
+            warning=self.records.get(result.key, NO_RECORD).warning,
         )
         self._scrubbed[result.key] = result.finished_at
         model = self._wanted.get(result.key)
@@ -265,6 +269,7 @@ class Reconciler:
         self.records[key] = Record(
             failures=failures, reason=reason, message=message, retry_at=now + timedelta(seconds=delay),
             started_at=started_at or previous.started_at, bytes_total=previous.bytes_total,
+            warning=previous.warning,
         )
         self.metrics.downloads.labels("failed").inc()
         self.metrics.download_failures.labels(reason).inc()
@@ -277,6 +282,7 @@ class Reconciler:
 
     def _observe_disk(self) -> None:
         self.store.ensure_root()
+        self._sync_aliases()
         self._on_disk = self.store.keys_on_disk()
         persisted = self.store.scrub_times()
         running = self.jobs.views()
@@ -332,6 +338,17 @@ class Reconciler:
             if self.jobs.submit_scrub(key):
                 logger.info("scrub started", extra={"storage_key": key})
 
+    def _sync_aliases(self) -> None:
+        """KServe <= 0.17's models/<modelName> names (node/aliases); before the folders are seen,
+        so an old folder moved under its storage key is adopted in this very pass."""
+        aliases = plan_aliases(self.settings.folder_layout,
+                               ((e.model_name, key) for key, m in self._wanted.items() for e in m.entries))
+        for note in sync_aliases(self.store.models_dir, aliases.links):
+            logger.info(note)
+        for note in set(aliases.refused) - self._alias_refusals_shown:
+            logger.warning(note)
+        self._alias_refusals_shown = frozenset(aliases.refused)
+
     def _take_pending_events(self) -> list[AgentEvent]:
         events, self._pending_events = self._pending_events, []
         return events
@@ -368,6 +385,11 @@ class Reconciler:
         )
         request = DownloadRequest(key=key, uri=model.uri, credentials=credentials, budgets=budgets)
         if self.jobs.submit_download(request, model.node_groups):
+            previous = self.records.get(key, NO_RECORD)
+            if previous.warning != credentials.missing:
+                self.records[key] = replace(previous, warning=credentials.missing)
+            if credentials.missing:
+                await self._event("Warning", "CredentialsMissing", f"{model.shown_uri}: {credentials.missing}", key)
             logger.info("download queued", extra={"storage_key": key, "uri": model.shown_uri,
                                                    "models": list(model.status_keys),
                                                    "credentials": list(credentials.origins)})

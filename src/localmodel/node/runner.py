@@ -110,7 +110,10 @@ async def run_agent(settings: AgentSettings, backend: Backend, *, stop: asyncio.
 
         await asyncio.to_thread(peers.start, on_damage=damaged)
         reconciler.peer_endpoint = peers.endpoint
-        peers.fill.discovery_works = lambda: not reconciler.additive_pruned
+        directory = peers.fill.directory
+        # Under KServe's CRDs status.peerEndpoint is pruned; the peer Service still finds nodes.
+        peers.fill.discovery_works = lambda: (not reconciler.additive_pruned
+                                              or directory.finds_peers_without_status())
     await backend.start(poke)
     logger.info("agent started", extra={"node": settings.node_name, "root": str(settings.root),
                                         "max_concurrent": settings.downloads.max_concurrent})

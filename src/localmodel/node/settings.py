@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from localmodel.fetch.options import FetchOptions
+from localmodel.node.aliases import FolderLayout
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,9 @@ class PeerSettings:
     port: int | None = 8082
     #: Address other agents reach this one at ($POD_IP); None: serve, but publish no endpoint.
     advertise_address: str | None = None
+    #: Headless Service over the agent Pods, in the agent's namespace: its EndpointSlices find
+    #: peers whatever CRD is installed (KServe's prunes status.peerEndpoint); None: status only.
+    service: str | None = "kserve-localmodelnode-agent-peers"
     #: Bytes per second served to all peers together; None = no cap.
     rate_limit: float | None = float(2**30)
     #: Peer connections served at once; more are answered 503 (busy).
@@ -107,6 +111,8 @@ class AgentSettings:
     node_name: str
     #: Namespace of the agent ($POD_NAMESPACE): where inferenceservice-config lives.
     namespace: str = "kserve"
+    #: Also show each model as models/<modelName> (KServe <= 0.17's controller); see node/aliases.
+    folder_layout: FolderLayout = FolderLayout.STORAGE_KEY
     retry: RetrySettings = field(default_factory=RetrySettings)
     downloads: DownloadSettings = field(default_factory=DownloadSettings)
     status: StatusSettings = field(default_factory=StatusSettings)

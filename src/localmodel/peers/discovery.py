@@ -6,9 +6,13 @@ Read from the LocalModelNodes themselves, which every agent already keeps curren
 - `spec.localModels[*].sourceModelUri` → storage key (sha256(uri)[:16], as the folder name);
 - `status.modelStatus[statusKey] == ModelDownloaded`: the key is complete there.
 
-The spec gives the key even when KServe's CRDs prune `modelDetails`; `peerEndpoint` itself
-is pruned by KServe's CRDs, so with those installed no peer is ever found (every node uses
-the origin, as before).
+The spec gives the key even when KServe's CRDs prune `modelDetails`. `peerEndpoint` itself is
+pruned by KServe's CRDs, so a second source gives a node's address whatever CRD is installed:
+the EndpointSlices of the headless Service over the agent Pods
+(`kserve-localmodelnode-agent-peers`, deploy/agent/peer-service.yaml), whose endpoints carry
+`nodeName` and the Pod IP, with the Service's `peer` port. `peerEndpoint` wins where both exist.
+Trust does not depend on either: a peer proves its identity with a token, and every piece it
+sends is checked against the origin's digests (docs/p2p.md).
 
 Listing every LocalModelNode is done on demand, only while a download looks for peers, and
 the answer is shared for `ttl` seconds by every download of the agent. A watch would push
@@ -26,6 +30,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from lightkube import Client
+from lightkube.resources.discovery_v1 import EndpointSlice
 
 from localmodel.api.keys import status_key, storage_key
 from localmodel.api.types import ModelStatus
@@ -33,6 +38,11 @@ from localmodel.kube import resources
 from localmodel.peers.source import Peer
 
 logger = logging.getLogger(__name__)
+
+#: The headless Service selecting the agent Pods; its EndpointSlices give node → Pod IP.
+PEER_SERVICE = "kserve-localmodelnode-agent-peers"
+PEER_PORT_NAME = "peer"
+_SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 
 
 def valid_endpoint(value: Any) -> str | None:
@@ -75,16 +85,49 @@ def keys_in_phase(obj: Mapping[str, Any], phase: ModelStatus) -> set[str]:
     return keys
 
 
+def endpoints_by_node(slices: Iterable[Mapping[str, Any]], port_name: str = PEER_PORT_NAME) -> dict[str, str]:
+    """nodeName → `http://<Pod IP>:<port>` from a Service's EndpointSlices (pure). The
+    EndpointSlice controller writes IPv4/IPv6 slices for the agent Pods; FQDN slices, written by
+    hand for agents that are not Pods, work too.
+
+    Endpoints being deleted are skipped; where a node has two (an agent Pod being replaced),
+    the first in slice-name order is kept, so every agent picks the same one.
+    """
+    found: dict[str, str] = {}
+    for item in sorted(slices, key=lambda s: str((s.get("metadata") or {}).get("name", ""))):
+        family = item.get("addressType")
+        if family not in ("IPv4", "IPv6", "FQDN"):
+            continue
+        port = next((p.get("port") for p in item.get("ports") or []
+                     if isinstance(p, Mapping) and p.get("name") == port_name), None)
+        if not isinstance(port, int):
+            continue
+        for endpoint in item.get("endpoints") or []:
+            if not isinstance(endpoint, Mapping) or (endpoint.get("conditions") or {}).get("terminating"):
+                continue
+            node, addresses = endpoint.get("nodeName"), endpoint.get("addresses") or []
+            if not isinstance(node, str) or not addresses or not isinstance(addresses[0], str):
+                continue
+            host = f"[{addresses[0]}]" if family == "IPv6" else addresses[0]
+            url = valid_endpoint(f"http://{host}:{port}")
+            if url is not None:
+                found.setdefault(node, url)
+    return found
+
+
 def peers_by_key(objects: Iterable[Mapping[str, Any]], *, exclude: str,
-                 phase: ModelStatus = ModelStatus.DOWNLOADED) -> dict[str, list[Peer]]:
+                 phase: ModelStatus = ModelStatus.DOWNLOADED,
+                 endpoints: Mapping[str, str] | None = None) -> dict[str, list[Peer]]:
     """storage key → peers holding it complete (or in another `phase`), from LocalModelNode
-    objects (pure)."""
+    objects and, for nodes whose `peerEndpoint` is missing (pruned), `endpoints` by node (pure)."""
     found: dict[str, list[Peer]] = {}
     for obj in objects:
         name = (obj.get("metadata") or {}).get("name")
         if not isinstance(name, str) or name == exclude:
             continue
         endpoint = valid_endpoint((obj.get("status") or {}).get("peerEndpoint"))
+        if endpoint is None:
+            endpoint = (endpoints or {}).get(name)
         if endpoint is None:
             continue
         for key in keys_in_phase(obj, phase):
@@ -99,13 +142,17 @@ class PeerDirectory:
     seconds; and single nodes by name (the holders of origin slots), read on every ask."""
 
     def __init__(self, client: Client, *, node_name: str, ttl: float = 2.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 service: tuple[str, str] | None = None) -> None:
         self._client = client
         self._node_name = node_name
         self._ttl = ttl
         self._clock = clock
+        #: (namespace, name) of the headless Service over the agents, or None.
+        self._service = service
         self._lock = threading.Lock()
         self._objects: list[dict[str, Any]] = []
+        self._endpoints: dict[str, str] = {}
         self._taken_at: float | None = None
         #: Lists sent (tests and metrics).
         self.lists = 0
@@ -120,18 +167,44 @@ class PeerDirectory:
                     logger.warning("could not list LocalModelNodes to find peers",
                                    extra={"error": f"{exc.__class__.__name__}: {exc}"})
                     return []
+                self._endpoints = self._list_endpoints()
                 self.lists += 1
                 self._taken_at = self._clock()
             return self._objects
 
+    def _list_endpoints(self) -> dict[str, str]:
+        if self._service is None:
+            return {}
+        namespace, name = self._service
+        try:
+            slices = self._client.list(EndpointSlice, namespace=namespace, labels={_SERVICE_NAME_LABEL: name})
+            return endpoints_by_node(item.to_dict() for item in slices)
+        except Exception as exc:  # noqa: BLE001 - then only peerEndpoint finds peers
+            logger.warning("could not list the peer Service's EndpointSlices",
+                           extra={"service": f"{namespace}/{name}", "error": f"{exc.__class__.__name__}: {exc}"})
+            return {}
+
+    def finds_peers_without_status(self) -> bool:
+        """Whether nodes can find each other when status.peerEndpoint is pruned (KServe's CRDs):
+        the peer Service lists this node's own agent, so the others find it as it finds them
+        (none listed yet is no reason to skip the origin slots: they may come a moment later)."""
+        with self._lock:
+            stale = self._taken_at is None or self._clock() - self._taken_at >= self._ttl
+        if stale:
+            self._snapshot(None)
+        with self._lock:
+            return self._node_name in self._endpoints
+
     def complete_peers(self, key: str, *, max_age: float | None = None) -> list[Peer]:
         """Peers holding `key` complete, from a list at most `max_age` (default `ttl`) old."""
-        return peers_by_key(self._snapshot(max_age), exclude=self._node_name).get(key, [])
+        objects = self._snapshot(max_age)
+        return peers_by_key(objects, exclude=self._node_name, endpoints=self._endpoints).get(key, [])
 
     def downloading_peers(self, key: str, *, max_age: float | None = None) -> list[Peer]:
         """Peers downloading `key` now (they serve the pieces they have written)."""
-        return peers_by_key(self._snapshot(max_age), exclude=self._node_name,
-                            phase=ModelStatus.DOWNLOADING).get(key, [])
+        objects = self._snapshot(max_age)
+        return peers_by_key(objects, exclude=self._node_name, phase=ModelStatus.DOWNLOADING,
+                            endpoints=self._endpoints).get(key, [])
 
     def nodes(self, names: Iterable[str], key: str) -> tuple[list[Peer], list[Peer]]:
         """(complete, downloading) among the named nodes, read now (one GET each)."""
@@ -143,6 +216,9 @@ class PeerDirectory:
                 objects.append(self._client.get(resources.LocalModelNode, name).to_dict())
             except Exception:  # noqa: BLE001 - a node that cannot be read is no peer
                 continue
-        complete = peers_by_key(objects, exclude=self._node_name).get(key, [])
-        downloading = peers_by_key(objects, exclude=self._node_name, phase=ModelStatus.DOWNLOADING).get(key, [])
+        self._snapshot(None)  # the Service's endpoints, at most `ttl` old
+        endpoints = self._endpoints
+        complete = peers_by_key(objects, exclude=self._node_name, endpoints=endpoints).get(key, [])
+        downloading = peers_by_key(objects, exclude=self._node_name, phase=ModelStatus.DOWNLOADING,
+                                   endpoints=endpoints).get(key, [])
         return complete, downloading
