@@ -52,13 +52,25 @@ def _raise_stop(signum: int, _frame: FrameType | None) -> None:
     "--start-timeout", type=float, default=180.0, show_default=True,
     help="Seconds to wait for each component to become ready.",
 )
-def cluster(workdir: Path, controller_manager: bool, start_timeout: float) -> None:
+@click.option(
+    "--real-nodes", type=click.IntRange(0, 200), default=0, show_default=True,
+    help="Also run this many real nodes (kubelet + containerd each, kube-scheduler, kube-proxy; "
+    "needs root). The apiserver then listens on 10.244.0.1, reachable from Pods.",
+)
+@click.option(
+    "--node-label", "node_labels", multiple=True, metavar="KEY=VALUE",
+    help="A label every real node registers with (repeatable), e.g. kserve/localmodel=worker.",
+)
+def cluster(
+    workdir: Path, controller_manager: bool, start_timeout: float, real_nodes: int, node_labels: tuple[str, ...]
+) -> None:
     """Run a real Kubernetes control plane on 127.0.0.1 until Ctrl-C or SIGTERM.
 
     Starts etcd, kube-apiserver (RBAC, admission webhooks, ValidatingAdmissionPolicy,
     ServiceAccount tokens) and kube-controller-manager, all built from Go modules in
-    hack/controlplane (the first build takes several minutes; later runs reuse it). No kubelet
-    runs: Nodes and Pods are objects only.
+    hack/controlplane (the first build takes several minutes; later runs reuse it). Without
+    --real-nodes no kubelet runs: Nodes and Pods are objects only. With --real-nodes N, N real
+    nodes run Pods (see docs/realnodes.md) and "ready" is printed once every Node is Ready.
 
     Once `kubectl get ns` works it prints a line containing "ready", the kubeconfig path
     (DIR/kubeconfig, an admin credential) and how to call the matching kubectl. Component logs
@@ -69,6 +81,9 @@ def cluster(workdir: Path, controller_manager: bool, start_timeout: float) -> No
 
     signal.signal(signal.SIGINT, _raise_stop)
     signal.signal(signal.SIGTERM, _raise_stop)
+    if real_nodes:
+        _cluster_with_real_nodes(workdir, start_timeout, real_nodes, node_labels)
+        return
     try:
         if built_paths() is None:
             click.echo("building the control plane from Go modules (first time: several minutes)...")
@@ -96,6 +111,46 @@ def cluster(workdir: Path, controller_manager: bool, start_timeout: float) -> No
                     )
     except _StopRequested as stop:
         click.echo(f"{stop}: control plane stopped")
+    except ControlPlaneError as error:
+        raise click.ClickException(str(error)) from error
+
+
+def _cluster_with_real_nodes(workdir: Path, start_timeout: float, nodes: int, node_labels: tuple[str, ...]) -> None:
+    from localmodel.dev.nodebuild import built_node_paths
+    from localmodel.dev.nodes import RealNodeCluster
+
+    labels = {}
+    for label in node_labels:
+        key, sep, value = label.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{label!r} is not KEY=VALUE", param_hint="--node-label")
+        labels[key] = value
+    try:
+        if built_node_paths() is None:
+            click.echo("building the node binaries from Go modules (first time: several minutes)...")
+        real = RealNodeCluster(workdir, nodes=nodes, node_labels=labels, start_timeout=start_timeout)
+        real.paths  # build now, before the clock of the start
+        with real:
+            plane = real.control_plane
+            _wait_for_kubectl(plane, start_timeout)
+            click.echo(f"localmodel cluster with {nodes} real nodes ready in {real.timings['total']:.1f}s: {plane.server}")
+            click.echo(f"  nodes:      {', '.join(f'{n.name} ({n.pod_cidr})' for n in real.nodes)}")
+            click.echo(f"  kubeconfig: {plane.kubeconfig}")
+            click.echo(f"  kubectl:    {plane.paths.kubectl} --kubeconfig {plane.kubeconfig} get nodes")
+            click.echo(f"  images:     {real.paths.ctr} --address {real.nodes[0].containerd_socket} "
+                       "-n k8s.io images import ARCHIVE  (for each node)")
+            click.echo(f"  logs:       {plane.logs_dir}/ and {workdir}/nodes/*/logs/")
+            click.echo("press Ctrl-C to stop")
+            while True:
+                time.sleep(1.0)
+                failed = real.failed_component()
+                if failed is not None:
+                    raise click.ClickException(
+                        f"{failed.name} exited with status {failed.exit_code()}; "
+                        f"log {failed.log_file}:\n{failed.log_tail()}"
+                    )
+    except _StopRequested as stop:
+        click.echo(f"{stop}: cluster and nodes stopped")
     except ControlPlaneError as error:
         raise click.ClickException(str(error)) from error
 

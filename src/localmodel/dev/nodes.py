@@ -252,7 +252,7 @@ class RealNodeCluster:
             self._phase("cleanup", cleanup_leftovers)
             self._record_state()
             self._phase("host network", self._setup_host)
-            self._phase("control plane", self.control_plane.start)
+            self._phase("control plane", self._start_control_plane)
             self._phase("scheduler and proxy", lambda: self._start_host_components(paths))
             self._phase("containerd", lambda: self._start_runtimes(paths))
             self._phase("kubelets", lambda: self._start_kubelets(paths))
@@ -386,6 +386,15 @@ class RealNodeCluster:
         _iptables("-A", FORWARD_CHAIN, "-d", CLUSTER_CIDR, "-j", "DROP")
         _iptables("-I", "FORWARD", "1", "-j", FORWARD_CHAIN)
         _make_cgroup(f"/{CGROUP_PARENT}")
+
+    def _start_control_plane(self) -> None:
+        self.control_plane.start()
+        # Into our cgroup tree, so that the clean-up after a killed run stops them too (etcd
+        # would otherwise hold its data directory and the next start would hang on it).
+        directories = _make_cgroup(f"/{CGROUP_PARENT}/controlplane")
+        for pid in self.control_plane.pids.values():
+            for directory in directories:
+                (directory / "cgroup.procs").write_text(f"{pid}\n")
 
     def _start_host_components(self, paths: NodePaths) -> None:
         plane = self.control_plane

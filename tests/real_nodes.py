@@ -1,0 +1,66 @@
+"""pytest plugin: one cluster with real nodes per test session, for tests marked `realnodes`.
+
+Fixtures (session scope):
+    real_nodes      a started localmodel.dev.nodes.RealNodeCluster: two real nodes, node-1 and
+                    node-2 (kubelet + containerd each), kube-scheduler, kube-proxy and the
+                    workload controllers; real_nodes.kubectl(...) runs kubectl as admin,
+                    real_nodes.import_image(archive) loads an OCI archive into every node
+    busybox_image   the reference of a small static-busybox image, imported into every node
+
+The node binaries are built when collection finishes and a selected test needs `real_nodes`,
+outside any test's timeout; CI builds them up front (`python -m localmodel.dev.nodebuild`).
+The time the cluster took to start is printed in the terminal summary.
+
+Real nodes need root, and one such cluster runs on a machine at a time (they share the host's
+network namespace and cgroups): a second session waits for the first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from localmodel.dev.nodebuild import built_node_paths, ensure_node_built
+from localmodel.dev.nodes import BUSYBOX_IMAGE, RealNodeCluster, write_busybox_image
+
+_started: list[RealNodeCluster] = []
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "realnodes: runs Pods on real kubelets and containerd (tests/realnodes; needs root)"
+    )
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    if not any("real_nodes" in getattr(item, "fixturenames", ()) for item in session.items):
+        return
+    if built_node_paths() is None:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line("building the node binaries from Go modules (once; minutes when cold)...")
+    ensure_node_built()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    for cluster in _started:
+        phases = ", ".join(f"{name} {seconds:.1f}s" for name, seconds in cluster.timings.items() if name != "total")
+        terminalreporter.write_line(
+            f"real nodes: {len(cluster.nodes)} nodes Ready in {cluster.timings.get('total', 0):.1f}s ({phases})"
+        )
+
+
+@pytest.fixture(scope="session")
+def real_nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealNodeCluster]:
+    cluster = RealNodeCluster(tmp_path_factory.mktemp("realnodes"), nodes=2)
+    with cluster:
+        _started.append(cluster)
+        yield cluster
+
+
+@pytest.fixture(scope="session")
+def busybox_image(real_nodes: RealNodeCluster, tmp_path_factory: pytest.TempPathFactory) -> str:
+    archive = write_busybox_image(tmp_path_factory.mktemp("images") / "busybox.tar")
+    real_nodes.import_image(archive)
+    return BUSYBOX_IMAGE
