@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install controlplane demo test lint crds docs
+.PHONY: install controlplane nodes demo test lint crds docs
 
 $(BIN)/localmodel: pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +17,11 @@ install: $(BIN)/localmodel
 # Real etcd + kube-apiserver + kubectl built from Go modules (minutes cold, instant when cached).
 controlplane: install
 	bash hack/build-controlplane.sh
+
+# kubelet, kube-scheduler, kube-proxy, containerd, runc, CNI plugins and the pause image for
+# real nodes (docs/realnodes.md); minutes cold, instant when cached.
+nodes: install
+	$(BIN)/python -m localmodel.dev.nodebuild
 
 demo: install
 	$(BIN)/localmodel dev demo

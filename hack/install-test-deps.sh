@@ -33,3 +33,9 @@ if ! grep -qs "\"version\": \"$AZURITE_VERSION\"" "$azurite_package" \
     npm install --prefix "$TOOLS_DIR/npm" --no-audit --no-fund --loglevel=error \
         "azurite@$AZURITE_VERSION" >/dev/null
 fi
+
+# ---- real nodes (tests/realnodes, localmodel dev cluster --real-nodes) --------------------------
+# iptables for kube-proxy and the CNI plugins; iproute2 for the nodes' interfaces; gcc and
+# libc6-dev (libc.a) for the static pause binary; libseccomp-dev so runc applies seccomp
+# profiles; busybox-static for the test Pods' image.
+apt_install iptables iproute2 gcc libc6-dev libseccomp-dev busybox-static

@@ -7,6 +7,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import textwrap
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -121,6 +122,10 @@ def test_pods_on_different_nodes_reach_each_other_directly_and_through_a_service
         f"for i in $(seq 30); do timeout 2 wget -q -O- http://{cluster_ip}/ && exit 0; sleep 1; done; exit 1",
     )
     assert via_service.stdout == "hello-from-node-2\n"
+    # The host's own connections take the same path as the apiserver's calls to webhook
+    # Services: ClusterIP, rewritten by kube-proxy's OUTPUT rules to the Pod on node-2.
+    with urllib.request.urlopen(f"http://{cluster_ip}/", timeout=10) as response:
+        assert response.read() == b"hello-from-node-2\n"
 
 
 _WHO_AM_I = textwrap.dedent("""
