@@ -24,7 +24,8 @@ import pytest
 from localmodel.dev.nodebuild import built_node_paths, ensure_node_built
 from localmodel.dev.nodes import BUSYBOX_IMAGE, RealNodeCluster, write_busybox_image
 
-_started: list[RealNodeCluster] = []
+#: (node count, timings of the session's first start) for the terminal summary.
+_started: list[tuple[int, dict[str, float]]] = []
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -44,19 +45,18 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    for cluster in _started:
-        phases = ", ".join(f"{name} {seconds:.1f}s" for name, seconds in cluster.timings.items() if name != "total")
-        terminalreporter.write_line(
-            f"real nodes: {len(cluster.nodes)} nodes Ready in {cluster.timings.get('total', 0):.1f}s ({phases})"
-        )
+    for count, timings in _started:
+        phases = ", ".join(f"{name} {seconds:.1f}s" for name, seconds in timings.items() if name != "total")
+        terminalreporter.write_line(f"real nodes: {count} nodes Ready in {timings.get('total', 0):.1f}s ({phases})")
 
 
 @pytest.fixture(scope="session")
 def real_nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealNodeCluster]:
     cluster = RealNodeCluster(tmp_path_factory.mktemp("realnodes"), nodes=2)
     with cluster:
-        _started.append(cluster)
+        _started.append((len(cluster.nodes), dict(cluster.timings)))
         yield cluster
+    cluster.remove_data()
 
 
 @pytest.fixture(scope="session")

@@ -64,7 +64,7 @@ from localmodel.errors import ControlPlaneError
 
 __all__ = [
     "BUSYBOX_IMAGE", "CLUSTER_CIDR", "HOST_ADDRESS", "NODE_CONTROLLERS", "PAUSE_IMAGE", "LocalNode", "RealNodeCluster",
-    "cleanup_leftovers", "write_busybox_image",
+    "cleanup_leftovers", "host_leftovers", "write_busybox_image",
 ]
 
 #: Every Pod IP is in here; node i gets 10.244.<i>.0/24.
@@ -95,11 +95,14 @@ NODE_CONTROLLERS: tuple[str, ...] = (
 )
 
 RUN_DIR = Path("/run/localmodel-nodes")
+DATA_DIR = Path("/var/lib/localmodel-nodes")
 CGROUP_PARENT = "localmodel-nodes"
 _STATE_FILE = RUN_DIR / "state.json"
 _LOCK_FILE = Path("/run/lock/localmodel-nodes.lock")
 _SYSCTLS = ("net/ipv4/ip_forward", "net/bridge/bridge-nf-call-iptables")
 _PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+#: The RealNodeCluster of this process that holds the machine-wide lock, if any.
+_holders: list[RealNodeCluster] = []
 
 
 @dataclass
@@ -136,8 +139,20 @@ class LocalNode:
         return self.run_dir / "containerd.sock"
 
     @property
+    def data_dir(self) -> Path:
+        """The kubelet's root dir and containerd's root (images, snapshots) live here, at a short
+        path: the kubelet makes unix sockets under its root dir (pod-resources, plugins), and a
+        socket path has at most 107 bytes, which a test's temporary directory can exceed."""
+        return DATA_DIR / self.name
+
+    @property
     def kubelet_root(self) -> Path:
-        return self.workdir / "kubelet"
+        """Pod volumes (emptyDir, projected tokens, ...) are under <kubelet_root>/pods/."""
+        return self.data_dir / "kubelet"
+
+    @property
+    def containerd_root(self) -> Path:
+        return self.data_dir / "containerd"
 
     @property
     def cgroup(self) -> str:
@@ -250,6 +265,7 @@ class RealNodeCluster:
         atexit.register(self.stop)
         try:
             self._phase("cleanup", cleanup_leftovers)
+            self._claim_data_dir()
             self._record_state()
             self._phase("host network", self._setup_host)
             self._phase("control plane", self._start_control_plane)
@@ -278,9 +294,11 @@ class RealNodeCluster:
         for node in self.nodes:
             if node.containerd is not None:
                 node.containerd.stop(10)
-        cleanup_leftovers()
-        self._release_lock()
-        atexit.unregister(self.stop)
+        try:
+            cleanup_leftovers()
+        finally:
+            self._release_lock()
+            atexit.unregister(self.stop)
 
     def wait_ready(self) -> None:
         """Wait until every Node is Ready, then record each Pod CIDR in its Node's spec."""
@@ -336,6 +354,12 @@ class RealNodeCluster:
             )
 
     def _take_lock(self) -> None:
+        if _holders:
+            # flock would make this process wait for itself.
+            raise ControlPlaneError(
+                "a RealNodeCluster already runs in this process; real nodes share the host, so only "
+                "one runs at a time (stop it first)"
+            )
         _LOCK_FILE.parent.mkdir(parents=True, exist_ok=True)
         lock = open(_LOCK_FILE, "w")
         deadline = time.monotonic() + self.lock_timeout
@@ -352,12 +376,31 @@ class RealNodeCluster:
                     ) from None
                 time.sleep(1)
         self._lock = lock
+        _holders.append(self)
 
     def _release_lock(self) -> None:
         if self._lock is not None:
             fcntl.flock(self._lock, fcntl.LOCK_UN)
             self._lock.close()
             self._lock = None
+            _holders.remove(self)
+
+    def _claim_data_dir(self) -> None:
+        """Keep the nodes' data (images, kubelet state) when the same work directory starts
+        again; start from empty when it belonged to another cluster."""
+        owner = DATA_DIR / "owner"
+        if DATA_DIR.exists() and (not owner.exists() or owner.read_text() != str(self.workdir)):
+            shutil.rmtree(DATA_DIR)
+        DATA_DIR.mkdir(parents=True, exist_ok=True)
+        owner.write_text(str(self.workdir))
+
+    def remove_data(self) -> None:
+        """Delete the nodes' images, snapshots and kubelet state (DATA_DIR) after stop(); the
+        next start begins with empty nodes."""
+        if self._lock is not None:
+            raise ControlPlaneError("remove_data() needs a stopped cluster")
+        _unmount_under([DATA_DIR])
+        shutil.rmtree(DATA_DIR, ignore_errors=True)
 
     def _record_state(self) -> None:
         # What the next start cleans if this run is killed: mounts under these directories.
@@ -494,7 +537,7 @@ class RealNodeCluster:
                 {"type": "portmap", "capabilities": {"portMappings": True}},
             ],
         }, indent=2))
-        root = node.workdir / "containerd"
+        root = node.containerd_root
         config = node.workdir / "containerd.toml"
         config.write_text(f'''version = 3
 root = "{root}"
@@ -644,7 +687,7 @@ def cleanup_leftovers() -> None:
     RealNodeCluster does)."""
     state = _read_state()
     _kill_cgroup_tree(f"/{CGROUP_PARENT}")
-    roots = [RUN_DIR, *(Path(p) for p in state.get("nodes", []))]
+    roots = [RUN_DIR, DATA_DIR, *(Path(p) for p in state.get("nodes", []))]
     _unmount_under(roots)
     for link in _links():
         if link == HOST_INTERFACE or link.startswith(BRIDGE_PREFIX):
@@ -658,6 +701,30 @@ def cleanup_leftovers() -> None:
             if child.is_dir():
                 shutil.rmtree(child, ignore_errors=True)
     _STATE_FILE.unlink(missing_ok=True)
+
+
+def host_leftovers(directories: Sequence[Path] = ()) -> list[str]:
+    """What of a RealNodeCluster is on the host now: links, iptables chains, cgroups, processes
+    in them, and mounts under RUN_DIR or `directories`. Empty once a cluster has stopped."""
+    found = [f"link {link}" for link in _links() if link == HOST_INTERFACE or link.startswith(BRIDGE_PREFIX)]
+    for binary in ("iptables", "ip6tables"):
+        for table in ("filter", "nat", "mangle"):
+            saved = subprocess.run([f"{binary}-save", "-t", table], capture_output=True, text=True)
+            found += [f"{binary} {table} chain {line[1:].split()[0]}" for line in saved.stdout.splitlines()
+                      if line.startswith(":") and line[1:].startswith(_CHAIN_PREFIXES)]
+    for directory in _cgroup_dirs(f"/{CGROUP_PARENT}"):
+        found.append(f"cgroup {directory}")
+        try:
+            found += [f"process {pid} in {directory}" for pid in (directory / "cgroup.procs").read_text().split()]
+        except OSError:
+            pass
+    prefixes = [str(d.resolve()) + "/" for d in (RUN_DIR, *directories)]
+    with open("/proc/self/mountinfo") as mountinfo:
+        for line in mountinfo:
+            point = line.split()[4]
+            if any((point + "/").startswith(prefix) for prefix in prefixes):
+                found.append(f"mount {point}")
+    return found
 
 
 def _read_state() -> dict[str, Any]:
