@@ -191,3 +191,41 @@ def test_a_deployment_and_a_daemonset_roll_out(real_nodes: RealNodeCluster, busy
     assert all(p["status"]["phase"] == "Running" for p in daemon_pods)
     deployment = get(real_nodes, "-n", namespace, "deployment/sleeper")
     assert deployment["status"]["readyReplicas"] == 3
+
+
+def test_a_restricted_pod_runs_as_the_agent_does_with_its_probe_and_memory_limit(
+    real_nodes: RealNodeCluster, busybox_image: str, namespace: str
+) -> None:
+    # The agent DaemonSet's security settings (deploy/agent/daemonset.yaml): UID 1000, read-only
+    # root, no capabilities, RuntimeDefault seccomp; a kubelet httpGet probe; a 300Mi limit.
+    restricted = {
+        "allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}, "privileged": False,
+        "readOnlyRootFilesystem": True, "runAsNonRoot": True,
+    }
+    apply(real_nodes, pod(
+        "restricted", namespace, busybox_image,
+        "mkdir -p /tmp/www && echo ok > /tmp/www/healthz && httpd -f -p 8081 -h /tmp/www",
+        nodeName="node-1",
+        securityContext={"runAsUser": 1000, "runAsGroup": 1000, "runAsNonRoot": True,
+                         "seccompProfile": {"type": "RuntimeDefault"}},
+        volumes=[{"name": "tmp", "emptyDir": {}}],
+        container={
+            "securityContext": restricted,
+            "resources": {"requests": {"cpu": "10m", "memory": "100Mi"}, "limits": {"memory": "300Mi"}},
+            "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+            "readinessProbe": {"httpGet": {"path": "/healthz", "port": 8081}, "periodSeconds": 1},
+        },
+    ))
+    wait_ready(real_nodes, namespace, "restricted")
+
+    def run(command: str) -> str:
+        return real_nodes.kubectl("exec", "-n", namespace, "restricted", "--", "sh", "-c", command).stdout
+
+    assert run("id -u; id -g").split() == ["1000", "1000"]
+    assert run("touch /not-writable 2>/dev/null && echo wrote || echo refused").strip() == "refused"
+    assert run("grep CapEff /proc/self/status").split()[1] == "0000000000000000"
+    assert run("grep Seccomp: /proc/self/status").split()[1] == "2"  # filter mode
+    uid = get(real_nodes, "-n", namespace, "pod/restricted")["metadata"]["uid"]
+    pod_cgroups = list(Path("/sys/fs/cgroup/memory").glob(f"localmodel-nodes/node-1/kubepods/*/pod{uid}"))
+    assert len(pod_cgroups) == 1
+    assert int((pod_cgroups[0] / "memory.limit_in_bytes").read_text()) == 300 * 1024 * 1024
