@@ -4,7 +4,9 @@ Fixtures (session scope):
     real_nodes      a started localmodel.dev.nodes.RealNodeCluster: two real nodes, node-1 and
                     node-2 (kubelet + containerd each), kube-scheduler, kube-proxy and the
                     workload controllers; real_nodes.kubectl(...) runs kubectl as admin,
-                    real_nodes.import_image(archive) loads an OCI archive into every node
+                    real_nodes.import_image(archive) loads an OCI archive into every node;
+                    each node has its own /models (NODE_HOST_PATHS), seen from the host at
+                    real_nodes.node("node-1").host_path("/models")
     busybox_image   the reference of a small static-busybox image, imported into every node
 
 The node binaries are built when collection finishes and a selected test needs `real_nodes`,
@@ -25,6 +27,9 @@ from localmodel.dev.nodebuild import built_node_paths, ensure_node_built
 from localmodel.dev.nodes import BUSYBOX_IMAGE, RealNodeCluster, write_busybox_image
 
 #: (node count, timings of the session's first start) for the terminal summary.
+#: Host paths each node has for itself: the agent's hostPath (deploy/agent/daemonset.yaml).
+NODE_HOST_PATHS = ("/models",)
+
 _started: list[tuple[int, dict[str, float]]] = []
 
 
@@ -52,7 +57,7 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
 
 @pytest.fixture(scope="session")
 def real_nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealNodeCluster]:
-    cluster = RealNodeCluster(tmp_path_factory.mktemp("realnodes"), nodes=2)
+    cluster = RealNodeCluster(tmp_path_factory.mktemp("realnodes"), nodes=2, node_host_paths=NODE_HOST_PATHS)
     with cluster:
         _started.append((len(cluster.nodes), dict(cluster.timings)))
         yield cluster

@@ -229,3 +229,21 @@ def test_a_restricted_pod_runs_as_the_agent_does_with_its_probe_and_memory_limit
     pod_cgroups = list(Path("/sys/fs/cgroup/memory").glob(f"localmodel-nodes/node-1/kubepods/*/pod{uid}"))
     assert len(pod_cgroups) == 1
     assert int((pod_cgroups[0] / "memory.limit_in_bytes").read_text()) == 300 * 1024 * 1024
+
+
+def test_each_node_has_its_own_models_host_path(real_nodes: RealNodeCluster, busybox_image: str, namespace: str) -> None:
+    for node in real_nodes.nodes:
+        apply(real_nodes, pod(
+            f"models-{node.name}", namespace, busybox_image,
+            f"echo {node.name} > /mnt/models/owner && cat /proc/self/mountinfo > /mnt/models/mountinfo && sleep 3600",
+            nodeName=node.name,
+            volumes=[{"name": "models", "hostPath": {"path": "/models", "type": "DirectoryOrCreate"}}],
+            container={"volumeMounts": [{"name": "models", "mountPath": "/mnt/models"}]},
+        ))
+    wait_ready(real_nodes, namespace, *(f"models-{node.name}" for node in real_nodes.nodes))
+
+    for node in real_nodes.nodes:
+        assert (node.host_path("/models") / "owner").read_text() == f"{node.name}\n"
+        mounts = [line.split() for line in (node.host_path("/models") / "mountinfo").read_text().splitlines()]
+        assert any(fields[4] == "/mnt/models" for fields in mounts)
+    assert not Path("/models/owner").exists()  # the host's own /models is untouched

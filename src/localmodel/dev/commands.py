@@ -61,8 +61,15 @@ def _raise_stop(signum: int, _frame: FrameType | None) -> None:
     "--node-label", "node_labels", multiple=True, metavar="KEY=VALUE",
     help="A label every real node registers with (repeatable), e.g. kserve/localmodel=worker.",
 )
+@click.option(
+    "--node-host-path", "node_host_paths", multiple=True, default=("/models",), show_default=True,
+    metavar="PATH",
+    help="A host path each real node has for itself (repeatable), as separate machines would: "
+    "hostPath volumes there differ per node; the host sees them in DIR/nodes/<node>/host/PATH.",
+)
 def cluster(
-    workdir: Path, controller_manager: bool, start_timeout: float, real_nodes: int, node_labels: tuple[str, ...]
+    workdir: Path, controller_manager: bool, start_timeout: float, real_nodes: int, node_labels: tuple[str, ...],
+    node_host_paths: tuple[str, ...],
 ) -> None:
     """Run a real Kubernetes control plane on 127.0.0.1 until Ctrl-C or SIGTERM.
 
@@ -82,7 +89,7 @@ def cluster(
     signal.signal(signal.SIGINT, _raise_stop)
     signal.signal(signal.SIGTERM, _raise_stop)
     if real_nodes:
-        _cluster_with_real_nodes(workdir, start_timeout, real_nodes, node_labels)
+        _cluster_with_real_nodes(workdir, start_timeout, real_nodes, node_labels, node_host_paths)
         return
     try:
         if built_paths() is None:
@@ -115,7 +122,9 @@ def cluster(
         raise click.ClickException(str(error)) from error
 
 
-def _cluster_with_real_nodes(workdir: Path, start_timeout: float, nodes: int, node_labels: tuple[str, ...]) -> None:
+def _cluster_with_real_nodes(
+    workdir: Path, start_timeout: float, nodes: int, node_labels: tuple[str, ...], node_host_paths: tuple[str, ...]
+) -> None:
     from localmodel.dev.nodebuild import built_node_paths
     from localmodel.dev.nodes import RealNodeCluster
 
@@ -128,7 +137,9 @@ def _cluster_with_real_nodes(workdir: Path, start_timeout: float, nodes: int, no
     try:
         if built_node_paths() is None:
             click.echo("building the node binaries from Go modules (first time: several minutes)...")
-        real = RealNodeCluster(workdir, nodes=nodes, node_labels=labels, start_timeout=start_timeout)
+        real = RealNodeCluster(
+            workdir, nodes=nodes, node_labels=labels, node_host_paths=node_host_paths, start_timeout=start_timeout
+        )
         real.paths  # build now, before the clock of the start
         with real:
             plane = real.control_plane

@@ -163,12 +163,21 @@ class LocalNode:
     def logs_dir(self) -> Path:
         return self.workdir / "logs"
 
+    def host_path(self, path: str) -> Path:
+        """Where this node's own copy of host path `path` (RealNodeCluster node_host_paths) is
+        seen from the host."""
+        return self.workdir / "host" / path.strip("/")
+
 
 class RealNodeCluster:
     """A ControlPlane, kube-scheduler, kube-proxy and `nodes` real nodes. A context manager.
 
     `node_labels`: labels every node registers with (e.g. {"kserve/localmodel": "worker"}).
-    `wait_ready`: start() returns once every Node is Ready (else as soon as kubelets run).
+    `node_host_paths`: host paths each node has for itself, e.g. ("/models",): the node's
+    containerd, shims and kubelet run in a mount namespace of their own in which each such path
+    is a bind mount of `<node workdir>/host/<path>`, so hostPath volumes there (the agent's
+    /models) differ per node as on separate machines; the host sees them under each node's
+    `host_path()`. Other paths are the host's, shared by all nodes.
     """
 
     def __init__(
@@ -178,6 +187,7 @@ class RealNodeCluster:
         nodes: int = 2,
         node_names: Sequence[str] | None = None,
         node_labels: dict[str, str] | None = None,
+        node_host_paths: Sequence[str] = (),
         controllers: Sequence[str] = (*DEFAULT_CONTROLLERS, *NODE_CONTROLLERS),
         apiserver_args: Sequence[str] = (),
         node_paths: NodePaths | None = None,
@@ -191,6 +201,10 @@ class RealNodeCluster:
             raise ValueError("node_names must be `nodes` distinct names")
         self.workdir = Path(workdir).resolve()
         self.node_labels = dict(node_labels or {})
+        for path in node_host_paths:
+            if not path.startswith("/") or ".." in Path(path).parts or Path(path) == Path("/"):
+                raise ValueError(f"node_host_paths: {path!r} is not an absolute path below /")
+        self.node_host_paths = tuple(node_host_paths)
         self.start_timeout = start_timeout
         self.lock_timeout = lock_timeout
         self._node_paths = node_paths
@@ -412,6 +426,9 @@ class RealNodeCluster:
             "workdir": str(self.workdir),
             "nodes": [str(node.workdir) for node in self.nodes],
             "sysctls": sysctls,
+            # Mount points made on the host for node_host_paths that did not exist before.
+            "made_host_paths": [path for path in self.node_host_paths if not Path(path).exists()]
+            + previous.get("made_host_paths", []),
         }))
 
     def _setup_host(self) -> None:
@@ -499,7 +516,7 @@ class RealNodeCluster:
             node.run_dir.mkdir(parents=True, exist_ok=True)
             config = self._write_containerd_config(node, paths)
             node.containerd = self._managed(
-                f"containerd[{node.name}]", [str(paths.containerd), f"--config={config}"],
+                f"containerd[{node.name}]", [*self._own_mounts(node), str(paths.containerd), f"--config={config}"],
                 node.logs_dir / "containerd.log", f"{node.cgroup}/runtime",
             )
         for node in self.nodes:
@@ -513,6 +530,28 @@ class RealNodeCluster:
                 "containerd's API",
             )
             ctr_import(paths.ctr, node.containerd_socket, paths.pause_image_archive)
+
+    def _own_mounts(self, node: LocalNode) -> list[str]:
+        """The command prefix that gives containerd (and so its shims and containers) the node's
+        own mount namespace with its host paths; empty without node_host_paths. `slave`
+        propagation: the host's mounts still show inside, the node's never leak out, and they
+        vanish with the node's processes."""
+        if not self.node_host_paths:
+            return []
+        binds = []
+        for path in self.node_host_paths:
+            source = node.host_path(path)
+            source.mkdir(parents=True, exist_ok=True)
+            binds.append(f"mkdir -p {shlex.quote(path)} && mount --bind {shlex.quote(str(source))} {shlex.quote(path)}")
+        script = " && ".join(binds) + ' && exec "$@"'
+        return ["unshare", "--mount", "--propagation", "slave", "/bin/sh", "-c", script, "sh"]
+
+    def _enter_mounts(self, node: LocalNode) -> list[str]:
+        """The kubelet joins its containerd's mount namespace: volumes it mounts must be where
+        runc looks for them."""
+        if not self.node_host_paths or node.containerd is None or node.containerd.pid is None:
+            return []
+        return ["nsenter", f"--target={node.containerd.pid}", "--mount", "--"]
 
     def _write_containerd_config(self, node: LocalNode, paths: NodePaths) -> Path:
         cni_conf_dir = node.workdir / "cni"
@@ -640,6 +679,7 @@ disabled_plugins = [
                 "localStorageCapacityIsolation": True,
             }, indent=2))
             argv = [
+                *self._enter_mounts(node),
                 str(paths.kubelet),
                 f"--config={config}",
                 f"--kubeconfig={kubeconfig}",
@@ -694,6 +734,11 @@ def cleanup_leftovers() -> None:
             _ip("link", "delete", link, check=False)
     _clean_iptables()
     _remove_cgroup_tree(f"/{CGROUP_PARENT}")
+    for made in state.get("made_host_paths", []):
+        try:
+            Path(made).rmdir()  # only while empty: it is a mount point inside the nodes only
+        except OSError:
+            pass
     for name, value in (state.get("sysctls") or {}).items():
         _write_sysctl(name, value)
     if RUN_DIR.exists():
