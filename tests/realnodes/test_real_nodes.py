@@ -4,9 +4,11 @@ volumes and the workload controllers work. See docs/realnodes.md."""
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 import json
 import textwrap
+import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -247,3 +249,84 @@ def test_each_node_has_its_own_models_host_path(real_nodes: RealNodeCluster, bus
         mounts = [line.split() for line in (node.host_path("/models") / "mountinfo").read_text().splitlines()]
         assert any(fields[4] == "/mnt/models" for fields in mounts)
     assert not Path("/models/owner").exists()  # the host's own /models is untouched
+
+
+_WEBHOOK = textwrap.dedent("""
+    import http.server, json, os, ssl
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            review = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            request = review["request"]
+            denied = request["object"]["metadata"].get("labels", {}).get("deny") == "yes"
+            body = json.dumps({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": {
+                "uid": request["uid"], "allowed": not denied,
+                "status": {"message": "denied by the webhook Pod on " + os.environ["NODE_NAME"]}}}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain("/tls/tls.crt", "/tls/tls.key")
+    server = http.server.HTTPServer(("", 8443), Handler)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    server.serve_forever()
+""")
+
+
+def test_the_apiserver_calls_a_webhook_served_by_a_pod_through_its_service(
+    real_nodes: RealNodeCluster, busybox_image: str, namespace: str, tmp_path: Path
+) -> None:
+    plane = real_nodes.control_plane
+    pair = plane.server_ca.issue_serving_cert("webhook", [f"webhook.{namespace}.svc"], tmp_path)
+    real_nodes.kubectl("create", "secret", "tls", "webhook-tls", "-n", namespace,
+                       f"--cert={pair.cert_file}", f"--key={pair.key_file}")
+    apply(
+        real_nodes,
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "webhook", "namespace": namespace},
+         "data": {"webhook.py": _WEBHOOK}},
+        pod("webhook", namespace, busybox_image, "PATH=/usr/bin:/bin exec python3 /script/webhook.py",
+            nodeName="node-2",
+            volumes=[{"name": "usr", "hostPath": {"path": "/usr", "type": "Directory"}},
+                     {"name": "script", "configMap": {"name": "webhook"}},
+                     {"name": "tls", "secret": {"secretName": "webhook-tls"}}],
+            container={
+                "env": [{"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}],
+                "volumeMounts": [{"name": "usr", "mountPath": "/usr", "readOnly": True},
+                                 {"name": "script", "mountPath": "/script"},
+                                 {"name": "tls", "mountPath": "/tls"}],
+                "readinessProbe": {"tcpSocket": {"port": 8443}, "periodSeconds": 1},
+            }),
+        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "webhook", "namespace": namespace},
+         "spec": {"selector": {"app": "webhook"}, "ports": [{"port": 443, "targetPort": 8443}]}},
+    )
+    wait_ready(real_nodes, namespace, "webhook")
+    apply(real_nodes, {
+        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingWebhookConfiguration",
+        "metadata": {"name": f"deny-{namespace}"},
+        "webhooks": [{
+            "name": "deny.localmodel.test", "admissionReviewVersions": ["v1"], "sideEffects": "None",
+            "failurePolicy": "Fail", "timeoutSeconds": 5,
+            "clientConfig": {"service": {"name": "webhook", "namespace": namespace, "port": 443},
+                             "caBundle": base64.b64encode(plane.server_ca.cert_pem).decode()},
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}},
+            "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["configmaps"]}],
+        }],
+    })
+    try:
+        # Until kube-proxy has programmed the new Service, the call fails (failurePolicy Fail).
+        deadline = time.monotonic() + 60
+        while True:
+            allowed = real_nodes.kubectl("create", "configmap", "-n", namespace, f"c{int(time.monotonic() * 1000)}",
+                                         "--from-literal=a=b", "--dry-run=server", "-o", "name", check=False)
+            if allowed.returncode == 0 or time.monotonic() > deadline:
+                break
+            time.sleep(1)
+        assert allowed.returncode == 0, allowed.stderr
+        denied = real_nodes.kubectl("apply", "-f", "-", check=False, input=json.dumps({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "denied", "namespace": namespace, "labels": {"deny": "yes"}}}))
+        assert denied.returncode != 0
+        assert "denied by the webhook Pod on node-2" in denied.stderr
+    finally:
+        real_nodes.kubectl("delete", "validatingwebhookconfiguration", f"deny-{namespace}", check=False)
