@@ -11,15 +11,17 @@ import textwrap
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
 from localmodel.dev.nodes import CLUSTER_CIDR, RealNodeCluster
 
 pytestmark = pytest.mark.realnodes
+
+T = TypeVar("T")
 
 
 @pytest.fixture
@@ -53,6 +55,26 @@ def pod(name: str, namespace: str, image: str, command: str, **spec: Any) -> dic
 def wait_ready(cluster: RealNodeCluster, namespace: str, *names: str) -> None:
     cluster.kubectl("wait", "-n", namespace, "--for=condition=Ready", *(f"pod/{n}" for n in names), "--timeout=120s",
                     timeout=150)
+
+
+def eventually(probe: Callable[[], T | None], what: str, timeout: float = 60.0) -> T:
+    """The first truthy result of `probe`: a container is Ready as soon as it starts, before
+    its command has done anything."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = probe()
+        if result:
+            return result
+        assert time.monotonic() < deadline, f"{what} did not happen within {timeout:.0f}s"
+        time.sleep(0.2)
+
+
+def file_text(path: Path) -> str | None:
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return None
+    return text if text.endswith("\n") else None
 
 
 def get(cluster: RealNodeCluster, *args: str) -> dict[str, Any]:
@@ -95,7 +117,7 @@ def test_a_pod_runs_on_each_node_and_writes_its_hostpath(
         status = get(real_nodes, "-n", namespace, f"pod/writer-{node.name}")["status"]
         assert ipaddress.ip_address(status["podIP"]) in ipaddress.ip_network(node.pod_cidr)
         proof = tmp_path / node.name / "data" / "proof"
-        assert proof.read_text() == f"written-on-{node.name}\n"
+        assert eventually(lambda: file_text(proof), f"{proof} written") == f"written-on-{node.name}\n"
 
 
 def test_pods_on_different_nodes_reach_each_other_directly_and_through_a_service(
@@ -105,7 +127,7 @@ def test_pods_on_different_nodes_reach_each_other_directly_and_through_a_service
         real_nodes,
         pod("server", namespace, busybox_image,
             "mkdir -p /www && echo hello-from-node-2 > /www/index.html && httpd -f -p 8080 -h /www",
-            nodeName="node-2"),
+            nodeName="node-2", container={"readinessProbe": {"tcpSocket": {"port": 8080}, "periodSeconds": 1}}),
         pod("client", namespace, busybox_image, "sleep 3600", nodeName="node-1"),
         {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "server", "namespace": namespace},
          "spec": {"selector": {"app": "server"}, "ports": [{"port": 80, "targetPort": 8080}]}},
@@ -162,7 +184,8 @@ def test_a_pod_reaches_the_apiserver_through_the_kubernetes_service_with_its_pro
     ))
     wait_ready(real_nodes, namespace, "whoami")
 
-    output = json.loads(real_nodes.kubectl("logs", "-n", namespace, "whoami").stdout)
+    logs = eventually(lambda: real_nodes.kubectl("logs", "-n", namespace, "whoami").stdout, "whoami's output")
+    output = json.loads(logs)
     assert output["host"] == "10.96.0.1"  # the kubernetes Service's ClusterIP, not the apiserver's own address
     user = output["user"]
     assert user["username"] == f"system:serviceaccount:{namespace}:default"
@@ -237,7 +260,8 @@ def test_each_node_has_its_own_models_host_path(real_nodes: RealNodeCluster, bus
     for node in real_nodes.nodes:
         apply(real_nodes, pod(
             f"models-{node.name}", namespace, busybox_image,
-            f"echo {node.name} > /mnt/models/owner && cat /proc/self/mountinfo > /mnt/models/mountinfo && sleep 3600",
+            f"echo {node.name} > /mnt/models/owner && cat /proc/self/mountinfo > /mnt/models/.mountinfo "
+            "&& mv /mnt/models/.mountinfo /mnt/models/mountinfo && sleep 3600",
             nodeName=node.name,
             volumes=[{"name": "models", "hostPath": {"path": "/models", "type": "DirectoryOrCreate"}}],
             container={"volumeMounts": [{"name": "models", "mountPath": "/mnt/models"}]},
@@ -245,8 +269,10 @@ def test_each_node_has_its_own_models_host_path(real_nodes: RealNodeCluster, bus
     wait_ready(real_nodes, namespace, *(f"models-{node.name}" for node in real_nodes.nodes))
 
     for node in real_nodes.nodes:
-        assert (node.host_path("/models") / "owner").read_text() == f"{node.name}\n"
-        mounts = [line.split() for line in (node.host_path("/models") / "mountinfo").read_text().splitlines()]
+        owner = node.host_path("/models") / "owner"
+        assert eventually(lambda: file_text(owner), f"{owner} written") == f"{node.name}\n"
+        mountinfo = node.host_path("/models") / "mountinfo"
+        mounts = [line.split() for line in eventually(lambda: file_text(mountinfo), "mountinfo").splitlines()]
         assert any(fields[4] == "/mnt/models" for fields in mounts)
     assert not Path("/models/owner").exists()  # the host's own /models is untouched
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from localmodel.dev.nodes import RealNodeCluster, host_leftovers, write_busybox_image
+from localmodel.dev.nodes import RealNodeCluster, host_leftovers, node_data_root, remove_node_data
 
 pytestmark = pytest.mark.realnodes
 
@@ -49,10 +49,11 @@ def test_stop_cleans_the_host_and_a_killed_run_does_not_break_the_next_start(
         cli.wait()
     assert host_leftovers([killed_dir]) != []
 
-    # The session's cluster starts again over those leftovers, with its objects; the killed run
-    # had claimed the nodes' data directory, so the images are imported again.
+    # The session's cluster starts again over those leftovers, with its objects and images.
     real_nodes.start()
     assert [entry for entry in host_leftovers([killed_dir]) if str(killed_dir) in entry] == []
     nodes = real_nodes.kubectl("get", "nodes", "-o", "name").stdout.split()
     assert nodes == ["node/node-1", "node/node-2"]
-    real_nodes.import_image(write_busybox_image(tmp_path / "busybox.tar", busybox_image))
+    assert busybox_image in real_nodes.ctr("node-1", "images", "ls", "-q").stdout.split()
+    remove_node_data(killed_dir)
+    assert not node_data_root(killed_dir).exists()

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import atexit
 import fcntl
+import hashlib
 import json
 import os
 import shlex
@@ -64,7 +65,7 @@ from localmodel.errors import ControlPlaneError
 
 __all__ = [
     "BUSYBOX_IMAGE", "CLUSTER_CIDR", "HOST_ADDRESS", "NODE_CONTROLLERS", "PAUSE_IMAGE", "LocalNode", "RealNodeCluster",
-    "cleanup_leftovers", "host_leftovers", "write_busybox_image",
+    "cleanup_leftovers", "host_leftovers", "node_data_root", "remove_node_data", "write_busybox_image",
 ]
 
 #: Every Pod IP is in here; node i gets 10.244.<i>.0/24.
@@ -112,6 +113,8 @@ class LocalNode:
     name: str
     index: int
     workdir: Path
+    #: node_data_root() of the cluster's work directory.
+    data_root: Path
     kubelet_port: int = 0
     containerd: ManagedProcess | None = field(default=None, repr=False)
     kubelet: ManagedProcess | None = field(default=None, repr=False)
@@ -143,7 +146,7 @@ class LocalNode:
         """The kubelet's root dir and containerd's root (images, snapshots) live here, at a short
         path: the kubelet makes unix sockets under its root dir (pod-resources, plugins), and a
         socket path has at most 107 bytes, which a test's temporary directory can exceed."""
-        return DATA_DIR / self.name
+        return self.data_root / self.name
 
     @property
     def kubelet_root(self) -> Path:
@@ -216,7 +219,10 @@ class RealNodeCluster:
             bind_address=HOST_ADDRESS,
             start_timeout=start_timeout,
         )
-        self.nodes = [LocalNode(name, i, self.workdir / "nodes" / name) for i, name in enumerate(names, 1)]
+        self.nodes = [
+            LocalNode(name, i, self.workdir / "nodes" / name, node_data_root(self.workdir))
+            for i, name in enumerate(names, 1)
+        ]
         self._scheduler: ManagedProcess | None = None
         self._proxy: ManagedProcess | None = None
         self._lock: IO[str] | None = None
@@ -400,21 +406,24 @@ class RealNodeCluster:
             _holders.remove(self)
 
     def _claim_data_dir(self) -> None:
-        """Keep the nodes' data (images, kubelet state) when the same work directory starts
-        again; start from empty when it belonged to another cluster."""
-        owner = DATA_DIR / "owner"
-        if DATA_DIR.exists() and (not owner.exists() or owner.read_text() != str(self.workdir)):
-            shutil.rmtree(DATA_DIR)
-        DATA_DIR.mkdir(parents=True, exist_ok=True)
-        owner.write_text(str(self.workdir))
+        """The nodes' data (images, kubelet state) is kept per work directory, so the same
+        cluster restarts with its images; data of clusters whose work directory is gone (a
+        test's temporary directory) is deleted."""
+        if DATA_DIR.exists():
+            for root in DATA_DIR.iterdir():
+                owner = root / "owner"
+                if root.is_dir() and (not owner.exists() or not Path(owner.read_text()).exists()):
+                    shutil.rmtree(root, ignore_errors=True)
+        root = node_data_root(self.workdir)
+        root.mkdir(parents=True, exist_ok=True)
+        (root / "owner").write_text(str(self.workdir))
 
     def remove_data(self) -> None:
-        """Delete the nodes' images, snapshots and kubelet state (DATA_DIR) after stop(); the
-        next start begins with empty nodes."""
+        """Delete the nodes' images, snapshots and kubelet state after stop(); the next start
+        begins with empty nodes."""
         if self._lock is not None:
             raise ControlPlaneError("remove_data() needs a stopped cluster")
-        _unmount_under([DATA_DIR])
-        shutil.rmtree(DATA_DIR, ignore_errors=True)
+        remove_node_data(self.workdir)
 
     def _record_state(self) -> None:
         # What the next start cleans if this run is killed: mounts under these directories.
@@ -746,6 +755,19 @@ def cleanup_leftovers() -> None:
             if child.is_dir():
                 shutil.rmtree(child, ignore_errors=True)
     _STATE_FILE.unlink(missing_ok=True)
+
+
+def node_data_root(workdir: Path) -> Path:
+    """Where the nodes of the cluster in `workdir` keep their data: short (see
+    LocalNode.data_dir) and distinct per work directory."""
+    return DATA_DIR / hashlib.sha256(str(Path(workdir).resolve()).encode()).hexdigest()[:10]
+
+
+def remove_node_data(workdir: Path) -> None:
+    """Delete the node data of the (stopped) cluster in `workdir`."""
+    root = node_data_root(workdir)
+    _unmount_under([root])
+    shutil.rmtree(root, ignore_errors=True)
 
 
 def host_leftovers(directories: Sequence[Path] = ()) -> list[str]:
