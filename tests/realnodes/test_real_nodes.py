@@ -251,9 +251,9 @@ def test_a_restricted_pod_runs_as_the_agent_does_with_its_probe_and_memory_limit
     assert run("grep CapEff /proc/self/status").split()[1] == "0000000000000000"
     assert run("grep Seccomp: /proc/self/status").split()[1] == "2"  # filter mode
     uid = get(real_nodes, "-n", namespace, "pod/restricted")["metadata"]["uid"]
-    pod_cgroups = list(Path("/sys/fs/cgroup/memory").glob(f"localmodel-nodes/node-1/kubepods/*/pod{uid}"))
-    assert len(pod_cgroups) == 1
-    assert int((pod_cgroups[0] / "memory.limit_in_bytes").read_text()) == 300 * 1024 * 1024
+    pod_cgroup = real_nodes.node("node-1").pod_cgroup(uid, "memory")
+    assert int((pod_cgroup / "memory.limit_in_bytes").read_text()) == 300 * 1024 * 1024
+    assert int((pod_cgroup / "memory.usage_in_bytes").read_text()) > 0
 
 
 def test_each_node_has_its_own_models_host_path(real_nodes: RealNodeCluster, busybox_image: str, namespace: str) -> None:

@@ -166,6 +166,15 @@ class LocalNode:
     def logs_dir(self) -> Path:
         return self.workdir / "logs"
 
+    def pod_cgroup(self, pod_uid: str, controller: str = "memory") -> Path:
+        """The cgroup v1 directory of a Pod on this node for `controller` (memory, cpuacct,
+        ...), e.g. to read memory.usage_in_bytes or cpuacct.usage of a Pod under its limits;
+        its containers are subdirectories named by container ID."""
+        found = list(Path("/sys/fs/cgroup", controller).glob(f"{self.cgroup.strip('/')}/kubepods/**/pod{pod_uid}"))
+        if len(found) != 1:
+            raise ControlPlaneError(f"no single {controller} cgroup for Pod {pod_uid} on {self.name}: {found}")
+        return found[0]
+
     def host_path(self, path: str) -> Path:
         """Where this node's own copy of host path `path` (RealNodeCluster node_host_paths) is
         seen from the host."""
