@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install controlplane demo test lint crds docs
+.PHONY: install controlplane demo test lint crds docs image
 
 $(BIN)/localmodel: pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +17,11 @@ install: $(BIN)/localmodel
 # Real etcd + kube-apiserver + kubectl built from Go modules (minutes cold, instant when cached).
 controlplane: install
 	bash hack/build-controlplane.sh
+
+# The product image from Debian packages (mmdebstrap; needs root), as an OCI archive in
+# .cache/image/ for `ctr images import`. Without Docker; `docker build .` also works.
+image: install
+	$(BIN)/localmodel dev image
 
 demo: install
 	$(BIN)/localmodel dev demo

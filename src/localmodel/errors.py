@@ -18,8 +18,9 @@
     │   │                                     (carries retry_after seconds when the server said so)
     │   ├── IntegrityError                    size or digest mismatch after download
     │   └── PeersStalledError                 peers still downloading stopped progressing
-    └── ControlPlaneError              the local test/demo control plane (localmodel.dev) failed
-        └── GoToolchainMissingError           `go` is not on PATH, so it cannot be built
+    ├── ControlPlaneError              the local test/demo control plane (localmodel.dev) failed
+    │   └── GoToolchainMissingError           `go` is not on PATH, so it cannot be built
+    └── ImageBuildError                building the product image (localmodel.dev.image) failed
 
 Source modules translate their SDK's exceptions into this tree where they enter
 (`raise ... from exc`), so no SDK exception leaks into the engine, the agent or the CLI.
@@ -118,3 +119,10 @@ class GoToolchainMissingError(ControlPlaneError):
     """The control plane is built from Go modules and no `go` binary was found."""
 
     reason = "GoToolchainMissing"
+
+
+class ImageBuildError(LocalModelError):
+    """Building the product image from Debian packages (mmdebstrap, the venv in a chroot, the
+    OCI archive) failed. Messages name the step and the log to read."""
+
+    reason = "ImageBuildFailed"
