@@ -9,6 +9,7 @@
     │   ├── UnsafePathError(ValueError)       hostile object key or archive member
     │   ├── SourceNotFoundError(FileNotFoundError)  404 / no such bucket, prefix or repo
     │   ├── SourceAuthError(PermissionError)  401 / 403 / missing or bad credentials
+    │   ├── HostPathMismatchError             the node group's volume is not the agent's host directory
     │   ├── InsufficientSpaceError(OSError)   not enough free space on the models filesystem
     │   │   ├── StorageLimitExceededError     the node group's storageLimit would be exceeded
     │   │   └── ModelSizeExceededError        the model is larger than the cache's modelSize
@@ -75,6 +76,13 @@ class SourceNotFoundError(PermanentError, FileNotFoundError):
 
 class SourceAuthError(PermanentError, PermissionError):
     reason = "AccessDenied"
+
+
+class HostPathMismatchError(PermanentError):
+    """A LocalModelNodeGroup's PersistentVolume names another node directory than the one the
+    agent's --root is mounted from (kserve#4151): Pods of that group would not see the model."""
+
+    reason = "HostPathMismatch"
 
 
 class InsufficientSpaceError(PermanentError, OSError):
