@@ -104,7 +104,7 @@ class RootfsRecipe:
         ]
 
     def digest(self) -> str:
-        document = {"recipe": self.__dict__, "removed": _REMOVED_AFTER_BUILD, "version": 1}
+        document = {"recipe": self.__dict__, "removed": _REMOVED_AFTER_BUILD, "version": 2}
         return hashlib.sha256(json.dumps(document, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -186,6 +186,7 @@ def _build_rootfs(recipe: RootfsRecipe, entry: Path, log: Path | None) -> None:
         recipe.suite, str(staging / "rootfs"), *recipe.sources(),
     ]
     environment = {**os.environ, "SOURCE_DATE_EPOCH": str(recipe.epoch)}
+    started = int(time.time()) - 1
     _run(command, "mmdebstrap", log, env=environment, timeout=1800)
     tree = staging / "rootfs"
     for pattern in _REMOVED_AFTER_BUILD:
@@ -196,6 +197,7 @@ def _build_rootfs(recipe: RootfsRecipe, entry: Path, log: Path | None) -> None:
                 path.unlink()
     # The mount point of the venv while it is built, and its place in the image.
     (tree / VENV_PATH).mkdir(mode=0o755)
+    _settle_mtimes(tree, since=started, epoch=recipe.epoch)
     packages = subprocess.run(
         ["chroot", str(staging / "rootfs"), "dpkg-query", "-W", "-f", "${Package} ${Version}\\n"],
         capture_output=True, text=True, check=True).stdout
@@ -203,6 +205,19 @@ def _build_rootfs(recipe: RootfsRecipe, entry: Path, log: Path | None) -> None:
     (staging / _COMPLETE_MARKER).write_text(json.dumps(recipe.__dict__, sort_keys=True) + "\n")
     shutil.rmtree(entry, ignore_errors=True)
     staging.rename(entry)
+
+
+def _settle_mtimes(tree: Path, since: int, epoch: int) -> None:
+    """Everything the build wrote (maintainer scripts' output, compiled bytecode, dpkg's
+    database, directories) gets the recipe's epoch instead of the time it ran, so two builds of
+    the same packages give the same tree whenever they ran. Files dpkg unpacked keep the
+    mtime their package gives them (older than the build), which is also what the compiled
+    bytecode of Python modules records."""
+    for directory, folders, files in os.walk(tree):
+        for name in [*folders, *files, ""]:
+            path = os.path.join(directory, name) if name else directory
+            if os.lstat(path).st_mtime >= since:
+                os.utime(path, (epoch, epoch), follow_symlinks=False)
 
 
 def collect_wheels(repo: Path, wheels: Path, epoch: int, log: Path | None = None) -> Path:
