@@ -28,10 +28,10 @@ from localmodel.node.hostpath import (
 POD = "6b1f0a52-3c1e-4f43-9a7e-2f1c9d8e7a10"
 SANDBOX = "4e5d0c2b9a8f7e6d5c4b3a29180716f5e4d3c2b1a09f8e7d6c5b4a3928170605"
 
-#: The agent container as containerd 2 and the kubelet mount it (cgroup v1 node, disk /dev/vda):
-#: overlay root, the models hostPath /models bound on /mnt/models, the emptyDir /tmp, /etc/hosts
-#: and the termination log from the kubelet's Pod folder, hostname and resolv.conf from
-#: containerd's sandbox folder, the projected tokens on tmpfs.
+#: The agent container as the kubelet has containerd mount it, written after the recorded sample
+#: below plus the kubelet's binds (disk /dev/vda): overlay root, the models hostPath /models on
+#: /mnt/models, the emptyDir /tmp, /etc/hosts and the termination log from the kubelet's Pod
+#: folder, hostname and resolv.conf from containerd's sandbox folder, projected tokens on tmpfs.
 KUBELET_CONTAINER = f"""\
 2330 2216 0:205 / / rw,relatime master:840 - overlay overlay rw,lowerdir=/var/lib/containerd/io.containerd.snapshotter.v1.overlayfs/snapshots/95/fs,upperdir=/var/lib/containerd/io.containerd.snapshotter.v1.overlayfs/snapshots/101/fs,workdir=/var/lib/containerd/io.containerd.snapshotter.v1.overlayfs/snapshots/101/work
 2331 2330 0:208 / /proc rw,nosuid,nodev,noexec,relatime - proc proc rw
@@ -48,6 +48,32 @@ KUBELET_CONTAINER = f"""\
 2346 2332 0:203 / /dev/shm rw,nosuid,nodev,noexec,relatime - tmpfs shm rw,size=65536k
 2347 2330 0:199 / /var/run/secrets/kubernetes.io/serviceaccount ro,relatime - tmpfs tmpfs rw,size=307200k
 2348 2330 0:200 / /var/run/secrets/localmodel/peer ro,relatime - tmpfs tmpfs rw,size=307200k
+"""
+
+
+#: Recorded, not written by hand: /proc/self/mountinfo inside a container of localmodel's image
+#: (`localmodel dev image`) run by containerd 2.2.9 and runc with `ctr run --read-only --mount
+#: type=bind,src=/var/tmp/lm-ctr/node-models,dst=/mnt/models`, on this kind of machine
+#: (root filesystem ext4 on /dev/vda). No kubelet: nothing anchors the device as the node's root.
+CONTAINERD_CTR_RUN = """\
+76 53 0:40 / / ro,relatime - overlay overlay rw,lowerdir=/var/tmp/lm-ctr/root/io.containerd.snapshotter.v1.overlayfs/snapshots/2/fs:/var/tmp/lm-ctr/root/io.containerd.snapshotter.v1.overlayfs/snapshots/1/fs,upperdir=/var/tmp/lm-ctr/root/io.containerd.snapshotter.v1.overlayfs/snapshots/5/fs,workdir=/var/tmp/lm-ctr/root/io.containerd.snapshotter.v1.overlayfs/snapshots/5/work,uuid=on
+78 76 0:48 / /proc rw,nosuid,nodev,noexec,relatime - proc proc rw
+79 76 0:49 / /dev rw,nosuid - tmpfs tmpfs rw,size=65536k,mode=755
+80 79 0:50 / /dev/pts rw,nosuid,noexec,relatime - devpts devpts rw,gid=5,mode=620,ptmxmode=666
+81 79 0:51 / /dev/shm rw,nosuid,nodev,noexec,relatime - tmpfs shm rw,size=65536k
+82 79 0:46 / /dev/mqueue rw,nosuid,nodev,noexec,relatime - mqueue mqueue rw
+83 76 0:52 / /sys ro,nosuid,nodev,noexec,relatime - sysfs sysfs ro
+84 76 0:53 / /run rw,nosuid - tmpfs tmpfs rw,size=65536k,mode=755
+85 76 254:0 /var/tmp/lm-ctr/node-models /mnt/models rw,relatime - ext4 /dev/vda rw,discard,no_prefetch_block_bitmaps,resv_strict,resuid=65534,resgid=65534
+54 78 0:48 /bus /proc/bus ro,nosuid,nodev,noexec,relatime - proc proc rw
+55 78 0:48 /fs /proc/fs ro,nosuid,nodev,noexec,relatime - proc proc rw
+56 78 0:48 /irq /proc/irq ro,nosuid,nodev,noexec,relatime - proc proc rw
+57 78 0:48 /sys /proc/sys ro,nosuid,nodev,noexec,relatime - proc proc rw
+58 78 0:54 / /proc/acpi ro,relatime - tmpfs tmpfs ro,size=4k,nr_inodes=1
+60 78 0:49 /null /proc/interrupts rw,nosuid - tmpfs tmpfs rw,size=65536k,mode=755
+61 78 0:49 /null /proc/keys rw,nosuid - tmpfs tmpfs rw,size=65536k,mode=755
+62 78 0:49 /null /proc/timer_list rw,nosuid - tmpfs tmpfs rw,size=65536k,mode=755
+63 83 0:54 / /sys/firmware ro,relatime - tmpfs tmpfs ro,size=4k,nr_inodes=1
 """
 
 
@@ -107,6 +133,17 @@ def test_whole_filesystem_or_no_mount_says_nothing() -> None:
     assert host_root(parse_mountinfo(KUBELET_CONTAINER), "/var/lib/models") is None
     assert host_root([], "/mnt/models") is None
     assert verdict(None, "/models") is Verdict.UNKNOWN
+
+
+def test_recorded_containerd_container_shows_the_bound_directory() -> None:
+    mounts = parse_mountinfo(CONTAINERD_CTR_RUN)
+    assert len(mounts) == len(CONTAINERD_CTR_RUN.splitlines())
+    found = host_root(mounts, "/mnt/models")
+    assert found == HostRoot(path="/var/tmp/lm-ctr/node-models", mount_point="/mnt/models", fstype="ext4",
+                             source="/dev/vda", anchored=False)
+    assert verdict(found, "/var/tmp/lm-ctr/node-models") is Verdict.SAME
+    assert verdict(found, "/models") is Verdict.DIFFERENT
+    assert host_root(mounts, "/opt/localmodel") is None, "the image's own files: overlay, whole"
 
 
 def test_escaped_paths_are_decoded() -> None:
