@@ -124,7 +124,7 @@ def test_second_disk_leaves_a_path_ending_the_same_unknown() -> None:
     assert found is not None and found.path == "/models" and not found.anchored
     assert verdict(found, "/mnt/models") is Verdict.UNKNOWN, "may well be right: never refused"
     assert verdict(found, "/models") is Verdict.SAME
-    assert verdict(found, "/data/cache") is Verdict.DIFFERENT, "no mount point makes /models end so"
+    assert verdict(found, "/data/cache") is Verdict.UNKNOWN, "where /dev/sdb1 is mounted is not known"
 
 
 def test_whole_filesystem_or_no_mount_says_nothing() -> None:
@@ -142,7 +142,9 @@ def test_recorded_containerd_container_shows_the_bound_directory() -> None:
     assert found == HostRoot(path="/var/tmp/lm-ctr/node-models", mount_point="/mnt/models", fstype="ext4",
                              source="/dev/vda", anchored=False)
     assert verdict(found, "/var/tmp/lm-ctr/node-models") is Verdict.SAME
-    assert verdict(found, "/models") is Verdict.DIFFERENT
+    # Without a kubelet nothing shows that /dev/vda is the node's root filesystem; the node's
+    # /models could be a bind mount of that directory.
+    assert verdict(found, "/models") is Verdict.UNKNOWN
     assert host_root(mounts, "/opt/localmodel") is None, "the image's own files: overlay, whole"
 
 
@@ -174,6 +176,12 @@ def test_check_names_the_group_and_both_paths() -> None:
 # --- the kernel's mountinfo ------------------------------------------------------------------------
 
 
+def _kubelet_file_on(source: str, mountinfo: str) -> str:
+    """A kubelet-style /etc/hosts line on the same device as `source`'s mounts."""
+    device = next(m.device for m in parse_mountinfo(mountinfo) if m.source == source)
+    return f"9999 1 {device} /var/lib/kubelet/pods/{POD}/etc-hosts /etc/hosts rw,relatime - ext4 {source} rw\n"
+
+
 @pytest.fixture
 def scratch() -> Iterator[Path]:
     if os.geteuid() != 0:
@@ -203,7 +211,10 @@ def test_real_bind_mount_shows_its_source_directory(scratch: Path) -> None:
     assert found is not None
     assert found.path == str(source), "the space in the name came back unescaped"
     assert verdict(found, str(source)) is Verdict.SAME
-    assert verdict(found, str(target)) is Verdict.DIFFERENT
+    assert verdict(found, str(target)) is Verdict.UNKNOWN, "no kubelet files anchor the device"
+    anchored = host_root(parse_mountinfo(done.stdout + _kubelet_file_on(found.source, done.stdout)), target)
+    assert anchored is not None and anchored.anchored
+    assert verdict(anchored, str(target)) is Verdict.DIFFERENT
     # What the agent reads: the file named by the test-only variable, else its own.
     recorded = scratch / "mountinfo"
     recorded.write_text(done.stdout)

@@ -8,18 +8,20 @@ find nothing. The agent cannot see the DaemonSet, but it can see its own mount:
 mounted (the 4th field, "root"). The kubelet mounts a hostPath with a bind mount, so for the
 mount at the agent's `--root` that field is the host directory, e.g. `/models`.
 
-Limits, so the check only ever refuses what is provably wrong:
-- the path is relative to the filesystem the host directory lives on. When that filesystem is
-  the node's root filesystem it is the host path. The agent knows it is when the kubelet's own
-  files for the Pod (/etc/hosts, /dev/termination-log, bind-mounted from
-  /var/lib/kubelet/pods/...) come from the same device with paths under /var/lib/kubelet/.
-  Otherwise the filesystem may be mounted elsewhere on the node (an Azure VM's /mnt on its
-  own disk: hostPath /mnt/models shows as /models), and only the tail is known: a volume path
-  that ends with it (`/mnt/models`) counts as unknown, not as a mismatch;
+Limits, so the check refuses only where the path is known:
+- the path is relative to the filesystem the host directory lives on. It is the node's path
+  only when that filesystem is the node's root filesystem. The agent knows it is when the
+  kubelet's own files for the Pod (/etc/hosts, /dev/termination-log, bind-mounted from
+  /var/lib/kubelet/pods/...) come from the same device with paths under /var/lib/kubelet/
+  ("anchored"). Otherwise (the directory on another disk, an Azure VM's /mnt: hostPath
+  /mnt/models shows as /models; a kubelet with another root directory; /var on its own disk)
+  nothing is refused: the verdict is unknown unless the paths are equal;
 - a whole filesystem mounted at the root (root field `/`: a disk mounted at /models on the
   node, an emptyDir on tmpfs, a test's plain directory) says nothing about the host path;
-- symbolic links on the host are resolved by the kubelet before mounting; a volume path that
-  goes through a symlink looks different. The message names both paths: use the real one.
+- the kubelet resolves symbolic links, and a directory that is itself a bind mount on the node
+  shows as its source: a volume path through either looks different although it is the same
+  directory. The message names both paths; setting the group's path to the one the agent
+  shows is always right (it is the real directory).
 
 `parse_mountinfo()` and `verdict()` are pure; `read_host_root()` reads the file. Tests point the
 agent at a recorded mountinfo with the environment variable LOCALMODEL_MOUNTINFO (test-only;
@@ -149,9 +151,9 @@ def verdict(host: HostRoot | None, volume_path: str | None) -> Verdict:
     volume = posixpath.normpath(volume_path)
     if volume == host.path:
         return Verdict.SAME
-    if not host.anchored and volume.endswith(host.path):
-        # /mnt/models seen as /models: the host directory may be on a filesystem mounted at
-        # /mnt on the node. Not provably different.
+    if not host.anchored:
+        # A path within a filesystem mounted who knows where on the node: /mnt/models may be
+        # seen as /models. Not provably different.
         return Verdict.UNKNOWN
     return Verdict.DIFFERENT
 
@@ -168,10 +170,9 @@ def group_volume_path(group: Mapping[str, Any] | None) -> str | None:
 
 
 def mismatch_message(group: str, volume_path: str, host: HostRoot) -> str:
-    where = host.path if host.anchored else f"{host.path} of {host.source} (or a path ending so)"
     return (
         f"LocalModelNodeGroup {group} mounts {volume_path} on the node (persistentVolumeSpec), "
-        f"but this agent's --root {host.mount_point} is the node's {where} (hostPath, "
+        f"but this agent's --root {host.mount_point} is the node's {host.path} (hostPath, "
         f"from /proc/self/mountinfo): Pods using the group's PVC would not find the model. "
         f"Downloads for this group are refused until both name the same directory: set the "
         f"group's local.path to {host.path} or the agent's hostPath to {volume_path}"
