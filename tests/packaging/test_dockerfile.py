@@ -109,6 +109,11 @@ def test_image_user_matches_the_manifests() -> None:
     for context in contexts:
         assert (context["runAsUser"], context["runAsGroup"]) == (uid, gid)
     assert values["config"]["localModel"]["fsGroup"] == gid
+    # The init container hands the hostPath to that same user.
+    daemonset = yaml.safe_load((REPO / "deploy" / "agent" / "daemonset.yaml").read_text())
+    [init] = daemonset["spec"]["template"]["spec"]["initContainers"]
+    command = init["command"]
+    assert command[command.index("--uid") + 1] == str(uid) and command[command.index("--gid") + 1] == str(gid)
 
 
 def test_image_built_from_debian_packages_has_the_dockerfiles_config() -> None:
