@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install controlplane nodes demo test lint crds docs
+.PHONY: install controlplane nodes image demo test lint crds docs
 
 $(BIN)/localmodel: pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,10 @@ controlplane: install
 # real nodes (docs/realnodes.md); minutes cold, instant when cached.
 nodes: install
 	$(BIN)/python -m localmodel.dev.nodebuild
+# The product image from Debian packages (mmdebstrap; needs root), as an OCI archive in
+# .cache/image/ for `ctr images import`. Without Docker; `docker build .` also works.
+image: install
+	$(BIN)/localmodel dev image
 
 demo: install
 	$(BIN)/localmodel dev demo

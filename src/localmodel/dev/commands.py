@@ -245,6 +245,47 @@ def demo(workdir: Path, model_mb: int, exit_when_ready: bool, timeout: float) ->
 
 
 @dev.command()
+@click.option("--output-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where the archive goes.  [default: .cache/image/ of the source checkout]")
+@click.option("--reference", default="localhost/localmodel:dev", show_default=True,
+              help="The name containerd gives the image on import (kustomize `images:` / Helm "
+                   "`image.repository` and `image.tag` must name it, with imagePullPolicy IfNotPresent).")
+@click.option("--rebuild-rootfs", is_flag=True,
+              help="Build the Debian root filesystem again (to pick up Debian updates) instead of "
+                   "reusing the cached one.")
+@click.option("--gzip", "gzip_layers", is_flag=True,
+              help="Compress the layers: a smaller archive, a slower build and import.")
+@click.option("--log", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Append the build tools' output here instead of showing it only on failure.")
+def image(output_dir: Path | None, reference: str, rebuild_rootfs: bool, gzip_layers: bool,
+          log: Path | None) -> None:
+    """Build the product image from Debian packages, without a container engine or a base image.
+
+    mmdebstrap makes a minimal Debian bookworm root filesystem with python3 and ca-certificates
+    (cached under ~/.cache/localmodel/rootfs/ by a digest of its recipe); hack/install-venv.sh
+    installs the wheel and requirements.lock into /opt/localmodel in a chroot of it; the result
+    is written as an OCI image-layout archive, localmodel-VERSION.oci.tar, with the Dockerfile's
+    config (entrypoint localmodel, user 1000:1000). Import it with
+    `ctr -n k8s.io images import ARCHIVE`. Needs root and mmdebstrap. SOURCE_DATE_EPOCH (default:
+    the commit time of HEAD) makes the build reproducible: the same commit gives the same digest.
+    """
+    from localmodel.dev.image import build_image
+    from localmodel.errors import ImageBuildError
+
+    started = time.monotonic()
+    try:
+        written = build_image(output_dir=output_dir, reference=reference, rebuild_rootfs=rebuild_rootfs,
+                              gzip_layers=gzip_layers, log=log)
+    except ImageBuildError as error:
+        raise click.ClickException(str(error)) from error
+    size_mb = written.archive.stat().st_size / 1e6
+    click.echo(f"built {written.reference} in {time.monotonic() - started:.0f}s: {written.archive} "
+               f"({size_mb:.0f} MB)")
+    click.echo(f"manifest {written.manifest.digest}")
+    click.echo(f"image id {written.image_id}")
+
+
+@dev.command()
 @click.argument("markdown", type=click.Path(dir_okay=False, exists=True, path_type=Path))
 @click.option("--check", is_flag=True, help="Change nothing; exit 1 when a generated block is out of date.")
 def docs(markdown: Path, check: bool) -> None:

@@ -33,6 +33,8 @@ class Budgets:
 
     declared_bytes: int | None = None
     group_limits: Mapping[str, int | None] = field(default_factory=dict)
+    #: The node directory each group's PersistentVolume mounts (None: not known).
+    group_paths: Mapping[str, str | None] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,7 @@ from localmodel.node.downloads import (
     Jobs,
     describe_error,
 )
+from localmodel.node.hostpath import HostRoot, check_group_paths
 from localmodel.node.metrics import AgentMetrics
 from localmodel.node.policy import check_source_allowed
 from localmodel.node.plan import (
@@ -121,6 +122,8 @@ class Reconciler:
         self.last_plan: Plan | None = None
         #: Where this agent serves peers (status.peerEndpoint); None publishes nothing.
         self.peer_endpoint: str | None = None
+        #: Where --root is on the node (node/hostpath.py); None: not known, nothing checked.
+        self.host_root: HostRoot | None = None
 
     @property
     def resync_seconds(self) -> float:
@@ -354,6 +357,7 @@ class Reconciler:
             check_source_allowed(model.uri, allow_local=self.settings.downloads.allow_local_sources)
             credentials = await self._credentials(model)
             budgets = await self.backend.budgets(model)
+            check_group_paths(self.host_root, budgets.group_paths)
         except LocalModelError as exc:
             await self._fail(key, exc.reason, str(exc))
             return
