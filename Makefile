@@ -22,6 +22,7 @@ controlplane: install
 # real nodes (docs/realnodes.md); minutes cold, instant when cached.
 nodes: install
 	$(BIN)/python -m localmodel.dev.nodebuild
+
 # The product image from Debian packages (mmdebstrap; needs root), as an OCI archive in
 # .cache/image/ for `ctr images import`. Without Docker; `docker build .` also works.
 image: install
