@@ -27,7 +27,15 @@ import pytest
 from localmodel.api.keys import storage_key
 from localmodel.controller.names import node_model_label
 from localmodel.dev.nodes import RealNodeCluster
-from localmodel.dev.product import InstalledProduct, describe_failure, install_product, uninstall
+from localmodel.dev.product import (
+    InstalledProduct,
+    describe_failure,
+    install_product,
+    read_digests,
+    reader_container,
+    reader_pod,
+    uninstall,
+)
 from tests.node.models import make_model, tree_digests
 from tests.reference import kserve_reference
 from tests.servers.s3 import RcloneS3Server
@@ -40,25 +48,6 @@ GROUP, GROUP_LABEL = "workers", "localmodel.test/group"
 SOLO_GROUP, SOLO_LABEL = "solo", "localmodel.test/solo"
 CACHE, SOLO_CACHE = "llama", "solo-llama"
 DEADLINE = 240.0
-
-#: Run by the consumer Pods (python3 of the product image): path -> sha256 of every file below
-#: argv[1], as one JSON line; then, for workloads that must keep running, sleep.
-READER = (
-    "import hashlib, json, pathlib, sys, time\n"
-    "root = pathlib.Path(sys.argv[1])\n"
-    "found = {}\n"
-    "for path in sorted(root.rglob('*')):\n"
-    "    if path.is_file() and not path.is_symlink():\n"
-    "        digest = hashlib.sha256()\n"
-    "        with open(path, 'rb') as stream:\n"
-    "            for block in iter(lambda: stream.read(1 << 20), b''):\n"
-    "                digest.update(block)\n"
-    "        found[path.relative_to(root).as_posix()] = digest.hexdigest()\n"
-    "print(json.dumps({'digests': found}), flush=True)\n"
-    "if len(sys.argv) > 2:\n"
-    "    time.sleep(3600)\n"
-)
-
 
 def eventually(probe: Callable[[], T | None], what: str, timeout: float = DEADLINE, on_fail: str = "") -> T:
     deadline = time.monotonic() + timeout
@@ -96,44 +85,11 @@ class Product:
     def cache_status(self, name: str = CACHE) -> dict[str, Any]:
         return get(self.cluster, "localmodelcache", name).get("status") or {}
 
-    def reader_pod(self, name: str, namespace: str, *, claim: str | None = None, sub_path: str = "",
-                   labels: dict[str, str] | None = None, annotations: dict[str, str] | None = None,
-                   **spec: Any) -> dict[str, Any]:
-        """A Pod of the product image printing the digests under /mnt/models (mounted from
-        `claim` at `sub_path` when given: as KServe mounts a pvc:// URI)."""
-        container: dict[str, Any] = {
-            "name": "reader", "image": self.image, "imagePullPolicy": "IfNotPresent",
-            "command": ["python3", "-c", READER, "/mnt/models"],
-            "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
-                                "readOnlyRootFilesystem": True, "runAsNonRoot": True},
-        }
-        volumes = []
-        if claim:
-            container["volumeMounts"] = [{"name": "kserve-pvc-source", "mountPath": "/mnt/models",
-                                          "subPath": sub_path, "readOnly": True}]
-            volumes = [{"name": "kserve-pvc-source", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}]
-        return {
-            "apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": name, "namespace": namespace, "labels": labels or {},
-                         "annotations": annotations or {}},
-            "spec": {"restartPolicy": "Never", "terminationGracePeriodSeconds": 1,
-                     "securityContext": {"runAsUser": 1000, "runAsGroup": 1000},
-                     "containers": [container], "volumes": volumes, **spec},
-        }
+    def reader_pod(self, name: str, namespace: str, **options: Any) -> dict[str, Any]:
+        return reader_pod(self.image, name, namespace, **options)
 
     def digests_read_by(self, namespace: str, pod: str) -> dict[str, str]:
-        def printed() -> dict[str, str] | None:
-            logs = self.cluster.kubectl("logs", "-n", namespace, pod, check=False)
-            for line in logs.stdout.splitlines():
-                if line.startswith("{"):
-                    found: dict[str, str] = json.loads(line)["digests"]
-                    return found
-            phase = get(self.cluster, "-n", namespace, f"pod/{pod}").get("status", {}).get("phase")
-            assert phase != "Failed", logs.stdout + logs.stderr
-            return None
-
-        pod_state = lambda: json.dumps(get(self.cluster, "-n", namespace, f"pod/{pod}").get("status"), indent=1)  # noqa: E731
-        return eventually(printed, f"pod {namespace}/{pod} read the model", on_fail=pod_state())
+        return read_digests(self.cluster, namespace, pod)
 
 
 def namespace_for(cluster: RealNodeCluster, prefix: str) -> str:
@@ -372,8 +328,7 @@ def test_a_plain_deployment_gets_the_model_from_the_pod_webhook(product: Product
     cluster = product.cluster
     wait_copies(product, CACHE, 2)
     namespace = namespace_for(cluster, "app")
-    container = product.reader_pod("x", namespace)["spec"]["containers"][0]
-    container["command"] = ["python3", "-c", READER, "/mnt/models", "keep-running"]
+    container = reader_container(product.image, keep_running=True)
     apply(cluster, {
         "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "chat", "namespace": namespace},
         "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "chat"}}, "template": {
