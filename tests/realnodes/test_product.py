@@ -38,6 +38,7 @@ from localmodel.dev.product import (
 )
 from tests.node.models import make_model, tree_digests
 from tests.reference import kserve_reference
+from tests.real_nodes import record_install
 from tests.servers.s3 import RcloneS3Server
 
 pytestmark = pytest.mark.realnodes
@@ -132,9 +133,8 @@ def product(real_nodes: RealNodeCluster, localmodel_image: str, pod_reachable_s3
     for node in cluster.nodes:
         info = node.host_path("/models").stat()
         fresh[node.name] = (info.st_uid, info.st_gid, info.st_mode & 0o7777)
-    started = time.monotonic()
     installed = install_product(cluster, localmodel_image, workdir=tmp_path_factory.mktemp("product"))
-    print(f"product installed in {time.monotonic() - started:.1f}s: {installed.timings}")
+    record_install(installed.method, installed.timings)
     s3 = pod_reachable_s3
     digests = make_model(s3.bucket("models") / "llama", {
         "config.json": 700, "tokenizer/tokenizer.json": 300 * 1024,

@@ -8,7 +8,6 @@ the same cluster-scoped objects (CRDs, webhook configurations, admission policy)
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -19,6 +18,7 @@ from localmodel.dev.product import InstalledProduct, install_chart, read_digests
 from tests.node.models import make_model, tree_digests
 from tests.packaging.conftest import build_helm
 from tests.realnodes.test_product import GROUP_LABEL, MiB, apply, cache, eventually, get, group
+from tests.real_nodes import record_install
 from tests.servers.s3 import RcloneS3Server
 
 pytestmark = pytest.mark.realnodes
@@ -28,9 +28,8 @@ pytestmark = pytest.mark.realnodes
 def chart_install(real_nodes: RealNodeCluster, localmodel_image: str,
                   tmp_path_factory: pytest.TempPathFactory) -> Iterator[InstalledProduct]:
     helm = build_helm()
-    started = time.monotonic()
     installed = install_chart(real_nodes, localmodel_image, helm, workdir=tmp_path_factory.mktemp("chart"))
-    print(f"chart installed in {time.monotonic() - started:.1f}s: {installed.timings}")
+    record_install(installed.method, installed.timings)
     try:
         yield installed
     finally:
