@@ -82,9 +82,12 @@ class RootfsRecipe:
     suite: str = "bookworm"
     mirror: str = "http://deb.debian.org/debian"
     security_mirror: str = "http://deb.debian.org/debian-security"
-    #: Beyond the Essential set: the interpreter of the venv, and CA certificates for HTTPS
-    #: sources that do not bring their own (certifi is in the venv too).
-    packages: tuple[str, ...] = ("python3", "ca-certificates")
+    #: Beyond the Essential set: the interpreter of the venv, CA certificates for HTTPS
+    #: sources that do not bring their own (certifi is in the venv too), and libstdc++, which
+    #: the wheels' C extensions of google-crc32c and frozenlist link to: without it they fall
+    #: back to pure Python with only a warning (GCS checksums many times slower). Docker's
+    #: python:*-slim bases have it (apt needs it); the Essential set has no apt.
+    packages: tuple[str, ...] = ("python3", "ca-certificates", "libstdc++6")
     #: mmdebstrap's SOURCE_DATE_EPOCH (2025-05-20, the snapshot the build machines' apt uses).
     #: Fixed, not the commit time: the root filesystem must not be rebuilt for every commit.
     epoch: int = 1_747_699_200
