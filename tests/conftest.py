@@ -9,5 +9,6 @@ pytest_plugins = [
     "tests.servers.azure",
     "tests.servers.hf",
     "tests.kube_cluster",
+    "tests.real_nodes",
     "tests.image_venv",
 ]

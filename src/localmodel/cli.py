@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
@@ -415,6 +416,38 @@ def fetch(pairs: tuple[str, ...], concurrency: int, chunk_size: int, limit_rate:
         elif mode == "bar":
             console.print(f"{shown} -> {dest}: {len(manifest.files)} files, "
                           f"{manifest.total_size} bytes in {seconds:.1f}s")
+
+
+@main.command("prepare-root")
+@click.option("--root", type=click.Path(file_okay=False, path_type=Path), default=Path("/mnt/models"),
+              show_default=True, help="The agent's --root: the hostPath volume's mount.")
+@click.option("--uid", type=click.IntRange(min=0), default=1000, show_default=True,
+              help="The agent's runAsUser.")
+@click.option("--gid", type=click.IntRange(min=0), default=1000, show_default=True,
+              help="The agent's runAsGroup.")
+def prepare_root_command(root: Path, uid: int, gid: int) -> None:
+    """Give the models directory to the agent's user (the agent Pod's init container).
+
+    The kubelet creates a new hostPath as root, and fsGroup does not apply to it. Run as UID 0
+    with only CAP_CHOWN, this changes the owner of ROOT and of its models/, manifests/ and
+    staging/ folders to UID:GID where they belong to someone else. It never recurses into model
+    data, never follows a symbolic link (a link or file under one of those names is refused, exit
+    1), creates nothing and changes no mode; run again, it changes nothing.
+    """
+    from localmodel.node.prepare_root import UnsafeRootError, prepare_root
+
+    try:
+        changes = prepare_root(root, uid, gid)
+    except UnsafeRootError as error:
+        raise click.ClickException(str(error)) from error
+    except PermissionError as error:
+        raise click.ClickException(
+            f"{error}: changing owners needs UID 0 with CAP_CHOWN (the init container's "
+            f"securityContext)") from error
+    for change in changes:
+        click.echo(change.describe(uid, gid))
+    if not changes:
+        click.echo(f"{root}: owned by {uid}:{gid} already; nothing changed")
 
 
 main.add_command(dev)

@@ -44,6 +44,7 @@ from localmodel.node.credentials import (
     plan_credentials,
     without_storage_secret,
 )
+from localmodel.node.hostpath import group_volume_path
 from localmodel.node.plan import WantedModel
 
 logger = logging.getLogger(__name__)
@@ -62,6 +63,19 @@ def _decode(data: Mapping[str, str] | None) -> dict[str, str]:
         except (ValueError, UnicodeDecodeError):
             continue  # binary values are no credential KServe understands
     return out
+
+
+def _quantity_at(found: Mapping[str, Any] | None, path: tuple[str, ...]) -> int | None:
+    """The quantity at `path` in an object as read, or None when absent or malformed."""
+    value: Any = found
+    for part in path:
+        value = (value or {}).get(part)
+    if value is None:
+        return None
+    try:
+        return parse_quantity(value)
+    except ValueError:
+        return None
 
 
 def _is_not_found(exc: ApiError) -> bool:
@@ -225,8 +239,7 @@ class ClusterBackend:
 
     # --- budgets --------------------------------------------------------------------------------
 
-    async def _quantity(self, resource: Any, name: str, path: tuple[str, ...], namespace: str | None = None
-                        ) -> int | None:
+    async def _read(self, resource: Any, name: str, namespace: str | None = None) -> dict[str, Any] | None:
         try:
             if namespace:
                 obj = await self.client.get(resource, name, namespace=namespace)
@@ -237,23 +250,22 @@ class ClusterBackend:
                 raise
             if exc.status.code == 403:
                 self._warn_once(f"forbidden:{resource.__name__}",
-                                f"not allowed to read {resource.__name__}; that budget is not checked")
+                                f"not allowed to read {resource.__name__}; what it declares is not checked")
             return None
-        value: Any = obj.to_dict()
-        for part in path:
-            value = (value or {}).get(part)
-        if value is None:
-            return None
-        try:
-            return parse_quantity(value)
-        except ValueError:
-            return None
+        found: dict[str, Any] = obj.to_dict()
+        return found
+
+    async def _quantity(self, resource: Any, name: str, path: tuple[str, ...], namespace: str | None = None
+                        ) -> int | None:
+        return _quantity_at(await self._read(resource, name, namespace), path)
 
     async def budgets(self, model: WantedModel) -> Budgets:
-        limits = {
-            group: await self._quantity(resources.LocalModelNodeGroup, group, ("spec", "storageLimit"))
-            for group in sorted(model.node_groups)
-        }
+        limits: dict[str, int | None] = {}
+        paths: dict[str, str | None] = {}
+        for group in sorted(model.node_groups):
+            found = await self._read(resources.LocalModelNodeGroup, group)
+            limits[group] = _quantity_at(found, ("spec", "storageLimit"))
+            paths[group] = group_volume_path(found)
         declared: list[int] = []
         for entry in model.entries:
             if entry.namespace:
@@ -263,7 +275,8 @@ class ClusterBackend:
                 size = await self._quantity(resources.LocalModelCache, entry.model_name, ("spec", "modelSize"))
             if size is not None:
                 declared.append(size)
-        return Budgets(declared_bytes=max(declared) if declared else None, group_limits=limits)
+        return Budgets(declared_bytes=max(declared) if declared else None, group_limits=limits,
+                       group_paths=paths)
 
     # --- writing --------------------------------------------------------------------------------
 

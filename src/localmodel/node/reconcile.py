@@ -36,6 +36,7 @@ from localmodel.node.downloads import (
     Jobs,
     describe_error,
 )
+from localmodel.node.hostpath import HostRoot, check_group_paths
 from localmodel.node.metrics import AgentMetrics
 from localmodel.node.plan import (
     ABSENT,
@@ -124,6 +125,8 @@ class Reconciler:
         self.last_plan: Plan | None = None
         #: Where this agent serves peers (status.peerEndpoint); None publishes nothing.
         self.peer_endpoint: str | None = None
+        #: Where --root is on the node (node/hostpath.py); None: not known, nothing checked.
+        self.host_root: HostRoot | None = None
 
     @property
     def resync_seconds(self) -> float:
@@ -371,6 +374,7 @@ class Reconciler:
             check_source_allowed(model.uri, allow_local=self.settings.downloads.allow_local_sources)
             credentials = await self._credentials(model)
             budgets = await self.backend.budgets(model)
+            check_group_paths(self.host_root, budgets.group_paths)
         except LocalModelError as exc:
             await self._fail(key, exc.reason, str(exc))
             return
