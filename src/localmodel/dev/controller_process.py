@@ -91,10 +91,7 @@ class ControllerProcess:
         return self.get(self.metrics_port, "/metrics")[1]
 
     def log_text(self) -> str:
-        try:
-            return self.log_file.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
+        return self.process.log_text()
 
     def stop(self, timeout: float = 30.0) -> None:
         """SIGTERM (a clean shutdown releases the leader Lease), SIGKILL after `timeout` seconds."""

@@ -66,6 +66,13 @@ class ManagedProcess:
                 popen.wait()
         self._popen = None
 
+    def log_text(self) -> str:
+        """The whole log ("" before the first start)."""
+        try:
+            return self.log_file.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
     def log_tail(self, lines: int = 30) -> str:
         """The last lines of the log, for error messages."""
         try:

@@ -108,7 +108,8 @@ def download(source_uri: str, dest: str | os.PathLike[str] | Layout, *,
 
 def adopt(source_uri: str, dest: str | os.PathLike[str] | Layout, *,
           settings: Settings = _NO_SETTINGS, options: FetchOptions | None = None,
-          progress: ProgressCallback | None = None) -> Manifest | None:
+          progress: ProgressCallback | None = None,
+          source_factory: SourceFactory | None = None) -> Manifest | None:
     """Adopt what `dest` already holds, without downloading anything: the manifest written, or
     None when the folder does not qualify (see `localmodel.fetch.adopt`). `download` does this
     itself first; callers that check budgets before downloading (the node agent) call it apart,
@@ -116,7 +117,7 @@ def adopt(source_uri: str, dest: str | os.PathLike[str] | Layout, *,
     options = options or FetchOptions()
     layout = dest if isinstance(dest, Layout) else Layout.for_path(dest)
     with _exclusive(layout):
-        source = open_source(source_uri, settings)
+        source = (source_factory or open_source)(source_uri, settings)
         try:
             return _Download(source, redact_uri(source_uri), layout, options, progress).adopt_only()
         finally:

@@ -45,6 +45,8 @@ from localmodel.node.capacity import Budgets, CapacityRequest, check_capacity
 from localmodel.node.credentials import Credentials, redact
 from localmodel.node.plan import JobKind, JobView
 from localmodel.node.store import ModelStore
+from localmodel.sources.base import ListedOnce
+from localmodel.sources.registry import open_source
 
 if TYPE_CHECKING:
     from localmodel.peers.fill import FillStrategy
@@ -314,24 +316,29 @@ class Jobs:
             if job.cancel.is_set():
                 raise Cancelled()
             settings, folder = self._materialize(request.credentials)
-            # Listings stop at the file limit (the engine adds it to its own listing).
-            listing_settings = with_file_limit(settings, self._options.max_files)
-            manifest = None
-            if self._options.adopt and not self._options.force:
-                # before any budget: an adopted model already has its space
-                manifest = self._store.adopt(key, request.uri, settings=listing_settings,
-                                             options=self._options, progress=on_verify)
-            adopted = manifest is not None
-            if manifest is None:
-                model_bytes, _files = self._store.listed_size(request.uri, listing_settings)
-                self._reserve(key, job, model_bytes, request.budgets)
-                if self._fill is None:
-                    manifest = self._store.download(
-                        key, request.uri, settings=settings, options=self._options,
-                        progress=on_progress,
-                    )
-                else:
-                    manifest = self._download_with_peers(key, request.uri, settings, job, on_progress)
+            # One origin and one listing for every step below (adoption, budgets, peers, the
+            # engine). Listings stop at the file limit, as the engine's own would.
+            origin = ListedOnce(open_source(request.uri, with_file_limit(settings, self._options.max_files)))
+            try:
+                manifest = None
+                if self._options.adopt and not self._options.force:
+                    # before any budget: an adopted model already has its space
+                    manifest = self._store.adopt(key, request.uri, settings=settings, options=self._options,
+                                                 progress=on_verify, source_factory=origin.open)
+                adopted = manifest is not None
+                if manifest is None:
+                    model_bytes = sum(f.size for f in origin.list_files().files)
+                    self._reserve(key, job, model_bytes, request.budgets)
+                    if self._fill is None:
+                        manifest = self._store.download(
+                            key, request.uri, settings=settings, options=self._options,
+                            progress=on_progress, source_factory=origin.open,
+                        )
+                    else:
+                        manifest = self._download_with_peers(key, request.uri, settings, job, on_progress,
+                                                             origin)
+            finally:
+                origin.release()
         except BaseException as exc:  # noqa: BLE001 - every outcome becomes a result
             cancelled = isinstance(exc, Cancelled) or job.cancel.is_set()
             reason, message, retry_after = describe_error(exc)
@@ -366,7 +373,7 @@ class Jobs:
         )
 
     def _download_with_peers(self, key: str, uri: str, settings: dict[str, str], job: _Job,
-                             on_progress: Callable[[Progress], None]) -> Manifest:
+                             on_progress: Callable[[Progress], None], origin: ListedOnce) -> Manifest:
         """The download under the peer-to-peer policy, which may first wait for a peer or a
         free origin slot (cancellable). Peers caught lying are quarantined by the policy, and
         the download is tried again at once without them (once), not after the backoff."""
@@ -375,9 +382,9 @@ class Jobs:
         assert self._fill is not None
         for attempt in (1, 2):
             try:
-                with self._fill.session(key, uri, settings, job.cancel) as source_factory:
+                with self._fill.session(key, uri, settings, job.cancel, open_origin=origin.open) as source_factory:
                     return self._store.download(key, uri, settings=settings, options=self._options,
-                                                progress=on_progress, source_factory=source_factory)
+                                                progress=on_progress, source_factory=source_factory or origin.open)
             except PeerDataRejectedError as exc:
                 if attempt == 2:
                     raise

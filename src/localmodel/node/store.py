@@ -45,7 +45,7 @@ from localmodel.fetch.progress import Progress
 from localmodel.fetch.staging import allocated_bytes
 from localmodel.node.plan import DiskState, Observed
 from localmodel.sources.base import Settings
-from localmodel.sources.registry import SourceFactory, open_source
+from localmodel.sources.registry import SourceFactory
 from localmodel.sources.uris import redact_uri
 
 logger = logging.getLogger(__name__)
@@ -165,15 +165,6 @@ class ModelStore:
 
     # --- changing ---------------------------------------------------------------------------
 
-    def listed_size(self, uri: str, settings: Settings) -> tuple[int, int]:
-        """(bytes, files) of the model as its source lists it now."""
-        source = open_source(uri, settings)
-        try:
-            listing = source.list_files()
-        finally:
-            source.close()
-        return sum(f.size for f in listing.files), len(listing.files)
-
     def download(
         self,
         key: str,
@@ -202,6 +193,7 @@ class ModelStore:
         settings: Settings,
         options: FetchOptions,
         progress: Callable[[Progress], None],
+        source_factory: SourceFactory | None = None,
     ) -> Manifest | None:
         """Keep a folder that holds the model without a manifest (KServe's agent left it):
         its manifest after hashing every file, or None when it does not qualify.
@@ -210,7 +202,8 @@ class ModelStore:
         sizes still match, and without a provider digest nothing else would catch the damage."""
         if key in self.withdrawn():
             return None
-        return engine_adopt(uri, self.layout(key), settings=settings, options=options, progress=progress)
+        return engine_adopt(uri, self.layout(key), settings=settings, options=options, progress=progress,
+                            source_factory=source_factory)
 
     def scrub(self, key: str) -> list[str]:
         """Re-hash every file; problems found (empty when the model is intact or gone)."""

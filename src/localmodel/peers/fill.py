@@ -60,8 +60,8 @@ logger = logging.getLogger(__name__)
 class FillStrategy(Protocol):
     """What the download pool asks before it runs the engine."""
 
-    def session(self, key: str, uri: str, settings: Settings,
-                cancel: threading.Event) -> AbstractContextManager[SourceFactory | None]: ...
+    def session(self, key: str, uri: str, settings: Settings, cancel: threading.Event,
+                open_origin: SourceFactory | None = None) -> AbstractContextManager[SourceFactory | None]: ...
 
 
 class WaitCancelled(Exception):
@@ -129,13 +129,14 @@ class PeerFill:
     # --- the session --------------------------------------------------------------------------
 
     @contextmanager
-    def session(self, key: str, uri: str, settings: Settings,
-                cancel: threading.Event) -> Iterator[SourceFactory | None]:
+    def session(self, key: str, uri: str, settings: Settings, cancel: threading.Event,
+                open_origin: SourceFactory | None = None) -> Iterator[SourceFactory | None]:
         """Blocks until this node may download `key`, then yields the source factory to hand to
-        the engine (None: the registry's origin source)."""
+        the engine (None: the origin source). `open_origin` overrides the policy's own (the
+        agent passes the download's one listed origin)."""
         started = time.monotonic()
         outcome = FillOutcome()
-        origin = self._open_origin(uri, settings)
+        origin = (open_origin or self._open_origin)(uri, settings)
         owned = True  # closed here unless the engine's source took it over
         try:
             listing = origin.list_files()

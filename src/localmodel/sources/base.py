@@ -6,6 +6,7 @@ of them, possibly from many threads at once (so implementations must be thread-s
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar, runtime_checkable
@@ -173,3 +174,36 @@ def prefix_or_object(prefix: str, list_under: Callable[[str], Sequence[Entry]], 
 
         raise SourceNotFoundError(missing)
     return chosen
+
+
+class ListedOnce:
+    """One origin source for a whole download, listed once by whichever step asks first: every
+    step (adoption, the capacity check, the peer fill, the engine) gets this same source and its
+    one listing. Reads go to the source that listed, whose conditional reads (ETag, generation)
+    depend on that listing. Steps may `close()` it; the download's owner `release()`s it once,
+    after all of them."""
+
+    def __init__(self, source: Source) -> None:
+        self.source = source
+        self.uri = source.uri
+        self._listing: Listing | None = None
+        self._lock = threading.Lock()
+
+    def list_files(self) -> Listing:
+        with self._lock:
+            if self._listing is None:
+                self._listing = self.source.list_files()
+            return self._listing
+
+    def read_range(self, path: str, offset: int, length: int) -> Iterator[bytes | memoryview]:
+        return self.source.read_range(path, offset, length)
+
+    def close(self) -> None:
+        """Nothing: the owner releases the source after the last step."""
+
+    def release(self) -> None:
+        self.source.close()
+
+    def open(self, uri: str, settings: Settings) -> Source:
+        """A `SourceFactory` that hands out this source (the download's URI and settings)."""
+        return self
