@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import shutil
 import ssl
 import time
 import urllib.error
@@ -129,9 +131,16 @@ def cache(name: str, uri: str, group_name: str) -> dict[str, Any]:
 def product(real_nodes: RealNodeCluster, localmodel_image: str, pod_reachable_s3: RcloneS3Server,
             tmp_path_factory: pytest.TempPathFactory) -> Iterator[Product]:
     cluster = real_nodes
+    # A fresh node: /models as the kubelet's DirectoryOrCreate makes it (empty, root, 0755),
+    # whatever earlier tests of the session (the demo, other hostPath Pods) left there.
     fresh = {}
     for node in cluster.nodes:
-        info = node.host_path("/models").stat()
+        root = node.host_path("/models")
+        for child in root.iterdir():
+            shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+        os.chown(root, 0, 0)
+        root.chmod(0o755)
+        info = root.stat()
         fresh[node.name] = (info.st_uid, info.st_gid, info.st_mode & 0o7777)
     installed = install_product(cluster, localmodel_image, workdir=tmp_path_factory.mktemp("product"))
     record_install(installed.method, installed.timings)
@@ -245,7 +254,7 @@ def test_a_fresh_node_root_is_handed_to_the_agent_without_a_manual_step(product:
     cluster = product.cluster
     wait_copies(product, CACHE, 2)  # the agent has written models/ and manifests/ there
     for node in cluster.nodes:
-        assert product.fresh_roots[node.name] == (0, 0, 0o755), "the kubelet's DirectoryOrCreate: root, 0755"
+        assert product.fresh_roots[node.name] == (0, 0, 0o755)  # before the install (see the fixture)
         root = node.host_path("/models")
         for path in (root, root / "models", root / "manifests"):
             info = path.stat()

@@ -230,7 +230,15 @@ def collect_wheels(repo: Path, wheels: Path, epoch: int, log: Path | None = None
     wheels.mkdir(parents=True, exist_ok=True)
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check"]
     environment = {**os.environ, "SOURCE_DATE_EPOCH": str(epoch)}
-    _run([*pip, "wheel", "--quiet", "--no-deps", "--wheel-dir", str(wheels), str(repo)],
+    # Built from a copy of what the Dockerfile copies (.dockerignore): setuptools' build/ folder
+    # in the checkout may hold modules deleted since, and they would end up in the wheel.
+    source = wheels.parent / "source"
+    for name in ("pyproject.toml", "README.md", "requirements.lock"):
+        source.mkdir(exist_ok=True)
+        shutil.copy2(repo / name, source / name)
+    shutil.copytree(repo / "src", source / "src",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info"))
+    _run([*pip, "wheel", "--quiet", "--no-deps", "--wheel-dir", str(wheels), str(source)],
          "pip wheel (localmodel)", log, env=environment)
     [project_wheel] = wheels.glob("localmodel-*.whl")
     _run([*pip, "wheel", "--quiet", "--wheel-dir", str(wheels), "--constraint",
