@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import localmodel
-from localmodel.dev.build import _exclusive
+from localmodel.dev.build import exclusive
 from localmodel.dev.oci import ImageConfig, Layer, WrittenImage, write_image
 from localmodel.errors import ImageBuildError
 
@@ -158,7 +158,7 @@ def ensure_rootfs(recipe: RootfsRecipe = RootfsRecipe(), cache_root: Path | None
     if (entry / _COMPLETE_MARKER).exists() and not rebuild:
         return rootfs
     entry.parent.mkdir(parents=True, exist_ok=True)
-    with _exclusive(entry.parent / ".build.lock"):
+    with exclusive(entry.parent / ".build.lock"):
         if (entry / _COMPLETE_MARKER).exists() and not rebuild:
             return rootfs
         _build_rootfs(recipe, entry, log)
