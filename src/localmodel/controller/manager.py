@@ -212,10 +212,12 @@ class Manager:
                 if server:
                     runners.append(server)
             if self.settings.webhook_cert_dir is not None:
-                from localmodel.controller.webhook import serve_webhooks
+                from localmodel.controller.webhook import serve_webhooks_once_certified
 
-                runner, self.webhook_port = await serve_webhooks(self, self.settings.webhook_cert_dir)
-                runners.append(runner)
+                # The Secret may come after the Pod (apply -k, then hack/webhook-certs.sh): the
+                # kubelet fills the optional volume later, and the webhooks start then.
+                informer_tasks.append(asyncio.create_task(
+                    serve_webhooks_once_certified(self, self.settings.webhook_cert_dir, runners)))
             await asyncio.gather(*(i.synced.wait() for i in self.view.informers))
             self.ready.set()
             log.info("controller %s: caches synced", self.settings.identity)

@@ -238,3 +238,24 @@ async def serve_webhooks(manager: Manager, cert_dir: Path) -> tuple[web.AppRunne
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     log.info("webhooks serving on https://%s:%d", manager.settings.webhook_host, port)
     return runner, port
+
+
+async def serve_webhooks_once_certified(manager: Manager, cert_dir: Path, runners: list[web.AppRunner],
+                                        every: float = 2.0) -> None:
+    """serve_webhooks as soon as `cert_dir` holds tls.crt and tls.key (at once when it does);
+    the runner goes into `runners` for the caller's clean-up."""
+    waiting_logged = False
+    while not ((cert_dir / "tls.crt").exists() and (cert_dir / "tls.key").exists()):
+        if not waiting_logged:
+            log.warning("no tls.crt/tls.key in %s yet: webhooks start once the certificate is there", cert_dir)
+            waiting_logged = True
+        await asyncio.sleep(every)
+    while True:
+        try:
+            runner, manager.webhook_port = await serve_webhooks(manager, cert_dir)
+        except (OSError, ssl.SSLError) as error:  # a half-written pair: try again
+            log.warning("webhook certificate in %s not usable yet: %s", cert_dir, error)
+            await asyncio.sleep(every)
+            continue
+        runners.append(runner)
+        return
