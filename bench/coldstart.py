@@ -333,7 +333,7 @@ def node_group(total_bytes: int) -> dict[str, Any]:
 def cache_object(model: BenchModel, service_account: str) -> dict[str, Any]:
     return {
         "apiVersion": "serving.kserve.io/v1alpha1", "kind": "LocalModelCache",
-        "metadata": {"name": model.name},
+        "metadata": {"name": model.name, "labels": {"app": "coldstart"}},
         "spec": {"sourceModelUri": model.uri, "modelSize": f"{-(-model.bytes // 2**20)}Mi",
                  "nodeGroups": [GROUP], "serviceAccountName": service_account},
     }
@@ -659,6 +659,17 @@ def run_benchmark(cluster: Any, args: argparse.Namespace, images: tuple[Path, st
         "agents": agents,
         "install": installed.timings,
     }
+
+
+def remove_objects(cluster: Any) -> None:
+    """What run_benchmark made besides the product: the consumers' namespace, the caches, the
+    node group (the product stays installed)."""
+    cluster.kubectl("delete", "namespace", NAMESPACE, "--ignore-not-found", "--wait=true", "--timeout=120s",
+                    timeout=150, check=False)
+    caches = cluster.kubectl("get", "localmodelcache", "-l", "app=coldstart", "-o", "name", check=False)
+    for name in caches.stdout.split():
+        cluster.kubectl("delete", name, "--wait=true", "--timeout=120s", timeout=150, check=False)
+    cluster.kubectl("delete", "localmodelnodegroup", GROUP, "--ignore-not-found", "--wait=false", check=False)
 
 
 def median(values: list[float]) -> float | None:

@@ -1,6 +1,9 @@
 """The product image, built here from Debian packages: no base image is pulled, no engine runs.
 
     build_image(repo) -> WrittenImage      `localmodel dev image`, `make image`
+    build_tool_image(dir, ToolImage) -> WrittenImage   the same root filesystem with another
+                                           Python tool's venv (KSERVE_STORAGE_IMAGE: KServe's
+                                           downloader, for bench/coldstart.py)
 
 1. The root filesystem: Debian bookworm with python3 (3.11) and ca-certificates, made by
    mmdebstrap (variant `essential`: dpkg's Essential set and what the two packages need; no
