@@ -8,6 +8,11 @@ Fixtures (session scope):
                     each node has its own /models (NODE_HOST_PATHS), seen from the host at
                     real_nodes.node("node-1").host_path("/models")
     busybox_image   the reference of a small static-busybox image, imported into every node
+    localmodel_image
+                    the product image built from Debian packages (`product_image` of
+                    tests/image_venv.py), imported into every node; its reference
+    pod_reachable_s3
+                    `rclone serve s3` on the nodes' host address (10.244.0.1), which Pods reach
 
 The node binaries are built when collection finishes and a selected test needs `real_nodes`,
 outside any test's timeout; CI builds them up front (`python -m localmodel.dev.nodebuild`).
@@ -24,7 +29,9 @@ from collections.abc import Iterator
 import pytest
 
 from localmodel.dev.nodebuild import built_node_paths, ensure_node_built
-from localmodel.dev.nodes import BUSYBOX_IMAGE, RealNodeCluster, write_busybox_image
+from localmodel.dev.nodes import BUSYBOX_IMAGE, HOST_ADDRESS, RealNodeCluster, write_busybox_image
+from localmodel.dev.oci import WrittenImage
+from tests.servers.s3 import RcloneS3Server, serve_rclone
 
 #: (node count, timings of the session's first start) for the terminal summary.
 #: Host paths each node has for itself: the agent's hostPath (deploy/agent/daemonset.yaml).
@@ -69,3 +76,15 @@ def busybox_image(real_nodes: RealNodeCluster, tmp_path_factory: pytest.TempPath
     archive = write_busybox_image(tmp_path_factory.mktemp("images") / "busybox.tar")
     real_nodes.import_image(archive)
     return BUSYBOX_IMAGE
+
+
+@pytest.fixture(scope="session")
+def localmodel_image(real_nodes: RealNodeCluster, product_image: WrittenImage) -> str:
+    real_nodes.import_image(product_image.archive)
+    return product_image.reference
+
+
+@pytest.fixture(scope="session")
+def pod_reachable_s3(real_nodes: RealNodeCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RcloneS3Server]:
+    with serve_rclone(tmp_path_factory.mktemp("pod-s3"), host=HOST_ADDRESS) as server:
+        yield server

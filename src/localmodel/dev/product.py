@@ -80,7 +80,9 @@ def write_overlay(directory: Path, image: str, deploy: Path | None = None) -> Pa
     """A kustomization in `directory` that installs `deploy` (default: the repository's) with
     the `localmodel` image replaced by `image` ("name:tag" or "name@sha256:...")."""
     deploy = (deploy or repo_root() / "deploy").resolve()
-    entry: dict[str, str] = {"name": "localmodel"}
+    # The base has already renamed the manifests' `localmodel` to its published name when an
+    # overlay's transformers run, so the overlay must match that name, not `localmodel`.
+    entry: dict[str, str] = {"name": published_image_name(deploy)}
     if "@" in image:
         entry["newName"], entry["digest"] = image.split("@", 1)
     else:
@@ -98,6 +100,17 @@ def write_overlay(directory: Path, image: str, deploy: Path | None = None) -> Pa
         "images": [entry],
     }, indent=2) + "\n")
     return directory
+
+
+def published_image_name(deploy: Path) -> str:
+    """The image name deploy/kustomization.yaml gives `localmodel` (its `images:` newName)."""
+    import yaml
+
+    base = yaml.safe_load((deploy / "kustomization.yaml").read_text())
+    for entry in base.get("images") or []:
+        if entry.get("name") == "localmodel":
+            return str(entry.get("newName") or "localmodel")
+    return "localmodel"
 
 
 def label_workers(cluster: RealNodeCluster, nodes: Sequence[str], *, unlabel_others: bool = True) -> None:
