@@ -42,6 +42,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -715,8 +716,16 @@ def summary(document: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _stop(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    # SIGTERM, and SIGINT even when started in the background (where the shell ignores it),
+    # stop the run through the normal exit: the real nodes are stopped and cleaned up.
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
     from localmodel.dev.nodes import RealNodeCluster
 
     images = build_images(args)
