@@ -729,6 +729,8 @@ def main(argv: list[str] | None = None) -> int:
     from localmodel.dev.nodes import RealNodeCluster
 
     images = build_images(args)
+    for shards, scale in args.models:  # generated before the nodes hold the machine's lock
+        ensure_model(args.model_cache, int(shards), scale)
     with ExitStack() as stack:
         if args.workdir is None:
             args.workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="coldstart-", dir="/var/tmp")))
