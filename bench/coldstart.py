@@ -117,6 +117,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help=f"comma-separated subset of {','.join(SCENARIOS)}")
     parser.add_argument("--per-connection", default="64m", metavar="RATE",
                         help="nginx limit_rate per connection of the origin (default 64m)")
+    parser.add_argument("--fetch-verify", choices=("full", "sha256", "none"), default="full",
+                        help="`localmodel fetch --verify` in scenario (c) (default full, as shipped)")
     parser.add_argument("--cache", choices=("cold", "warm"), default="cold",
                         help="cold: drop the page cache before every Pod (default)")
     parser.add_argument("--model-cache", type=Path, default=CACHE / "bench-model",
@@ -463,7 +465,7 @@ def _timestamp(value: str) -> float:
 
 
 def scenario_pod(scenario: str, name: str, model: BenchModel, endpoint: str, product_image: str,
-                 kserve_image: str, kserve_python: str) -> dict[str, Any]:
+                 kserve_image: str, kserve_python: str, fetch_verify: str = "full") -> dict[str, Any]:
     main: dict[str, Any] = {
         "name": "main", "image": product_image, "imagePullPolicy": "Never",
         "command": ["python3", "-c", READER, MOUNT],
@@ -492,7 +494,8 @@ def scenario_pod(scenario: str, name: str, model: BenchModel, endpoint: str, pro
         spec["volumes"] = [{"name": "work", "emptyDir": {}}]
         spec["initContainers"] = [{
             "name": "storage-initializer", "image": product_image, "imagePullPolicy": "Never",
-            "command": ["localmodel", "fetch", "--progress", "none", model.uri, "/work/model"],
+            "command": ["localmodel", "fetch", "--progress", "none", "--verify", fetch_verify,
+                        model.uri, "/work/model"],
             "env": env, "volumeMounts": [{"name": "work", "mountPath": "/work"}],
         }]
         main["volumeMounts"] = [{"name": "work", "mountPath": MOUNT, "subPath": "model", "readOnly": True}]
@@ -638,7 +641,8 @@ def run_benchmark(cluster: Any, args: argparse.Namespace, images: tuple[Path, st
             for run in range(1, args.runs + 1):
                 for scenario in args.scenarios:
                     pod = scenario_pod(scenario, f"{scenario}-{uuid.uuid4().hex[:8]}", model,
-                                       server.endpoint, product_image, kserve_image, kserve_python)
+                                       server.endpoint, product_image, kserve_image, kserve_python,
+                                       args.fetch_verify)
                     row = run_pod(cluster, pod, model, scenario, run, args.cache, timeout)
                     rows.append(row)
                     print(f"{model.label} ({scenario}) run {run}: "
@@ -654,7 +658,9 @@ def run_benchmark(cluster: Any, args: argparse.Namespace, images: tuple[Path, st
         "origin": f"rclone serve s3 behind nginx, limit_rate {args.per_connection} per connection",
         "node": NODE, "cache": args.cache,
         "models": {m.label: {"uri": m.uri, "bytes": m.bytes, "files": len(m.model.files)} for m in models},
-        "scenarios": {s: SCENARIOS[s] for s in args.scenarios},
+        "scenarios": {s: SCENARIOS[s] + (f" (--verify {args.fetch_verify})" if s == "c" else "")
+                      for s in args.scenarios},
+        "fetch_verify": args.fetch_verify,
         "rows": [asdict(r) for r in rows],
         "first_pods": [asdict(r) for r in first_pods],
         "agents": agents,
