@@ -617,6 +617,7 @@ def run_benchmark(cluster: Any, args: argparse.Namespace, images: tuple[Path, st
     from localmodel.dev.product import install_product
 
     product_archive, product_image, kserve_archive, kserve_image, kserve_python = images
+    work.mkdir(parents=True, exist_ok=True)
     models = [prepare_model(args.model_cache, int(shards), scale) for shards, scale in args.models]
     started = time.monotonic()
     installed = install_product(cluster, product_image, archive=product_archive, workdir=work)
