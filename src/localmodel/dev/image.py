@@ -1,6 +1,9 @@
 """The product image, built here from Debian packages: no base image is pulled, no engine runs.
 
     build_image(repo) -> WrittenImage      `localmodel dev image`, `make image`
+    build_tool_image(dir, ToolImage) -> WrittenImage   the same root filesystem with another
+                                           Python tool's venv (KSERVE_STORAGE_IMAGE: KServe's
+                                           downloader, for bench/coldstart.py)
 
 1. The root filesystem: Debian bookworm with python3 (3.11) and ca-certificates, made by
    mmdebstrap (variant `essential`: dpkg's Essential set and what the two packages need; no
@@ -254,12 +257,13 @@ def collect_wheels(repo: Path, wheels: Path, epoch: int, log: Path | None = None
 
 
 # Runs as root in a private mount namespace: the cached root filesystem read-only, a tmpfs on
-# its /tmp with the build inputs, the (empty) venv folder on /opt/localmodel; then the install
-# script in a chroot with nothing of the host's environment.
+# its /tmp with the build inputs, the (empty) venv folder on its place in the image (TARGET,
+# /opt/localmodel for the product); then the install script in a chroot with nothing of the
+# host's environment.
 _CHROOT_SETUP = r"""
 set -eu
-rootfs=$1 venv=$2 inputs=$3
-shift 3
+rootfs=$1 venv=$2 inputs=$3 target=$4
+shift 4
 mount --bind "$rootfs" "$rootfs"
 mount -o remount,bind,ro "$rootfs"
 mount -t tmpfs -o mode=1777 tmpfs "$rootfs/tmp"
@@ -272,7 +276,13 @@ done
 mkdir "$rootfs/tmp/build"
 mount --bind "$inputs" "$rootfs/tmp/build"
 mount -o remount,bind,ro "$rootfs/tmp/build"
-mount --bind "$venv" "$rootfs/opt/localmodel"
+if [ "$target" != /opt/localmodel ]; then
+  # Another venv's place: /opt of the read-only root filesystem becomes a scratch tmpfs that
+  # holds only its mount point (the venv's path is baked into its scripts and pyvenv.cfg).
+  mount -t tmpfs -o mode=755 tmpfs "$rootfs/opt"
+  mkdir -p "$rootfs$target"
+fi
+mount --bind "$venv" "$rootfs$target"
 exec chroot "$rootfs" /usr/bin/env -i "$@"
 """
 
@@ -295,10 +305,19 @@ def build_venv(rootfs: Path, repo: Path, venv: Path, epoch: int, log: Path | Non
             "PYTHON=/usr/bin/python3", "PIP_NO_CACHE_DIR=1", "PIP_DISABLE_PIP_VERSION_CHECK=1",
             "PIP_ROOT_USER_ACTION=ignore",
         ]
-        command = ["unshare", "--mount", "--propagation", "private", "--", "/bin/sh", "-c",
-                   _CHROOT_SETUP, "sh", str(rootfs), str(venv), str(inputs),
-                   *environment, "/bin/bash", "/tmp/build/hack/install-venv.sh", "/opt/localmodel"]
-        _run(command, "hack/install-venv.sh in the chroot", log, env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
+        _run_in_chroot(rootfs, venv, inputs, "/" + VENV_PATH, environment,
+                       ["/bin/bash", "/tmp/build/hack/install-venv.sh", "/" + VENV_PATH],
+                       "hack/install-venv.sh in the chroot", log)
+
+
+def _run_in_chroot(rootfs: Path, venv: Path, inputs: Path, target: str, environment: Sequence[str],
+                   command: Sequence[str], step: str, log: Path | None) -> None:
+    """`command` in a chroot of the read-only `rootfs`, `inputs` at /tmp/build (read-only) and
+    the empty folder `venv` mounted at `target`, the only place it can write."""
+    argv = ["unshare", "--mount", "--propagation", "private", "--", "/bin/sh", "-c",
+            _CHROOT_SETUP, "sh", str(rootfs), str(venv), str(inputs), target,
+            *environment, *command]
+    _run(argv, step, log, env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
 
 
 def build_image(
@@ -329,6 +348,113 @@ def build_image(
             output_dir / archive_name(), [Layer(rootfs), Layer(venv, VENV_PATH)], IMAGE_CONFIG,
             reference, epoch, gzip_layers=gzip_layers,
         )
+
+
+@dataclass(frozen=True)
+class ToolImage:
+    """A variant of the product image for another Python tool: the same cached root filesystem
+    and the same offline venv step, with `requirements` (pinned, from PyPI wheels) in the venv
+    `/opt/<name>` instead of localmodel. Benchmarks and tests use it to run a peer (KServe's
+    downloader, `kserve-storage`) in a Pod built exactly like the product's."""
+
+    name: str
+    requirements: tuple[str, ...]
+    reference: str
+
+    @property
+    def venv_path(self) -> str:
+        return f"/opt/{self.name}"
+
+    def config(self) -> ImageConfig:
+        """The product image's config with this venv on PATH and python as the entrypoint."""
+        path = f"PATH={self.venv_path}/bin:" + IMAGE_CONFIG.env[0].split(":", 1)[1]
+        return ImageConfig(
+            entrypoint=(f"{self.venv_path}/bin/python",), cmd=("--version",),
+            env=(path, *IMAGE_CONFIG.env[1:]), user=IMAGE_CONFIG.user,
+            working_dir=IMAGE_CONFIG.working_dir,
+            labels={"org.opencontainers.image.title": self.name,
+                    "org.opencontainers.image.description":
+                        f"{', '.join(self.requirements)} on localmodel's root filesystem"},
+        )
+
+
+#: KServe's storage-initializer downloader, at the version bench/download.py measures.
+KSERVE_STORAGE_IMAGE = ToolImage("kserve-storage", ("kserve-storage==0.21.0",),
+                                 "localhost/kserve-storage:0.21.0")
+
+# In the chroot: a venv without pip at TARGET, then pip (from its wheel) installs the
+# requirements into it offline, from the wheels collected on the host.
+_TOOL_VENV_SCRIPT = r"""
+set -eu
+target=$1
+shift
+/usr/bin/python3 -m venv --without-pip "$target"
+/usr/bin/python3 -m pip --python "$target/bin/python" install --quiet --no-warn-script-location \
+  --no-index --find-links /tmp/build/wheels "$@"
+"$target/bin/python" -c 'import sys; print(sys.prefix)'
+"""
+
+
+def collect_tool_wheels(tool: ToolImage, wheels: Path, python_version: str,
+                        log: Path | None = None) -> Path:
+    """On the host: binary wheels of `tool.requirements` and their dependencies for the root
+    filesystem's Python (`python_version`, e.g. "3.11") on x86_64/aarch64 glibc, and pip's own
+    wheel. Returns pip's wheel."""
+    machine = os.uname().machine
+    platforms = [f"manylinux_2_{minor}_{machine}" for minor in range(36, 16, -1)]
+    platforms += [f"manylinux2014_{machine}", f"linux_{machine}"]
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check"]
+    _run([*pip, "download", "--quiet", "--only-binary=:all:", "--python-version", python_version,
+          *(f"--platform={name}" for name in platforms), "--dest", str(wheels),
+          *tool.requirements], f"pip download ({', '.join(tool.requirements)})", log, env=os.environ)
+    pip_version = subprocess.run([*pip, "--version"], capture_output=True, text=True,
+                                 check=True).stdout.split()[1]
+    pip_dir = wheels.parent / "pip"
+    _run([*pip, "download", "--quiet", "--no-deps", "--only-binary=:all:", "--dest", str(pip_dir),
+          f"pip=={pip_version}"], "pip download (pip)", log, env=os.environ)
+    [pip_wheel] = pip_dir.glob("pip-*.whl")
+    return pip_wheel
+
+
+def rootfs_python_version(rootfs: Path) -> str:
+    """"3.11" for the root filesystem's /usr/bin/python3 (a symlink to python3.X)."""
+    target = os.readlink(rootfs / "usr" / "bin" / "python3")
+    return target.removeprefix("python")
+
+
+def build_tool_image(
+    output_dir: Path,
+    tool: ToolImage = KSERVE_STORAGE_IMAGE,
+    *,
+    recipe: RootfsRecipe = RootfsRecipe(),
+    cache_root: Path | None = None,
+    epoch: int | None = None,
+    log: Path | None = None,
+) -> WrittenImage:
+    """`<output_dir>/<name>.oci.tar`: the product's root filesystem layer (the same blob as the
+    product image's) plus a venv layer with `tool.requirements`. Needs what build_image needs
+    (root, a cached or buildable root filesystem) and PyPI or pip's cache for the wheels."""
+    rootfs = ensure_rootfs(recipe, cache_root, log=log)
+    epoch = recipe.epoch if epoch is None else epoch
+    output_dir = output_dir.resolve()
+    output_dir.mkdir(parents=True, exist_ok=True)
+    archive = output_dir / f"{tool.name}.oci.tar"
+    with tempfile.TemporaryDirectory(prefix=f".{tool.name}-build-", dir=output_dir) as scratch:
+        inputs = Path(scratch) / "inputs"
+        pip_wheel = collect_tool_wheels(tool, inputs / "wheels", rootfs_python_version(rootfs), log)
+        inputs.chmod(0o755)
+        venv = Path(scratch) / "venv"
+        venv.mkdir(mode=0o755)
+        environment = [
+            "PATH=/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/tmp", "LANG=C.UTF-8",
+            f"SOURCE_DATE_EPOCH={epoch}", f"PYTHONPATH=/tmp/build/pip/{pip_wheel.name}",
+            "PIP_NO_CACHE_DIR=1", "PIP_DISABLE_PIP_VERSION_CHECK=1", "PIP_ROOT_USER_ACTION=ignore",
+        ]
+        _run_in_chroot(rootfs, venv, inputs, tool.venv_path, environment,
+                       ["/bin/sh", "-c", _TOOL_VENV_SCRIPT, "sh", tool.venv_path, *tool.requirements],
+                       f"venv of {tool.name} in the chroot", log)
+        return write_image(archive, [Layer(rootfs), Layer(venv, tool.venv_path.lstrip("/"))],
+                           tool.config(), tool.reference, epoch)
 
 
 def _run(command: Sequence[str], step: str, log: Path | None, *, env: Mapping[str, str],
