@@ -306,3 +306,66 @@ def test_localmodel_fetch_reads_docker_config(oci_basic_registry: Registry, tmp_
                             env=env, capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 0, result.stderr
     assert tree(tmp_path / "out") == {"cli.bin": b"from the cli"}
+
+
+# -- tokens and resume --------------------------------------------------------------------------
+
+def test_an_expired_token_is_renewed_mid_download(oci_token_registry: tuple[Registry, TokenServer],
+                                                  tmp_path: Path) -> None:
+    registry, tokens = oci_token_registry
+    data = os.urandom(6 * 2**20)
+    push_modelpack(registry, tmp_path / "push", "acme/renew:v1", {"w.bin": data})
+    tokens.lifetime = -57  # the registry allows 60 s of leeway: each token is good for ~3 s
+    try:
+        tokens.requests.clear()
+        download(f"oci://{registry.host}/acme/renew:v1", tmp_path / "out",
+                 settings={AUTH_SETTING: registry.auth_setting},
+                 options=FetchOptions(concurrency=2, chunk_size=2**20, rate_limit=1_000_000))
+    finally:
+        tokens.lifetime = 300
+    assert (tmp_path / "out" / "w.bin").read_bytes() == data
+    assert len(tokens.requests) >= 2  # the first token expired and another was fetched
+
+
+_CHILD = """
+import sys
+from localmodel.fetch import FetchOptions, download
+download(sys.argv[1], sys.argv[2], settings={"LOCALMODEL_OCI_AUTH": sys.argv[3]},
+         options=FetchOptions(concurrency=2, chunk_size=2**20, checkpoint_size=256 * 1024,
+                              rate_limit=4_000_000, fsync=False))
+"""
+
+
+def test_a_killed_download_resumes_without_fetching_journaled_bytes_again(
+        oci_redirect_registry: tuple[Registry, BlobStore], tmp_path: Path) -> None:
+    import signal
+    import time
+
+    from tests.fetch.test_resume import journaled_bytes
+
+    registry, store = oci_redirect_registry
+    data = os.urandom(16 * 2**20)
+    push_modelpack(registry, tmp_path / "push", "acme/resume:v1", {"w.bin": data})
+    uri, dest = f"oci://{registry.host}/acme/resume:v1", tmp_path / "out"
+    layout = Layout.for_path(dest)
+    child = subprocess.Popen([sys.executable, "-c", _CHILD, uri, str(dest), registry.auth_setting])
+    try:
+        deadline = time.monotonic() + 60
+        while journaled_bytes(layout.staging) < 4 * 2**20 and time.monotonic() < deadline:
+            assert child.poll() is None, "the download ended before it could be killed"
+            time.sleep(0.02)
+    finally:
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait()
+    journaled = journaled_bytes(layout.staging)
+    assert 4 * 2**20 <= journaled < len(data)
+    store.requests.clear()
+    download(uri, dest, settings={AUTH_SETTING: registry.auth_setting},
+             options=FetchOptions(concurrency=2, chunk_size=2**20, fsync=False))
+    assert (dest / "w.bin").read_bytes() == data
+    asked = 0
+    for request in store.requests:
+        if "/blobs/" in request["path"] and "range" in request:
+            start, end = request["range"].removeprefix("bytes=").split("-")
+            asked += int(end) - int(start) + 1
+    assert asked <= len(data) - journaled
