@@ -376,11 +376,12 @@ def _add_docker_config(settings: dict[str, str]) -> None:
 def fetch(pairs: tuple[str, ...], concurrency: int, chunk_size: int, limit_rate: int | None,
           retries: int, force: bool, verify: str, progress_mode: str,
           progress_interval: float) -> None:
-    """Download models: each SRC (s3://, gs://, hf://, https://, Azure blob URL, file://,
-    pvc:// or a path) into its DEST folder, the storage-initializer way.
+    """Download models: each SRC (s3://, gs://, hf://, oci://, https://, Azure blob URL,
+    file://, pvc:// or a path) into its DEST folder, the storage-initializer way.
 
     Credentials and endpoints come from the environment (AWS_*, GOOGLE_APPLICATION_CREDENTIALS,
-    AZURE_*, HF_TOKEN, <host>-headers...), as do STORAGE_ALLOW_PATTERNS and
+    AZURE_*, HF_TOKEN, <host>-headers...; registry logins from DOCKER_CONFIG or
+    ~/.docker/config.json), as do STORAGE_ALLOW_PATTERNS and
     STORAGE_IGNORE_PATTERNS. A DEST is complete once its manifest is written; a rerun resumes an
     interrupted download. Exit status: 0 done, 1 failed, 75 failed but worth retrying.
     """
