@@ -286,7 +286,6 @@ class OCISource:
         self._limit = ListingLimit(settings, str(self.ref))
         self._lock = threading.Lock()
         self._base: str | None = None
-        self._resolved: str | None = None
         self.platform = settings.get(PLATFORM_SETTING) or DEFAULT_PLATFORM
 
     # -- transport ---------------------------------------------------------------------------
@@ -421,7 +420,8 @@ class OCISource:
             f"{', '.join(sorted(set(seen))) or 'no platforms'}); set {PLATFORM_SETTING}")
 
     def resolve(self) -> tuple[str, dict[str, Any], str]:
-        """(digest the reference names, chosen image manifest, its digest), asked once."""
+        """(digest the reference names, chosen image manifest, its digest). Called once, by
+        `list_files`; reads name blobs by digest only, so a tag moved meanwhile changes nothing."""
         top, media_type, digest = self._manifest(self.ref.reference)
         manifest, manifest_digest = top, digest
         for _ in range(2):  # an index, possibly of indexes
@@ -431,8 +431,6 @@ class OCISource:
             manifest, media_type, manifest_digest = self._manifest(chosen)
         if media_type in _INDEXES:
             raise errors.InvalidListingError(f"{self.ref}: indexes nested too deep")
-        with self._lock:
-            self._resolved = self._resolved or digest
         return digest, manifest, manifest_digest
 
     # -- Source protocol ---------------------------------------------------------------------
