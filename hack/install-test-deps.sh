@@ -20,6 +20,10 @@ apt_install() {
 # measures the read limit in bench/download.py (and its smoke test, tests/bench).
 apt_install nginx-light openssl curl
 
+# htpasswd (apache2-utils): bcrypt password files for the registry's Basic auth in
+# tests/servers/oci.py (the registry, oras and crane are built by hack/build-oci-tools.sh).
+apt_install apache2-utils
+
 # mmdebstrap: `localmodel dev image` builds the product image's root filesystem from Debian
 # packages with it (tests/packaging/test_image.py).
 apt_install mmdebstrap

@@ -338,6 +338,20 @@ def _parse_size_option(ctx: click.Context, param: click.Parameter, value: str | 
         raise click.BadParameter(str(exc)) from None
 
 
+def _add_docker_config(settings: dict[str, str]) -> None:
+    """oci:// credentials the way docker keeps them: DOCKER_CONFIG or ~/.docker/config.json,
+    handed to the source as a setting (sources read no files)."""
+    from localmodel.sources.oci import AUTH_SETTING, docker_config_path
+
+    path = docker_config_path(settings)
+    if AUTH_SETTING in settings or path is None:
+        return
+    try:
+        settings[AUTH_SETTING] = Path(path).read_text(encoding="utf-8")
+    except OSError:
+        pass  # no docker config: anonymous pulls
+
+
 @main.command(context_settings={"show_default": True})
 @click.argument("pairs", nargs=-1, required=True, metavar="SRC DEST [SRC DEST]...")
 @click.option("--concurrency", type=click.IntRange(1, 256), default=8,
@@ -362,11 +376,12 @@ def _parse_size_option(ctx: click.Context, param: click.Parameter, value: str | 
 def fetch(pairs: tuple[str, ...], concurrency: int, chunk_size: int, limit_rate: int | None,
           retries: int, force: bool, verify: str, progress_mode: str,
           progress_interval: float) -> None:
-    """Download models: each SRC (s3://, gs://, hf://, https://, Azure blob URL, file://,
-    pvc:// or a path) into its DEST folder, the storage-initializer way.
+    """Download models: each SRC (s3://, gs://, hf://, oci://, https://, Azure blob URL,
+    file://, pvc:// or a path) into its DEST folder, the storage-initializer way.
 
     Credentials and endpoints come from the environment (AWS_*, GOOGLE_APPLICATION_CREDENTIALS,
-    AZURE_*, HF_TOKEN, <host>-headers...), as do STORAGE_ALLOW_PATTERNS and
+    AZURE_*, HF_TOKEN, <host>-headers...; registry logins from DOCKER_CONFIG or
+    ~/.docker/config.json), as do STORAGE_ALLOW_PATTERNS and
     STORAGE_IGNORE_PATTERNS. A DEST is complete once its manifest is written; a rerun resumes an
     interrupted download. Exit status: 0 done, 1 failed, 75 failed but worth retrying.
     """
@@ -381,6 +396,7 @@ def fetch(pairs: tuple[str, ...], concurrency: int, chunk_size: int, limit_rate:
     if len(pairs) % 2:
         raise click.UsageError("arguments come in pairs: SRC DEST [SRC DEST]...")
     settings = dict(os.environ)  # the one place settings are read from the environment
+    _add_docker_config(settings)
     options = FetchOptions(
         concurrency=concurrency, chunk_size=chunk_size or FetchOptions.chunk_size,
         rate_limit=limit_rate, force=force, backoff=BackoffPolicy(max_retries=retries),

@@ -326,3 +326,15 @@ def test_missing_storage_secret_with_typed_parameters_uses_them_as_the_spec() ->
 def test_missing_note_is_shown_by_repr_but_never_values() -> None:
     creds = without_storage_secret("hf://o/m", missing=MISSING, parameters={}, config=CONFIG)
     assert "downloading without credentials" in repr(creds)
+
+
+def test_a_dockerconfigjson_secret_is_the_oci_registry_credential() -> None:
+    from localmodel.node.credentials import OCI_AUTH_SETTING, SecretData, classify_secret
+    from localmodel.sources.oci import AUTH_SETTING
+
+    config_json = '{"auths": {"reg.example": {"auth": "dTpw"}}}'
+    kind, settings, files = classify_secret(
+        SecretData(name="pull", data={".dockerconfigjson": config_json}, annotations={}),
+        CredentialsConfig())
+    assert (kind, settings, files) == ("oci", {AUTH_SETTING: config_json}, {})
+    assert OCI_AUTH_SETTING == AUTH_SETTING

@@ -220,12 +220,16 @@ class ClusterBackend:
                             "downloading without credentials")
             return NO_CREDENTIALS
         found: list[SecretData] = []
-        for ref in account.secrets or []:
-            if not ref.name:
+        # imagePullSecrets too: a dockerconfigjson Secret there is the oci:// credential, as
+        # for the image a modelcar Pod would pull (classify_secret tells the kinds apart).
+        names = list(dict.fromkeys(ref.name for ref in [*(account.secrets or []),
+                                                        *(account.imagePullSecrets or [])]))
+        for name in names:
+            if not name:
                 continue
-            secret = await self._secret(ref.name)
+            secret = await self._secret(name)
             if secret is None:
-                self._warn_once(f"secret:{ref.name}", f"secret {namespace}/{ref.name} listed by "
+                self._warn_once(f"secret:{name}", f"secret {namespace}/{name} listed by "
                                 f"ServiceAccount {plan.service_account} not found")
                 continue
             found.append(secret)
