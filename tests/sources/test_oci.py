@@ -18,7 +18,14 @@ import pytest
 from localmodel import errors
 from localmodel.fetch import FetchOptions, download, read_manifest
 from localmodel.fetch.layout import Layout
-from localmodel.sources.oci import AUTH_SETTING, OCISource, credentials_for, is_loopback, parse_oci_uri
+from localmodel.sources.oci import (
+    AUTH_SETTING,
+    OCISource,
+    credentials_for,
+    is_loopback,
+    node_platform,
+    parse_oci_uri,
+)
 from localmodel.sources.registry import open_source, scheme_of
 from tests.servers.oci import BlobStore, Registry, TokenServer
 from tests.sources.modeldata import BIG, read_all, sample_model
@@ -110,6 +117,12 @@ def test_plain_http_only_for_loopback_or_named_insecure() -> None:
     assert OCISource("oci://registry.example:5000/m",
                      {"LOCALMODEL_OCI_INSECURE_REGISTRIES": "other, registry.example:5000"})._plain_http_allowed
     assert OCISource("oci://registry.example/m", {}).base_url() == "https://registry.example"
+
+
+def test_the_default_platform_is_the_machines() -> None:
+    assert node_platform("x86_64") == "linux/amd64" and node_platform("aarch64") == "linux/arm64"
+    assert node_platform("unheard-of") == "linux/amd64"
+    assert OCISource("oci://registry.example/m", {}).platform == node_platform()
 
 
 def test_docker_config_credentials() -> None:

@@ -25,8 +25,8 @@ Registry protocol, as docker and containerd speak it:
 - credentials come from a docker config JSON in the setting `LOCALMODEL_OCI_AUTH` (`auths` by
   registry host, `auth` base64 user:password or `username`/`password`; `localmodel fetch` fills
   it from DOCKER_CONFIG or ~/.docker/config.json, the agent from a dockerconfigjson Secret);
-- an index picks `LOCALMODEL_OCI_PLATFORM` (default linux/amd64) or fails naming the platforms
-  it has;
+- an index picks `LOCALMODEL_OCI_PLATFORM` (default: this machine's, so the agent picks its
+  node's; linux/amd64 on x86-64) or fails naming the platforms it has;
 - blob redirects (object storage) are followed; urllib3 drops the Authorization header when a
   redirect leaves the registry's host;
 - plain HTTP only for loopback registries (127.0.0.0/8, ::1, localhost) and those named in
@@ -45,6 +45,7 @@ import base64
 import hashlib
 import ipaddress
 import json
+import platform
 import re
 import threading
 import urllib.parse
@@ -69,7 +70,9 @@ from localmodel.sources.base import (
 AUTH_SETTING = "LOCALMODEL_OCI_AUTH"
 INSECURE_SETTING = "LOCALMODEL_OCI_INSECURE_REGISTRIES"
 PLATFORM_SETTING = "LOCALMODEL_OCI_PLATFORM"
-DEFAULT_PLATFORM = "linux/amd64"
+#: Go's names of the machine architectures Python reports.
+_GO_ARCH = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64",
+            "ppc64le": "ppc64le", "s390x": "s390x", "riscv64": "riscv64", "i686": "386", "armv7l": "arm"}
 _CA_SETTINGS = ("LOCALMODEL_HTTP_CA_BUNDLE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "SSL_CERT_FILE")
 
 #: Largest manifest or index read (containerd's limit); a manifest of 1e5 layers is ~15 MB.
@@ -120,6 +123,12 @@ class Reference:
     def __str__(self) -> str:
         separator = "@" if self.is_digest else ":"
         return f"oci://{self.registry}/{self.repository}{separator}{self.reference}"
+
+
+def node_platform(machine: str | None = None) -> str:
+    """The platform of the machine this runs on, as an index names it (linux/amd64 when the
+    architecture is unknown): the agent picks its own node's image from a multi-arch index."""
+    return "linux/" + _GO_ARCH.get((machine or platform.machine()).lower(), "amd64")
 
 
 def parse_oci_uri(uri: str) -> Reference:
@@ -286,7 +295,7 @@ class OCISource:
         self._limit = ListingLimit(settings, str(self.ref))
         self._lock = threading.Lock()
         self._base: str | None = None
-        self.platform = settings.get(PLATFORM_SETTING) or DEFAULT_PLATFORM
+        self.platform = settings.get(PLATFORM_SETTING) or node_platform()
 
     # -- transport ---------------------------------------------------------------------------
 
