@@ -119,6 +119,13 @@ def test_plain_http_only_for_loopback_or_named_insecure() -> None:
     assert OCISource("oci://registry.example/m", {}).base_url() == "https://registry.example"
 
 
+def test_credentials_never_go_to_a_plain_http_realm_of_an_https_registry() -> None:
+    source = OCISource("oci://registry.example/m", {})
+    for realm in ("http://auth.example/token", "http://127.0.0.1:1/token", "ftp://auth.example/t", "token"):
+        with pytest.raises(errors.SourceAuthError):  # refused before any request is sent
+            source.fetch_token({"realm": realm, "service": "s"}, ("user", "password"))
+
+
 def test_the_default_platform_is_the_machines() -> None:
     assert node_platform("x86_64") == "linux/amd64" and node_platform("aarch64") == "linux/arm64"
     assert node_platform("unheard-of") == "linux/amd64"

@@ -34,9 +34,14 @@ Registry protocol, as docker and containerd speak it:
   plain HTTP used when the registry does not speak TLS, as docker does; any other registry is
   HTTPS only. TLS: LOCALMODEL_HTTP_CA_BUNDLE (and the other CA settings of http://).
 
-The protocol pieces are written here on the project's urllib3 stack rather than taken from the
-`oras` Python client: that client downloads whole blobs itself with requests into files, which
-fits neither the engine's ranged, resumable, thread-pooled reads nor its staging.
+The protocol pieces are written here on the project's urllib3 stack rather than taken from a
+library. Looked at on PyPI: `oras` 0.2.43 (requests) pulls each blob in one stream into a file
+of its own choosing, 8 KiB at a time, without ranges, resume, or a check of the blob's digest;
+`olot` writes OCI layouts (a producer). Neither fits the engine's ranged, resumable,
+thread-pooled, verified reads into staging. Measured on one 300 MB blob from a loopback registry
+(2 busy CPUs): oras-py 1.4-1.6 s, 0.55 CPU-s, no digest check; `localmodel fetch` 1.8-2.9 s,
+0.75 CPU-s with the sha256. What is hand-written is small: the token challenge, Basic, the
+docker config lookup, manifest and index reading; the transport is `_cloudhttp`'s.
 """
 
 from __future__ import annotations
@@ -344,7 +349,8 @@ class OCISource:
         parts = urllib.parse.urlsplit(realm)
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise errors.SourceAuthError(f"{self.ref.registry}: bearer realm {realm[:200]!r} is not a URL")
-        if parts.scheme == "http" and not (is_loopback(parts.netloc) or self._plain_http_allowed):
+        if parts.scheme == "http" and not self._plain_http_allowed:
+            # Credentials in clear text only where the registry itself may be spoken to so.
             raise errors.SourceAuthError(
                 f"{self.ref.registry}: refusing to send credentials to a plain-http token realm")
         query = {"scope": params.get("scope") or f"repository:{self.ref.repository}:pull"}
