@@ -274,6 +274,21 @@ def test_too_many_layers_is_refused_before_any_blob(oci_registry: Registry, tmp_
                  options=FetchOptions(max_files=5))
 
 
+# -- TLS ----------------------------------------------------------------------------------------
+
+def test_a_tls_registry_is_spoken_to_over_https_with_its_ca(oci_tls_registry: Registry, tmp_path: Path) -> None:
+    push_modelpack(oci_tls_registry, tmp_path / "push", "acme/tls:v1", {"t.bin": b"over TLS"})
+    uri = f"oci://{oci_tls_registry.host}/acme/tls:v1"
+    source = OCISource(uri, {"LOCALMODEL_HTTP_CA_BUNDLE": str(oci_tls_registry.ca_bundle)})
+    assert source.base_url() == f"https://{oci_tls_registry.host}"
+    source.close()
+    fetch(uri, tmp_path / "out", LOCALMODEL_HTTP_CA_BUNDLE=str(oci_tls_registry.ca_bundle))
+    assert tree(tmp_path / "out") == {"t.bin": b"over TLS"}
+    # Loopback may fall back to plain HTTP, but not past a certificate it does not trust.
+    with pytest.raises(errors.PermanentError, match="LOCALMODEL_HTTP_CA_BUNDLE"):
+        fetch(uri, tmp_path / "untrusted")
+
+
 # -- auth ---------------------------------------------------------------------------------------
 
 def test_basic_auth_with_docker_config(oci_basic_registry: Registry, tmp_path: Path) -> None:

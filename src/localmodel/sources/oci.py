@@ -52,6 +52,7 @@ import ipaddress
 import json
 import platform
 import re
+import ssl
 import threading
 import urllib.parse
 from collections.abc import Iterator, Mapping
@@ -315,7 +316,14 @@ class OCISource:
                 response = self._pool.request("GET", f"{base}/v2/", retries=False, timeout=5.0)
                 response.drain_conn()
                 response.release_conn()
-            except (urllib3.exceptions.SSLError, urllib3.exceptions.ProtocolError):
+            except urllib3.exceptions.SSLError as exc:
+                if _untrusted_certificate(exc):
+                    # It speaks TLS: falling back to plain HTTP would hide the real problem.
+                    raise errors.PermanentError(
+                        f"{self.ref.registry}: TLS certificate not trusted ({str(exc)[:200]}); "
+                        "name its CA in LOCALMODEL_HTTP_CA_BUNDLE") from exc
+                base = f"http://{self.ref.registry}"
+            except urllib3.exceptions.ProtocolError:
                 base = f"http://{self.ref.registry}"
             except urllib3.exceptions.HTTPError as exc:
                 raise errors.SourceUnavailableError(f"{self.ref.registry}: {exc}") from exc
@@ -536,6 +544,18 @@ class OCISource:
 
     def close(self) -> None:
         self._pool.clear()
+
+
+def _untrusted_certificate(exc: BaseException) -> bool:
+    """Whether a TLS failure is a certificate the client does not trust (the server does speak
+    TLS), as opposed to a server that answered the handshake with plain HTTP."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return True
+        nested = seen.args[0] if seen.args and isinstance(seen.args[0], BaseException) else None
+        seen = nested or seen.__cause__ or seen.__context__
+    return "CERTIFICATE_VERIFY_FAILED" in str(exc)
 
 
 def _blob_name(digest: str) -> str:
