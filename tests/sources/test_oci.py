@@ -305,7 +305,7 @@ def test_bearer_token_flow(oci_token_registry: tuple[Registry, TokenServer], tmp
     push_modelpack(registry, tmp_path / "push", "acme/token:v1", MODEL)
     uri = f"oci://{registry.host}/acme/token:v1"
     tokens.requests.clear()
-    with pytest.raises(errors.SourceAuthError):
+    with pytest.raises(errors.SourceAuthError, match="anonymous access"):
         fetch(uri, tmp_path / "anonymous")  # an anonymous token grants nothing here
     assert tokens.requests and all(r["scope"] == "repository:acme/token:pull" for r in tokens.requests)
     wrong = json.dumps({"auths": {registry.host: {"username": "puller", "password": "wrong"}}})

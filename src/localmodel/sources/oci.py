@@ -241,6 +241,10 @@ class _Auth:
     def headers(self) -> dict[str, str]:
         return {"Authorization": self.header} if self.header else {}
 
+    @property
+    def has_credentials(self) -> bool:
+        return self._credentials is not None
+
     def answer(self, challenge: str | None, failed_with: str | None) -> bool:
         """Meet a 401: True when a new header is ready to try. `failed_with` is the header the
         refused request carried (another thread may have renewed it meanwhile)."""
@@ -348,8 +352,8 @@ class OCISource:
                 break
         raise errors.SourceAuthError(
             f"{what}: HTTP 401: the registry refused "
-            + ("the credentials" if self._auth.header else "anonymous access; give credentials "
-               f"for {self.ref.registry} in {AUTH_SETTING} (a docker config)"))
+            + ("the credentials" if self._auth.has_credentials else "anonymous access; give "
+               f"credentials for {self.ref.registry} in {AUTH_SETTING} (a docker config)"))
 
     def fetch_token(self, params: Mapping[str, str], credentials: tuple[str, str] | None) -> str:
         """A bearer token from the challenge's realm, for pulling this repository."""
