@@ -178,6 +178,9 @@ def status(kubeconfig: str | None, output: str) -> None:
                    "filesystem (refused by default; always accepted in standalone mode).")
 @click.option("--max-files", type=click.IntRange(min=1), default=None,
               help="Most files one model may have (default 25000; ~4 KiB of memory each while downloading).")
+@click.option("--insecure-registry", "insecure_registries", multiple=True, metavar="HOST[:PORT]",
+              help="An OCI registry that oci:// may reach over plain HTTP (repeatable; loopback registries "
+                   "always may), like docker's insecure-registries.")
 @click.option("--temp-dir", type=click.Path(file_okay=False), default=None,
               help="Folder for every temporary file: private credential files, the API client's copy of "
                    "the kubeconfig's CA (default: the system's temp folder, $TMPDIR or /tmp).")
@@ -191,7 +194,7 @@ def agent(root: str, manifest: str | None, kubeconfig: str | None, node_name: st
           peer_audience: str,
           peer_identity: tuple[str, ...], origin_slots: int, origin_slot_lease: int,
           peer_quarantine: float, peer_stall_timeout: float, allow_local_sources: bool, max_files: int | None,
-          temp_dir: str | None) -> None:
+          insecure_registries: tuple[str, ...], temp_dir: str | None) -> None:
     """Keep this node's models on disk equal to its LocalModelNode (the node agent DaemonSet).
 
     In a cluster it watches only the LocalModelNode named $NODE_NAME, downloads in-process with
@@ -248,6 +251,7 @@ def agent(root: str, manifest: str | None, kubeconfig: str | None, node_name: st
         retry=RetrySettings(initial_seconds=retry_initial, max_seconds=max(retry_max, retry_initial)),
         downloads=DownloadSettings(max_concurrent=max_concurrent_downloads, reserve_bytes=reserve_bytes,
                                    engine_options=engine, allow_local_sources=allow_local_sources or standalone,
+                                   insecure_registries=tuple(insecure_registries),
                                    temp_dir=Path(temp_dir).absolute() if temp_dir else None),
         status=StatusSettings(progress_interval_seconds=progress_interval,
                               progress_log_seconds=5.0 if standalone else 30.0),

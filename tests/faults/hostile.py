@@ -124,12 +124,13 @@ class World:
         self.oci.oras("manifest", "push", f"{self.oci.host}/{self._oci_repo(case)}:many", str(path))
         return f"oci://{self.oci.host}/{self._oci_repo(case)}:many"
 
-    def oci_huge_manifest(self, case: str) -> str:
-        """A 5 MiB manifest (no registry stores one: the fault server answers the API path)."""
+    def oci_huge_manifest(self, case: str, layers: int) -> str:
+        """A manifest of `layers` layers, over 4 MiB (no registry stores one: the fault server
+        answers the registry API's manifest path)."""
         layer = {"mediaType": "application/vnd.oci.image.layer.v1.tar", "size": 1,
                  "digest": "sha256:" + "0" * 64}
-        body = json.dumps({"schemaVersion": 2, "layers": [layer] * 40_000}).encode()
-        assert len(body) > 5 * 2**20
+        body = json.dumps({"schemaVersion": 2, "layers": [layer] * layers}).encode()
+        assert len(body) > 4 * 2**20
         url = self.faults.add(f"/v2/hostile-{self.tag}/{case}/manifests/v1", body)
         host = url.split("://", 1)[1].split("/", 1)[0]
         return f"oci://{host}/hostile-{self.tag}/{case}:v1"

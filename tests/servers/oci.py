@@ -3,6 +3,7 @@ built from Go modules by hack/build-oci-tools.sh (cached; `make test-deps` build
 
 Fixtures (session):
     oci_registry          anonymous registry on 127.0.0.1 (plain HTTP: a loopback registry)
+    oci_tls_registry      anonymous, HTTPS with a certificate of the tests' CA
     oci_basic_registry    htpasswd (bcrypt) Basic auth; user `puller`, password `pull-secret`
     oci_token_registry    token auth: a small token server in this module issues ES256 JWTs
                           (x5c-signed, the registry trusts the certificate) for `puller`
@@ -56,6 +57,8 @@ class Registry:
     tools: Path
     data: Path
     credentials: tuple[str, str] | None = None
+    #: The CA of a TLS registry (None: plain HTTP).
+    ca_bundle: Path | None = None
     docker_config: Path = field(init=False)
 
     def __post_init__(self) -> None:
@@ -80,7 +83,8 @@ class Registry:
         return result.stdout
 
     def oras(self, *args: str, cwd: Path | None = None) -> str:
-        return self._run("oras", [*args, "--plain-http"], cwd)
+        transport = ["--ca-file", str(self.ca_bundle)] if self.ca_bundle else ["--plain-http"]
+        return self._run("oras", [*args, *transport], cwd)
 
     def crane(self, *args: str, cwd: Path | None = None) -> str:
         return self._run("crane", [*args, "--insecure"], cwd)
@@ -95,7 +99,8 @@ class Registry:
         return self.data / "docker/registry/v2/blobs/sha256" / hexdigest[:2] / hexdigest / "data"
 
 
-def _start_registry(tools: Path, work: Path, auth: str = "", middleware: str = "") -> tuple[subprocess.Popen[bytes], str, Path]:
+def _start_registry(tools: Path, work: Path, auth: str = "", middleware: str = "",
+                    tls: str = "") -> tuple[subprocess.Popen[bytes], str, Path]:
     port = ports.free_port()
     data = work / "data"
     config = work / "config.yml"
@@ -111,7 +116,7 @@ storage:
 {middleware}
 http:
   addr: 127.0.0.1:{port}
-{auth}
+{tls}{auth}
 """)
     log = open(work / "registry.log", "wb")  # noqa: SIM115 - lives as long as the process
     process = subprocess.Popen([str(tools / "registry"), "serve", str(config)], stdout=log,
@@ -126,6 +131,21 @@ def oci_registry(oci_tools: Path, tmp_path_factory: pytest.TempPathFactory) -> I
     process, host, data = _start_registry(oci_tools, work)
     try:
         yield Registry(host, work, oci_tools, data)
+    finally:
+        ports.stop_process(process)
+
+
+@pytest.fixture(scope="session")
+def oci_tls_registry(oci_tools: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    """HTTPS with a certificate from the tests' own CA (tests/servers/tls.py)."""
+    from tests.servers.tls import make_certificates
+
+    work = tmp_path_factory.mktemp("oci-tls")
+    certificates = make_certificates(work / "certs")
+    tls = (f"  tls:\n    certificate: {certificates.server_cert}\n    key: {certificates.server_key}\n")
+    process, host, data = _start_registry(oci_tools, work, tls=tls)
+    try:
+        yield Registry(host, work, oci_tools, data, ca_bundle=certificates.ca_bundle)
     finally:
         ports.stop_process(process)
 

@@ -18,7 +18,14 @@ import pytest
 from localmodel import errors
 from localmodel.fetch import FetchOptions, download, read_manifest
 from localmodel.fetch.layout import Layout
-from localmodel.sources.oci import AUTH_SETTING, OCISource, credentials_for, is_loopback, parse_oci_uri
+from localmodel.sources.oci import (
+    AUTH_SETTING,
+    OCISource,
+    credentials_for,
+    is_loopback,
+    node_platform,
+    parse_oci_uri,
+)
 from localmodel.sources.registry import open_source, scheme_of
 from tests.servers.oci import BlobStore, Registry, TokenServer
 from tests.sources.modeldata import BIG, read_all, sample_model
@@ -110,6 +117,19 @@ def test_plain_http_only_for_loopback_or_named_insecure() -> None:
     assert OCISource("oci://registry.example:5000/m",
                      {"LOCALMODEL_OCI_INSECURE_REGISTRIES": "other, registry.example:5000"})._plain_http_allowed
     assert OCISource("oci://registry.example/m", {}).base_url() == "https://registry.example"
+
+
+def test_credentials_never_go_to_a_plain_http_realm_of_an_https_registry() -> None:
+    source = OCISource("oci://registry.example/m", {})
+    for realm in ("http://auth.example/token", "http://127.0.0.1:1/token", "ftp://auth.example/t", "token"):
+        with pytest.raises(errors.SourceAuthError):  # refused before any request is sent
+            source.fetch_token({"realm": realm, "service": "s"}, ("user", "password"))
+
+
+def test_the_default_platform_is_the_machines() -> None:
+    assert node_platform("x86_64") == "linux/amd64" and node_platform("aarch64") == "linux/arm64"
+    assert node_platform("unheard-of") == "linux/amd64"
+    assert OCISource("oci://registry.example/m", {}).platform == node_platform()
 
 
 def test_docker_config_credentials() -> None:
@@ -254,6 +274,21 @@ def test_too_many_layers_is_refused_before_any_blob(oci_registry: Registry, tmp_
                  options=FetchOptions(max_files=5))
 
 
+# -- TLS ----------------------------------------------------------------------------------------
+
+def test_a_tls_registry_is_spoken_to_over_https_with_its_ca(oci_tls_registry: Registry, tmp_path: Path) -> None:
+    push_modelpack(oci_tls_registry, tmp_path / "push", "acme/tls:v1", {"t.bin": b"over TLS"})
+    uri = f"oci://{oci_tls_registry.host}/acme/tls:v1"
+    source = OCISource(uri, {"LOCALMODEL_HTTP_CA_BUNDLE": str(oci_tls_registry.ca_bundle)})
+    assert source.base_url() == f"https://{oci_tls_registry.host}"
+    source.close()
+    fetch(uri, tmp_path / "out", LOCALMODEL_HTTP_CA_BUNDLE=str(oci_tls_registry.ca_bundle))
+    assert tree(tmp_path / "out") == {"t.bin": b"over TLS"}
+    # Loopback may fall back to plain HTTP, but not past a certificate it does not trust.
+    with pytest.raises(errors.PermanentError, match="LOCALMODEL_HTTP_CA_BUNDLE"):
+        fetch(uri, tmp_path / "untrusted")
+
+
 # -- auth ---------------------------------------------------------------------------------------
 
 def test_basic_auth_with_docker_config(oci_basic_registry: Registry, tmp_path: Path) -> None:
@@ -270,7 +305,7 @@ def test_bearer_token_flow(oci_token_registry: tuple[Registry, TokenServer], tmp
     push_modelpack(registry, tmp_path / "push", "acme/token:v1", MODEL)
     uri = f"oci://{registry.host}/acme/token:v1"
     tokens.requests.clear()
-    with pytest.raises(errors.SourceAuthError):
+    with pytest.raises(errors.SourceAuthError, match="anonymous access"):
         fetch(uri, tmp_path / "anonymous")  # an anonymous token grants nothing here
     assert tokens.requests and all(r["scope"] == "repository:acme/token:pull" for r in tokens.requests)
     wrong = json.dumps({"auths": {registry.host: {"username": "puller", "password": "wrong"}}})

@@ -83,6 +83,7 @@ async def run_agent(settings: AgentSettings, backend: Backend, *, stop: asyncio.
     peers = await asyncio.to_thread(peer_factory, metrics) if peer_factory is not None else None
     jobs = Jobs(store, max_concurrent=settings.downloads.max_concurrent, options=options,
                 temp_dir=settings.downloads.temp_dir, on_change=poke, on_bytes=metrics.bytes.inc,
+                insecure_registries=settings.downloads.insecure_registries,
                 fill=peers.fill if peers is not None else None)
     reconciler = Reconciler(settings, backend, store, jobs, metrics)
     reconciler.host_root = read_host_root(settings.root)
