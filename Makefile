@@ -28,8 +28,11 @@ nodes: install
 image: install
 	$(BIN)/localmodel dev image
 
+# The product as local processes on a local control plane. `make demo REAL_NODES=1`: the same
+# with the product as real Pods on two real nodes (kubelets + containerd, the image built from
+# Debian packages, `kubectl apply -k deploy/`; needs root), = `localmodel dev demo --real-nodes`.
 demo: install
-	$(BIN)/localmodel dev demo
+	$(BIN)/localmodel dev demo $(if $(REAL_NODES),--real-nodes)
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

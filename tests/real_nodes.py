@@ -38,6 +38,12 @@ from tests.servers.s3 import RcloneS3Server, serve_rclone
 NODE_HOST_PATHS = ("/models",)
 
 _started: list[tuple[int, dict[str, float]]] = []
+#: (method, timings) of each product installation (localmodel.dev.product), for the summary.
+_installs: list[tuple[str, dict[str, float]]] = []
+
+
+def record_install(method: str, timings: dict[str, float]) -> None:
+    _installs.append((method, dict(timings)))
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -60,6 +66,9 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     for count, timings in _started:
         phases = ", ".join(f"{name} {seconds:.1f}s" for name, seconds in timings.items() if name != "total")
         terminalreporter.write_line(f"real nodes: {count} nodes Ready in {timings.get('total', 0):.1f}s ({phases})")
+    for method, timings in _installs:
+        phases = ", ".join(f"{name} {seconds:.1f}s" for name, seconds in timings.items() if name != "total")
+        terminalreporter.write_line(f"product installed ({method}) in {timings.get('total', 0):.1f}s ({phases})")
 
 
 @pytest.fixture(scope="session")

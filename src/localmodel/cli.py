@@ -408,7 +408,7 @@ def fetch(pairs: tuple[str, ...], concurrency: int, chunk_size: int, limit_rate:
 
 
 @main.command("prepare-root")
-@click.option("--root", type=click.Path(file_okay=False, path_type=Path), default=Path("/mnt/models"),
+@click.option("--root", type=click.Path(file_okay=False, readable=False, path_type=Path), default=Path("/mnt/models"),
               show_default=True, help="The agent's --root: the hostPath volume's mount.")
 @click.option("--uid", type=click.IntRange(min=0), default=1000, show_default=True,
               help="The agent's runAsUser.")

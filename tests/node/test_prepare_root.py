@@ -150,6 +150,19 @@ def test_command_without_cap_chown_says_what_it_needs(base: Path) -> None:
     assert _owner(root) == (0, 0)
 
 
+def test_root_private_to_another_user_is_reported_not_forced(base: Path) -> None:
+    """Without CAP_DAC_OVERRIDE, UID 0 may not search a root that is 0700 and not its own."""
+    root = _fresh_root(base)
+    (root / "models").mkdir()
+    os.chown(root / "models", KSERVE_AGENT_UID, KSERVE_AGENT_UID)
+    os.chown(root, UID, GID)
+    root.chmod(0o700)
+    done = _run_with_capabilities(",+chown", root)
+    assert done.returncode == 1
+    assert "permission denied" in done.stderr and "chmod o+rx" in done.stderr
+    assert _owner(root / "models") == (KSERVE_AGENT_UID, KSERVE_AGENT_UID)
+
+
 def test_command_refuses_a_planted_link_with_exit_1(base: Path) -> None:
     root = _fresh_root(base)
     (root / "manifests").symlink_to("/etc")

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import shutil
 import ssl
 import time
 import urllib.error
@@ -27,9 +29,18 @@ import pytest
 from localmodel.api.keys import storage_key
 from localmodel.controller.names import node_model_label
 from localmodel.dev.nodes import RealNodeCluster
-from localmodel.dev.product import InstalledProduct, describe_failure, install_product, uninstall
+from localmodel.dev.product import (
+    InstalledProduct,
+    describe_failure,
+    install_product,
+    read_digests,
+    reader_container,
+    reader_pod,
+    uninstall,
+)
 from tests.node.models import make_model, tree_digests
 from tests.reference import kserve_reference
+from tests.real_nodes import record_install
 from tests.servers.s3 import RcloneS3Server
 
 pytestmark = pytest.mark.realnodes
@@ -40,25 +51,6 @@ GROUP, GROUP_LABEL = "workers", "localmodel.test/group"
 SOLO_GROUP, SOLO_LABEL = "solo", "localmodel.test/solo"
 CACHE, SOLO_CACHE = "llama", "solo-llama"
 DEADLINE = 240.0
-
-#: Run by the consumer Pods (python3 of the product image): path -> sha256 of every file below
-#: argv[1], as one JSON line; then, for workloads that must keep running, sleep.
-READER = (
-    "import hashlib, json, pathlib, sys, time\n"
-    "root = pathlib.Path(sys.argv[1])\n"
-    "found = {}\n"
-    "for path in sorted(root.rglob('*')):\n"
-    "    if path.is_file() and not path.is_symlink():\n"
-    "        digest = hashlib.sha256()\n"
-    "        with open(path, 'rb') as stream:\n"
-    "            for block in iter(lambda: stream.read(1 << 20), b''):\n"
-    "                digest.update(block)\n"
-    "        found[path.relative_to(root).as_posix()] = digest.hexdigest()\n"
-    "print(json.dumps({'digests': found}), flush=True)\n"
-    "if len(sys.argv) > 2:\n"
-    "    time.sleep(3600)\n"
-)
-
 
 def eventually(probe: Callable[[], T | None], what: str, timeout: float = DEADLINE, on_fail: str = "") -> T:
     deadline = time.monotonic() + timeout
@@ -96,44 +88,11 @@ class Product:
     def cache_status(self, name: str = CACHE) -> dict[str, Any]:
         return get(self.cluster, "localmodelcache", name).get("status") or {}
 
-    def reader_pod(self, name: str, namespace: str, *, claim: str | None = None, sub_path: str = "",
-                   labels: dict[str, str] | None = None, annotations: dict[str, str] | None = None,
-                   **spec: Any) -> dict[str, Any]:
-        """A Pod of the product image printing the digests under /mnt/models (mounted from
-        `claim` at `sub_path` when given: as KServe mounts a pvc:// URI)."""
-        container: dict[str, Any] = {
-            "name": "reader", "image": self.image, "imagePullPolicy": "IfNotPresent",
-            "command": ["python3", "-c", READER, "/mnt/models"],
-            "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
-                                "readOnlyRootFilesystem": True, "runAsNonRoot": True},
-        }
-        volumes = []
-        if claim:
-            container["volumeMounts"] = [{"name": "kserve-pvc-source", "mountPath": "/mnt/models",
-                                          "subPath": sub_path, "readOnly": True}]
-            volumes = [{"name": "kserve-pvc-source", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}]
-        return {
-            "apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": name, "namespace": namespace, "labels": labels or {},
-                         "annotations": annotations or {}},
-            "spec": {"restartPolicy": "Never", "terminationGracePeriodSeconds": 1,
-                     "securityContext": {"runAsUser": 1000, "runAsGroup": 1000},
-                     "containers": [container], "volumes": volumes, **spec},
-        }
+    def reader_pod(self, name: str, namespace: str, **options: Any) -> dict[str, Any]:
+        return reader_pod(self.image, name, namespace, **options)
 
     def digests_read_by(self, namespace: str, pod: str) -> dict[str, str]:
-        def printed() -> dict[str, str] | None:
-            logs = self.cluster.kubectl("logs", "-n", namespace, pod, check=False)
-            for line in logs.stdout.splitlines():
-                if line.startswith("{"):
-                    found: dict[str, str] = json.loads(line)["digests"]
-                    return found
-            phase = get(self.cluster, "-n", namespace, f"pod/{pod}").get("status", {}).get("phase")
-            assert phase != "Failed", logs.stdout + logs.stderr
-            return None
-
-        pod_state = lambda: json.dumps(get(self.cluster, "-n", namespace, f"pod/{pod}").get("status"), indent=1)  # noqa: E731
-        return eventually(printed, f"pod {namespace}/{pod} read the model", on_fail=pod_state())
+        return read_digests(self.cluster, namespace, pod)
 
 
 def namespace_for(cluster: RealNodeCluster, prefix: str) -> str:
@@ -172,13 +131,19 @@ def cache(name: str, uri: str, group_name: str) -> dict[str, Any]:
 def product(real_nodes: RealNodeCluster, localmodel_image: str, pod_reachable_s3: RcloneS3Server,
             tmp_path_factory: pytest.TempPathFactory) -> Iterator[Product]:
     cluster = real_nodes
+    # A fresh node: /models as the kubelet's DirectoryOrCreate makes it (empty, root, 0755),
+    # whatever earlier tests of the session (the demo, other hostPath Pods) left there.
     fresh = {}
     for node in cluster.nodes:
-        info = node.host_path("/models").stat()
+        root = node.host_path("/models")
+        for child in root.iterdir():
+            shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+        os.chown(root, 0, 0)
+        root.chmod(0o755)
+        info = root.stat()
         fresh[node.name] = (info.st_uid, info.st_gid, info.st_mode & 0o7777)
-    started = time.monotonic()
     installed = install_product(cluster, localmodel_image, workdir=tmp_path_factory.mktemp("product"))
-    print(f"product installed in {time.monotonic() - started:.1f}s: {installed.timings}")
+    record_install(installed.method, installed.timings)
     s3 = pod_reachable_s3
     digests = make_model(s3.bucket("models") / "llama", {
         "config.json": 700, "tokenizer/tokenizer.json": 300 * 1024,
@@ -289,7 +254,7 @@ def test_a_fresh_node_root_is_handed_to_the_agent_without_a_manual_step(product:
     cluster = product.cluster
     wait_copies(product, CACHE, 2)  # the agent has written models/ and manifests/ there
     for node in cluster.nodes:
-        assert product.fresh_roots[node.name] == (0, 0, 0o755), "the kubelet's DirectoryOrCreate: root, 0755"
+        assert product.fresh_roots[node.name] == (0, 0, 0o755)  # before the install (see the fixture)
         root = node.host_path("/models")
         for path in (root, root / "models", root / "manifests"):
             info = path.stat()
@@ -372,8 +337,7 @@ def test_a_plain_deployment_gets_the_model_from_the_pod_webhook(product: Product
     cluster = product.cluster
     wait_copies(product, CACHE, 2)
     namespace = namespace_for(cluster, "app")
-    container = product.reader_pod("x", namespace)["spec"]["containers"][0]
-    container["command"] = ["python3", "-c", READER, "/mnt/models", "keep-running"]
+    container = reader_container(product.image, keep_running=True)
     apply(cluster, {
         "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "chat", "namespace": namespace},
         "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "chat"}}, "template": {

@@ -211,13 +211,17 @@ class Manager:
                 server = await serve()
                 if server:
                     runners.append(server)
-            if self.settings.webhook_cert_dir is not None:
-                from localmodel.controller.webhook import serve_webhooks_once_certified
+            cert_dir = self.settings.webhook_cert_dir
+            if cert_dir is not None:
+                from localmodel.controller.webhook import certificate_present, serve_webhooks, serve_webhooks_once_certified
 
-                # The Secret may come after the Pod (apply -k, then hack/webhook-certs.sh): the
-                # kubelet fills the optional volume later, and the webhooks start then.
-                informer_tasks.append(asyncio.create_task(
-                    serve_webhooks_once_certified(self, self.settings.webhook_cert_dir, runners)))
+                if certificate_present(cert_dir):
+                    runner, self.webhook_port = await serve_webhooks(self, cert_dir)
+                    runners.append(runner)
+                else:
+                    # The Secret may come after the Pod (apply -k, then hack/webhook-certs.sh):
+                    # the kubelet fills the optional volume later, and the webhooks start then.
+                    informer_tasks.append(asyncio.create_task(serve_webhooks_once_certified(self, cert_dir, runners)))
             await asyncio.gather(*(i.synced.wait() for i in self.view.informers))
             self.ready.set()
             log.info("controller %s: caches synced", self.settings.identity)

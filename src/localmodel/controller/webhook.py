@@ -240,12 +240,16 @@ async def serve_webhooks(manager: Manager, cert_dir: Path) -> tuple[web.AppRunne
     return runner, port
 
 
+def certificate_present(cert_dir: Path) -> bool:
+    return (cert_dir / "tls.crt").exists() and (cert_dir / "tls.key").exists()
+
+
 async def serve_webhooks_once_certified(manager: Manager, cert_dir: Path, runners: list[web.AppRunner],
                                         every: float = 2.0) -> None:
     """serve_webhooks as soon as `cert_dir` holds tls.crt and tls.key (at once when it does);
     the runner goes into `runners` for the caller's clean-up."""
     waiting_logged = False
-    while not ((cert_dir / "tls.crt").exists() and (cert_dir / "tls.key").exists()):
+    while not certificate_present(cert_dir):
         if not waiting_logged:
             log.warning("no tls.crt/tls.key in %s yet: webhooks start once the certificate is there", cert_dir)
             waiting_logged = True

@@ -11,7 +11,7 @@ import signal
 import time
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -187,10 +187,15 @@ def _wait_for_kubectl(plane: ControlPlane, timeout: float) -> None:
 @click.option("--model-mb", type=click.IntRange(min=3), default=300, show_default=True,
               help="Size of the generated sample model in MB.")
 @click.option("--exit-when-ready", is_flag=True,
-              help="No terminal UI: exit 0 once copies read 2/2, non-zero with the reason otherwise.")
+              help="No terminal UI: exit 0 once copies read 2/2 (with --real-nodes: and a consumer Pod has "
+                   "read the whole model with the origin's checksums), non-zero with the reason otherwise.")
 @click.option("--timeout", type=float, default=600.0, show_default=True,
               help="Seconds to wait for copies 2/2 (after the control plane is up).")
-def demo(workdir: Path, model_mb: int, exit_when_ready: bool, timeout: float) -> None:
+@click.option("--real-nodes", is_flag=True,
+              help="Run the product as real Pods on two real nodes (kubelet + containerd; needs root): "
+                   "the image built from Debian packages, `kubectl apply -k deploy/`, and a consumer Pod "
+                   "that reads the model with matching checksums.")
+def demo(workdir: Path, model_mb: int, exit_when_ready: bool, timeout: float, real_nodes: bool) -> None:
     """Run localmodel end to end on this machine, and show a model landing on two nodes.
 
     Starts a real control plane (built from Go modules), installs the CRDs and KServe's
@@ -208,6 +213,9 @@ def demo(workdir: Path, model_mb: int, exit_when_ready: bool, timeout: float) ->
     console = Console(stderr=exit_when_ready)
     signal.signal(signal.SIGINT, _raise_stop)
     signal.signal(signal.SIGTERM, _raise_stop)
+    if real_nodes:
+        _real_node_demo(console, workdir, model_mb, exit_when_ready, timeout)
+        return
     try:
         with run_demo(workdir, model_mb=model_mb, say=lambda text: console.print(f"• {text}")) as running:
             if exit_when_ready:
@@ -241,6 +249,51 @@ def demo(workdir: Path, model_mb: int, exit_when_ready: bool, timeout: float) ->
     except _StopRequested as stop:
         click.echo(f"{stop}: demo stopped")
     except (DemoError, ControlPlaneError) as error:
+        raise click.ClickException(str(error)) from error
+
+
+def _real_node_demo(console: Any, workdir: Path, model_mb: int, exit_when_ready: bool, timeout: float) -> None:
+    from rich.live import Live
+
+    from localmodel.dev.demo import DemoError
+    from localmodel.dev.realdemo import run_real_node_demo, wait_real_demo_ready
+    from localmodel.errors import LocalModelError
+    from localmodel.report.status import render_table
+
+    try:
+        with run_real_node_demo(workdir, model_mb=model_mb, say=lambda text: console.print(f"• {text}")) as running:
+            if exit_when_ready:
+                report = wait_real_demo_ready(running, timeout=timeout, on_report=lambda r: None)
+            else:
+                with Live(console=console, refresh_per_second=4) as live:
+                    report = wait_real_demo_ready(
+                        running, timeout=timeout,
+                        on_report=lambda r: live.update(render_table([r]) if r else "waiting for status..."),
+                    )
+            console.print(render_table([report]))
+            consumer = running.consumer
+            click.echo(f"ready: copies {report.available}/{report.total} of {report.name}; Pod {consumer['pod']} "
+                       f"on {consumer['node']} read {consumer['files']} files ({consumer['bytes']} bytes), "
+                       f"every sha256 equal to the origin's")
+            if exit_when_ready:
+                return
+            kubectl = f"KUBECONFIG={running.cluster.kubeconfig} {running.cluster.control_plane.paths.kubectl}"
+            console.print(
+                "\n[bold]Try next[/] (in another terminal):\n"
+                f"  {kubectl} get pods -A -o wide\n"
+                f"  {kubectl} get localmodelcaches,localmodelnodes,pv,pvc -A\n"
+                f"  {kubectl} logs -n kserve daemonset/kserve-localmodelnode-agent\n"
+                f"  ls -R {running.cluster.node('node-1').host_path('/models')}/models\n"
+                f"  {kubectl} delete localmodelcache sample-model   # folders go away on both nodes\n"
+                "Press Ctrl-C to stop everything."
+            )
+            while True:
+                time.sleep(1.0)
+                if not running.origin.running():
+                    raise DemoError(f"the origin exited: {running.origin.log_tail(15)}")
+    except _StopRequested as stop:
+        click.echo(f"{stop}: demo stopped")
+    except (DemoError, LocalModelError) as error:
         raise click.ClickException(str(error)) from error
 
 

@@ -85,9 +85,12 @@ class RootfsRecipe:
     suite: str = "bookworm"
     mirror: str = "http://deb.debian.org/debian"
     security_mirror: str = "http://deb.debian.org/debian-security"
-    #: Beyond the Essential set: the interpreter of the venv, and CA certificates for HTTPS
-    #: sources that do not bring their own (certifi is in the venv too).
-    packages: tuple[str, ...] = ("python3", "ca-certificates")
+    #: Beyond the Essential set: the interpreter of the venv, CA certificates for HTTPS
+    #: sources that do not bring their own (certifi is in the venv too), and libstdc++, which
+    #: the wheels' C extensions of google-crc32c and frozenlist link to: without it they fall
+    #: back to pure Python with only a warning (GCS checksums many times slower). Docker's
+    #: python:*-slim bases have it (apt needs it); the Essential set has no apt.
+    packages: tuple[str, ...] = ("python3", "ca-certificates", "libstdc++6")
     #: mmdebstrap's SOURCE_DATE_EPOCH (2025-05-20, the snapshot the build machines' apt uses).
     #: Fixed, not the commit time: the root filesystem must not be rebuilt for every commit.
     epoch: int = 1_747_699_200
@@ -230,7 +233,15 @@ def collect_wheels(repo: Path, wheels: Path, epoch: int, log: Path | None = None
     wheels.mkdir(parents=True, exist_ok=True)
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check"]
     environment = {**os.environ, "SOURCE_DATE_EPOCH": str(epoch)}
-    _run([*pip, "wheel", "--quiet", "--no-deps", "--wheel-dir", str(wheels), str(repo)],
+    # Built from a copy of what the Dockerfile copies (.dockerignore): setuptools' build/ folder
+    # in the checkout may hold modules deleted since, and they would end up in the wheel.
+    source = wheels.parent / "source"
+    for name in ("pyproject.toml", "README.md", "requirements.lock"):
+        source.mkdir(exist_ok=True)
+        shutil.copy2(repo / name, source / name)
+    shutil.copytree(repo / "src", source / "src",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info"))
+    _run([*pip, "wheel", "--quiet", "--no-deps", "--wheel-dir", str(wheels), str(source)],
          "pip wheel (localmodel)", log, env=environment)
     [project_wheel] = wheels.glob("localmodel-*.whl")
     _run([*pip, "wheel", "--quiet", "--wheel-dir", str(wheels), "--constraint",

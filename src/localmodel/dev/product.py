@@ -16,6 +16,9 @@ On a `localmodel.dev.nodes.RealNodeCluster`:
 
 `install_chart(cluster, image, helm)` does the same with the Helm chart (`helm template` piped
 to `kubectl apply --server-side`: the chart makes its certificate itself).
+`reader_pod()` / `read_digests()`: a consumer Pod of the same image that prints the sha256 of
+every file under /mnt/models, and its result.
+
 Used by tests/realnodes, `localmodel dev demo --real-nodes` and the cold-start benchmark.
 """
 
@@ -263,7 +266,12 @@ def wait_product_ready(cluster: RealNodeCluster, installed: InstalledProduct, *,
 
 
 def uninstall(cluster: RealNodeCluster, installed: InstalledProduct, *, timeout: float = 180.0) -> None:
-    """Delete what install_product/install_chart applied (CRDs, and so every cache, included)."""
+    """Delete what install_product/install_chart applied (CRDs, and so every cache, included).
+    Caches go first, while the controller and the agents still run to release their
+    finalizers; a CRD whose objects keep finalizers would stay Terminating."""
+    for kind in ("localmodelcaches", "localmodelnamespacecaches"):
+        cluster.kubectl("delete", kind, "--all", "--all-namespaces", "--ignore-not-found", "--wait=true",
+                        f"--timeout={int(timeout)}s", timeout=timeout + 30, check=False)
     source = ["-k", str(installed.manifests)] if installed.method == "kustomize" else ["-f", str(installed.manifests)]
     cluster.kubectl("delete", "--ignore-not-found", "--wait=true", f"--timeout={int(timeout)}s", *source,
                     timeout=timeout + 30, check=False)
@@ -283,6 +291,78 @@ def describe_failure(cluster: RealNodeCluster, installed: InstalledProduct) -> s
     events = cluster.kubectl("get", "events", "-n", installed.namespace, "--sort-by=.lastTimestamp", check=False)
     lines.extend(events.stdout.splitlines()[-15:])
     return "\n".join(lines)
+
+
+#: Run by consumer Pods with the image's python3: one JSON line {"digests": {path: sha256}} for
+#: every regular file below argv[1]; with a second argument it then sleeps (for workloads that
+#: must keep running, e.g. a Deployment's).
+READER_SCRIPT = (
+    "import hashlib, json, pathlib, sys, time\n"
+    "root = pathlib.Path(sys.argv[1])\n"
+    "found = {}\n"
+    "for path in sorted(root.rglob('*')):\n"
+    "    if path.is_file() and not path.is_symlink():\n"
+    "        digest = hashlib.sha256()\n"
+    "        with open(path, 'rb') as stream:\n"
+    "            for block in iter(lambda: stream.read(1 << 20), b''):\n"
+    "                digest.update(block)\n"
+    "        found[path.relative_to(root).as_posix()] = digest.hexdigest()\n"
+    "print(json.dumps({'digests': found}), flush=True)\n"
+    "if len(sys.argv) > 2:\n"
+    "    time.sleep(3600)\n"
+)
+
+
+def reader_container(image: str, *, keep_running: bool = False) -> dict[str, Any]:
+    """The reader as a container of `image` (non-root, read-only root, no capabilities)."""
+    return {
+        "name": "reader", "image": image, "imagePullPolicy": "IfNotPresent",
+        "command": ["python3", "-c", READER_SCRIPT, "/mnt/models", *(["keep-running"] if keep_running else [])],
+        "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
+                            "readOnlyRootFilesystem": True, "runAsNonRoot": True},
+    }
+
+
+def reader_pod(image: str, name: str, namespace: str, *, claim: str | None = None, sub_path: str = "",
+               **spec: Any) -> dict[str, Any]:
+    """A Pod that reads /mnt/models once: `claim` mounted there read-only at `sub_path`, as
+    KServe mounts a `pvc://<claim>/<sub_path>` storage URI (volume `kserve-pvc-source`)."""
+    container = reader_container(image)
+    volumes = []
+    if claim:
+        container["volumeMounts"] = [{"name": "kserve-pvc-source", "mountPath": "/mnt/models",
+                                      "subPath": sub_path, "readOnly": True}]
+        volumes = [{"name": "kserve-pvc-source", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}]
+    return {
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": namespace},
+        "spec": {"restartPolicy": "Never", "terminationGracePeriodSeconds": 1,
+                 "securityContext": {"runAsUser": 1000, "runAsGroup": 1000},
+                 "containers": [container], "volumes": volumes, **spec},
+    }
+
+
+def read_digests(cluster: RealNodeCluster, namespace: str, pod: str, *, timeout: float = 240.0) -> dict[str, str]:
+    """What a reader Pod printed: path -> sha256. ControlPlaneError if it fails or is not done
+    within `timeout`, with the Pod's state."""
+    deadline = time.monotonic() + timeout
+    while True:
+        logs = cluster.kubectl("logs", "-n", namespace, pod, check=False)
+        for line in logs.stdout.splitlines():
+            if line.startswith("{"):
+                found: dict[str, str] = json.loads(line)["digests"]
+                return found
+        status = json.loads(cluster.kubectl("get", "pod", "-n", namespace, pod, "-o", "json").stdout).get("status", {})
+        if status.get("phase") == "Failed" or time.monotonic() > deadline:
+            raise ControlPlaneError(f"pod {namespace}/{pod} did not read the model: phase {status.get('phase')}, "
+                                    f"{json.dumps(status.get('containerStatuses'))}; log: {logs.stdout[-2000:]}"
+                                    f"{logs.stderr[-2000:]}; events: {_events(cluster, namespace, pod)}")
+        time.sleep(0.5)
+
+
+def _events(cluster: RealNodeCluster, namespace: str, name: str) -> str:
+    done = cluster.kubectl("get", "events", "-n", namespace, f"--field-selector=involvedObject.name={name}",
+                           "-o", "jsonpath={range .items[*]}{.reason}: {.message}; {end}", check=False)
+    return done.stdout.strip()
 
 
 def _pods(cluster: RealNodeCluster, namespace: str, selector: str) -> list[dict[str, Any]]:

@@ -58,6 +58,8 @@ def prepare_root(root: Path, uid: int, gid: int) -> list[OwnerChange]:
     try:
         root_fd = os.open(root, _OPEN_FLAGS)
     except OSError as exc:
+        if exc.errno == errno.EACCES:
+            raise UnsafeRootError(_private(root)) from exc
         raise UnsafeRootError(f"{root}: cannot open as a directory without following links: "
                               f"{exc.strerror}") from exc
     try:
@@ -99,6 +101,8 @@ def _refusal(path: Path, root_fd: int, exc: OSError) -> str:
         is_link = stat.S_ISLNK(os.lstat(path.name, dir_fd=root_fd).st_mode)
     except OSError:
         is_link = False
+    if exc.errno == errno.EACCES:
+        return _private(path.parent)
     if is_link:
         what = "is a symbolic link"
     elif exc.errno in (errno.ENOTDIR, errno.ELOOP):
@@ -107,3 +111,9 @@ def _refusal(path: Path, root_fd: int, exc: OSError) -> str:
         what = f"cannot be opened ({exc.strerror})"
     return (f"{path} {what}: left alone. The agent's folders must be plain directories; "
             f"remove or rename it on the node and restart the Pod")
+
+
+def _private(root: Path) -> str:
+    return (f"{root}: permission denied. It belongs to another user and its mode keeps others "
+            f"out, and UID 0 with CAP_CHOWN alone may not read or search it. On the node, make it "
+            f"readable and searchable (chmod o+rx), or give it to the agent's user yourself")
