@@ -37,6 +37,8 @@ def test_every_scenario_reads_the_whole_model_with_the_source_checksums(
     args = bench.parse_args(["--models", "2x0.001", "--runs", "1", "--model-cache", str(tmp_path / "models"),
                              "--out", str(tmp_path / "results")])
     kserve = build_tool_image(tmp_path / "images", KSERVE_STORAGE_IMAGE)
+    # Built the same way as the product image: its root filesystem layer is the product's blob.
+    assert kserve.layers[0].digest == product_image.layers[0].digest
     images = (product_image.archive, product_image.reference, kserve.archive, kserve.reference,
               f"{KSERVE_STORAGE_IMAGE.venv_path}/bin/python")
     try:

@@ -432,10 +432,12 @@ def build_tool_image(
     log: Path | None = None,
 ) -> WrittenImage:
     """`<output_dir>/<name>.oci.tar`: the product's root filesystem layer (the same blob as the
-    product image's) plus a venv layer with `tool.requirements`. Needs what build_image needs
+    product image's built from the same commit) plus a venv layer with `tool.requirements`. Needs what build_image needs
     (root, a cached or buildable root filesystem) and PyPI or pip's cache for the wheels."""
     rootfs = ensure_rootfs(recipe, cache_root, log=log)
-    epoch = recipe.epoch if epoch is None else epoch
+    # The product's SOURCE_DATE_EPOCH, so the root filesystem layer is the product image's own
+    # blob, byte for byte (mtimes clamp to it), and containerd stores it once.
+    epoch = source_date_epoch(default_repo()) if epoch is None else epoch
     output_dir = output_dir.resolve()
     output_dir.mkdir(parents=True, exist_ok=True)
     archive = output_dir / f"{tool.name}.oci.tar"

@@ -162,7 +162,8 @@ def run_real_node_demo(
 
         borrowed = cluster is not None
         if cluster is None:
-            say("starting two real nodes (kubelet + containerd each; the first run builds them: minutes)")
+            say("starting two real nodes (kubelet + containerd each; the first run builds them: minutes; "
+                "one such cluster runs per machine, so this waits while another one runs)")
             cluster = RealNodeCluster(workdir / "realnodes", nodes=2, node_host_paths=("/models",))
             stack.enter_context(cluster)
         say(f"nodes {', '.join(n.name for n in cluster.nodes)} Ready; installing the product "
