@@ -5,9 +5,11 @@ volumes and the workload controllers work. See docs/realnodes.md."""
 from __future__ import annotations
 
 import base64
+import http.server
 import ipaddress
 import json
 import textwrap
+import threading
 import time
 import urllib.request
 import uuid
@@ -356,3 +358,32 @@ def test_the_apiserver_calls_a_webhook_served_by_a_pod_through_its_service(
         assert "denied by the webhook Pod on node-2" in denied.stderr
     finally:
         real_nodes.kubectl("delete", "validatingwebhookconfiguration", f"deny-{namespace}", check=False)
+
+
+def test_a_pod_reaches_a_host_server_on_loopback_through_expose_to_pods(
+    real_nodes: RealNodeCluster, busybox_image: str, namespace: str
+) -> None:
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = b"from-the-host\n"
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        host, port = real_nodes.expose_to_pods(server.server_address[1])
+        apply(real_nodes, pod("fetcher", namespace, busybox_image, "sleep 3600", nodeName="node-2"))
+        wait_ready(real_nodes, namespace, "fetcher")
+        fetched = real_nodes.kubectl("exec", "-n", namespace, "fetcher", "--",
+                                     "timeout", "10", "wget", "-q", "-O-", f"http://{host}:{port}/")
+        assert fetched.stdout == "from-the-host\n"
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -20,6 +20,8 @@ Network. All nodes share the host's network namespace (the machine has one), so:
   which drops it: nothing for the cluster's ranges leaves the machine;
 - node i (1-based) has the bridge `lm-br<i>` with 10.244.<i>.1/24 and Pod CIDR 10.244.<i>.0/24;
   Pods on different nodes reach each other through the host's routing (ip_forward);
+- expose_to_pods(port) makes a server on the host's 127.0.0.1:port reachable from Pods at
+  HOST_ADDRESS:port (a DNAT; route_localnet on the nodes' bridges only);
 - one kube-proxy (iptables mode) serves all nodes, since they share the iptables of one network
   namespace; the apiserver reaches webhook Services by their ClusterIP through its rules;
 - the chain LOCALMODEL-NODES in FORWARD lets Pods talk to Pods and drops everything else they
@@ -76,6 +78,7 @@ SERVICE_CIDR = "10.96.0.0/16"
 HOST_INTERFACE = "lm-host0"
 BRIDGE_PREFIX = "lm-br"
 FORWARD_CHAIN = "LOCALMODEL-NODES"
+EXPOSE_CHAIN = "LOCALMODEL-EXPOSE"
 
 #: What a cluster with workloads needs beyond DEFAULT_CONTROLLERS: Deployments, ReplicaSets,
 #: DaemonSets, Jobs, Services' endpoints, PV/PVC binding and protection, volume attach state,
@@ -460,7 +463,26 @@ class RealNodeCluster:
         _iptables("-A", FORWARD_CHAIN, "-s", CLUSTER_CIDR, "-j", "DROP")
         _iptables("-A", FORWARD_CHAIN, "-d", CLUSTER_CIDR, "-j", "DROP")
         _iptables("-I", "FORWARD", "1", "-j", FORWARD_CHAIN)
+        _iptables("-t", "nat", "-N", EXPOSE_CHAIN)
+        _iptables("-t", "nat", "-A", "PREROUTING", "-j", EXPOSE_CHAIN)
+        for node in self.nodes:
+            # Made here rather than by the CNI bridge plugin on the first Pod (it adopts a bridge
+            # of its name), so that route_localnet is set before any Pod sends: it lets the
+            # DNAT of expose_to_pods() deliver to 127.0.0.1, on these bridges only.
+            _ip("link", "add", node.bridge, "type", "bridge")
+            _ip("link", "set", node.bridge, "up")
+            _write_sysctl(f"net/ipv4/conf/{node.bridge}/route_localnet", "1")
         _make_cgroup(f"/{CGROUP_PARENT}")
+
+    def expose_to_pods(self, port: int) -> tuple[str, int]:
+        """Make a server of this host that listens on 127.0.0.1:`port` (the test servers do)
+        reachable from Pods at HOST_ADDRESS:`port`: Pods' packets to that address and port are
+        rewritten to 127.0.0.1 in the kernel (iptables DNAT), with no proxy process in the
+        path. Returns (HOST_ADDRESS, port). Removed when the cluster stops."""
+        for node in self.nodes:
+            _iptables("-t", "nat", "-A", EXPOSE_CHAIN, "-i", node.bridge, "-d", HOST_ADDRESS, "-p", "tcp",
+                      "--dport", str(port), "-j", "DNAT", "--to-destination", f"127.0.0.1:{port}")
+        return HOST_ADDRESS, port
 
     def _start_control_plane(self) -> None:
         self.control_plane.start()
