@@ -46,6 +46,16 @@ def parse_quantity(value: str | int | float) -> int:
     return int(amount.to_integral_value(rounding="ROUND_CEILING"))
 
 
+def quantity_or_none(value: object) -> int | None:
+    """`parse_quantity` for a value read from an object: None when absent or malformed."""
+    if value is None:
+        return None
+    try:
+        return parse_quantity(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+
+
 def format_bytes(count: int) -> str:
     """A byte count as the shortest exact binary quantity (`10Gi`), else plain bytes."""
     for suffix in ("Ei", "Pi", "Ti", "Gi", "Mi", "Ki"):

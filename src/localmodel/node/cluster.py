@@ -21,7 +21,7 @@ from lightkube.models.core_v1 import ObjectReference
 from lightkube.resources.core_v1 import ConfigMap, Secret, ServiceAccount
 from lightkube.types import PatchType
 
-from localmodel.api.quantity import parse_quantity
+from localmodel.api.quantity import quantity_or_none
 from localmodel.api.types import API_VERSION, LocalModelInfo
 from localmodel.kube import events, resources
 from localmodel.kube.config import (
@@ -70,12 +70,7 @@ def _quantity_at(found: Mapping[str, Any] | None, path: tuple[str, ...]) -> int 
     value: Any = found
     for part in path:
         value = (value or {}).get(part)
-    if value is None:
-        return None
-    try:
-        return parse_quantity(value)
-    except ValueError:
-        return None
+    return quantity_or_none(value)
 
 
 def _is_not_found(exc: ApiError) -> bool:
