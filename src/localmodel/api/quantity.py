@@ -50,9 +50,11 @@ def quantity_or_none(value: object) -> int | None:
     """`parse_quantity` for a value read from an object: None when absent or malformed."""
     if value is None:
         return None
+    if not isinstance(value, (str, int, float)):
+        return None
     try:
-        return parse_quantity(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
+        return parse_quantity(value)
+    except ValueError:
         return None
 
 
