@@ -49,6 +49,9 @@ from localmodel.node.plan import WantedModel
 
 logger = logging.getLogger(__name__)
 
+#: Seconds one watch of the agent's LocalModelNode lasts before it is made again.
+AGENT_WATCH_SECONDS = 60
+
 REPORTING_CONTROLLER = "serving.kserve.io/localmodel-agent"
 #: Longest wait between attempts to watch again after an error the apiserver answered (403, 404);
 #: a broken connection is retried as the controller's informers do (kube/informer.py).
@@ -119,7 +122,10 @@ class ClusterBackend:
         self._informer = Informer(
             self.client, resources.LocalModelNode, name="localmodelnode", fields={"metadata.name": self.node_name},
             optional=False, resume_from=self._resume_from, error_backoff=(0.5, WATCH_RETRY_MAX_SECONDS),
-            on_sync=wake, on_error=wake)
+            # A watch that outlives its CRD (uninstalled and installed again while the agent runs,
+            # seen on real nodes) is never closed and hears nothing of the new objects: ending
+            # each watch after a minute bounds that deafness for one cheap request per minute.
+            watch_timeout=AGENT_WATCH_SECONDS, on_sync=wake, on_error=wake)
         self._informer.add_handler(changed)
         self._watch_task = asyncio.create_task(self._informer.run(), name="watch-localmodelnode")
 
