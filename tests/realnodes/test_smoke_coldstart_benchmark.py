@@ -6,6 +6,9 @@ metered under its real limits), never how fast it was."""
 
 from __future__ import annotations
 
+# Runs last of the real-node tests (file name order): the benchmark's clean-up leaves caches for
+# the controller to finalise, which the product tests on the shared cluster must not inherit.
+
 import importlib.util
 import sys
 from pathlib import Path
