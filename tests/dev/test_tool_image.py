@@ -1,5 +1,5 @@
 """The tool image variant (localmodel.dev.image.ToolImage): the product image's runtime settings
-with another venv. Building one is covered by tests/bench/test_coldstart_smoke.py (real nodes run
+with another venv. Building one is covered by tests/realnodes/test_smoke_coldstart_benchmark.py (real nodes run
 kserve-storage from it)."""
 
 from __future__ import annotations
