@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-from lightkube import ApiError, AsyncClient
+from lightkube import AsyncClient
 
 from localmodel.controller import admission_cache, admission_consumers, admission_pod, names
 from localmodel.controller.admission_live import LiveReads
@@ -33,7 +33,6 @@ from localmodel.controller.metrics import ControllerMetrics
 from localmodel.controller.names import CacheRef
 from localmodel.controller.views import Cache
 from localmodel.errors import LocalModelError
-from localmodel.kube import resources
 
 log = logging.getLogger(__name__)
 
@@ -95,22 +94,9 @@ class Webhooks:
         return admission_cache.capacity(cache, await self.live.groups(), await self.live.all_caches())
 
     async def _in_use(self, cache: Cache) -> str | None:
-        consumers: list[tuple[str, Mapping[str, Any]]] = []
-        for kind, key, res in (("InferenceService", "inferenceServices", resources.InferenceService),
-                               ("LLMInferenceService", "llmInferenceServices", resources.LLMInferenceService)):
-            for ref in cache.status.get(key) or []:
-                try:
-                    obj = await self.client.get(res, ref.get("name", ""), namespace=ref.get("namespace"))
-                except ApiError as error:
-                    if error.status.code == 404:
-                        continue
-                    raise
-                consumers.append((kind, obj if isinstance(obj, dict) else obj.to_dict()))
-        message = admission_cache.in_use(cache, consumers)
-        if message is None:
-            # A consumer created a moment ago is labelled but not yet in the cache's status.
-            message = admission_cache.in_use(cache, await self.live.labelled_consumers(cache))
-        return message
+        # Every consumer carrying the cache's label, read live: the ones the cache's status lists
+        # and the ones created a moment ago, not yet in it (one list per kind, not a GET each).
+        return admission_cache.in_use(cache, await self.live.labelled_consumers(cache))
 
     # --- consumers ------------------------------------------------------------------------------
 

@@ -188,10 +188,7 @@ class PeerDirectory:
         """Whether nodes can find each other when status.peerEndpoint is pruned (KServe's CRDs):
         the peer Service lists this node's own agent, so the others find it as it finds them
         (none listed yet is no reason to skip the origin slots: they may come a moment later)."""
-        with self._lock:
-            stale = self._taken_at is None or self._clock() - self._taken_at >= self._ttl
-        if stale:
-            self._snapshot(None)
+        self._snapshot(None)  # lists again only when the last list is `ttl` old
         with self._lock:
             return self._node_name in self._endpoints
 
