@@ -99,7 +99,7 @@ def sync_aliases(models_dir: Path, links: Mapping[str, str]) -> list[str]:
         return notes
     for name in names:
         path = models_dir / name
-        target = _ours(path) if os.path.islink(path) else None
+        target = _ours(path)  # None for anything but a link of ours
         if target is not None and links.get(name) != target:
             os.unlink(path)
             notes.append(f"removed link models/{name} -> {target}")
