@@ -143,6 +143,7 @@ def install_product(
     `archive` (the image's OCI archive) is imported first when given."""
     timings: dict[str, float] = {}
     started = time.monotonic()
+    wait_previous_removed(cluster, timeout)
     if archive is not None:
         cluster.import_image(archive)
         timings["image import"] = time.monotonic() - started
@@ -185,6 +186,7 @@ def install_chart(
     Secret); the chart generates the webhook certificate."""
     timings: dict[str, float] = {}
     started = time.monotonic()
+    wait_previous_removed(cluster, timeout)
     if archive is not None:
         cluster.import_image(archive)
         timings["image import"] = time.monotonic() - started
@@ -216,6 +218,25 @@ def install_chart(
     wait_product_ready(cluster, installed, timeout=timeout)
     timings["total"] = time.monotonic() - started
     return installed
+
+
+def wait_previous_removed(cluster: RealNodeCluster, timeout: float) -> None:
+    """An earlier installation still being deleted (its CRDs or namespaces Terminating) would
+    take the new one with it: wait until it is gone, or say what holds it."""
+    names = [f"crd/{kind}" for kind in (*CACHE_KINDS, "localmodelnodes.serving.kserve.io",
+                                        "localmodelnodegroups.serving.kserve.io")]
+    names += [f"namespace/{NAMESPACE}", f"namespace/{JOB_NAMESPACE}"]
+
+    def terminating() -> list[str]:
+        done = cluster.kubectl("get", "--ignore-not-found", "-o", "json", *names, check=False)
+        document = json.loads(done.stdout or "{}") if done.returncode == 0 else {}
+        items = document.get("items", [document] if "metadata" in document else [])
+        return [f"{i['kind']} {i['metadata']['name']} (finalizers {i['metadata'].get('finalizers')})"
+                for i in items if i["metadata"].get("deletionTimestamp")]
+
+    if not _wait_until(lambda: not terminating(), time.monotonic() + timeout):
+        raise ControlPlaneError("an earlier installation is still being deleted: " + "; ".join(terminating())
+                                + "\n" + _deletion_state(cluster))
 
 
 def make_webhook_certificate(cluster: RealNodeCluster) -> None:
@@ -266,15 +287,74 @@ def wait_product_ready(cluster: RealNodeCluster, installed: InstalledProduct, *,
 
 
 def uninstall(cluster: RealNodeCluster, installed: InstalledProduct, *, timeout: float = 180.0) -> None:
-    """Delete what install_product/install_chart applied (CRDs, and so every cache, included).
+    """Delete what install_product/install_chart applied (CRDs, and so every cache, included),
+    and wait until it is gone, so that the next installation starts clean.
+
     Caches go first, while the controller and the agents still run to release their
-    finalizers; a CRD whose objects keep finalizers would stay Terminating."""
-    for kind in ("localmodelcaches", "localmodelnamespacecaches"):
-        cluster.kubectl("delete", kind, "--all", "--all-namespaces", "--ignore-not-found", "--wait=true",
-                        f"--timeout={int(timeout)}s", timeout=timeout + 30, check=False)
+    finalizers: a CRD whose objects keep finalizers stays Terminating, and an installation
+    applied meanwhile is deleted with it. A cache that keeps its finalizer is an error
+    (ControlPlaneError with the caches, the nodes' entries and the product's logs); the
+    manifests are deleted all the same."""
+    stuck = ""
+    deadline = time.monotonic() + timeout
+    for kind in CACHE_KINDS:
+        cluster.kubectl("delete", kind, "--all", "--all-namespaces", "--ignore-not-found", "--wait=false",
+                        check=False)
+    if not _wait_until(lambda: not _cache_names(cluster), deadline):
+        stuck = (f"caches kept their finalizers for {timeout:.0f}s after deletion: {', '.join(_cache_names(cluster))}\n"
+                 + _deletion_state(cluster) + describe_failure(cluster, installed))
     source = ["-k", str(installed.manifests)] if installed.method == "kustomize" else ["-f", str(installed.manifests)]
-    cluster.kubectl("delete", "--ignore-not-found", "--wait=true", f"--timeout={int(timeout)}s", *source,
-                    timeout=timeout + 30, check=False)
+    cluster.kubectl("delete", "--ignore-not-found", "--wait=false", *source, check=False)
+    deadline = time.monotonic() + timeout
+    gone = _wait_until(lambda: not _left_behind(cluster, installed), deadline)
+    if stuck or not gone:
+        raise ControlPlaneError("the product was not removed: " + (
+            stuck or f"still there after {timeout:.0f}s: {', '.join(_left_behind(cluster, installed))}"))
+
+
+#: The cache kinds, whose finalizers the controller must release before the CRDs can go.
+CACHE_KINDS = ("localmodelcaches.serving.kserve.io", "localmodelnamespacecaches.serving.kserve.io")
+
+
+def _wait_until(condition: Any, deadline: float) -> bool:
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(1)
+    return True
+
+
+def _cache_names(cluster: RealNodeCluster) -> list[str]:
+    """Caches of either kind still in the apiserver (a CRD already gone has none)."""
+    names = []
+    for kind in CACHE_KINDS:
+        done = cluster.kubectl("get", kind, "--all-namespaces", "-o", "name", check=False)
+        names.extend(done.stdout.split() if done.returncode == 0 else [])
+    return names
+
+
+def _left_behind(cluster: RealNodeCluster, installed: InstalledProduct) -> list[str]:
+    """What the installation made that the apiserver still has (Terminating included): the
+    CRDs, the namespaces, and every other object of its manifests."""
+    source = ["-k", str(installed.manifests)] if installed.method == "kustomize" else ["-f", str(installed.manifests)]
+    done = cluster.kubectl("get", "--ignore-not-found", "-o", "name", *source, check=False)
+    left = done.stdout.split()
+    if done.returncode != 0:  # a kind whose CRD is gone cannot be listed; the rest still can
+        left.append(f"(kubectl get: {done.stderr.strip().splitlines()[-1] if done.stderr.strip() else done.returncode})")
+    return left
+
+
+def _deletion_state(cluster: RealNodeCluster) -> str:
+    """The caches being deleted and the nodes' entries: what the controller waits for."""
+    lines = []
+    for kind in (*CACHE_KINDS, "localmodelnodes.serving.kserve.io"):
+        done = cluster.kubectl("get", kind, "--all-namespaces", "-o", "json", check=False)
+        for item in json.loads(done.stdout).get("items", []) if done.returncode == 0 else []:
+            meta = item["metadata"]
+            lines.append(f"{kind.split('.')[0]} {meta.get('namespace', '')}/{meta['name']}: "
+                         f"deletionTimestamp={meta.get('deletionTimestamp')} finalizers={meta.get('finalizers')} "
+                         f"spec={json.dumps(item.get('spec'))[:400]} status={json.dumps(item.get('status'))[:400]}")
+    return "\n".join(lines) + "\n"
 
 
 def describe_failure(cluster: RealNodeCluster, installed: InstalledProduct) -> str:
