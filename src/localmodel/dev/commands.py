@@ -18,7 +18,10 @@ import click
 from localmodel.errors import ControlPlaneError
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from localmodel.dev.controlplane import ControlPlane
+    from localmodel.dev.process import ManagedProcess
 
 
 @click.group()
@@ -107,15 +110,7 @@ def cluster(
             click.echo(f"  kubeconfig: {plane.kubeconfig}")
             click.echo(f"  kubectl:    {paths.kubectl} --kubeconfig {plane.kubeconfig} get ns")
             click.echo(f"  logs:       {plane.logs_dir}/")
-            click.echo("press Ctrl-C to stop")
-            while True:
-                time.sleep(1.0)
-                failed = plane.failed_component()
-                if failed is not None:
-                    raise click.ClickException(
-                        f"{failed.name} exited with status {failed.exit_code()}; "
-                        f"log {failed.log_file}:\n{failed.log_tail()}"
-                    )
+            _run_until_a_component_fails(plane.failed_component)
     except _StopRequested as stop:
         click.echo(f"{stop}: control plane stopped")
     except ControlPlaneError as error:
@@ -151,19 +146,23 @@ def _cluster_with_real_nodes(
             click.echo(f"  images:     {real.paths.ctr} --address {real.nodes[0].containerd_socket} "
                        "-n k8s.io images import ARCHIVE  (for each node)")
             click.echo(f"  logs:       {plane.logs_dir}/ and {workdir}/nodes/*/logs/")
-            click.echo("press Ctrl-C to stop")
-            while True:
-                time.sleep(1.0)
-                failed = real.failed_component()
-                if failed is not None:
-                    raise click.ClickException(
-                        f"{failed.name} exited with status {failed.exit_code()}; "
-                        f"log {failed.log_file}:\n{failed.log_tail()}"
-                    )
+            _run_until_a_component_fails(real.failed_component)
     except _StopRequested as stop:
         click.echo(f"{stop}: cluster and nodes stopped")
     except ControlPlaneError as error:
         raise click.ClickException(str(error)) from error
+
+
+def _run_until_a_component_fails(failed_component: Callable[[], ManagedProcess | None]) -> None:
+    """Block (until Ctrl-C stops the command) while every process runs; the first that exits
+    ends the command with its status and the tail of its log."""
+    click.echo("press Ctrl-C to stop")
+    while True:
+        time.sleep(1.0)
+        failed = failed_component()
+        if failed is not None:
+            raise click.ClickException(
+                f"{failed.name} exited with status {failed.exit_code()}; log {failed.log_file}:\n{failed.log_tail()}")
 
 
 def _wait_for_kubectl(plane: ControlPlane, timeout: float) -> None:

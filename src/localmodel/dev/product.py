@@ -59,16 +59,17 @@ def repo_root() -> Path:
 class InstalledProduct:
     """What a caller needs to use, inspect and remove the installation."""
 
-    namespace: str
-    job_namespace: str
-    controller: str          # Deployment name
-    agent: str               # DaemonSet name
-    agent_service_account: str
-    webhook_service: str
     image: str               # the reference every node's containerd holds
     nodes: tuple[str, ...]   # labelled kserve/localmodel=worker
     manifests: Path          # the kustomize overlay, or the rendered chart (for uninstall)
     method: str              # "kustomize" or "helm"
+    # deploy/ and the chart use KServe's names
+    namespace: str = NAMESPACE
+    job_namespace: str = JOB_NAMESPACE
+    controller: str = CONTROLLER  # Deployment name
+    agent: str = AGENT            # DaemonSet name
+    agent_service_account: str = AGENT_SERVICE_ACCOUNT
+    webhook_service: str = WEBHOOK_SERVICE
     timings: dict[str, float] = field(default_factory=dict)
 
     def agent_pods(self, cluster: RealNodeCluster) -> dict[str, dict[str, Any]]:
@@ -160,14 +161,7 @@ def install_product(
     make_webhook_certificate(cluster)
     timings["webhook certificate"] = time.monotonic() - step
 
-    installed = InstalledProduct(
-        namespace=NAMESPACE, job_namespace=JOB_NAMESPACE, controller=CONTROLLER, agent=AGENT,
-        agent_service_account=AGENT_SERVICE_ACCOUNT, webhook_service=WEBHOOK_SERVICE, image=image,
-        nodes=chosen, manifests=overlay, method="kustomize", timings=timings,
-    )
-    wait_product_ready(cluster, installed, timeout=timeout)
-    timings["total"] = time.monotonic() - started
-    return installed
+    return _ready(cluster, InstalledProduct(image, chosen, overlay, "kustomize", timings), started, timeout)
 
 
 def install_chart(
@@ -210,13 +204,12 @@ def install_chart(
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(manifests), timeout=180)
     _wait_crds(cluster, timeout)
     timings["helm template + apply"] = time.monotonic() - step
-    installed = InstalledProduct(
-        namespace=NAMESPACE, job_namespace=JOB_NAMESPACE, controller=CONTROLLER, agent=AGENT,
-        agent_service_account=AGENT_SERVICE_ACCOUNT, webhook_service=WEBHOOK_SERVICE, image=image,
-        nodes=chosen, manifests=manifests, method="helm", timings=timings,
-    )
+    return _ready(cluster, InstalledProduct(image, chosen, manifests, "helm", timings), started, timeout)
+
+
+def _ready(cluster: RealNodeCluster, installed: InstalledProduct, started: float, timeout: float) -> InstalledProduct:
     wait_product_ready(cluster, installed, timeout=timeout)
-    timings["total"] = time.monotonic() - started
+    installed.timings["total"] = time.monotonic() - started
     return installed
 
 
