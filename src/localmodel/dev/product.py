@@ -161,7 +161,7 @@ def install_product(
     make_webhook_certificate(cluster)
     timings["webhook certificate"] = time.monotonic() - step
 
-    return _ready(cluster, InstalledProduct(image, chosen, overlay, "kustomize", timings), started, timeout)
+    return _ready(cluster, InstalledProduct(image, chosen, overlay, "kustomize", timings=timings), started, timeout)
 
 
 def install_chart(
@@ -204,7 +204,7 @@ def install_chart(
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(manifests), timeout=180)
     _wait_crds(cluster, timeout)
     timings["helm template + apply"] = time.monotonic() - step
-    return _ready(cluster, InstalledProduct(image, chosen, manifests, "helm", timings), started, timeout)
+    return _ready(cluster, InstalledProduct(image, chosen, manifests, "helm", timings=timings), started, timeout)
 
 
 def _ready(cluster: RealNodeCluster, installed: InstalledProduct, started: float, timeout: float) -> InstalledProduct:
