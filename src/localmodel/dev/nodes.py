@@ -920,11 +920,14 @@ def _make_cgroup(path: str) -> list[Path]:
 
 
 def _cgroup_dirs(path: str) -> Iterator[Path]:
-    """Every directory of `path`'s tree in every hierarchy, deepest first."""
+    """Every directory of `path`'s tree in every hierarchy, deepest first. The kubelets remove
+    Pod cgroups while this walks (a cluster still running): a directory gone meanwhile is skipped."""
     for mount in _cgroup_mounts():
         top = mount / path.strip("/")
         if top.is_dir():
-            yield from sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts))
+            below = [Path(parent) / name for parent, names, _ in os.walk(top, onerror=lambda error: None)
+                     for name in names]
+            yield from sorted(below, key=lambda p: -len(p.parts))
             yield top
 
 
