@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install controlplane test-deps demo test lint crds docs
+.PHONY: install system-deps controlplane nodes image oci-tools test-deps demo test lint crds docs
 
 $(BIN)/localmodel: pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -14,18 +14,41 @@ $(BIN)/localmodel: pyproject.toml requirements.lock
 
 install: $(BIN)/localmodel
 
+# Debian and npm packages the builds and tests need (nginx, azurite, mmdebstrap, iptables, gcc...):
+# hack/install-test-deps.sh, idempotent and fast when all is there.
+system-deps:
+	bash hack/install-test-deps.sh
+
 # Real etcd + kube-apiserver + kubectl built from Go modules (minutes cold, instant when cached).
 controlplane: install
 	bash hack/build-controlplane.sh
 
-demo: install
-	$(BIN)/localmodel dev demo
+# kubelet, kube-scheduler, kube-proxy, containerd, runc, CNI plugins and the pause image for
+# real nodes (docs/realnodes.md); minutes cold, instant when cached.
+nodes: install system-deps
+	$(BIN)/python -m localmodel.dev.nodebuild
 
-# What the tests need beyond Python packages: nginx and azurite (hack/install-test-deps.sh, apt
-# and npm), the control plane and helm (built from Go modules). Idempotent: seconds when all is
-# there, so `make test` runs it every time and works from a fresh clone.
-test-deps: controlplane
-	bash hack/install-test-deps.sh
+# CNCF distribution's registry and the oras and crane clients, built from Go modules for the
+# oci:// tests (tests/servers/oci.py); about 2 minutes cold, instant when cached.
+oci-tools:
+	bash hack/build-oci-tools.sh >/dev/null
+
+# The product image from Debian packages (mmdebstrap; needs root), as an OCI archive in
+# .cache/image/ for `ctr images import`. Without Docker; `docker build .` also works.
+image: install system-deps
+	$(BIN)/localmodel dev image
+
+# The product as local processes on a local control plane. `make demo REAL_NODES=1`: the same
+# with the product as real Pods on two real nodes (kubelets + containerd, the image built from
+# Debian packages, `kubectl apply -k deploy/`; needs root), = `localmodel dev demo --real-nodes`.
+demo: install
+	$(BIN)/localmodel dev demo $(if $(REAL_NODES),--real-nodes)
+
+# What the tests need beyond Python packages: nginx, azurite, iptables, mmdebstrap...
+# (hack/install-test-deps.sh, apt and npm), the control plane, the real nodes' binaries, helm and
+# the OCI registry and clients (built from Go modules) and the product image. Idempotent: seconds when all is there, so
+# `make test` runs it every time and works from a fresh clone.
+test-deps: system-deps controlplane nodes image oci-tools
 	bash hack/build-helm.sh >/dev/null
 
 test: test-deps

@@ -8,6 +8,8 @@
 #
 # PYTHON: the venv's interpreter (default python3). BUILD_PYTHON: the interpreter whose pip
 # (>= 22.3) builds the wheel and installs into the venv (default PYTHON).
+# WHEELS: a folder holding localmodel's wheel and every dependency's: nothing is built and
+# nothing downloaded (pip --no-index). `localmodel dev image` uses it in an offline chroot.
 set -euo pipefail
 
 if [ $# -ne 1 ]; then
@@ -24,17 +26,22 @@ if [ -e "$dest" ] && [ -n "$(ls -A "$dest" 2>/dev/null)" ]; then
   exit 1
 fi
 
-wheels="$(mktemp -d)"
-trap 'rm -rf "$wheels"' EXIT
-
-# The project's wheel only; its dependencies come from the lock below.
-"${pip[@]}" wheel --quiet --no-deps --wheel-dir "$wheels" "$repo"
+offline=()
+if [ -n "${WHEELS:-}" ]; then
+  wheels="$WHEELS"
+  offline=(--no-index --find-links "$WHEELS")
+else
+  wheels="$(mktemp -d)"
+  trap 'rm -rf "$wheels"' EXIT
+  # The project's wheel only; its dependencies come from the lock below.
+  "${pip[@]}" wheel --quiet --no-deps --wheel-dir "$wheels" "$repo"
+fi
 wheel=("$wheels"/localmodel-*.whl)
 
 "$python" -m venv --without-pip "$dest"
 # The lock is a constraint, not a requirement list: it also pins test tools, and only what the
 # wheel needs at run time goes into the venv, at the locked versions.
-"${pip[@]}" --python "$dest/bin/python" install --quiet --no-warn-script-location \
+"${pip[@]}" --python "$dest/bin/python" install --quiet --no-warn-script-location "${offline[@]}" \
   --constraint "$repo/requirements.lock" "${wheel[0]}"
 
 "$dest/bin/localmodel" version >/dev/null

@@ -8,6 +8,8 @@ pytest_plugins = [
     "tests.servers.gcs",
     "tests.servers.azure",
     "tests.servers.hf",
+    "tests.servers.oci",
     "tests.kube_cluster",
+    "tests.real_nodes",
     "tests.image_venv",
 ]

@@ -5,6 +5,10 @@ wheel and installs it with the locked dependencies into a fresh venv under /var/
 UID 1000 as /opt/localmodel is in the image. Its interpreter is this Python or the system's of
 the same version, whichever UID 1000 may run (pyenv installs under /root are private).
 Used by tests/packaging (the image's contents) and tests/faults (the agent as UID 1000).
+
+Fixture `product_image` (session): the image itself, built from Debian packages by
+`localmodel dev image` (localmodel.dev.image; mmdebstrap, root) into an OCI archive under
+/var/tmp; `image_rootfs`: its layers unpacked in order, the root filesystem a container would get.
 """
 
 from __future__ import annotations
@@ -13,11 +17,15 @@ import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from localmodel.dev.image import build_image
+from localmodel.dev.oci import WrittenImage
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -57,3 +65,37 @@ def image_venv() -> Iterator[Path]:
         yield dest
     finally:
         shutil.rmtree(parent)
+
+
+@pytest.fixture(scope="session")
+def product_image() -> Iterator[WrittenImage]:
+    if shutil.which("mmdebstrap") is None:
+        pytest.fail("mmdebstrap is missing: run hack/install-test-deps.sh")
+    output = Path(tempfile.mkdtemp(prefix="localmodel-oci-", dir="/var/tmp"))
+    try:
+        yield build_image(REPO, output)
+    finally:
+        shutil.rmtree(output)
+
+
+@pytest.fixture(scope="session")
+def image_rootfs(product_image: WrittenImage) -> Iterator[Path]:
+    root = Path(tempfile.mkdtemp(prefix="localmodel-image-root-", dir="/var/tmp"))
+    root.chmod(0o755)
+    try:
+        unpack_layers(product_image, root)
+        yield root
+    finally:
+        shutil.rmtree(root)
+
+
+def unpack_layers(image: WrittenImage, root: Path) -> None:
+    """Each layer of `image` in order onto `root`, with owners and modes, as a container runtime
+    unpacks them (the images built here have no whiteouts)."""
+    with tarfile.open(image.archive) as archive:
+        for layer in image.layers:
+            blob = archive.extractfile("blobs/sha256/" + layer.digest.removeprefix("sha256:"))
+            assert blob is not None
+            with tarfile.open(fileobj=blob, mode="r|*") as layer_tar:
+                # Our own archive: absolute symlink targets (/usr/bin/python3) are expected.
+                layer_tar.extractall(root, numeric_owner=True, filter="fully_trusted")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
@@ -177,6 +178,9 @@ def status(kubeconfig: str | None, output: str) -> None:
                    "filesystem (refused by default; always accepted in standalone mode).")
 @click.option("--max-files", type=click.IntRange(min=1), default=None,
               help="Most files one model may have (default 25000; ~4 KiB of memory each while downloading).")
+@click.option("--insecure-registry", "insecure_registries", multiple=True, metavar="HOST[:PORT]",
+              help="An OCI registry that oci:// may reach over plain HTTP (repeatable; loopback registries "
+                   "always may), like docker's insecure-registries.")
 @click.option("--temp-dir", type=click.Path(file_okay=False), default=None,
               help="Folder for every temporary file: private credential files, the API client's copy of "
                    "the kubeconfig's CA (default: the system's temp folder, $TMPDIR or /tmp).")
@@ -190,7 +194,7 @@ def agent(root: str, manifest: str | None, kubeconfig: str | None, node_name: st
           peer_audience: str,
           peer_identity: tuple[str, ...], origin_slots: int, origin_slot_lease: int,
           peer_quarantine: float, peer_stall_timeout: float, allow_local_sources: bool, max_files: int | None,
-          temp_dir: str | None) -> None:
+          insecure_registries: tuple[str, ...], temp_dir: str | None) -> None:
     """Keep this node's models on disk equal to its LocalModelNode (the node agent DaemonSet).
 
     In a cluster it watches only the LocalModelNode named $NODE_NAME, downloads in-process with
@@ -247,6 +251,7 @@ def agent(root: str, manifest: str | None, kubeconfig: str | None, node_name: st
         retry=RetrySettings(initial_seconds=retry_initial, max_seconds=max(retry_max, retry_initial)),
         downloads=DownloadSettings(max_concurrent=max_concurrent_downloads, reserve_bytes=reserve_bytes,
                                    engine_options=engine, allow_local_sources=allow_local_sources or standalone,
+                                   insecure_registries=tuple(insecure_registries),
                                    temp_dir=Path(temp_dir).absolute() if temp_dir else None),
         status=StatusSettings(progress_interval_seconds=progress_interval,
                               progress_log_seconds=5.0 if standalone else 30.0),
@@ -337,6 +342,20 @@ def _parse_size_option(ctx: click.Context, param: click.Parameter, value: str | 
         raise click.BadParameter(str(exc)) from None
 
 
+def _add_docker_config(settings: dict[str, str]) -> None:
+    """oci:// credentials the way docker keeps them: DOCKER_CONFIG or ~/.docker/config.json,
+    handed to the source as a setting (sources read no files)."""
+    from localmodel.sources.oci import AUTH_SETTING, docker_config_path
+
+    path = docker_config_path(settings)
+    if AUTH_SETTING in settings or path is None:
+        return
+    try:
+        settings[AUTH_SETTING] = Path(path).read_text(encoding="utf-8")
+    except OSError:
+        pass  # no docker config: anonymous pulls
+
+
 @main.command(context_settings={"show_default": True})
 @click.argument("pairs", nargs=-1, required=True, metavar="SRC DEST [SRC DEST]...")
 @click.option("--concurrency", type=click.IntRange(1, 256), default=8,
@@ -361,11 +380,12 @@ def _parse_size_option(ctx: click.Context, param: click.Parameter, value: str | 
 def fetch(pairs: tuple[str, ...], concurrency: int, chunk_size: int, limit_rate: int | None,
           retries: int, force: bool, verify: str, progress_mode: str,
           progress_interval: float) -> None:
-    """Download models: each SRC (s3://, gs://, hf://, https://, Azure blob URL, file://,
-    pvc:// or a path) into its DEST folder, the storage-initializer way.
+    """Download models: each SRC (s3://, gs://, hf://, oci://, https://, Azure blob URL,
+    file://, pvc:// or a path) into its DEST folder, the storage-initializer way.
 
     Credentials and endpoints come from the environment (AWS_*, GOOGLE_APPLICATION_CREDENTIALS,
-    AZURE_*, HF_TOKEN, <host>-headers...), as do STORAGE_ALLOW_PATTERNS and
+    AZURE_*, HF_TOKEN, <host>-headers...; registry logins from DOCKER_CONFIG or
+    ~/.docker/config.json), as do STORAGE_ALLOW_PATTERNS and
     STORAGE_IGNORE_PATTERNS. A DEST is complete once its manifest is written; a rerun resumes an
     interrupted download. Exit status: 0 done, 1 failed, 75 failed but worth retrying.
     """
@@ -380,6 +400,7 @@ def fetch(pairs: tuple[str, ...], concurrency: int, chunk_size: int, limit_rate:
     if len(pairs) % 2:
         raise click.UsageError("arguments come in pairs: SRC DEST [SRC DEST]...")
     settings = dict(os.environ)  # the one place settings are read from the environment
+    _add_docker_config(settings)
     options = FetchOptions(
         concurrency=concurrency, chunk_size=chunk_size or FetchOptions.chunk_size,
         rate_limit=limit_rate, force=force, backoff=BackoffPolicy(max_retries=retries),
@@ -415,6 +436,38 @@ def fetch(pairs: tuple[str, ...], concurrency: int, chunk_size: int, limit_rate:
         elif mode == "bar":
             console.print(f"{shown} -> {dest}: {len(manifest.files)} files, "
                           f"{manifest.total_size} bytes in {seconds:.1f}s")
+
+
+@main.command("prepare-root")
+@click.option("--root", type=click.Path(file_okay=False, readable=False, path_type=Path), default=Path("/mnt/models"),
+              show_default=True, help="The agent's --root: the hostPath volume's mount.")
+@click.option("--uid", type=click.IntRange(min=0), default=1000, show_default=True,
+              help="The agent's runAsUser.")
+@click.option("--gid", type=click.IntRange(min=0), default=1000, show_default=True,
+              help="The agent's runAsGroup.")
+def prepare_root_command(root: Path, uid: int, gid: int) -> None:
+    """Give the models directory to the agent's user (the agent Pod's init container).
+
+    The kubelet creates a new hostPath as root, and fsGroup does not apply to it. Run as UID 0
+    with only CAP_CHOWN, this changes the owner of ROOT and of its models/, manifests/ and
+    staging/ folders to UID:GID where they belong to someone else. It never recurses into model
+    data, never follows a symbolic link (a link or file under one of those names is refused, exit
+    1), creates nothing and changes no mode; run again, it changes nothing.
+    """
+    from localmodel.node.prepare_root import UnsafeRootError, prepare_root
+
+    try:
+        changes = prepare_root(root, uid, gid)
+    except UnsafeRootError as error:
+        raise click.ClickException(str(error)) from error
+    except PermissionError as error:
+        raise click.ClickException(
+            f"{error}: changing owners needs UID 0 with CAP_CHOWN (the init container's "
+            f"securityContext)") from error
+    for change in changes:
+        click.echo(change.describe(uid, gid))
+    if not changes:
+        click.echo(f"{root}: owned by {uid}:{gid} already; nothing changed")
 
 
 main.add_command(dev)

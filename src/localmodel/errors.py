@@ -9,6 +9,7 @@
     │   ├── UnsafePathError(ValueError)       hostile object key or archive member
     │   ├── SourceNotFoundError(FileNotFoundError)  404 / no such bucket, prefix or repo
     │   ├── SourceAuthError(PermissionError)  401 / 403 / missing or bad credentials
+    │   ├── HostPathMismatchError             the node group's volume is not the agent's host directory
     │   ├── InsufficientSpaceError(OSError)   not enough free space on the models filesystem
     │   │   ├── StorageLimitExceededError     the node group's storageLimit would be exceeded
     │   │   └── ModelSizeExceededError        the model is larger than the cache's modelSize
@@ -18,8 +19,9 @@
     │   │                                     (carries retry_after seconds when the server said so)
     │   ├── IntegrityError                    size or digest mismatch after download
     │   └── PeersStalledError                 peers still downloading stopped progressing
-    └── ControlPlaneError              the local test/demo control plane (localmodel.dev) failed
-        └── GoToolchainMissingError           `go` is not on PATH, so it cannot be built
+    ├── ControlPlaneError              the local test/demo control plane (localmodel.dev) failed
+    │   └── GoToolchainMissingError           `go` is not on PATH, so it cannot be built
+    └── ImageBuildError                building the product image (localmodel.dev.image) failed
 
 Source modules translate their SDK's exceptions into this tree where they enter
 (`raise ... from exc`), so no SDK exception leaks into the engine, the agent or the CLI.
@@ -76,6 +78,13 @@ class SourceAuthError(PermanentError, PermissionError):
     reason = "AccessDenied"
 
 
+class HostPathMismatchError(PermanentError):
+    """A LocalModelNodeGroup's PersistentVolume names another node directory than the one the
+    agent's --root is mounted from (kserve#4151): Pods of that group would not see the model."""
+
+    reason = "HostPathMismatch"
+
+
 class InsufficientSpaceError(PermanentError, OSError):
     reason = "InsufficientSpace"
 
@@ -118,3 +127,10 @@ class GoToolchainMissingError(ControlPlaneError):
     """The control plane is built from Go modules and no `go` binary was found."""
 
     reason = "GoToolchainMissing"
+
+
+class ImageBuildError(LocalModelError):
+    """Building the product image from Debian packages (mmdebstrap, the venv in a chroot, the
+    OCI archive) failed. Messages name the step and the log to read."""
+
+    reason = "ImageBuildFailed"

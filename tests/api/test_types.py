@@ -98,3 +98,12 @@ def test_node_round_trip_ignores_unknown_fields() -> None:
     node = LocalModelNode.model_validate(body)
     assert node.spec.local_models[0].source_model_uri == "s3://a"
     assert node.to_k8s()["status"] == {"modelStatus": {"m": "ModelDownloaded"}}
+
+
+def test_quantity_or_none_reads_a_field_as_found() -> None:
+    from localmodel.api.quantity import quantity_or_none
+
+    assert quantity_or_none("1Gi") == 2**30
+    assert quantity_or_none(None) is None
+    assert quantity_or_none("lots") is None
+    assert quantity_or_none({"not": "a quantity"}) is None

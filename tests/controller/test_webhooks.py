@@ -221,3 +221,30 @@ def test_every_cache_dependent_decision_reads_its_own_writes(cluster: ControlPla
     assert overflow is not None and "6Gi already reserved by 1 cache(s)" in overflow
     assert grouped is None, "the group exists, though the informers have not seen it"
     assert mounted is None
+
+
+def test_consumers_of_a_kind_the_apiserver_does_not_serve_are_none(
+        cluster: ControlPlane, kube_client: Client, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without KServe's CRDs the consumer lists answer a plain-text 404 (not an ApiError): that
+    kind has no consumers, and a cache stays deletable (the real-node demo found this)."""
+    from lightkube.generic_resource import create_namespaced_resource
+
+    from localmodel.controller import admission_live
+
+    unserved = create_namespaced_resource("absent.localmodel.example", "v1", "Nothing", "nothings")
+    monkeypatch.setattr(admission_live, "_CONSUMER_KINDS", (("Nothing", unserved),))
+    group = unique("unserved")
+    create_group(kube_client, group)
+    cache = unique("deletable")
+    create_cache(kube_client, cache, f"s3://b/{cache}", [group])
+
+    async def consumers() -> admission_live.Consumers:
+        client = async_client(str(cluster.kubeconfig))
+        try:
+            live = admission_live.LiveReads(client)
+            found = await live.cluster_caches()
+            return await live.labelled_consumers(next(c for c in found if c.ref.name == cache))
+        finally:
+            await client.close()
+
+    assert asyncio.run(consumers()) == []

@@ -2,6 +2,10 @@
 paths and sizes (the project's HF endpoint and moto's S3), archives with hostile members (served
 by nginx), files announced far larger than any disk (the fault server), and URIs.
 
+OCI rows push to CNCF distribution's registry with `crane` and `oras` (tests/servers/oci.py);
+a manifest over the registry's own 4 MiB limit comes from the fault server instead, which
+answers the registry API's manifest path.
+
 Every builder returns the URI of one model. Paths that try to escape are named after a token,
 so the test can look for them wherever they could have landed.
 """
@@ -9,7 +13,9 @@ so the test can look for them wherever they could have landed.
 from __future__ import annotations
 
 import bz2
+import hashlib
 import io
+import json
 import stat
 import tarfile
 import zipfile
@@ -21,6 +27,7 @@ from typing import Any
 from tests.servers.hf import LocalHub
 from tests.servers.http import FaultServer
 from tests.servers.nginx import NginxServer
+from tests.servers.oci import Registry
 from tests.servers.s3 import S3Server
 
 
@@ -63,6 +70,70 @@ class World:
 
     def announced(self, case: str, size: int) -> str:
         return self.faults.add(f"/hostile-{self.tag}/{case}/huge.bin", b"x" * 1024, declared_size=size)
+
+    # --- OCI artifacts ---------------------------------------------------------------------------
+
+    #: The registry the OCI rows push to.
+    oci: Registry | None = None
+    #: A scratch folder for what the OCI clients push.
+    scratch: Path | None = None
+
+    def _oci_repo(self, case: str) -> str:
+        assert self.oci is not None
+        return f"hostile-{self.tag}/{case}"
+
+    def oci_modelcar(self, case: str, members: list[TarMember]) -> str:
+        """A modelcar image of one layer holding `members` (crane append)."""
+        assert self.oci is not None and self.scratch is not None
+        layer = self.scratch / f"{case}.tar"
+        layer.write_bytes(tar_bytes(members))
+        self.oci.crane("append", "-f", str(layer), "-t", f"{self.oci.host}/{self._oci_repo(case)}:v1")
+        return f"oci://{self.oci.host}/{self._oci_repo(case)}:v1"
+
+    def _oci_file(self, case: str, data: bytes) -> tuple[str, str]:
+        """A ModelPack-style artifact of one raw layer (oras push); (uri, blob digest)."""
+        assert self.oci is not None and self.scratch is not None
+        folder = self.scratch / case
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "w.bin").write_bytes(data)
+        self.oci.oras("push", f"{self.oci.host}/{self._oci_repo(case)}:v1", "--artifact-type",
+                      "application/vnd.cncf.model.manifest.v1+json",
+                      "w.bin:application/vnd.cncf.model.weight.v1.raw", cwd=folder)
+        return f"oci://{self.oci.host}/{self._oci_repo(case)}:v1", "sha256:" + hashlib.sha256(data).hexdigest()
+
+    def oci_damaged_blob(self, case: str) -> str:
+        """A blob the registry stores damaged: same size, other bytes, so only its digest tells."""
+        assert self.oci is not None
+        data = case.encode() * 5000
+        uri, digest = self._oci_file(case, data)
+        self.oci.blob_file(digest).write_bytes(bytes(255 - b for b in data))
+        return uri
+
+    def oci_many_layers(self, case: str, count: int) -> str:
+        """A manifest of `count` layers (all one stored blob), pushed with `oras manifest push`."""
+        assert self.oci is not None and self.scratch is not None
+        _, digest = self._oci_file(case, b"one layer")
+        layer = {"mediaType": "application/vnd.cncf.model.weight.v1.raw", "digest": digest, "size": 9}
+        config = {"mediaType": "application/vnd.oci.empty.v1+json", "size": 2,
+                  "digest": "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a"}
+        manifest = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                    "artifactType": "application/vnd.cncf.model.manifest.v1+json", "config": config,
+                    "layers": [layer] * count}
+        path = self.scratch / f"{case}.json"
+        path.write_text(json.dumps(manifest, separators=(",", ":")))
+        self.oci.oras("manifest", "push", f"{self.oci.host}/{self._oci_repo(case)}:many", str(path))
+        return f"oci://{self.oci.host}/{self._oci_repo(case)}:many"
+
+    def oci_huge_manifest(self, case: str, layers: int) -> str:
+        """A manifest of `layers` layers, over 4 MiB (no registry stores one: the fault server
+        answers the registry API's manifest path)."""
+        layer = {"mediaType": "application/vnd.oci.image.layer.v1.tar", "size": 1,
+                 "digest": "sha256:" + "0" * 64}
+        body = json.dumps({"schemaVersion": 2, "layers": [layer] * layers}).encode()
+        assert len(body) > 4 * 2**20
+        url = self.faults.add(f"/v2/hostile-{self.tag}/{case}/manifests/v1", body)
+        host = url.split("://", 1)[1].split("/", 1)[0]
+        return f"oci://{host}/hostile-{self.tag}/{case}:v1"
 
 
 # --- archives -------------------------------------------------------------------------------

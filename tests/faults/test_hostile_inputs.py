@@ -1,5 +1,6 @@
 """Hostile inputs, as a table: every row is one model on one LocalModelNode, served by a real
-server (the project's HF endpoint, moto's S3, nginx, the fault server) to one real agent.
+server (the project's HF endpoint, moto's S3, nginx, CNCF distribution's registry, the fault
+server) to one real agent.
 
 Each row must end as ModelDownloadError with the expected reason and a message that says what
 was wrong, except the few that are legitimate and must simply work without leaking anything.
@@ -31,6 +32,7 @@ from tests.faults import figures
 from tests.faults.helpers import entry, secret
 from tests.faults.hostile import (
     World,
+    TarMember,
     reg,
     special,
     tar_bz2_bomb,
@@ -48,6 +50,7 @@ from tests.node.cluster import ClusterAgents
 from tests.servers.hf import LocalHub
 from tests.servers.http import FaultServer
 from tests.servers.nginx import NginxServer
+from tests.servers.oci import Registry
 from tests.servers.s3 import S3Server
 
 TOKEN = uuid.uuid4().hex[:10]
@@ -85,6 +88,11 @@ def s3(keys: dict[str, bytes]) -> Callable[[World], str]:
 
 def web(name: str, data: Callable[[], bytes]) -> Callable[[World], str]:
     return lambda w: w.web_file(_current(), name, data())
+
+
+def modelcar(*members: TarMember) -> Callable[[World], str]:
+    """An OCI modelcar image whose one layer holds `members` below a real models/ folder."""
+    return lambda w: w.oci_modelcar(_current(), [special("models", tarfile.DIRTYPE), *members])
 
 
 def uri(text: str) -> Callable[[World], str]:
@@ -287,7 +295,7 @@ CASES: list[Case] = [
     Case("uri-no-scheme-name", "://x (a relative path)", uri("://x"), "SourceNotAllowed", "local sources"),
     # --- unknown or unsupported schemes -----------------------------------------------------------
     *[Case(f"uri-scheme-{scheme}", f"{scheme}:// scheme", uri(f"{scheme}://host/m"), "InvalidURI", "unsupported")
-      for scheme in ("ftp", "sftp", "hdfs", "webhdfs", "oci", "modelscope", "gopher", "rsync", "azure", "local",
+      for scheme in ("ftp", "sftp", "hdfs", "webhdfs", "modelscope", "gopher", "rsync", "azure", "local",
                      "git+https", "ms")],
     Case("uri-javascript", "javascript:", uri("javascript:alert(1)"), "InvalidURI", "malformed"),
     Case("uri-data", "data:", uri("data:text/plain,weights"), "InvalidURI", "malformed"),
@@ -304,6 +312,27 @@ CASES: list[Case] = [
          "SourceNotAllowed", "local sources"),
     Case("local-pvc-escape", "pvc://claim/../..", uri("pvc://claim/../../etc"), "SourceNotAllowed",
          "local sources"),
+    # --- OCI layers and manifests (CNCF distribution's registry) -----------------------------------
+    Case("oci-dotdot", "layer member `..`", modelcar(reg(f"models/../../{ESCAPE}")), "UnsafePath", "not allowed"),
+    Case("oci-absolute", "absolute layer member", modelcar(reg(f"/tmp/{ESCAPE}")), "UnsafePath", "absolute"),
+    Case("oci-symlink-out", "symlink out of the tree", modelcar(special("models/w.bin", tarfile.SYMTYPE,
+                                                                       "/etc/passwd")), "UnsafePath", "symbolic link"),
+    Case("oci-hardlink-out", "hard link out of the tree",
+         modelcar(reg("etc/shadow", b"secret"), special("models/w.bin", tarfile.LNKTYPE, "etc/shadow")),
+         "UnsafePath", "links outside"),
+    Case("oci-whiteout-climbs", "whiteout `.wh...`", modelcar(reg("models/a/.wh...", b"")), "UnsafePath",
+         "not allowed"),
+    Case("oci-device", "character device", modelcar(special("models/null", tarfile.CHRTYPE)), "UnsafePath",
+         "device"),
+    Case("oci-fifo", "FIFO", modelcar(special("models/pipe", tarfile.FIFOTYPE)), "UnsafePath", "fifo"),
+    Case("oci-models-link", "models/ is a symlink", lambda w: w.oci_modelcar(
+        _current(), [special("models", tarfile.SYMTYPE, "/etc")]), "UnsafePath", "not a folder"),
+    Case("oci-digest-mismatch", "blob bytes differ from its digest", lambda w: w.oci_damaged_blob(_current()),
+         "IntegrityCheckFailed", "sha256"),
+    Case("oci-huge-manifest", "manifest of 10^5 layers (15 MB)", lambda w: w.oci_huge_manifest(_current(), 100_000),
+         "InvalidListing", "limit"),
+    Case("oci-many-layers", "manifest of 26000 layers", lambda w: w.oci_many_layers(_current(), 26_000),
+         "TooManyFiles", "more than"),
     # --- sizes ------------------------------------------------------------------------------------------
     Case("size-huge", "1 PiB declared", hub({"huge.bin": 2**50}), "InsufficientSpace", "needs"),
     Case("size-many-huge", "four files of 2^62 bytes", hub({f"h{i}.bin": 2**62 for i in range(4)}),
@@ -330,7 +359,7 @@ def snapshot(base: Path) -> dict[str, tuple[str, int, int]]:
 @pytest.mark.filterwarnings("ignore:Duplicate name:UserWarning")  # the duplicate-member zips, on purpose
 def test_hostile_inputs_get_clear_errors_write_nothing_outside_and_leak_nothing(
     agents: ClusterAgents, hf_hub: LocalHub, moto_s3: S3Server, nginx: NginxServer, fault_server: FaultServer,
-    tmp_path: Path,
+    oci_registry: Registry, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
     assert len(CASES) >= 100 and len({c.id for c in CASES}) == len(CASES)
     bucket = f"hostile-{TOKEN}"
@@ -339,7 +368,8 @@ def test_hostile_inputs_get_clear_errors_write_nothing_outside_and_leak_nothing(
     outside.mkdir()
     secret_file = outside / "secret.txt"
     secret_file.write_text(CANARIES["local-file"])
-    world = World(TOKEN, hf_hub, moto_s3, bucket, nginx, fault_server, secret_file)
+    scratch = tmp_path_factory.mktemp("oci-scratch")  # outside tmp_path, which is snapshot
+    world = World(TOKEN, hf_hub, moto_s3, bucket, nginx, fault_server, secret_file, oci_registry, scratch)
     agents.client.create(secret(agents.job_namespace, "storage-config", {
         "hub": json.dumps({"type": "hf", "endpoint": hf_hub.url, "token": CANARIES["hf-token"]}),
         "s3": json.dumps({"type": "s3", "access_key_id": "moto", "secret_access_key": CANARIES["s3-secret"],

@@ -3,6 +3,9 @@ capabilities or supplementary groups, from the image's own install (hack/install
 mount namespace where only its root and its temp folder are writable and the rest of the
 filesystem (/, /dev/shm, /tmp...) is read-only.
 
+Its root starts as a fresh node's hostPath (root's, 0755) and is handed over by
+`localmodel prepare-root` with CAP_CHOWN alone, as the DaemonSet's init container does.
+
 It must do its whole job that way against the real apiserver with its bound token: download a
 model, scrub it, write status and Events, and write a GCS key file for a download into its temp
 folder (then remove it). Any write anywhere else would fail with EROFS and show in its log.
@@ -86,9 +89,19 @@ def test_the_agent_as_uid_1000_writes_only_its_root_and_temp_folder(
     client = agents.client
     install_agent_rbac(fault_plane, client)
     root, temp = sandbox_dir / "root", sandbox_dir / "tmp"
-    for folder in (root, temp):
-        folder.mkdir(mode=0o700)
-        os.chown(folder, UID, GID)  # KServe's docs: chown the hostPath to 1000
+    # The hostPath as the kubelet creates it on a fresh node: root's, 0755. The init container
+    # (`localmodel prepare-root`, UID 0 with CAP_CHOWN only) hands it over; no manual chown.
+    root.mkdir(mode=0o755)
+    prepared = subprocess.run(
+        ["setpriv", "--bounding-set=-all,+chown", "--inh-caps=-all,+chown", "--no-new-privs", "--",
+         str(image_venv / "bin" / "localmodel"), "prepare-root", "--root", str(root),
+         "--uid", str(UID), "--gid", str(GID)],
+        capture_output=True, text=True, timeout=60, check=False)
+    assert prepared.returncode == 0, prepared.stderr
+    assert prepared.stdout.strip() == f"{root}: owner 0:0 -> {UID}:{GID}"
+    # The emptyDir on /tmp: the kubelet makes it writable for the Pod's user.
+    temp.mkdir(mode=0o700)
+    os.chown(temp, UID, GID)
     key = gcs_token_server.write_service_account(sandbox_dir / "sa.json", "reader@localmodel-tests.iam")
     ensure(client, ConfigMap(metadata=ObjectMeta(name="inferenceservice-config", namespace=AGENT_NAMESPACE),
                              data={"localModel": json.dumps({"enabled": True, "jobNamespace": JOBS_NAMESPACE,

@@ -152,12 +152,12 @@ class ClusterAgents:
         return self.tmp / f"root-{node}"
 
     def start_agent(self, node: str, *args: str, kubeconfig: Path | None = None,
-                    namespace: str | None = None) -> AgentProcess:
+                    namespace: str | None = None, env: dict[str, str] | None = None) -> AgentProcess:
         agent = AgentProcess(
             ["--root", str(self.root(node)), "--kubeconfig", str(kubeconfig or self.kube.kubeconfig),
              *FAST, *(LOCAL if self.allow_local_sources else []), *args],
             self.tmp / f"agent-{node}-{len(self.agents)}.log",
-            env={"NODE_NAME": node, "POD_NAMESPACE": namespace or self.config_namespace},
+            env={"NODE_NAME": node, "POD_NAMESPACE": namespace or self.config_namespace, **(env or {})},
         ).start()
         self.agents.append(agent)
         return agent

@@ -577,3 +577,48 @@ def test_kserve_0_17_layout_under_either_crd_moves_the_old_folder_and_links_the_
     cluster.set_entries(node, [])  # the cache is deleted: folder and link go
     wait_until(lambda: not os.path.lexists(models / "llama") and not (models / key).exists(),
                "the folder and its link removed", agent=agent)
+
+
+def test_oci_modelpack_and_modelcar_with_an_image_pull_secret(
+    cluster: ClusterAgents, oci_basic_registry: Any, tmp_path: Path
+) -> None:
+    """Both OCI artifact kinds through the agent: registry credentials from a dockerconfigjson
+    Secret listed as the ServiceAccount's imagePullSecret; the tag's digest is the revision."""
+    import tarfile
+
+    from lightkube.models.core_v1 import LocalObjectReference
+
+    from tests.sources.test_oci import layer_tar, member, push_modelcar, push_modelpack
+
+    registry = oci_basic_registry
+    pack = {"config.json": b'{"kind": "pack"}', "w/model.safetensors": os.urandom(3 * MiB)}
+    pack_digest = push_modelpack(registry, tmp_path / "push", f"agent/pack-{tmp_path.name[-6:]}:v1", pack)
+    weights = os.urandom(2 * MiB)
+    layer = layer_tar(tmp_path / "car.tar", [member("models", kind=tarfile.DIRTYPE),
+                                            member("models/model.bin", weights),
+                                            member("usr", kind=tarfile.DIRTYPE), member("usr/x", b"x")])
+    car_digest = push_modelcar(registry, f"agent/car-{tmp_path.name[-6:]}:v1", layer)
+    jobs = cluster.job_namespace
+    cluster.client.create(Secret(metadata=ObjectMeta(name="registry-creds", namespace=jobs),
+                                 type="kubernetes.io/dockerconfigjson",
+                                 data={".dockerconfigjson": base64.b64encode(registry.auth_setting.encode()).decode()}))
+    cluster.client.create(ServiceAccount(metadata=ObjectMeta(name="oci-puller", namespace=jobs),
+                                         imagePullSecrets=[LocalObjectReference(name="registry-creds")]))
+    pack_uri = f"oci://{registry.host}/agent/pack-{tmp_path.name[-6:]}:v1"
+    car_uri = f"oci://{registry.host}/agent/car-{tmp_path.name[-6:]}:v1"
+    node = cluster.node([entry(pack_uri, "pack", serviceAccountName="oci-puller"),
+                         entry(car_uri, "car", serviceAccountName="oci-puller"),
+                         entry(car_uri + "-anonymous", "anonymous")])
+    agent = cluster.start_agent(node)
+    cluster.wait_phase(node, "pack", "ModelDownloaded", agent)
+    cluster.wait_phase(node, "car", "ModelDownloaded", agent)
+    cluster.wait_phase(node, "anonymous", "ModelDownloadError", agent)
+    assert tree_digests(model_dir(cluster.root(node), pack_uri)) == {
+        p: hashlib.sha256(d).hexdigest() for p, d in pack.items()}
+    assert tree_digests(model_dir(cluster.root(node), car_uri)) == {
+        "model.bin": hashlib.sha256(weights).hexdigest()}
+    if not cluster.pruned:
+        assert cluster.detail(node, "pack")["revision"] == pack_digest
+        assert cluster.detail(node, "car")["revision"] == car_digest
+        assert cluster.detail(node, "anonymous")["reason"] in ("AccessDenied", "NotFound")
+    assert "pull-secret" not in agent.log_text() + json.dumps(cluster.get(node))

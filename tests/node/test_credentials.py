@@ -326,3 +326,32 @@ def test_missing_storage_secret_with_typed_parameters_uses_them_as_the_spec() ->
 def test_missing_note_is_shown_by_repr_but_never_values() -> None:
     creds = without_storage_secret("hf://o/m", missing=MISSING, parameters={}, config=CONFIG)
     assert "downloading without credentials" in repr(creds)
+
+
+def test_a_dockerconfigjson_secret_is_the_oci_registry_credential() -> None:
+    from localmodel.node.credentials import OCI_AUTH_SETTING, SecretData, classify_secret
+    from localmodel.sources.oci import AUTH_SETTING
+
+    config_json = '{"auths": {"reg.example": {"auth": "dTpw"}}}'
+    kind, settings, files = classify_secret(
+        SecretData(name="pull", data={".dockerconfigjson": config_json}, annotations={}),
+        CredentialsConfig())
+    assert (kind, settings, files) == ("oci", {AUTH_SETTING: config_json}, {})
+    assert OCI_AUTH_SETTING == AUTH_SETTING
+
+
+def test_the_agents_insecure_registries_reach_every_download(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from localmodel.fetch.options import FetchOptions
+    from localmodel.node.credentials import Credentials
+    from localmodel.node.downloads import OCI_INSECURE_SETTING, Jobs
+    from localmodel.node.store import ModelStore
+    from localmodel.sources.oci import INSECURE_SETTING
+
+    jobs = Jobs(ModelStore(tmp_path), max_concurrent=1, options=FetchOptions(),
+                insecure_registries=("registry.lab:5000", "10.0.0.5"))
+    try:
+        settings, folder = jobs._materialize(Credentials(settings={"HF_TOKEN": "t"}))
+    finally:
+        jobs.shutdown(timeout=5)
+    assert settings == {"HF_TOKEN": "t", INSECURE_SETTING: "registry.lab:5000,10.0.0.5"} and folder is None
+    assert OCI_INSECURE_SETTING == INSECURE_SETTING

@@ -109,3 +109,33 @@ def test_image_user_matches_the_manifests() -> None:
     for context in contexts:
         assert (context["runAsUser"], context["runAsGroup"]) == (uid, gid)
     assert values["config"]["localModel"]["fsGroup"] == gid
+    # The init container hands the hostPath to that same user.
+    daemonset = yaml.safe_load((REPO / "deploy" / "agent" / "daemonset.yaml").read_text())
+    [init] = daemonset["spec"]["template"]["spec"]["initContainers"]
+    command = init["command"]
+    assert command[command.index("--uid") + 1] == str(uid) and command[command.index("--gid") + 1] == str(gid)
+
+
+def test_image_built_from_debian_packages_has_the_dockerfiles_config() -> None:
+    """`localmodel dev image` writes its OCI config itself; it must say what the Dockerfile says."""
+    from localmodel.dev.image import IMAGE_CONFIG
+
+    final = _final_stage()
+    keyword = {i.keyword: i.arguments for i in final}
+    config = IMAGE_CONFIG.runtime_config()
+    assert config["Entrypoint"] == json.loads(keyword["ENTRYPOINT"])
+    assert config["Cmd"] == json.loads(keyword["CMD"])
+    assert config["User"] == keyword["USER"]
+    assert config["WorkingDir"] == keyword["WORKDIR"]
+    dockerfile_env = dict(pair.split("=", 1) for pair in shlex.split(keyword["ENV"]))
+    image_env = dict(entry.split("=", 1) for entry in config["Env"])
+    # PATH: the venv first, then the base's; Debian's default PATH is the base here.
+    assert dockerfile_env.pop("PATH") == "/opt/localmodel/bin:$PATH"
+    assert image_env.pop("PATH").startswith("/opt/localmodel/bin:/usr/local/sbin:")
+    assert image_env == dockerfile_env
+    labels = dict(pair.split("=", 1) for pair in shlex.split(keyword["LABEL"]))
+    assert {**labels, "org.opencontainers.image.version": _project_version()} == config["Labels"]
+
+
+def _project_version() -> str:
+    return tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]

@@ -277,6 +277,39 @@ def test_cli_accepts_every_flag_the_chart_passes(render_chart: Render, kind: str
     assert passed <= accepted, f"`localmodel {command}` lacks {sorted(passed - accepted)}"
 
 
+def test_only_the_init_container_runs_as_root_with_cap_chown_alone(render_chart: Render) -> None:
+    """A fresh node without a manual chown (`localmodel prepare-root`), while the agent keeps
+    no root and no capability."""
+    pod = _only(render_chart(), "DaemonSet")["spec"]["template"]["spec"]
+    [init] = pod["initContainers"]
+    assert init["name"] == "prepare-root" and init["image"] == pod["containers"][0]["image"]
+    assert init["command"] == ["localmodel", "prepare-root", "--root", "/mnt/models",
+                               "--uid", "1000", "--gid", "1000"]
+    assert init["securityContext"] == {
+        "allowPrivilegeEscalation": False, "capabilities": {"add": ["CHOWN"], "drop": ["ALL"]},
+        "privileged": False, "readOnlyRootFilesystem": True,
+        "runAsGroup": 0, "runAsNonRoot": False, "runAsUser": 0}
+    assert init["volumeMounts"] == [{"name": "models", "mountPath": "/mnt/models"}]
+    agent = pod["containers"][0]
+    assert agent["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert agent["securityContext"]["runAsNonRoot"] is True and "runAsUser" not in agent["securityContext"]
+    assert pod["securityContext"]["runAsUser"] == 1000
+
+    from localmodel.cli import main
+
+    command = main.commands["prepare-root"]  # type: ignore[attr-defined]
+    accepted = {option for param in command.params for option in param.opts}
+    assert {arg for arg in init["command"][2:] if arg.startswith("--")} <= accepted
+
+
+def test_init_container_follows_the_pod_user_and_can_be_turned_off(render_chart: Render) -> None:
+    objects = render_chart({"podSecurityContext": {"runAsUser": 2000, "runAsGroup": 3000}})
+    [init] = _only(objects, "DaemonSet")["spec"]["template"]["spec"]["initContainers"]
+    assert init["command"][-4:] == ["--uid", "2000", "--gid", "3000"]
+    off = _only(render_chart({"agent": {"prepareRoot": {"enabled": False}}}), "DaemonSet")
+    assert "initContainers" not in off["spec"]["template"]["spec"]
+
+
 def test_extra_args_are_appended(render_chart: Render) -> None:
     objects = render_chart({"agent": {"extraArgs": ["--log-level=debug"]}})
     assert _container(objects, "DaemonSet")["command"][-1] == "--log-level=debug"

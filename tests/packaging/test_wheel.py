@@ -1,6 +1,8 @@
-"""The image's install, without Docker: hack/install-venv.sh (the Dockerfile's builder step) builds
-the wheel into a fresh venv, and localmodel runs from it as the Pod runs it (UID 1000, read-only
-root filesystem, writable /tmp only, no HOME, no capabilities)."""
+"""The image's install, without Docker, checked twice: hack/install-venv.sh (the Dockerfile's
+builder step) builds the wheel into a fresh venv on this machine; and the image built from Debian
+packages (`localmodel dev image`), unpacked, where the same script made /opt/localmodel in a
+chroot. localmodel runs from each as the Pod runs it (UID 1000, read-only root filesystem,
+writable /tmp only, no HOME, no capabilities)."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import json
 import subprocess
 import sys
 import tomllib
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -18,13 +21,27 @@ from tests.packaging.conftest import REPO
 from tests.packaging.sandbox import run_as_pod
 
 
-@pytest.fixture(scope="module")
-def venv(image_venv: Path) -> Path:
-    return image_venv
+@dataclass(frozen=True)
+class Install:
+    """Where the venv is, seen from this machine (`venv`) and from the Pod's root (`in_pod`);
+    `root` is the image's unpacked root filesystem, or None for this machine's."""
+
+    venv: Path
+    in_pod: Path
+    root: Path | None
 
 
-def _pod(venv: Path, *argv: str) -> subprocess.CompletedProcess[str]:
-    done = run_as_pod(argv, path=[venv / "bin"])
+@pytest.fixture(scope="module", params=["host-venv", "debian-image"])
+def venv(request: pytest.FixtureRequest) -> Install:
+    if request.param == "host-venv":
+        host_venv: Path = request.getfixturevalue("image_venv")
+        return Install(host_venv, host_venv, None)
+    root: Path = request.getfixturevalue("image_rootfs")
+    return Install(root / "opt" / "localmodel", Path("/opt/localmodel"), root)
+
+
+def _pod(venv: Install, *argv: str) -> subprocess.CompletedProcess[str]:
+    done = run_as_pod(argv, path=[venv.in_pod / "bin"], root=venv.root)
     assert done.returncode == 0, f"{argv} exited {done.returncode}:\n{done.stderr}"
     return done
 
@@ -42,9 +59,12 @@ def _canonical(name: str) -> str:
     return name.lower().replace("_", "-").replace(".", "-")
 
 
-def test_venv_holds_localmodel_and_locked_runtime_dependencies_only(venv: Path) -> None:
+def test_venv_holds_localmodel_and_locked_runtime_dependencies_only(venv: Install) -> None:
+    # Read from the installed metadata, without running the venv's interpreter (the image's
+    # links to the image's /usr/bin/python3).
+    [site_packages] = venv.venv.glob("lib/python3.*/site-packages")
     listed = subprocess.run(
-        [sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "list",
+        [sys.executable, "-m", "pip", "list", "--path", str(site_packages),
          "--format=json", "--disable-pip-version-check"],
         capture_output=True, text=True, check=True).stdout
     installed = {_canonical(p["name"]): p["version"] for p in json.loads(listed)}
@@ -58,7 +78,7 @@ def test_venv_holds_localmodel_and_locked_runtime_dependencies_only(venv: Path) 
     assert "pytest" not in installed and "pip" not in installed  # test tools stay out of the image
 
 
-def test_sandbox_is_read_only_but_tmp(venv: Path) -> None:
+def test_sandbox_is_read_only_but_tmp(venv: Install) -> None:
     """What the commands below ran under, checked rather than assumed."""
     probe = (
         "import os, pathlib, sys\n"
@@ -77,24 +97,24 @@ def test_sandbox_is_read_only_but_tmp(venv: Path) -> None:
     assert out[4] == "tmp ok"
 
 
-def test_help(venv: Path) -> None:
+def test_help(venv: Install) -> None:
     out = _pod(venv, "localmodel", "--help").stdout
     assert "node-local model cache for Kubernetes" in out
     for command in ("crds", "version"):
         assert f"  {command} " in out
 
 
-def test_version(venv: Path) -> None:
+def test_version(venv: Install) -> None:
     assert _pod(venv, "localmodel", "version").stdout.strip() == localmodel.__version__
     pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
     assert pyproject["project"]["version"] == localmodel.__version__
 
 
-def test_crds(venv: Path) -> None:
+def test_crds(venv: Install) -> None:
     assert _pod(venv, "localmodel", "crds").stdout == "".join(render_all().values())
 
 
-def test_runs_the_installed_copy_not_the_source_tree(venv: Path) -> None:
+def test_runs_the_installed_copy_not_the_source_tree(venv: Install) -> None:
     out = _pod(venv, "python", "-c", "import localmodel; print(localmodel.__file__)").stdout.strip()
-    assert out.startswith(str(venv / "lib")), out
-    assert not list(venv.rglob("*.egg-link")) and not list(venv.rglob("__editable__*"))
+    assert out.startswith(str(venv.in_pod / "lib")), out
+    assert not list(venv.venv.rglob("*.egg-link")) and not list(venv.venv.rglob("__editable__*"))

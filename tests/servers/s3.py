@@ -94,20 +94,22 @@ def rclone_binary() -> str:
 
 
 @contextlib.contextmanager
-def _serve_rclone(root: Path, tls: tuple[Path, Path] | None = None) -> Iterator[RcloneS3Server]:
+def serve_rclone(root: Path, tls: tuple[Path, Path] | None = None, host: str = "127.0.0.1") -> Iterator[RcloneS3Server]:
+    """`rclone serve s3` over `root` on `host` (real-node Pods reach the host at its bridge
+    address, not at 127.0.0.1)."""
     port = free_port()
     access_key, secret_key = "rclone-access-key", "rclone-secret-key"
     # --dir-cache-time 0s: listings must show files that tests write after the server started.
-    command = [rclone_binary(), "serve", "s3", "--addr", f"127.0.0.1:{port}",
+    command = [rclone_binary(), "serve", "s3", "--addr", f"{host}:{port}",
                "--auth-key", f"{access_key},{secret_key}", "--dir-cache-time", "0s",
                "--log-level", "ERROR", "--config", os.devnull, str(root)]
     if tls is not None:
         command += ["--cert", str(tls[0]), "--key", str(tls[1])]
     process = subprocess.Popen(command, stdin=subprocess.DEVNULL)
     try:
-        wait_for_port(port, process=process)
+        wait_for_port(port, process=process, host=host)
         scheme = "https" if tls else "http"
-        yield RcloneS3Server(endpoint=f"{scheme}://127.0.0.1:{port}", access_key=access_key,
+        yield RcloneS3Server(endpoint=f"{scheme}://{host}:{port}", access_key=access_key,
                              secret_key=secret_key, root=root)
     finally:
         stop_process(process)
@@ -120,7 +122,7 @@ def rclone_s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RcloneS3Serv
     For throughput runs, read each object once first: rclone computes an object's MD5 ETag on
     first access, which makes the first ranged GETs of a big object very slow.
     """
-    with _serve_rclone(tmp_path_factory.mktemp("rclone-s3")) as server:
+    with serve_rclone(tmp_path_factory.mktemp("rclone-s3")) as server:
         yield server
 
 
@@ -133,7 +135,7 @@ def rclone_s3_tls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RcloneS3
     base = tmp_path_factory.mktemp("rclone-s3-tls")
     cert, key = write_self_signed_cert(base)
     (base / "data").mkdir()
-    with _serve_rclone(base / "data", tls=(cert, key)) as server:
+    with serve_rclone(base / "data", tls=(cert, key)) as server:
         yield server
 
 

@@ -46,6 +46,18 @@ def parse_quantity(value: str | int | float) -> int:
     return int(amount.to_integral_value(rounding="ROUND_CEILING"))
 
 
+def quantity_or_none(value: object) -> int | None:
+    """`parse_quantity` for a value read from an object: None when absent or malformed."""
+    if value is None:
+        return None
+    if not isinstance(value, (str, int, float)):
+        return None
+    try:
+        return parse_quantity(value)
+    except ValueError:
+        return None
+
+
 def format_bytes(count: int) -> str:
     """A byte count as the shortest exact binary quantity (`10Gi`), else plain bytes."""
     for suffix in ("Ei", "Pi", "Ti", "Gi", "Mi", "Ki"):

@@ -20,6 +20,7 @@ from lightkube import ALL_NS, ApiError, AsyncClient
 from localmodel.controller.names import LOCAL_MODEL_LABEL, CacheRef
 from localmodel.controller.views import Cache, Group
 from localmodel.kube import resources
+from localmodel.kube.client import status_code
 
 Consumers = list[tuple[str, Mapping[str, Any]]]
 
@@ -70,7 +71,9 @@ class LiveReads:
 
         The cache's status lists consumers only once the controller has seen them; the label is
         set by the defaulting webhook when the consumer is created. A kind whose CRD is not
-        installed has no consumers.
+        installed has no consumers: the apiserver answers its path with a plain-text 404, which
+        lightkube raises as the HTTP library's error rather than an ApiError (`status_code`
+        reads both), and a cache must stay deletable on a cluster without KServe.
         """
         found: Consumers = []
         for kind, resource in _CONSUMER_KINDS:
@@ -78,8 +81,8 @@ class LiveReads:
                 async for obj in self.client.list(resource, namespace=ALL_NS,
                                                   labels={LOCAL_MODEL_LABEL: cache.ref.name}):
                     found.append((kind, _as_dict(obj)))
-            except ApiError as error:
-                if error.status.code == 404:
+            except Exception as error:
+                if status_code(error) == 404:
                     continue
                 raise
         return found

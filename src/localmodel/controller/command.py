@@ -23,7 +23,7 @@ from localmodel.kube.config import DEFAULT_NAMESPACE
                    "(replicas > 1 need it); webhooks are served either way.")
 @click.option("--workers", default=4, show_default=True, help="Concurrent reconciles per kind.")
 @click.option("--webhook-cert-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Directory with tls.crt/tls.key; webhooks are served only when it holds them.")
+              help="Directory with tls.crt/tls.key; webhooks are served once it holds them (waited for).")
 @click.option("--webhook-host", default="0.0.0.0", show_default=True, help="Address the HTTPS webhook server listens on.")
 @click.option("--webhook-port", default=9443, show_default=True, help="Port of the HTTPS webhook server (0: any free port).")
 @click.option("--isvc-defaulting/--no-isvc-defaulting", default=True, show_default=True,
@@ -49,9 +49,8 @@ def controller(kubeconfig: str | None, pod_namespace: str, identity: str | None,
     # per API request is noise except at DEBUG: failures surface through our own log lines.
     setup_logging("text" if sys.stderr.isatty() else "json", log_level,
                   library_requests=log_level.upper() == "DEBUG")
-    cert_dir = webhook_cert_dir if webhook_cert_dir and (webhook_cert_dir / "tls.crt").exists() else None
-    if webhook_cert_dir and cert_dir is None:
-        logging.getLogger(__name__).warning("no tls.crt in %s: webhooks not served", webhook_cert_dir)
+    # Webhooks are served once tls.crt/tls.key are in the directory, whenever they come.
+    cert_dir = webhook_cert_dir
     settings = Settings(
         pod_namespace=pod_namespace, workers=workers, leader_election=leader_elect,
         webhook_host=webhook_host, webhook_port=webhook_port, webhook_cert_dir=cert_dir,

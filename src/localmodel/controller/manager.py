@@ -8,6 +8,7 @@ the reconcile workers. Leadership is lost → workers are cancelled; the informe
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import socket
@@ -26,7 +27,7 @@ from localmodel.controller.leader import LeaderElector, LeaseSettings
 from localmodel.controller.metrics import ControllerMetrics
 from localmodel.controller.names import LEADER_LOCK_NAME, CacheRef
 from localmodel.controller.reconcilers import Reconcilers, RetryNow
-from localmodel.controller.webhook import Webhooks, serve_webhooks
+from localmodel.controller.webhook import Webhooks, certificate_present, serve_once_certified, serve_webhooks
 from localmodel.kube.config import DEFAULT_NAMESPACE
 from localmodel.kube.ops import OpsServer
 from localmodel.kube.workqueue import WorkQueue
@@ -178,11 +179,16 @@ class Manager:
         try:
             await ops.start()
             self.metrics_port = ops.ports.get("metrics")
-            if self.settings.webhook_cert_dir is not None:
-                runner, self.webhook_port = await serve_webhooks(
-                    self.webhooks, self.settings.webhook_cert_dir, self.settings.webhook_host,
-                    self.settings.webhook_port, isvc_defaulting=self.settings.isvc_defaulting)
-                runners.append(runner)
+            cert_dir = self.settings.webhook_cert_dir
+            if cert_dir is not None:
+                serve = functools.partial(serve_webhooks, self.webhooks, cert_dir, self.settings.webhook_host,
+                                          self.settings.webhook_port, isvc_defaulting=self.settings.isvc_defaulting)
+                if certificate_present(cert_dir):
+                    runner, self.webhook_port = await serve()
+                    runners.append(runner)
+                else:
+                    informer_tasks.append(asyncio.create_task(serve_once_certified(
+                        cert_dir, serve, runners, on_port=lambda port: setattr(self, "webhook_port", port))))
             await asyncio.gather(*(i.synced.wait() for i in self.view.informers))
             self.ready.set()
             log.info("controller %s: caches synced", self.settings.identity)

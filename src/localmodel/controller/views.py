@@ -11,22 +11,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from localmodel.api.keys import status_key
-from localmodel.api.quantity import parse_quantity
+from localmodel.api.quantity import quantity_or_none
 from localmodel.controller.affinity import selector_terms
 from localmodel.controller.names import CacheRef
 
 
 def _meta(obj: Mapping[str, Any]) -> Mapping[str, Any]:
     return obj.get("metadata") or {}
-
-
-def _quantity(value: Any) -> int | None:
-    if value is None:
-        return None
-    try:
-        return parse_quantity(value)
-    except ValueError:
-        return None
 
 
 @dataclass(frozen=True)
@@ -65,7 +56,7 @@ class Group:
             terms=selector_terms(pv_spec),
             pv_spec=pv_spec,
             pvc_spec=spec.get("persistentVolumeClaimSpec") or {},
-            storage_limit=_quantity(spec.get("storageLimit")),
+            storage_limit=quantity_or_none(spec.get("storageLimit")),
             status=obj.get("status") or {},
         )
 
@@ -94,7 +85,7 @@ class Cache:
             ref=CacheRef(meta.get("namespace") or "", meta.get("name", "")),
             uid=meta.get("uid", ""),
             source_model_uri=spec.get("sourceModelUri", ""),
-            model_size=_quantity(spec.get("modelSize")),
+            model_size=quantity_or_none(spec.get("modelSize")),
             node_groups=tuple(spec.get("nodeGroups") or ()),
             service_account_name=spec.get("serviceAccountName") or None,
             storage=spec.get("storage") or None,

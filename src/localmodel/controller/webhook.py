@@ -267,3 +267,31 @@ async def serve_webhooks(hooks: Webhooks, cert_dir: Path, host: str, port: int, 
     bound = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     log.info("webhooks serving on https://%s:%d", host, bound)
     return runner, bound
+
+
+def certificate_present(cert_dir: Path) -> bool:
+    return (cert_dir / "tls.crt").exists() and (cert_dir / "tls.key").exists()
+
+
+async def serve_once_certified(cert_dir: Path, serve: Callable[[], Awaitable[tuple[web.AppRunner, int]]],
+                               runners: list[web.AppRunner], on_port: Callable[[int], None],
+                               every: float = 2.0) -> None:
+    """`serve()` as soon as `cert_dir` holds tls.crt and tls.key (at once when it does): the
+    Secret may come after the Pod (apply -k, then hack/webhook-certs.sh), and the kubelet fills
+    the optional volume later. The runner goes into `runners` for the caller's clean-up."""
+    waiting_logged = False
+    while not certificate_present(cert_dir):
+        if not waiting_logged:
+            log.warning("no tls.crt/tls.key in %s yet: webhooks start once the certificate is there", cert_dir)
+            waiting_logged = True
+        await asyncio.sleep(every)
+    while True:
+        try:
+            runner, port = await serve()
+        except (OSError, ssl.SSLError) as error:  # a half-written pair: try again
+            log.warning("webhook certificate in %s not usable yet: %s", cert_dir, error)
+            await asyncio.sleep(every)
+            continue
+        runners.append(runner)
+        on_port(port)
+        return

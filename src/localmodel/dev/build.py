@@ -17,10 +17,11 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from localmodel.errors import ControlPlaneError, GoToolchainMissingError
 
@@ -71,16 +72,30 @@ def default_cache_root(environ: Mapping[str, str] = os.environ) -> Path:
 def source_digest(source_dir: Path) -> str:
     """A digest of everything that decides the binaries: go.mod, go.sum, all *.go files and the
     build flags."""
-    files = [source_dir / "go.mod", source_dir / "go.sum"]
-    files += sorted(p for p in source_dir.rglob("*.go") if "bin" not in p.relative_to(source_dir).parts)
     digest = hashlib.sha256()
     # The recipe too: a change to the flags or the list of commands must not reuse old binaries.
-    digest.update(" ".join([_LDFLAGS_BASE, _version_ldflags(source_dir), *COMMANDS]).encode() + b"\0")
+    digest.update(" ".join([_LDFLAGS_BASE, version_ldflags(source_dir), *COMMANDS]).encode() + b"\0")
+    update_with_module(digest, source_dir, COMMANDS)
+    return digest.hexdigest()[:16]
+
+
+def update_with_module(digest: Any, source_dir: Path, commands: Sequence[str]) -> None:
+    """Feed a Go module's go.mod, go.sum and the *.go files that `commands` (main packages under
+    cmd/) can use into `digest`: those of cmd/<command>/ and every *.go outside cmd/. Main packages
+    of other commands are left out, so the node binaries (kubelet, ...) living in the control
+    plane's module do not invalidate the control plane's build, nor the reverse."""
+    files = [source_dir / "go.mod", source_dir / "go.sum"]
+    for path in sorted(source_dir.rglob("*.go")):
+        parts = path.relative_to(source_dir).parts
+        if "bin" in parts:
+            continue
+        if parts[0] == "cmd" and len(parts) > 2 and parts[1] not in commands:
+            continue
+        files.append(path)
     for path in files:
         # The path is hashed too, so moving a file between main packages changes the digest.
         digest.update(str(path.relative_to(source_dir)).encode() + b"\0")
         digest.update(path.read_bytes() + b"\0")
-    return digest.hexdigest()[:16]
 
 
 def find_go(environ: Mapping[str, str] = os.environ) -> Path:
@@ -125,14 +140,14 @@ def ensure_built(
         return Paths(bin_dir)
     go = find_go(environ)
     cache_root.mkdir(parents=True, exist_ok=True)
-    with _exclusive(cache_root / ".build.lock"):
+    with exclusive(cache_root / ".build.lock"):
         if not (bin_dir / _COMPLETE_MARKER).exists():
             _build(go, source_dir, bin_dir, log=log, environ=environ)
     return Paths(bin_dir)
 
 
 @contextmanager
-def _exclusive(lock_path: Path) -> Iterator[None]:
+def exclusive(lock_path: Path) -> Iterator[None]:
     with open(lock_path, "w") as lock_file:
         fcntl.flock(lock_file, fcntl.LOCK_EX)
         try:
@@ -149,7 +164,7 @@ def kubernetes_version(source_dir: Path) -> str:
     return match.group(1)
 
 
-def _version_ldflags(source_dir: Path) -> str:
+def version_ldflags(source_dir: Path) -> str:
     # Kubernetes' own build stamps its version with -X; without it the apiserver and kubectl
     # report v0.0.0-master, and clients that check the server version misbehave.
     version = kubernetes_version(source_dir)
@@ -164,29 +179,73 @@ def _version_ldflags(source_dir: Path) -> str:
 
 
 def _build(go: Path, source_dir: Path, bin_dir: Path, *, log: Path | None, environ: Mapping[str, str]) -> None:
-    # Build next to the final place and rename, so a killed build never looks finished.
-    staging = bin_dir.with_name(f"{bin_dir.name}.partial-{os.getpid()}")
+    with staged_directory(bin_dir) as staging:
+        go_build(
+            go, source_dir, [f"./cmd/{name}" for name in COMMANDS], staging,
+            ldflags=f"{_LDFLAGS_BASE} {version_ldflags(source_dir)}", log=log, environ=environ,
+            what="the control plane",
+        )
+
+
+@contextmanager
+def staged_directory(final: Path) -> Iterator[Path]:
+    """A fresh directory next to `final` to build into; renamed to `final`, with the completion
+    marker, when the block ends without an error, and removed otherwise. A killed build therefore
+    never looks finished."""
+    staging = final.with_name(f"{final.name}.partial-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    command = [
-        str(go), "build",
-        f"-ldflags={_LDFLAGS_BASE} {_version_ldflags(source_dir)}",
-        "-o", str(staging) + os.sep,
-        *(f"./cmd/{name}" for name in COMMANDS),
-    ]
     started = time.monotonic()
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    (staging / _COMPLETE_MARKER).write_text(f"built in {time.monotonic() - started:.0f}s\n")
+    shutil.rmtree(final, ignore_errors=True)
+    staging.rename(final)
+
+
+def is_complete(bin_dir: Path) -> bool:
+    """Whether `bin_dir` is a finished build (see `staged_directory`)."""
+    return (bin_dir / _COMPLETE_MARKER).exists()
+
+
+def go_build(
+    go: Path,
+    module_dir: Path,
+    packages: Sequence[str],
+    out_dir: Path,
+    *,
+    ldflags: str = _LDFLAGS_BASE,
+    tags: Sequence[str] = (),
+    cgo: bool | None = None,
+    log: Path | None,
+    environ: Mapping[str, str],
+    what: str,
+) -> None:
+    """`go build` of `packages` (paths relative to `module_dir` or import paths of its
+    dependencies) into `out_dir`. `cgo` None keeps the environment's CGO_ENABLED."""
+    command = [str(go), "build", f"-ldflags={ldflags}"]
+    if tags:
+        command.append(f"-tags={','.join(tags)}")
+    command += ["-o", str(out_dir) + os.sep, *packages]
+    env = dict(environ)
+    if cgo is not None:
+        env["CGO_ENABLED"] = "1" if cgo else "0"
+    run_logged(command, module_dir, env, log, what=f"`go build` of {what}")
+
+
+def run_logged(command: Sequence[str], cwd: Path, env: Mapping[str, str], log: Path | None, *, what: str) -> None:
+    """Run a build command with its output in `log` (stderr when None); raise on failure."""
     out = open(log, "ab") if log else None
     try:
         result = subprocess.run(
-            command, cwd=source_dir, env=dict(environ), stdout=out or sys.stderr, stderr=subprocess.STDOUT
+            list(command), cwd=cwd, env=dict(env), stdout=out or sys.stderr, stderr=subprocess.STDOUT
         )
     finally:
         if out:
             out.close()
     if result.returncode != 0:
-        shutil.rmtree(staging, ignore_errors=True)
         where = f"; see {log}" if log else ""
-        raise ControlPlaneError(f"`go build` of the control plane failed (exit {result.returncode}){where}")
-    (staging / _COMPLETE_MARKER).write_text(f"built in {time.monotonic() - started:.0f}s\n")
-    shutil.rmtree(bin_dir, ignore_errors=True)
-    staging.rename(bin_dir)
+        raise ControlPlaneError(f"{what} failed (exit {result.returncode}){where}")

@@ -69,7 +69,9 @@ class ControlPlane:
 
     `controllers`: the kube-controller-manager controllers to run; empty runs no controller
     manager. `etcd_fsync=False` skips fsync in etcd: data survives process restarts but not a
-    machine crash, and tests run much faster.
+    machine crash, and tests run much faster. `bind_address`: where the apiserver listens and
+    what it advertises; real nodes (localmodel.dev.nodes) give an address Pods can reach, and the
+    `kubernetes` Service then has that address as its endpoint.
     """
 
     def __init__(
@@ -80,6 +82,7 @@ class ControlPlane:
         controllers: Sequence[str] = DEFAULT_CONTROLLERS,
         apiserver_args: Sequence[str] = (),
         etcd_fsync: bool = False,
+        bind_address: str = "127.0.0.1",
         start_timeout: float = 180.0,
         stop_timeout: float = 20.0,
     ) -> None:
@@ -88,6 +91,7 @@ class ControlPlane:
         self.controllers = tuple(controllers)
         self.apiserver_args = tuple(apiserver_args)
         self.etcd_fsync = etcd_fsync
+        self.bind_address = bind_address
         self.start_timeout = start_timeout
         self.stop_timeout = stop_timeout
 
@@ -118,7 +122,7 @@ class ControlPlane:
     @property
     def server(self) -> str:
         """The apiserver URL, e.g. https://127.0.0.1:43121."""
-        return f"https://127.0.0.1:{self.apiserver_port}"
+        return f"https://{self.bind_address}:{self.apiserver_port}"
 
     @property
     def server_ca(self) -> CertificateAuthority:
@@ -288,13 +292,21 @@ class ControlPlane:
         self._serving = self.server_ca.issue_serving_cert(
             "kube-apiserver",
             ["127.0.0.1", "localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc",
-             "kubernetes.default.svc.cluster.local", "10.96.0.1"],
+             "kubernetes.default.svc.cluster.local", "10.96.0.1", *self._extra_hosts()],
         )
         self._admin = self.client_ca.issue_client_cert("admin", ADMIN_USER, ["system:masters"])
+        # The apiserver's credential towards kubelets (logs, exec, port-forward), when real nodes
+        # run; kubelets trust the client CA and authorize it by SubjectAccessReview.
+        self._kubelet_client = self.client_ca.issue_client_cert(
+            "kube-apiserver-kubelet-client", "kube-apiserver-kubelet-client", ["system:masters"]
+        )
         # The controller manager is an admin too: the garbage collector must read every resource.
         self._controller_manager_pair = self.client_ca.issue_client_cert(
             "kube-controller-manager", "system:kube-controller-manager", ["system:masters"]
         )
+
+    def _extra_hosts(self) -> list[str]:
+        return [] if self.bind_address in ("127.0.0.1", "localhost") else [self.bind_address]
 
     def _choose_ports(self) -> None:
         saved_file = self.workdir / "ports.json"
@@ -305,7 +317,8 @@ class ControlPlane:
         for name in ("etcd-client", "etcd-peer", "apiserver"):
             # Reusing the same ports keeps an existing kubeconfig valid across restarts of a DIR.
             previous = saved.get(name)
-            ports[name] = previous if previous and _port_is_free(previous) else free_port()
+            host = self.bind_address if name == "apiserver" else "127.0.0.1"
+            ports[name] = previous if previous and _port_is_free(previous, host) else free_port(host)
         self._ports = ports
         self.workdir.mkdir(parents=True, exist_ok=True)
         saved_file.write_text(json.dumps(ports, indent=2) + "\n")
@@ -335,11 +348,12 @@ class ControlPlane:
 
     def _apiserver_argv(self, paths: Paths) -> list[str]:
         pki = self.pki_dir
+        loopback = not self._extra_hosts()
         return [
             str(paths.kube_apiserver),
             f"--etcd-servers=http://127.0.0.1:{self._port('etcd-client')}",
-            "--bind-address=127.0.0.1",
-            "--advertise-address=127.0.0.1",
+            f"--bind-address={self.bind_address}",
+            f"--advertise-address={'127.0.0.1' if loopback else self.bind_address}",
             f"--secure-port={self._port('apiserver')}",
             f"--tls-cert-file={self._serving.cert_file}",
             f"--tls-private-key-file={self._serving.key_file}",
@@ -352,8 +366,13 @@ class ControlPlane:
             f"--service-account-signing-key-file={pki / 'sa.key'}",
             "--service-cluster-ip-range=10.96.0.0/16",
             # Loopback is not a valid Endpoints address: without this the apiserver logs an
-            # error every few seconds trying to publish itself in the `kubernetes` Service.
-            "--endpoint-reconciler-type=none",
+            # error every few seconds trying to publish itself in the `kubernetes` Service. A
+            # routable bind address is published, so Pods reach the apiserver by that Service.
+            f"--endpoint-reconciler-type={'none' if loopback else 'lease'}",
+            f"--kubelet-client-certificate={self._kubelet_client.cert_file}",
+            f"--kubelet-client-key={self._kubelet_client.key_file}",
+            # Kubelets of localmodel.dev.nodes serve with certificates from the serving CA.
+            f"--kubelet-certificate-authority={self.server_ca.cert_file}",
             "--allow-privileged=true",
             "--profiling=false",
             f"--cert-dir={pki / 'generated'}",
@@ -430,16 +449,16 @@ class ControlPlane:
 
 
 
-def free_port() -> int:
+def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
+        sock.bind((host, 0))
         return int(sock.getsockname()[1])
 
 
-def _port_is_free(port: int) -> bool:
+def _port_is_free(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         try:
-            sock.bind(("127.0.0.1", port))
+            sock.bind((host, port))
         except OSError:
             return False
         return True

@@ -47,6 +47,7 @@ from localmodel.errors import (
 )
 from localmodel.fetch import adopt as adoption
 from localmodel.fetch import archive as archives
+from localmodel.fetch import layers as oci_layers
 from localmodel.fetch import manifest as manifests
 from localmodel.fetch import patterns, planning
 from localmodel.fetch.backoff import RetryBudget, backoff_delay
@@ -207,6 +208,8 @@ class _Download:
                 time.sleep(delay)
 
     def _select(self, listing: Listing) -> list[RemoteFile]:
+        if listing.layers:
+            return self._select_blobs(listing)
         # Zero-byte "folder/" objects are how S3 consoles draw folders: not files.
         files = [f for f in listing.files if not f.path.endswith("/")]
         keep = set(patterns.select([f.path for f in files], self.options.allow_patterns,
@@ -219,8 +222,24 @@ class _Download:
         check_tree(f.path for f in files)
         return files
 
+    def _select_blobs(self, listing: Listing) -> list[RemoteFile]:
+        """A listing of layers: its files are blobs, all of them needed (patterns do not apply
+        to blobs); the model's own paths are checked as the layers are applied."""
+        files = list(listing.files)
+        ListingLimit({MAX_FILES_SETTING: str(self.options.max_files)}, self.source_name).check(len(files))
+        if not files:
+            raise SourceNotFoundError(f"no layers to download at {self.source_name}")
+        check_tree(f.path for f in files)
+        listed = {f.path for f in files}
+        missing = [layer.blob for layer in listing.layers if layer.blob not in listed]
+        if missing:
+            raise SourceNotFoundError(f"{self.source_name}: layer blob {missing[0]!r} is not listed")
+        return files
+
     @staticmethod
     def _archive_kind(listing: Listing, files: list[RemoteFile]) -> str | None:
+        if listing.layers:
+            return "layers"
         if len(files) != 1 or listing.details.get("archive") == "none":
             return None
         return archives.archive_kind(files[0].path)
@@ -281,6 +300,9 @@ class _Download:
                        f.digest.algorithm if f.digest else None,
                        f.digest.value if f.digest else None] for f in selected],
         }
+        if listing.layers:  # only then, so plans of other sources stay as they were
+            plan["layers"] = [[layer.blob, layer.kind, layer.path, layer.subtree,
+                               layer.compression, layer.whiteouts] for layer in listing.layers]
         recovered = self.staging.open(plan)
         if recovered.data_missing:
             finished = self._finish_interrupted_publish()
@@ -292,7 +314,7 @@ class _Download:
             self._prepare(selected, root, recovered.done, recovered.verified)
             self._check_space()
             self._fetch_all()
-            unpacked = self._unpack(kind) if kind else None
+            unpacked = self._unpack(kind, listing) if kind else None
             manifest = self._manifest(listing, unpacked)
             self._publish(manifest)
         except (IntegrityError, InsufficientSpaceError):
@@ -622,11 +644,13 @@ class _Download:
 
     # -- 6. unpacking ----------------------------------------------------------------------
 
-    def _unpack(self, kind: str) -> list[archives.UnpackedFile]:
+    def _unpack(self, kind: str, listing: Listing) -> list[archives.UnpackedFile]:
         self.phase = "unpack"
         self._report()
         shutil.rmtree(self.staging.data, ignore_errors=True)  # a crash may have left a half
         self.staging.data.mkdir()
+        if kind == "layers":
+            return self._assemble(listing)
         archive_file = self.files[0]
         unpacked = archives.unpack(
             archive_file.target, kind, self.staging.data,
@@ -636,6 +660,20 @@ class _Download:
         if self.options.fsync:
             _fsync_files(self.staging.data, (item.path for item in unpacked))
         return unpacked
+
+    def _assemble(self, listing: Listing) -> list[archives.UnpackedFile]:
+        """The model from its verified blobs, layer by layer (`fetch/layers.py`)."""
+        blobs = {f.remote.path: f for f in self.files}
+        hashes = {path: (f.remote.size, f.result.sha256 if f.result else None)
+                  for path, f in blobs.items()}
+        assembled = oci_layers.assemble(
+            listing.layers, lambda blob: blobs[blob].target, hashes, self.staging.data,
+            max_ratio=self.options.max_unpack_ratio, free_bytes=_free_bytes(self.staging.path))
+        if not assembled:
+            raise SourceNotFoundError(f"{self.source_name}: the layers hold no model files")
+        if self.options.fsync:
+            _fsync_files(self.staging.data, (item.path for item in assembled))
+        return assembled
 
     # -- 7. manifest and publishing --------------------------------------------------------
 
@@ -647,7 +685,7 @@ class _Download:
         )
         archive_entry = None
         if unpacked is not None:
-            archive_entry = entries[0]
+            archive_entry = entries[0] if not listing.layers else None
             entries = tuple(ManifestFile(path=u.path, size=u.size, sha256=u.sha256)
                             for u in unpacked)
         return Manifest(

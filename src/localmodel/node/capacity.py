@@ -34,6 +34,9 @@ class Budgets:
     declared_bytes: int | None = None
     #: storageLimit of each node group the model's entries name (None = unknown).
     group_limits: Mapping[str, int | None] = field(default_factory=dict)
+    #: The node directory each group's PersistentVolume mounts (None: not known); the agent
+    #: refuses a group whose PV points elsewhere than its own host path (node/hostpath.py).
+    group_paths: Mapping[str, str | None] = field(default_factory=dict)
     #: Bytes each of those groups already holds on this node in complete models.
     group_present_bytes: Mapping[str, int] = field(default_factory=dict)
     #: Bytes that must stay free on the models filesystem.

@@ -21,7 +21,7 @@ from lightkube.models.core_v1 import ObjectReference
 from lightkube.resources.core_v1 import ConfigMap, Secret, ServiceAccount
 from lightkube.types import PatchType
 
-from localmodel.api.quantity import parse_quantity
+from localmodel.api.quantity import quantity_or_none
 from localmodel.api.types import API_VERSION, LocalModelInfo
 from localmodel.kube import events, resources
 from localmodel.kube.config import (
@@ -44,9 +44,13 @@ from localmodel.node.credentials import (
     plan_credentials,
     without_storage_secret,
 )
+from localmodel.node.hostpath import group_volume_path
 from localmodel.node.plan import WantedModel
 
 logger = logging.getLogger(__name__)
+
+#: Seconds one watch of the agent's LocalModelNode lasts before it is made again.
+AGENT_WATCH_SECONDS = 60
 
 REPORTING_CONTROLLER = "serving.kserve.io/localmodel-agent"
 #: Longest wait between attempts to watch again after an error the apiserver answered (403, 404);
@@ -62,6 +66,14 @@ def _decode(data: Mapping[str, str] | None) -> dict[str, str]:
         except (ValueError, UnicodeDecodeError):
             continue  # binary values are no credential KServe understands
     return out
+
+
+def _quantity_at(found: Mapping[str, Any] | None, path: tuple[str, ...]) -> int | None:
+    """The quantity at `path` in an object as read, or None when absent or malformed."""
+    value: Any = found
+    for part in path:
+        value = (value or {}).get(part)
+    return quantity_or_none(value)
 
 
 def _is_not_found(exc: ApiError) -> bool:
@@ -110,7 +122,10 @@ class ClusterBackend:
         self._informer = Informer(
             self.client, resources.LocalModelNode, name="localmodelnode", fields={"metadata.name": self.node_name},
             optional=False, resume_from=self._resume_from, error_backoff=(0.5, WATCH_RETRY_MAX_SECONDS),
-            on_sync=wake, on_error=wake)
+            # A watch that outlives its CRD (uninstalled and installed again while the agent runs,
+            # seen on real nodes) is never closed and hears nothing of the new objects: ending
+            # each watch after a minute bounds that deafness for one cheap request per minute.
+            watch_timeout=AGENT_WATCH_SECONDS, on_sync=wake, on_error=wake)
         self._informer.add_handler(changed)
         self._watch_task = asyncio.create_task(self._informer.run(), name="watch-localmodelnode")
 
@@ -206,12 +221,16 @@ class ClusterBackend:
                             "downloading without credentials")
             return NO_CREDENTIALS
         found: list[SecretData] = []
-        for ref in account.secrets or []:
-            if not ref.name:
+        # imagePullSecrets too: a dockerconfigjson Secret there is the oci:// credential, as
+        # for the image a modelcar Pod would pull (classify_secret tells the kinds apart).
+        names = list(dict.fromkeys(ref.name for ref in [*(account.secrets or []),
+                                                        *(account.imagePullSecrets or [])]))
+        for name in names:
+            if not name:
                 continue
-            secret = await self._secret(ref.name)
+            secret = await self._secret(name)
             if secret is None:
-                self._warn_once(f"secret:{ref.name}", f"secret {namespace}/{ref.name} listed by "
+                self._warn_once(f"secret:{name}", f"secret {namespace}/{name} listed by "
                                 f"ServiceAccount {plan.service_account} not found")
                 continue
             found.append(secret)
@@ -225,8 +244,7 @@ class ClusterBackend:
 
     # --- budgets --------------------------------------------------------------------------------
 
-    async def _quantity(self, resource: Any, name: str, path: tuple[str, ...], namespace: str | None = None
-                        ) -> int | None:
+    async def _read(self, resource: Any, name: str, namespace: str | None = None) -> dict[str, Any] | None:
         try:
             if namespace:
                 obj = await self.client.get(resource, name, namespace=namespace)
@@ -237,23 +255,22 @@ class ClusterBackend:
                 raise
             if exc.status.code == 403:
                 self._warn_once(f"forbidden:{resource.__name__}",
-                                f"not allowed to read {resource.__name__}; that budget is not checked")
+                                f"not allowed to read {resource.__name__}; what it declares is not checked")
             return None
-        value: Any = obj.to_dict()
-        for part in path:
-            value = (value or {}).get(part)
-        if value is None:
-            return None
-        try:
-            return parse_quantity(value)
-        except ValueError:
-            return None
+        found: dict[str, Any] = obj.to_dict()
+        return found
+
+    async def _quantity(self, resource: Any, name: str, path: tuple[str, ...], namespace: str | None = None
+                        ) -> int | None:
+        return _quantity_at(await self._read(resource, name, namespace), path)
 
     async def budgets(self, model: WantedModel) -> Budgets:
-        limits = {
-            group: await self._quantity(resources.LocalModelNodeGroup, group, ("spec", "storageLimit"))
-            for group in sorted(model.node_groups)
-        }
+        limits: dict[str, int | None] = {}
+        paths: dict[str, str | None] = {}
+        for group in sorted(model.node_groups):
+            found = await self._read(resources.LocalModelNodeGroup, group)
+            limits[group] = _quantity_at(found, ("spec", "storageLimit"))
+            paths[group] = group_volume_path(found)
         declared: list[int] = []
         for entry in model.entries:
             if entry.namespace:
@@ -263,7 +280,8 @@ class ClusterBackend:
                 size = await self._quantity(resources.LocalModelCache, entry.model_name, ("spec", "modelSize"))
             if size is not None:
                 declared.append(size)
-        return Budgets(declared_bytes=max(declared) if declared else None, group_limits=limits)
+        return Budgets(declared_bytes=max(declared) if declared else None, group_limits=limits,
+                       group_paths=paths)
 
     # --- writing --------------------------------------------------------------------------------
 

@@ -9,7 +9,8 @@ the same names into an env-style `settings` mapping for the engine instead of a 
 - Otherwise, when the entry names a `serviceAccountName` or has a `storage` block, the secrets
   listed by that ServiceAccount (or `default`) are classified one by one, first match wins per
   secret, in KServe's order: S3, GCS, Azure (legacy, client, token, access key), HTTPS, HDFS,
-  Hugging Face, ModelScope. An entry with neither gets no credentials, as in KServe.
+  Hugging Face, ModelScope, then a dockerconfigjson (oci:// registries; the ServiceAccount's
+  imagePullSecrets are read too). An entry with neither gets no credentials, as in KServe.
 
 Differences from KServe, on purpose:
 - storage-config types `hf`, `gs`/`gcs`, `azure` and `https` are understood besides `s3`
@@ -71,6 +72,9 @@ HTTPS_HEADERS_KEY = "headers"
 HDFS_NAMENODE_KEY = "HDFS_NAMENODE"
 HF_TOKEN = "HF_TOKEN"  # noqa: S105 - a key name
 MS_TOKEN = "MODELSCOPE_API_TOKEN"  # noqa: S105 - a key name
+DOCKER_CONFIG_JSON_KEY = ".dockerconfigjson"
+#: The oci:// source's setting for a docker config JSON (sources/oci.py AUTH_SETTING).
+OCI_AUTH_SETTING = "LOCALMODEL_OCI_AUTH"
 
 DEFAULT_SERVICE_ACCOUNT = "default"
 
@@ -269,6 +273,10 @@ def classify_secret(secret: SecretData, config: CredentialsConfig) -> tuple[str,
         return "hf", {HF_TOKEN: data[HF_TOKEN]}, {}
     if MS_TOKEN in data:
         return "modelscope", {MS_TOKEN: data[MS_TOKEN]}, {}
+    if DOCKER_CONFIG_JSON_KEY in data:
+        # kubernetes.io/dockerconfigjson: registry credentials for oci:// (the source picks the
+        # entry for its registry host).
+        return "oci", {OCI_AUTH_SETTING: data[DOCKER_CONFIG_JSON_KEY]}, {}
     return "", {}, {}
 
 

@@ -51,6 +51,9 @@ from localmodel.sources.registry import open_source
 if TYPE_CHECKING:
     from localmodel.peers.fill import FillStrategy
 
+#: The oci:// source's setting for registries allowed over plain HTTP (sources/oci.py).
+OCI_INSECURE_SETTING = "LOCALMODEL_OCI_INSECURE_REGISTRIES"
+
 logger = logging.getLogger(__name__)
 
 #: Failure reasons an origin gives when it wants credentials (private objects answer 404 on
@@ -140,8 +143,11 @@ class Jobs:
         on_change: Callable[[], None] = lambda: None,
         on_bytes: Callable[[int], None] = lambda count: None,
         fill: FillStrategy | None = None,
+        insecure_registries: tuple[str, ...] = (),
     ) -> None:
         self._store = store
+        #: Handed to every download as the oci:// source's setting (the agent's flag).
+        self._insecure_registries = ",".join(insecure_registries)
         #: Peer-to-peer policy (None: every download reads its origin, as KServe's agent does).
         self._fill = fill
         self._options = options
@@ -273,6 +279,8 @@ class Jobs:
     def _materialize(self, credentials: Credentials) -> tuple[dict[str, str], str | None]:
         """Settings with file credentials written to a private folder (returned for removal)."""
         settings = dict(credentials.settings)
+        if self._insecure_registries:
+            settings[OCI_INSECURE_SETTING] = self._insecure_registries
         if not credentials.files:
             return settings, None
         folder = tempfile.mkdtemp(prefix="localmodel-cred-", dir=self._temp_dir)  # mode 0700

@@ -163,6 +163,25 @@ class Record:
 
 NO_RECORD = Record()
 
+#: The reason a damaged model shows while it is fetched again.
+DAMAGED = "Damaged"
+
+
+def damaged_record(problem: str | None) -> Record:
+    """What is remembered of a model found damaged (by a look at the disk or by a scrub): the
+    reason and the finding, nothing of earlier attempts; a successful download replaces it."""
+    return Record(reason=DAMAGED, message=problem)
+
+
+def record_after_observation(record: Record, observed: Observed) -> Record:
+    """The Damaged rule, in one place: a DAMAGED observation is remembered as Damaged, with the
+    problem found; any other observation leaves the record as it is. `decide` shows a damaged
+    model this way, and the agent keeps it (node/memory.py) so the status says why while the
+    model downloads again."""
+    if observed.state is DiskState.DAMAGED:
+        return damaged_record(observed.problem)
+    return record
+
 
 # --- outputs ----------------------------------------------------------------------------------
 
@@ -293,17 +312,15 @@ def decide(
         )
 
     # 5. Missing, damaged, or a copy of another URI (a storage-key collision): download.
-    message = record.message
-    if observed.state is DiskState.DAMAGED and observed.problem:
-        message = observed.problem
+    shown = record_after_observation(record, observed)
     return Decision(
         phase=ModelStatus.DOWNLOAD_PENDING,
         action=Action.DOWNLOAD,
         detail=ModelDetail(
             storage_key=key,
             bytes_total=observed.bytes_total or record.bytes_total,
-            reason=record.reason if observed.state is not DiskState.DAMAGED else "Damaged",
-            message=message,
+            reason=shown.reason,
+            message=shown.message or record.message,
             warning=record.warning,
         ),
     )

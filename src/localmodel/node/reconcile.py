@@ -28,7 +28,7 @@ from localmodel.api.quantity import human_bytes
 from localmodel.api.types import NodeDisk
 from localmodel.errors import LocalModelError
 from localmodel.node.aliases import plan_aliases, sync_aliases
-from localmodel.node.backend import AgentEvent, Backend, Desired
+from localmodel.node.backend import AgentEvent, Backend
 from localmodel.node.credentials import Credentials
 from localmodel.node.downloads import (
     DownloadRequest,
@@ -36,15 +36,15 @@ from localmodel.node.downloads import (
     Jobs,
     describe_error,
 )
+from localmodel.node.hostpath import HostRoot, check_group_paths
+from localmodel.node.memory import AgentMemory
 from localmodel.node.metrics import AgentMetrics
 from localmodel.node.plan import (
     ABSENT,
     DiskState,
     JobKind,
     Observed,
-    NO_RECORD,
     Plan,
-    Record,
     WantedModel,
     plan,
     wanted_models,
@@ -83,7 +83,8 @@ def apply_merge_patch(target: Mapping[str, Any] | None, patch: Mapping[str, Any]
 
 
 class Reconciler:
-    """The agent's memory between passes, and the passes themselves."""
+    """The passes, over the I/O edges (backend, store, jobs, metrics, clock). What the agent
+    remembers between passes is `memory`, one immutable value that each step replaces."""
 
     def __init__(
         self,
@@ -103,31 +104,35 @@ class Reconciler:
         self.metrics = metrics
         self._clock = clock
         self._draw = draw
+        #: The baseline of scrub intervals for models with no verification time.
         self.started_at = clock()
-        self.records: dict[str, Record] = {}
-        self._alias_refusals_shown: frozenset[str] = frozenset()
-        self._wanted: dict[str, WantedModel] = {}
-        self._desired: Desired | None = None
-        self._observed: dict[str, Observed] = {}
-        self._on_disk: set[str] = set()
-        self._server_status: dict[str, Any] | None = None
-        self._last_write: datetime | None = None
-        self._status_wake: datetime | None = None
-        self._announced: set[str] = set()
-        self._progress_logged: dict[str, datetime] = {}
-        self._scrubbed: dict[str, datetime] = {}
-        self._pending_events: list[AgentEvent] = []
-        self.additive_pruned = False
-        #: Set after the first pass that reached the status step.
-        self.synced = False
-        self.last_pass_at: datetime | None = None
-        self.last_plan: Plan | None = None
+        self.memory = AgentMemory()
         #: Where this agent serves peers (status.peerEndpoint); None publishes nothing.
         self.peer_endpoint: str | None = None
+        #: Where --root is on the node (node/hostpath.py); None: not known, nothing checked.
+        self.host_root: HostRoot | None = None
 
     @property
     def resync_seconds(self) -> float:
-        return self._desired.resync_seconds if self._desired else self.settings.resync_seconds
+        desired = self.memory.desired
+        return desired.resync_seconds if desired else self.settings.resync_seconds
+
+    @property
+    def synced(self) -> bool:
+        """A pass has reached the status step."""
+        return self.memory.synced
+
+    @property
+    def additive_pruned(self) -> bool:
+        return self.memory.additive_pruned
+
+    @property
+    def last_plan(self) -> Plan | None:
+        return self.memory.last_plan
+
+    @property
+    def last_pass_at(self) -> datetime | None:
+        return self.memory.last_pass_at
 
     # --- passes -----------------------------------------------------------------------------
 
@@ -135,16 +140,14 @@ class Reconciler:
         """Steps 1-6. Returns when the next pass is due at the latest (None = at resync)."""
         # 1. Load the wishes.
         desired = await self.backend.load()
-        self.last_pass_at = self._clock()
+        loaded_at = self._clock()
         if desired is None:
-            self._pause()
-            self.synced = True
+            self._pause(loaded_at)
             return None
         for warning in desired.warnings:
             logger.warning(warning)
-        self._desired = desired
-        self._server_status = dict(desired.status) if desired.status is not None else self._server_status
-        self._wanted, warnings = wanted_models(desired.entries)
+        wanted, warnings = wanted_models(desired.entries)
+        self.memory = self.memory.loaded(desired, wanted, loaded_at)
         for warning in warnings:
             logger.warning(warning)
 
@@ -152,7 +155,9 @@ class Reconciler:
         await self._absorb(self.jobs.take_results())
 
         # 3. Observe the disk.
-        await asyncio.to_thread(self._observe_disk)
+        refused, observed, on_disk = await asyncio.to_thread(self._observe_disk, self.memory)
+        self.memory, _ = self.memory.aliases_refused(refused)
+        self.memory = self.memory.disk_seen(observed, on_disk)
 
         # 4. Plan.
         current = self._plan()
@@ -163,12 +168,12 @@ class Reconciler:
         # 6. Publish.
         await self._announce_started()
         await self._publish(self._plan())
-        self.synced = True
+        self.memory = self.memory.synced_now()
         return self._next_wake(current)
 
     async def progress_pass(self) -> datetime | None:
         """Steps 4 and 6 from cached observations, for moving progress."""
-        if self._desired is None:
+        if self.memory.desired is None:
             return None
         await self._announce_started()
         self._log_progress()
@@ -177,25 +182,23 @@ class Reconciler:
         return self._next_wake(current)
 
     def _next_wake(self, current: Plan) -> datetime | None:
-        wakes = [w for w in (current.wake_at, self._status_wake) if w is not None]
+        wakes = [w for w in (current.wake_at, self.memory.status_wake) if w is not None]
         return min(wakes) if wakes else None
 
-    def _pause(self) -> None:
+    def _pause(self, at: datetime) -> None:
         """No LocalModelNode: stop downloads (partial data kept), touch no file (KServe's A3)."""
-        if self._desired is not None:
+        if self.memory.desired is not None:
             logger.info("LocalModelNode is gone; pausing downloads and keeping every file")
         for key in self.jobs.views():
             self.jobs.cancel(key)
-        self._desired = None
-        self._wanted = {}
+        self.memory = self.memory.paused(at)
 
     # --- step 2 -------------------------------------------------------------------------------
 
     async def _absorb(self, results: list[JobResult]) -> None:
         for result in results:
-            announced = result.key in self._announced
-            self._announced.discard(result.key)
-            self._progress_logged.pop(result.key, None)
+            announced = result.key in self.memory.announced
+            self.memory = self.memory.job_ended(result.key)
             if result.kind is JobKind.DOWNLOAD and not result.cancelled and not announced and not result.adopted:
                 # Started and ended between two passes: still tell the whole story, in order.
                 # (An adopted folder downloaded nothing: its Adopted Event is the story.)
@@ -212,16 +215,10 @@ class Reconciler:
                                  retry_after=result.retry_after, started_at=result.started_at)
 
     async def _absorb_success(self, result: JobResult) -> None:
+        self.memory = self.memory.downloaded(result)
         seconds = result.seconds
-        rate = int(result.bytes_fetched / seconds) if seconds > 0 and result.bytes_fetched else None
-        self.records[result.key] = Record(
-            started_at=result.started_at, finished_at=result.finished_at,
-            bytes_per_second=rate, bytes_total=result.bytes_total,
-            warning=self.records.get(result.key, NO_RECORD).warning,
-        )
-        self._scrubbed[result.key] = result.finished_at
-        model = self._wanted.get(result.key)
-        uri = model.shown_uri if model else result.key
+        rate = self.memory.record(result.key).bytes_per_second
+        uri = self.memory.shown_uri(result.key)
         files = f"{result.files_total} file" + ("" if result.files_total == 1 else "s")
         if result.adopted:
             self.metrics.adoptions.inc()
@@ -243,7 +240,7 @@ class Reconciler:
     async def _absorb_scrub(self, result: JobResult) -> None:
         if result.ok:
             self.metrics.scrubs.labels("intact").inc()
-            self._scrubbed[result.key] = result.finished_at
+            self.memory = self.memory.scrub_intact(result.key, result.finished_at)
             await asyncio.to_thread(self.store.record_scrub, result.key, result.finished_at)
             logger.info("scrub found the model intact", extra={"storage_key": result.key})
             return
@@ -252,7 +249,7 @@ class Reconciler:
             summary = "; ".join(result.problems[:3])
             # Withdraw the manifest: the folder no longer proves anything, so it is fetched again.
             await asyncio.to_thread(self.store.withdraw, result.key)
-            self.records[result.key] = Record(reason="Damaged", message=f"scrub: {summary}")
+            self.memory = self.memory.scrub_damaged(result.key, summary)
             await self._event("Warning", "ModelDamaged", f"scrub found damage, downloading again: {summary}",
                               result.key)
             return
@@ -262,70 +259,60 @@ class Reconciler:
 
     async def _fail(self, key: str, reason: str, message: str, *, retry_after: float | None = None,
                     started_at: datetime | None = None) -> None:
-        previous = self.records.get(key, Record())
-        failures = previous.failures + 1
+        failures = self.memory.record(key).failures + 1
         delay = backoff_seconds(failures, self.settings.retry, retry_after=retry_after, draw=self._draw())
-        now = self._clock()
-        self.records[key] = Record(
-            failures=failures, reason=reason, message=message, retry_at=now + timedelta(seconds=delay),
-            started_at=started_at or previous.started_at, bytes_total=previous.bytes_total,
-            warning=previous.warning,
-        )
+        self.memory = self.memory.failed(key, reason, message, retry_at=self._clock() + timedelta(seconds=delay),
+                                         started_at=started_at)
         self.metrics.downloads.labels("failed").inc()
         self.metrics.download_failures.labels(reason).inc()
-        model = self._wanted.get(key)
-        uri = model.shown_uri if model else key
+        uri = self.memory.shown_uri(key)
         await self._event("Warning", "DownloadFailed",
                           f"{uri}: {reason}: {message} (attempt {failures}, retrying in {delay:.0f}s)", key)
 
     # --- step 3 -------------------------------------------------------------------------------
 
-    def _observe_disk(self) -> None:
+    def _observe_disk(self, memory: AgentMemory) -> tuple[frozenset[str], dict[str, Observed], set[str]]:
+        """The disk as it is (in a worker thread; `memory` is only read, and cannot change).
+        Returns the alias refusals, the observation of every wanted model not being downloaded,
+        and the storage keys with anything on disk; `AgentMemory.disk_seen` remembers them."""
         self.store.ensure_root()
-        self._sync_aliases()
-        self._on_disk = self.store.keys_on_disk()
+        refused = self._sync_aliases(memory)
+        on_disk = self.store.keys_on_disk()
         persisted = self.store.scrub_times()
         running = self.jobs.views()
         observed: dict[str, Observed] = {}
-        for key, model in self._wanted.items():
+        for key, model in memory.wanted.items():
             job = running.get(key)
             if job is not None and job.kind is JobKind.DOWNLOAD:
                 continue
-            scrubbed = max(filter(None, (persisted.get(key), self._scrubbed.get(key))), default=None)
-            observed[key] = self.store.observe(key, model.uri, scrubbed_at=scrubbed)
-            if observed[key].state is DiskState.PRESENT and self.store.discard_leftover_staging(key):
+            seen = self.store.observe(key, model.uri, scrubbed_at=memory.scrubbed_at(key, persisted.get(key)))
+            observed[key] = seen
+            if seen.state is DiskState.PRESENT and self.store.discard_leftover_staging(key):
                 logger.info("removed staging left by a finished download", extra={"storage_key": key})
-            before = self._observed.get(key)
-            if observed[key].state is DiskState.DAMAGED:
-                # Kept while the model is fetched again, so the status says why (a scrub's
-                # finding is recorded the same way); a successful download clears it.
-                self.records[key] = Record(reason="Damaged", message=observed[key].problem)
-                if before is not None and before.state is DiskState.PRESENT:
-                    self._pending_events.append(AgentEvent(
-                        "Warning", "ModelDamaged", f"{observed[key].problem}; downloading again",
-                        model.status_keys))
-        self._observed = observed
+        return refused, observed, on_disk
 
     # --- step 4 -------------------------------------------------------------------------------
 
     def _plan(self) -> Plan:
+        memory = self.memory
         current = plan(
-            self._wanted,
-            on_disk=sorted(self._on_disk),
-            observed=self._observed,
+            memory.wanted,
+            on_disk=sorted(memory.on_disk),
+            observed=memory.observed,
             jobs=self.jobs.views(),
-            records=self.records,
+            records=memory.records,
             now=self._clock(),
             scrub_interval=self.settings.scrub.interval_seconds,
             scrub_baseline=self.started_at,
         )
-        self.last_plan = current
+        self.memory = memory.planned(current)
         return current
 
     # --- step 5 -------------------------------------------------------------------------------
 
     async def _act(self, current: Plan) -> None:
-        for event in self._take_pending_events():
+        self.memory, pending = self.memory.take_pending_events()
+        for event in pending:
             await self._emit(event)
         for key in current.cancels:
             logger.info("cancelling download of a model no longer wanted", extra={"storage_key": key})
@@ -333,31 +320,28 @@ class Reconciler:
         for key in current.deletions:
             await self._delete(key)
         for key in current.downloads:
-            await self._start_download(self._wanted[key])
+            await self._start_download(self.memory.wanted[key])
         for key in current.scrubs:
             if self.jobs.submit_scrub(key):
                 logger.info("scrub started", extra={"storage_key": key})
 
-    def _sync_aliases(self) -> None:
+    def _sync_aliases(self, memory: AgentMemory) -> frozenset[str]:
         """KServe <= 0.17's models/<modelName> names (node/aliases); before the folders are seen,
-        so an old folder moved under its storage key is adopted in this very pass."""
+        so an old folder moved under its storage key is adopted in this very pass. Returns the
+        refusals, each logged once while it lasts."""
         aliases = plan_aliases(self.settings.folder_layout,
-                               ((e.model_name, key) for key, m in self._wanted.items() for e in m.entries))
+                               ((e.model_name, key) for key, m in memory.wanted.items() for e in m.entries))
         for note in sync_aliases(self.store.models_dir, aliases.links):
             logger.info(note)
-        for note in set(aliases.refused) - self._alias_refusals_shown:
+        _, new_refusals = memory.aliases_refused(aliases.refused)
+        for note in new_refusals:
             logger.warning(note)
-        self._alias_refusals_shown = frozenset(aliases.refused)
-
-    def _take_pending_events(self) -> list[AgentEvent]:
-        events, self._pending_events = self._pending_events, []
-        return events
+        return frozenset(aliases.refused)
 
     async def _delete(self, key: str) -> None:
         had_model = (self.store.models_dir / key).is_dir()
         kept = await asyncio.to_thread(self.store.delete, key)
-        self.records.pop(key, None)
-        self._scrubbed.pop(key, None)
+        self.memory = self.memory.deleted(key)
         for note in kept:
             logger.warning("left in place", extra={"storage_key": key, "reason": note})
         if had_model:
@@ -371,10 +355,11 @@ class Reconciler:
             check_source_allowed(model.uri, allow_local=self.settings.downloads.allow_local_sources)
             credentials = await self._credentials(model)
             budgets = await self.backend.budgets(model)
+            check_group_paths(self.host_root, budgets.group_paths)
         except LocalModelError as exc:
             await self._fail(key, exc.reason, str(exc))
             return
-        observed = self._observed.get(key, ABSENT)
+        observed = self.memory.observed.get(key, ABSENT)
         if observed.state is DiskState.DAMAGED:
             # The engine must not trust the old manifest: withdraw it before fetching again.
             await asyncio.to_thread(self.store.withdraw, key)
@@ -385,9 +370,7 @@ class Reconciler:
         )
         request = DownloadRequest(key=key, uri=model.uri, credentials=credentials, budgets=budgets)
         if self.jobs.submit_download(request, model.node_groups):
-            previous = self.records.get(key, NO_RECORD)
-            if previous.warning != credentials.missing:
-                self.records[key] = replace(previous, warning=credentials.missing)
+            self.memory = self.memory.download_queued(key, credentials.missing)
             if credentials.missing:
                 await self._event("Warning", "CredentialsMissing", f"{model.shown_uri}: {credentials.missing}", key)
             logger.info("download queued", extra={"storage_key": key, "uri": model.shown_uri,
@@ -409,21 +392,20 @@ class Reconciler:
 
     def _group_present_bytes(self, group: str, *, exclude: str) -> int:
         total = 0
-        for key, model in self._wanted.items():
-            seen = self._observed.get(key)
+        for key, model in self.memory.wanted.items():
+            seen = self.memory.observed.get(key)
             if key != exclude and group in model.node_groups and seen and seen.state is DiskState.PRESENT:
                 total += seen.bytes_total or 0
         return total
 
     async def _announce_started(self) -> None:
         for key, view in self.jobs.views().items():
-            if view.kind is JobKind.DOWNLOAD and view.running and key not in self._announced:
-                self._announced.add(key)
+            if view.kind is JobKind.DOWNLOAD and view.running and key not in self.memory.announced:
+                self.memory = self.memory.started_announced(key)
                 await self._event_started(key)
 
     async def _event_started(self, key: str) -> None:
-        model = self._wanted.get(key)
-        uri = model.shown_uri if model else key
+        uri = self.memory.shown_uri(key)
         await self._event("Normal", "DownloadStarted", f"downloading {uri} into models/{key}", key)
 
     def _log_progress(self) -> None:
@@ -434,11 +416,11 @@ class Reconciler:
         for key, view in self.jobs.views().items():
             if view.kind is not JobKind.DOWNLOAD or not view.running or not view.bytes_total:
                 continue
-            last = self._progress_logged.get(key) or view.started_at or now
+            last = self.memory.progress_logged.get(key) or view.started_at or now
             if (now - last).total_seconds() < interval:
                 continue
-            self._progress_logged[key] = now
-            model = self._wanted.get(key)
+            self.memory = self.memory.progress_logged_at(key, now)
+            model = self.memory.wanted.get(key)
             rate = view.bytes_per_second or 0
             left = (view.bytes_total - view.bytes_done) / rate if rate else None
             eta = f", about {left:.0f}s left" if left is not None else ""
@@ -451,9 +433,9 @@ class Reconciler:
 
     # --- step 6 -------------------------------------------------------------------------------
 
-    def _disk(self) -> NodeDisk:
+    def _disk(self, observed: Mapping[str, Observed]) -> NodeDisk:
         usage = self.store.usage()
-        used = sum(o.bytes_total or 0 for o in self._observed.values() if o.state is DiskState.PRESENT)
+        used = sum(o.bytes_total or 0 for o in observed.values() if o.state is DiskState.PRESENT)
         used += sum(v.bytes_done for v in self.jobs.views().values() if v.kind is JobKind.DOWNLOAD)
         self.metrics.disk_used.set(used)
         self.metrics.disk_free.set(usage.free_bytes)
@@ -462,36 +444,37 @@ class Reconciler:
                         free_bytes=coarse_free_bytes(usage.free_bytes, usage.capacity_bytes))
 
     async def _publish(self, current: Plan) -> None:
-        assert self._desired is not None
-        disk = await asyncio.to_thread(self._disk)
+        memory = self.memory
+        assert memory.desired is not None
+        disk = await asyncio.to_thread(self._disk, memory.observed)
         views = self.jobs.views()
         self.metrics.models_present.set(
-            sum(1 for o in self._observed.values() if o.state is DiskState.PRESENT))
-        self.metrics.models_wanted.set(len(self._wanted))
+            sum(1 for o in memory.observed.values() if o.state is DiskState.PRESENT))
+        self.metrics.models_wanted.set(len(memory.wanted))
         self.metrics.downloads_running.set(sum(1 for v in views.values() if v.kind is JobKind.DOWNLOAD))
         desired = build_status(current.model_status, current.model_details, disk=disk,
-                               observed_generation=self._desired.generation,
+                               observed_generation=memory.desired.generation,
                                peer_endpoint=self.peer_endpoint)
-        patch, significant = status_patch(self._server_status, desired, additive_pruned=self.additive_pruned)
-        self._status_wake = None
+        patch, significant = status_patch(memory.server_status, desired, additive_pruned=memory.additive_pruned)
+        self.memory = self.memory.status_held(None)
         if not patch:
             return
         now = self._clock()
-        due, later = write_due(significant=significant, last_write=self._last_write, now=now,
+        due, later = write_due(significant=significant, last_write=memory.last_write, now=now,
                                progress_interval=self.settings.status.progress_interval_seconds)
         if not due:
-            self._status_wake = later
+            self.memory = self.memory.status_held(later)
             return
         stored = await self.backend.write_status(patch, desired)
-        self._last_write = now
         self.metrics.status_writes.inc()
+        pruned = memory.additive_pruned
         if stored is None:
-            stored = apply_merge_patch(self._server_status, patch)
-        elif not self.additive_pruned and additive_fields_pruned(patch, stored):
-            self.additive_pruned = True
+            stored = apply_merge_patch(memory.server_status, patch)
+        elif not pruned and additive_fields_pruned(patch, stored):
+            pruned = True
             logger.info("the LocalModelNode CRD prunes localmodel's status fields (KServe's CRDs are "
                         "installed); writing status.modelStatus only")
-        self._server_status = dict(stored)
+        self.memory = self.memory.status_written(now, dict(stored), additive_pruned=pruned)
         if significant:
             logger.debug("status written", extra={"models": {k: v for k, v in desired["modelStatus"].items()}})
 
@@ -499,9 +482,8 @@ class Reconciler:
 
     async def _event(self, type_: str, reason: str, message: str, key: str,
                      models: tuple[str, ...] | None = None) -> None:
-        model = self._wanted.get(key)
         await self._emit(AgentEvent(type_, reason, message,
-                                    models if models is not None else (model.status_keys if model else ())))
+                                    models if models is not None else self.memory.status_keys(key)))
 
     async def _emit(self, event: AgentEvent) -> None:
         # The log line is the durable record (Events expire after an hour); standalone mode has

@@ -25,6 +25,7 @@ from localmodel.fetch.options import FetchOptions
 from localmodel.kube.ops import OpsServer
 from localmodel.node.backend import Backend
 from localmodel.node.downloads import Jobs
+from localmodel.node.hostpath import read_host_root
 from localmodel.node.metrics import AgentMetrics
 from localmodel.node.plan import JobKind
 from localmodel.node.reconcile import Reconciler, utcnow
@@ -82,8 +83,14 @@ async def run_agent(settings: AgentSettings, backend: Backend, *, stop: asyncio.
     peers = await asyncio.to_thread(peer_factory, metrics) if peer_factory is not None else None
     jobs = Jobs(store, max_concurrent=settings.downloads.max_concurrent, options=options,
                 temp_dir=settings.downloads.temp_dir, on_change=poke, on_bytes=metrics.bytes.inc,
+                insecure_registries=settings.downloads.insecure_registries,
                 fill=peers.fill if peers is not None else None)
     reconciler = Reconciler(settings, backend, store, jobs, metrics)
+    reconciler.host_root = read_host_root(settings.root)
+    if reconciler.host_root is not None:
+        logger.info("root on the node", extra={"root": str(settings.root), "node_path": reconciler.host_root.path,
+                                                "source": reconciler.host_root.source,
+                                                "anchored": reconciler.host_root.anchored})
     agent = _LoopState(last_loop=utcnow())
 
     def live() -> tuple[bool, str]:

@@ -37,6 +37,9 @@ class DownloadSettings:
     #: Accept file://, plain paths and pvc:// (read from the agent's own filesystem; see
     #: `localmodel.node.policy`). Off in a cluster, on in the standalone mode.
     allow_local_sources: bool = False
+    #: Registries (host[:port]) that oci:// may reach over plain HTTP besides loopback ones,
+    #: as docker's insecure-registries (sources/oci.py).
+    insecure_registries: tuple[str, ...] = ()
     #: The download engine's options (threads, chunk size, rate...), handed to it unchanged.
     engine_options: FetchOptions = field(default_factory=FetchOptions)
 

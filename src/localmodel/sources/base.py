@@ -72,6 +72,30 @@ class RemoteFile:
 
 
 @dataclass(frozen=True)
+class Layer:
+    """How one listed file (an OCI blob) becomes part of the model, for a listing made of
+    layers rather than of the model's own files. The engine fetches and verifies every listed
+    file into staging as usual, then applies the listing's layers in order (`fetch/layers.py`).
+    """
+
+    #: The listed file (a blob) this layer is made from.
+    blob: str
+    #: "file": the blob is one model file, placed at `path`. "tar": a tar archive (compressed
+    #: as `compression` says) whose members go below the folder `path` ("" = the model root).
+    kind: str
+    path: str = ""
+    #: "tar" only: keep only the members below this folder of the archive, named relative to
+    #: it ("models" for a KServe modelcar image); "" keeps every member.
+    subtree: str = ""
+    #: "tar" only: "", "gzip" or "zstd".
+    compression: str = ""
+    #: "tar" only: OCI whiteouts (`.wh.NAME`, `.wh..wh..opq`) remove what earlier layers wrote,
+    #: and later layers may replace earlier files (image layers). Without it (ModelPack), two
+    #: layers writing one path is an UnsafePathError.
+    whiteouts: bool = False
+
+
+@dataclass(frozen=True)
 class Listing:
     """What a model is made of, at one resolved revision."""
 
@@ -82,6 +106,9 @@ class Listing:
     #: unpacks a listing made of exactly one zip/tar(.gz|.bz2|.xz) file; a source whose
     #: archives must stay packed (Hugging Face) sets {"archive": "none"}.
     details: Mapping[str, str] = field(default_factory=dict)
+    #: Non-empty for a model assembled from layers (OCI): `files` are then blobs, fetched into
+    #: staging and verified, and the model's files are what these layers make of them, in order.
+    layers: tuple[Layer, ...] = ()
 
 
 @runtime_checkable

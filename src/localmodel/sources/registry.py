@@ -10,6 +10,7 @@ need it, and then the error says what to install. Every source class is built th
       (also any http(s) URI below the blob endpoint named by the settings
        AZURE_STORAGE_BLOB_ENDPOINT or AZURE_STORAGE_CONNECTION_STRING, e.g. azurite)
     hf://owner/model[:revision]                      localmodel.sources.hf:HFSource
+    oci://registry/repo[:tag|@sha256:…]              localmodel.sources.oci:OCISource
     http(s)://host/path/file                         localmodel.sources.http:HTTPSource
     file:///path, /path, relative/path, pvc://claim/path
                                                      localmodel.sources.local:LocalSource
@@ -48,6 +49,7 @@ _registry: dict[str, Entry] = {
     AZURE: Entry("localmodel.sources.azure:AzureBlobSource",
                  "pip install azure-storage-blob azure-identity"),
     "hf": Entry("localmodel.sources.hf:HFSource", "pip install huggingface_hub"),
+    "oci": Entry("localmodel.sources.oci:OCISource", "pip install urllib3"),
     "http": Entry("localmodel.sources.http:HTTPSource", "pip install urllib3"),
     "https": Entry("localmodel.sources.http:HTTPSource", "pip install urllib3"),
     "file": Entry("localmodel.sources.local:LocalSource"),
