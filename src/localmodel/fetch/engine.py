@@ -5,7 +5,9 @@
                          │     check every path (see `paths`); a folder without a manifest
                          │     that holds exactly the listed files is adopted (`adopt`)
                          ├─ 3. open staging: adopt a same-plan, same-boot staging area
-                         │     (resume) or start afresh; check free space
+                         │     (resume) or start afresh; link files whose listed sha256
+                         │     the content store holds (re-hashed) instead of fetching
+                         │     them (`blobs`); check free space
                          ├─ 4. fetch: a thread pool runs ranged requests (`planning`),
                          │     writes with pwrite into preallocated files, journals
                          │     progress every `checkpoint_size`, and retries transient errors
@@ -15,6 +17,8 @@
                          │     the final fsync) overlaps the download and never stalls it
                          ├─ 5. verify: size and provider digest per file (IntegrityError)
                          ├─ 6. unpack a single-archive model (`archive`)
+                         ├─ 6b. share: each verified file becomes a link to the content
+                         │     store's entry for its sha256, or enters the store
                          └─ 7. publish: withdraw old manifest, rename folder into place,
                                write the new manifest, delete staging
 Failures: integrity and no-space errors wipe staging; any other error keeps it so the
@@ -47,6 +51,7 @@ from localmodel.errors import (
 )
 from localmodel.fetch import adopt as adoption
 from localmodel.fetch import archive as archives
+from localmodel.fetch import blobs as content
 from localmodel.fetch import layers as oci_layers
 from localmodel.fetch import manifest as manifests
 from localmodel.fetch import patterns, planning
@@ -164,6 +169,8 @@ class _File:
     #: Writers of one file take turns here. The kernel serializes them anyway (the inode
     #: lock), but a thread waiting on that lock spins on a CPU, while one waiting here sleeps.
     write_lock: threading.Lock = field(default_factory=threading.Lock)
+    #: A link to a content store entry (verified, read-only): never opened for writing.
+    reused: bool = False
 
 
 class _Download:
@@ -182,6 +189,13 @@ class _Download:
         self.files: list[_File] = []
         self.bytes_done = 0
         self.files_done = 0
+        #: Bytes linked from the content store instead of fetched (this run).
+        self.bytes_reused = 0
+        #: Bytes of the published model that are links to store entries it did not bring.
+        self.bytes_shared = 0
+        self._reused_inodes: set[tuple[int, int]] = set()
+        self.blobs = (content.BlobStore(layout.blobs)
+                      if layout.blobs is not None and options.dedup and options.verify else None)
         self.phase = "download"
         self._counter_lock = threading.Lock()
         self._meter = RateMeter()
@@ -312,10 +326,12 @@ class _Download:
             root = self.staging.archive if kind else self.staging.data
             root.mkdir(exist_ok=True)
             self._prepare(selected, root, recovered.done, recovered.verified)
+            self._reuse()
             self._check_space()
             self._fetch_all()
             unpacked = self._unpack(kind, listing) if kind else None
             manifest = self._manifest(listing, unpacked)
+            self._share(manifest)
             self._publish(manifest)
         except (IntegrityError, InsufficientSpaceError):
             self._close_files()
@@ -329,6 +345,7 @@ class _Download:
         elapsed = time.monotonic() - started
         logger.info("download complete", extra={
             "source": self.source_name, "dest": str(self.layout.dest), "bytes": manifest.total_size,
+            "bytes_reused": self.bytes_reused, "bytes_shared": self.bytes_shared,
             "seconds": round(elapsed, 3)})
         return manifest
 
@@ -360,6 +377,11 @@ class _Download:
                       if self.options.verify else NoHasher())
             state = _File(index, remote, target, hasher)
             present = target.exists()
+            if present and index not in verified and os.lstat(target).st_nlink > 1:
+                # A link to a content store entry whose journal line a crash took: other
+                # models' bytes, never to be written through. Drop this name and start over.
+                os.unlink(target)
+                present = False
             if not present and (index in done or index in verified):
                 # The copy the journal describes is gone; never trust those records again.
                 self.staging.record_reset(index)
@@ -374,6 +396,53 @@ class _Download:
             self.files.append(state)
         self.bytes_done = sum(f.done.covered() for f in self.files)
         self.files_done = sum(1 for f in self.files if f.result is not None)
+
+    def _reuse(self) -> None:
+        """Files whose listed sha256 the content store holds are linked from it, not fetched:
+        each entry is re-hashed first (bytes that rotted are evicted and fetched afresh), then
+        linked into staging and journaled as verified, so a resume trusts it. Runs before the
+        first progress report: reused bytes count as done, never as fetched."""
+        store = self.blobs
+        if store is None:
+            return
+        wanted = [f for f in self.files if f.result is None and f.remote.size >= content.MIN_SIZE
+                  and f.remote.digest is not None and f.remote.digest.algorithm.lower() == "sha256"
+                  and content.is_sha256(f.remote.digest.value.lower())
+                  and store.lookup(f.remote.digest.value.lower(), f.remote.size) is not None]
+        if not wanted:
+            return
+
+        def take(state: _File) -> bool:
+            assert state.remote.digest is not None
+            sha256 = state.remote.digest.value.lower()
+            entry = store.checked(sha256, state.remote.size, verify=self.options.verify)
+            if entry is None:
+                return False
+            if state.done or os.path.lexists(state.target):
+                self.staging.record_reset(state.index)  # what was fetched of it is moot
+            if not store.link_to(entry, state.target, self.staging.path / f".link-{state.index}"):
+                return False
+            self.staging.record_verified(state.index, sha256, True)
+            with state.lock:
+                self._reused_inodes.add(entry.inode)
+                state.reused = True
+                state.result = HashResult(sha256, True)
+                state.done = RangeSet()
+                state.done.add(0, state.remote.size)
+                state.hashed = state.remote.size
+                state.finished = True
+                state.hasher = _FINISHED
+            return True
+
+        with ThreadPoolExecutor(max_workers=max(1, min(self.options.concurrency, len(wanted))),
+                                thread_name_prefix="localmodel-reuse") as pool:
+            taken = [state for state, ok in zip(wanted, pool.map(take, wanted)) if ok]
+        self.bytes_reused = sum(f.remote.size for f in taken)
+        self.bytes_done = sum(f.done.covered() for f in self.files)
+        self.files_done = sum(1 for f in self.files if f.result is not None)
+        if taken:
+            logger.info("files taken from the content store, not fetched", extra={
+                "dest": str(self.layout.dest), "files": len(taken), "bytes": self.bytes_reused})
 
     def _check_space(self) -> None:
         needed = sum(max(0, f.remote.size - allocated_bytes(f.target))
@@ -447,6 +516,7 @@ class _Download:
             raise IntegrityError(f"download ended with unverified files: {unfinished[:3]}")
 
     def _open(self, state: _File) -> int:
+        assert not state.reused, "a content store link is never opened for writing"
         with state.lock:
             if state.fd is None:
                 state.fd = create_file(state.target, state.remote.size,
@@ -675,6 +745,36 @@ class _Download:
             _fsync_files(self.staging.data, (item.path for item in assembled))
         return assembled
 
+    # -- 6b. sharing through the content store ---------------------------------------------
+
+    def _share(self, manifest: Manifest) -> None:
+        """Make each verified file of the model a link to the store's entry for its sha256,
+        entering it when the store has none. An entry is re-hashed before it replaces a file
+        fetched afresh (`BlobStore.checked`); links are renamed over the staging file, so a
+        crash leaves either the fetched copy or the link, both verified, and the journal still
+        true. Nothing here can fail the download: where links fail, the file stays its own."""
+        store = self.blobs
+        if store is None:
+            return
+        root = self.staging.data
+        spare = self.staging.path / ".link-share"
+        for item in manifest.files:
+            if item.sha256 is None or item.size < content.MIN_SIZE or not content.is_sha256(item.sha256):
+                continue
+            target = root / item.path
+            st = os.lstat(target)
+            entry = store.lookup(item.sha256, item.size)
+            if entry is not None and entry.inode == (st.st_dev, st.st_ino):
+                if entry.inode in self._reused_inodes:
+                    self.bytes_shared += item.size
+                continue
+            if entry is not None:
+                entry = store.checked(item.sha256, item.size, verify=self.options.verify)
+            if entry is not None and store.link_to(entry, target, spare):
+                self.bytes_shared += item.size
+                continue
+            store.enter(target, item.sha256)
+
     # -- 7. manifest and publishing --------------------------------------------------------
 
     def _manifest(self, listing: Listing, unpacked: list[archives.UnpackedFile] | None) -> Manifest:
@@ -738,7 +838,7 @@ class _Download:
         self.progress(Progress(
             phase=phase or self.phase, bytes_done=done, bytes_total=total,
             files_done=self.files_done, files_total=len(self.files), rate=rate,
-            eta=eta(total - done, rate)))
+            eta=eta(total - done, rate), bytes_reused=self.bytes_reused))
 
 
 _FINISHED = NoHasher()

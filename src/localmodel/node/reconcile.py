@@ -29,6 +29,7 @@ from localmodel.api.types import NodeDisk
 from localmodel.errors import LocalModelError
 from localmodel.node.aliases import plan_aliases, sync_aliases
 from localmodel.node.backend import AgentEvent, Backend
+from localmodel.node.capacity import bytes_on_disk
 from localmodel.node.credentials import Credentials
 from localmodel.node.downloads import (
     DownloadRequest,
@@ -289,6 +290,8 @@ class Reconciler:
             observed[key] = seen
             if seen.state is DiskState.PRESENT and self.store.discard_leftover_staging(key):
                 logger.info("removed staging left by a finished download", extra={"storage_key": key})
+        # Entries left by deleted models, discarded staging or a crash: each pass, level-triggered.
+        self.store.collect_blobs()
         return refused, observed, on_disk
 
     # --- step 4 -------------------------------------------------------------------------------
@@ -319,6 +322,9 @@ class Reconciler:
             self.jobs.cancel(key)
         for key in current.deletions:
             await self._delete(key)
+        if current.deletions:
+            # What only the deleted models used leaves the disk now, not at the next pass.
+            await asyncio.to_thread(self.store.collect_blobs)
         for key in current.downloads:
             await self._start_download(self.memory.wanted[key])
         for key in current.scrubs:
@@ -366,6 +372,7 @@ class Reconciler:
         budgets = replace(
             budgets,
             group_present_bytes={g: self._group_present_bytes(g, exclude=key) for g in model.node_groups},
+            group_linked={g: self._group_linked(g, exclude=key) for g in model.node_groups},
             keep_free_bytes=self.settings.downloads.reserve_bytes,
         )
         request = DownloadRequest(key=key, uri=model.uri, credentials=credentials, budgets=budgets)
@@ -390,13 +397,22 @@ class Reconciler:
                                                                    "error": message})
             raise CredentialsUnavailableError(message) from exc
 
-    def _group_present_bytes(self, group: str, *, exclude: str) -> int:
-        total = 0
+    def _group_present(self, group: str, exclude: str) -> list[Observed]:
+        found = []
         for key, model in self.memory.wanted.items():
             seen = self.memory.observed.get(key)
             if key != exclude and group in model.node_groups and seen and seen.state is DiskState.PRESENT:
-                total += seen.bytes_total or 0
-        return total
+                found.append(seen)
+        return found
+
+    def _group_present_bytes(self, group: str, *, exclude: str) -> int:
+        """The bytes on disk of the group's complete models: shared files once."""
+        return bytes_on_disk((o.bytes_total or 0, o.linked_bytes, o.linked)
+                             for o in self._group_present(group, exclude))
+
+    def _group_linked(self, group: str, *, exclude: str) -> frozenset[tuple[int, int]]:
+        """The content store inodes the group's complete models already hold."""
+        return frozenset((dev, ino) for o in self._group_present(group, exclude) for dev, ino, _ in o.linked)
 
     async def _announce_started(self) -> None:
         for key, view in self.jobs.views().items():
@@ -435,8 +451,11 @@ class Reconciler:
 
     def _disk(self, observed: Mapping[str, Observed]) -> NodeDisk:
         usage = self.store.usage()
-        used = sum(o.bytes_total or 0 for o in observed.values() if o.state is DiskState.PRESENT)
-        used += sum(v.bytes_done for v in self.jobs.views().values() if v.kind is JobKind.DOWNLOAD)
+        # Bytes on disk: a file shared by several models through the content store counts once.
+        used = bytes_on_disk((o.bytes_total or 0, o.linked_bytes, o.linked)
+                             for o in observed.values() if o.state is DiskState.PRESENT)
+        used += sum(v.bytes_done - v.bytes_reused for v in self.jobs.views().values()
+                    if v.kind is JobKind.DOWNLOAD)
         self.metrics.disk_used.set(used)
         self.metrics.disk_free.set(usage.free_bytes)
         self.metrics.disk_capacity.set(usage.capacity_bytes)
