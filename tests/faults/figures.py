@@ -49,6 +49,7 @@ SECTIONS = {
     "rbac": "tests/faults/test_rbac.py",
     "least privilege": "tests/faults/test_least_privilege.py",
     "hostile rows": "tests/faults/test_hostile_inputs.py",
+    "shared content": "tests/faults/test_shared_content.py",
 }
 
 

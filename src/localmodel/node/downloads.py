@@ -92,6 +92,8 @@ class JobResult:
     files_total: int | None = None
     revision: str | None = None
     bytes_fetched: int = 0
+    #: Download: bytes linked from the content store (files other models hold), not fetched.
+    bytes_reused: int = 0
     #: Download: the folder was already there (KServe's) and was adopted, nothing fetched.
     adopted: bool = False
     #: Scrub: problems found.
@@ -387,6 +389,7 @@ class Jobs:
                 finished_at=_now(),
                 bytes_total=manifest.total_size, files_total=len(manifest.files),
                 revision=manifest.revision, bytes_fetched=fetched,
+                bytes_reused=job.progress.bytes_reused if job.progress and not adopted else 0,
                 adopted=adopted,
             ),
         )

@@ -232,9 +232,11 @@ class Reconciler:
         self.metrics.duration.observe(seconds)
         speed = f" at {human_bytes(rate)}/s" if rate else ""
         revision = f", revision {result.revision}" if result.revision else ""
+        shared = (f"; {human_bytes(result.bytes_reused)} of it already on this node (shared with other "
+                  "models, not fetched)" if result.bytes_reused else "")
         message = (
             f"downloaded {uri} ({human_bytes(result.bytes_total or 0)}, {files}) "
-            f"in {seconds:.1f}s{speed}{revision}; content verified"
+            f"in {seconds:.1f}s{speed}{revision}; content verified{shared}"
         )
         await self._event("Normal", "Downloaded", message, result.key)
 
