@@ -28,6 +28,7 @@ from localmodel.sources.base import Settings, Source
 from localmodel.sources.registry import open_source
 from tests.servers.hf import LocalHub
 from tests.servers.oci import Registry
+from tests.servers.s3 import S3Server
 from tests.sources.test_oci import layer_tar, member, push_modelcar, push_modelpack
 
 MiB = 2**20
@@ -383,3 +384,33 @@ def test_a_modelcar_and_a_modelpack_of_the_same_files_share_them_on_disk(
     assert bytes_on_disk(root) == sum(map(len, files.values()))
     # The modelcar's layer (a gzip tar, not a model file) is not kept in the store.
     assert set(entries(root)) == {hashlib.sha256(v).hexdigest() for v in files.values()}
+
+
+# --- S3: full-object SHA-256 checksums -----------------------------------------------------------
+
+def test_s3_objects_with_sha256_checksums_are_not_fetched_twice(moto_s3: S3Server, tmp_path: Path) -> None:
+    client = moto_s3.client()
+    client.create_bucket(Bucket="dedup")
+    files = weights(41)
+    for prefix in ("v1", "v2"):
+        for name, data in files.items():
+            body = data if prefix == "v1" or name != "c.safetensors" else data[::-1]
+            client.put_object(Bucket="dedup", Key=f"{prefix}/{name}", Body=body, ChecksumAlgorithm="SHA256")
+    # One object without a checksum: fetched, then shared on disk all the same.
+    client.put_object(Bucket="dedup", Key="v2/copy-of-a.bin", Body=files["a.safetensors"])
+    root = tmp_path / "root"
+    layouts = {}
+    counts = {}
+    for prefix in ("v1", "v2"):
+        counting = Counting()
+        uri = f"s3://dedup/{prefix}"
+        layouts[prefix] = Layout.in_store(root, storage_key(uri))
+        download(uri, layouts[prefix], settings=moto_s3.settings(), options=OPTIONS, source_factory=counting.open)
+        counts[prefix] = counting.read
+    assert counts["v1"] == sum(map(len, files.values()))
+    assert counts["v2"] == len(files["c.safetensors"]) + len(files["a.safetensors"])  # changed + no checksum
+    v1, v2 = layouts["v1"].dest, layouts["v2"].dest
+    assert inode(v1 / "a.safetensors") == inode(v2 / "a.safetensors") == inode(v2 / "copy-of-a.bin")
+    assert inode(v1 / "b.safetensors") == inode(v2 / "b.safetensors")
+    assert (v2 / "c.safetensors").read_bytes() == files["c.safetensors"][::-1]
+    assert bytes_on_disk(root) == sum(map(len, files.values())) + len(files["c.safetensors"])
