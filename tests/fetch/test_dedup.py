@@ -235,6 +235,7 @@ def test_where_links_fail_files_stay_unshared_and_nothing_fails(
         real_link(src, dst, *args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(content.os, "link", cross_device)
+    monkeypatch.setattr(content, "_warned", set())  # "once" is per process: start this test afresh
     root = tmp_path / "root"
     layout_1, _ = fetch(hf_hub, uri_1, root)
     layout_2, _ = fetch(hf_hub, uri_2, root)

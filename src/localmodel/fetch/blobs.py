@@ -33,7 +33,6 @@ Rules, and why they make sharing safe:
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import logging
 import os
@@ -53,14 +52,13 @@ MIN_SIZE = 64 * 1024
 _ALGORITHM = "sha256"
 _HEX = frozenset("0123456789abcdef")
 _READ_SIZE = 1024 * 1024
-#: link(2) errors that mean "this filesystem or this inode cannot take another link": the
-#: file stays unshared, nothing fails.
-_NO_LINK = frozenset({errno.EXDEV, errno.EMLINK, errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS})
 _warned: set[str] = set()
 _warned_lock = threading.Lock()
 
 
 def _warn_once(what: str, exc: OSError) -> None:
+    """Links failing is never an error (the file stays the model's own), but worth one line
+    per cause: per kind of step and errno, not per file."""
     key = f"{what}:{exc.errno}"
     with _warned_lock:
         if key in _warned:
@@ -182,11 +180,9 @@ class BlobStore:
             os.link(file, self.path(sha256), follow_symlinks=False)
         except FileExistsError:
             return False
-        except OSError as exc:
-            if exc.errno in _NO_LINK:
-                _warn_once("link into the store", exc)
-                return False
-            raise
+        except OSError as exc:  # EXDEV, EMLINK, EPERM (protected_hardlinks), ENOSPC, EACCES...
+            _warn_once("link into the store", exc)
+            return False
         return True
 
     def link_to(self, entry: Entry, target: Path, spare: Path) -> bool:
@@ -202,10 +198,8 @@ class BlobStore:
         except FileNotFoundError:
             return False
         except OSError as exc:
-            if exc.errno in _NO_LINK:
-                _warn_once("link from the store", exc)
-                return False
-            raise
+            _warn_once("link from the store", exc)
+            return False
         st = os.lstat(spare)
         if (st.st_dev, st.st_ino) != entry.inode:  # replaced meanwhile: not what was checked
             os.unlink(spare)

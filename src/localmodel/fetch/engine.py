@@ -418,7 +418,7 @@ class _Download:
             entry = store.checked(sha256, state.remote.size, verify=self.options.verify)
             if entry is None:
                 return False
-            if state.done or os.path.lexists(state.target):
+            if state.done.covered() or os.path.lexists(state.target):
                 self.staging.record_reset(state.index)  # what was fetched of it is moot
             if not store.link_to(entry, state.target, self.staging.path / f".link-{state.index}"):
                 return False
@@ -768,12 +768,15 @@ class _Download:
                 if entry.inode in self._reused_inodes:
                     self.bytes_shared += item.size
                 continue
-            if entry is not None:
-                entry = store.checked(item.sha256, item.size, verify=self.options.verify)
+            if entry is None and store.enter(target, item.sha256):
+                continue
+            # The store holds these bytes already (or another download entered them just now):
+            # link to them, re-hashed first; if that fails too, try to enter ours once more.
+            entry = store.checked(item.sha256, item.size, verify=self.options.verify)
             if entry is not None and store.link_to(entry, target, spare):
                 self.bytes_shared += item.size
-                continue
-            store.enter(target, item.sha256)
+            elif entry is None:
+                store.enter(target, item.sha256)
 
     # -- 7. manifest and publishing --------------------------------------------------------
 
