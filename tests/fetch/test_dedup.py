@@ -246,6 +246,22 @@ def test_where_links_fail_files_stay_unshared_and_nothing_fails(
     assert len(warnings) == 1  # logged once, not per file
 
 
+def test_a_symlink_planted_as_the_store_is_never_followed(hf_hub: LocalHub, tmp_path: Path) -> None:
+    first, second = revisions(seed=8)
+    uri_1, uri_2 = publish(hf_hub, first, second, repo="acme/planted")
+    root = tmp_path / "root"
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "sha256").mkdir(parents=True)
+    root.mkdir()
+    (root / "blobs").symlink_to(elsewhere)
+    layout_1, _ = fetch(hf_hub, uri_1, root)
+    layout_2, _ = fetch(hf_hub, uri_2, root)
+    assert files_of(layout_1) == first and files_of(layout_2) == second
+    assert list((elsewhere / "sha256").iterdir()) == []
+    assert (root / "blobs").is_symlink()  # reported in the log, left alone
+    assert ModelStore(root).collect_blobs().removed == 0
+
+
 # --- crashes between the store and the model -----------------------------------------------------
 
 class Killed(BaseException):

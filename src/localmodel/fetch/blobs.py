@@ -42,7 +42,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from localmodel.errors import UnsafePathError
 
 logger = logging.getLogger(__name__)
 
@@ -113,22 +112,36 @@ class BlobStore:
             raise ValueError(f"not a sha256: {sha256!r}")
         return self.folder / sha256
 
+    def _real_folders(self) -> bool | None:
+        """True when the store's folders are real folders, None when they are missing, False
+        when a name is something else (a symlink planted there must not take lookups, links
+        or collection elsewhere: the store is then not used, and this is logged once)."""
+        for folder in (self.root, self.folder):
+            try:
+                st = os.lstat(folder)
+            except (FileNotFoundError, NotADirectoryError):
+                return None
+            if not stat.S_ISDIR(st.st_mode):
+                _warn_once("use the store", OSError(f"{folder} is not a folder"))
+                return False
+        return True
+
     def _ensure(self) -> bool:
-        """Create the store's folders, refusing anything that is not a real folder (a planted
-        symlink must not take the entries elsewhere). False when the store cannot be used."""
+        """Create the store's folders if missing; False when the store cannot be used."""
         for folder in (self.root, self.folder):
             try:
                 os.mkdir(folder, 0o755)
             except FileExistsError:
-                if not stat.S_ISDIR(os.lstat(folder).st_mode):
-                    raise UnsafePathError(f"{folder} exists and is not a folder") from None
+                pass
             except OSError as exc:
                 _warn_once("create the store", exc)
                 return False
-        return True
+        return self._real_folders() is True
 
     def lookup(self, sha256: str, size: int) -> Entry | None:
         """The entry for this content, None if there is none (or something else has its name)."""
+        if not self._real_folders():
+            return None
         try:
             st = os.lstat(self.path(sha256))
         except (FileNotFoundError, NotADirectoryError):
@@ -208,6 +221,8 @@ class BlobStore:
         return True
 
     def entries(self) -> Iterable[tuple[str, os.stat_result]]:
+        if not self._real_folders():
+            return
         try:
             scan = os.scandir(self.folder)
         except (FileNotFoundError, NotADirectoryError):
