@@ -56,3 +56,38 @@ def test_used_counts_shared_shards_once_and_deleting_one_revision_keeps_the_othe
     assert ModelStore(root).scrub(storage_key(uri_2)) == []
     wait_until(lambda: standalone.status()["disk"]["usedBytes"] == sum(map(len, second.values())),
                "usedBytes to drop to v2's bytes", agent=agent)
+
+
+def test_damage_to_a_shared_file_repairs_every_model_holding_it_with_one_fetch(
+        standalone: Standalone, hf_hub: LocalHub) -> None:  # noqa: F811
+    first, second = revisions(seed=32)
+    repo = "acme/agent-shared-damage"
+    uri_1, uri_2 = publish(hf_hub, first, second, repo=repo)
+    standalone.write(entry(uri_1, "v1"), entry(uri_2, "v2"))
+    agent = standalone.start("--max-concurrent-downloads", "1", "--scrub-interval", "1",
+                             env={"HF_ENDPOINT": hf_hub.url})
+    standalone.wait_phase("v1", "ModelDownloaded", agent)
+    standalone.wait_phase("v2", "ModelDownloaded", agent)
+    root = standalone.root
+    shard = sorted(k for k in first if k.endswith(".safetensors") and first[k] == second[k])[0]
+    damaged = model_dir(root, uri_1) / shard
+    assert damaged.stat().st_ino == (model_dir(root, uri_2) / shard).stat().st_ino
+    served = sum(e - s for s, e in hf_hub.served(repo, shard))
+    with open(damaged, "r+b") as handle:  # a flipped byte: the one inode both models hold
+        handle.seek(12345)
+        byte = handle.read(1)
+        handle.seek(12345)
+        handle.write(bytes([byte[0] ^ 0xFF]))
+
+    def repaired() -> bool:
+        return (tree_digests(model_dir(root, uri_1)) == digests(first)
+                and tree_digests(model_dir(root, uri_2)) == digests(second)
+                and standalone.phase("v1") == standalone.phase("v2") == "ModelDownloaded")
+
+    wait_until(repaired, "both models repaired", agent=agent)
+    assert "shares a damaged file with models/" in agent.log_text()
+    # The shard crossed the network once for both models: the second repair linked the first's.
+    assert sum(e - s for s, e in hf_hub.served(repo, shard)) - served == len(first[shard])
+    assert (model_dir(root, uri_1) / shard).stat().st_ino == (model_dir(root, uri_2) / shard).stat().st_ino
+    assert content.sha256_of(root / "blobs" / "sha256" / hashlib.sha256(first[shard]).hexdigest()) \
+        == hashlib.sha256(first[shard]).hexdigest()

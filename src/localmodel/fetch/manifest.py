@@ -205,9 +205,10 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def verify_full(layout: Layout, manifest: Manifest) -> list[str]:
+def verify_full(layout: Layout, manifest: Manifest, *, mismatched: list[str] | None = None) -> list[str]:
     """`verify_quick`, then re-hash every file and compare with the manifest (a scrub).
-    Files downloaded without verification (no sha256) are reported as unverifiable."""
+    Files downloaded without verification (no sha256) are reported as unverifiable.
+    `mismatched`, when given, receives the paths whose bytes no longer match their sha256."""
     problems = verify_quick(layout, manifest)
     for item in manifest.files:
         path = layout.dest / item.path
@@ -223,4 +224,6 @@ def verify_full(layout: Layout, manifest: Manifest) -> list[str]:
         actual = file_sha256(path)
         if actual != item.sha256:
             problems.append(f"sha256: {item.path} is {actual}, manifest says {item.sha256}")
+            if mismatched is not None:
+                mismatched.append(item.path)
     return problems

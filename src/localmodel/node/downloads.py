@@ -98,6 +98,8 @@ class JobResult:
     adopted: bool = False
     #: Scrub: problems found.
     problems: tuple[str, ...] = ()
+    #: Scrub: (st_dev, st_ino) of damaged files shared with other models (content store links).
+    damaged_inodes: frozenset[tuple[int, int]] = frozenset()
 
     @property
     def seconds(self) -> float:
@@ -417,7 +419,7 @@ class Jobs:
     def _run_scrub(self, key: str, job: _Job) -> JobResult:
         started = self._start(job)
         try:
-            problems = self._store.scrub(key)
+            problems, damaged_inodes = self._store.scrub_shared(key)
         except Exception as exc:  # noqa: BLE001
             reason, message, _ = describe_error(exc)
             return self._finish(key, JobResult(key=key, kind=JobKind.SCRUB, ok=False, started_at=started,
@@ -425,5 +427,6 @@ class Jobs:
         return self._finish(
             key,
             JobResult(key=key, kind=JobKind.SCRUB, ok=not problems, started_at=started, finished_at=_now(),
-                      problems=tuple(problems), reason=None if not problems else "Damaged"),
+                      problems=tuple(problems), reason=None if not problems else "Damaged",
+                      damaged_inodes=damaged_inodes),
         )

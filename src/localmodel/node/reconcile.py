@@ -255,10 +255,26 @@ class Reconciler:
             self.memory = self.memory.scrub_damaged(result.key, summary)
             await self._event("Warning", "ModelDamaged", f"scrub found damage, downloading again: {summary}",
                               result.key)
+            await self._withdraw_sharers(result.key, result.damaged_inodes)
             return
         self.metrics.scrubs.labels("failed").inc()
         logger.warning("scrub failed", extra={"storage_key": result.key, "reason": result.reason,
                                               "error": result.message})
+
+    async def _withdraw_sharers(self, key: str, inodes: frozenset[tuple[int, int]]) -> None:
+        """Damaged bytes that other models hold too (one inode, linked through the content
+        store) damage them as well: repair them now rather than at their own next scrub."""
+        if not inodes:
+            return
+        for other, seen in sorted(self.memory.observed.items()):
+            if other == key or seen.state is not DiskState.PRESENT:
+                continue
+            if not any((dev, ino) in inodes for dev, ino, _ in seen.linked):
+                continue
+            summary = f"shares a damaged file with models/{key}"
+            await asyncio.to_thread(self.store.withdraw, other)
+            self.memory = self.memory.scrub_damaged(other, summary)
+            await self._event("Warning", "ModelDamaged", f"{summary}, downloading again", other)
 
     async def _fail(self, key: str, reason: str, message: str, *, retry_after: float | None = None,
                     started_at: datetime | None = None) -> None:

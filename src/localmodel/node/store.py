@@ -232,11 +232,31 @@ class ModelStore:
 
     def scrub(self, key: str) -> list[str]:
         """Re-hash every file; problems found (empty when the model is intact or gone)."""
+        return self.scrub_shared(key)[0]
+
+    def scrub_shared(self, key: str) -> tuple[list[str], frozenset[tuple[int, int]]]:
+        """`scrub`, and the (st_dev, st_ino) of the damaged files that other models may share
+        (more than one link): their content store entries are evicted at once, so no download
+        is handed those bytes, and the caller can repair every model holding them."""
         layout = self.layout(key)
         manifest = read_manifest(layout)
         if manifest is None:
-            return []
-        return verify_full(layout, manifest)
+            return [], frozenset()
+        mismatched: list[str] = []
+        problems = verify_full(layout, manifest, mismatched=mismatched)
+        shared: set[tuple[int, int]] = set()
+        digests = {item.path: item.sha256 for item in manifest.files}
+        for path in mismatched:
+            try:
+                st = os.lstat(layout.dest / path)
+            except FileNotFoundError:
+                continue
+            if st.st_nlink > 1:
+                shared.add((st.st_dev, st.st_ino))
+                sha256 = digests.get(path)
+                if sha256:
+                    self.blobs.evict(sha256, (st.st_dev, st.st_ino))
+        return problems, frozenset(shared)
 
     def discard_leftover_staging(self, key: str) -> bool:
         """Remove the staging folder of a complete model (a download that died after writing
