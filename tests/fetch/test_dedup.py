@@ -140,11 +140,14 @@ def test_a_second_revision_downloads_only_what_changed_and_shares_the_rest(hf_hu
     assert verify_full(layout_2, read_manifest_of(layout_2)) == []
     changed = [k for k in second if second[k] != first[k]]
     same_lfs = [k for k in second if second[k] == first[k] and k.endswith(".safetensors")]
-    # Shards whose listed sha256 the store held were never asked for; the tokenizer (no listed
-    # digest) was fetched, then shared on disk.
-    assert fetched == sum(len(second[k]) for k in changed) + len(second["tokenizer.json"])
+    # Of the shards whose listed sha256 the store held, only a probe was asked for (64 KiB at a
+    # random offset: the origin shows it holds them); the tokenizer (no listed digest) was
+    # fetched, then shared on disk.
+    probe = content.PROBE_SIZE
+    assert fetched == sum(len(second[k]) for k in changed) + len(second["tokenizer.json"]) + probe * len(same_lfs)
     for name in same_lfs:
-        assert hf_hub.served(REPO, name) == ranges_first[name], name  # the first revision's only
+        [(start, end)] = hf_hub.served(REPO, name)[len(ranges_first[name]):]
+        assert end - start == probe, name
         assert inode(layout_1.dest / name) == inode(layout_2.dest / name)
     assert inode(layout_1.dest / "tokenizer.json") == inode(layout_2.dest / "tokenizer.json")
     for name in changed:
@@ -262,6 +265,54 @@ def test_a_symlink_planted_as_the_store_is_never_followed(hf_hub: LocalHub, tmp_
     assert ModelStore(root).collect_blobs().removed == 0
 
 
+def test_a_listing_that_names_a_stored_sha256_without_holding_the_bytes_gets_nothing(
+        hf_hub: LocalHub, tmp_path: Path) -> None:
+    """Another tenant knows the sha256 of a private shard on this node and lists it from an origin
+    of his own: the probe fails (his origin cannot send those bytes), the file is fetched from
+    his origin like any other and fails its check; not a byte of the stored shard reaches him."""
+    first, _ = revisions(seed=9)
+    private = "acme/private"
+    hf_hub.add_commit(private, first, revision="v1", lfs={k for k in first if k.endswith(".safetensors")})
+    root = tmp_path / "root"
+    fetch(hf_hub, f"hf://{private}:v1", root)
+    shard = sorted(k for k in first if k.endswith(".safetensors"))[0]
+    secret_sha = hashlib.sha256(first[shard]).hexdigest()
+    decoy = random.Random(99).randbytes(len(first[shard]))
+    hf_hub.add_commit("mallory/model", {"stolen.safetensors": decoy}, lfs={"stolen.safetensors"})
+
+    def lying(uri: str, settings: Settings) -> Source:
+        inner = open_source(uri, settings)
+
+        class Lying:
+            def __init__(self) -> None:
+                self.uri = inner.uri
+
+            def list_files(self):  # type: ignore[no-untyped-def]
+                from dataclasses import replace
+
+                from localmodel.sources.base import Digest
+
+                listing = inner.list_files()
+                return replace(listing, files=tuple(replace(f, digest=Digest("sha256", secret_sha))
+                                                    for f in listing.files))
+
+            def read_range(self, path: str, offset: int, length: int) -> Iterator[bytes | memoryview]:
+                return inner.read_range(path, offset, length)
+
+            def close(self) -> None:
+                inner.close()
+
+        return Lying()
+
+    uri = "hf://mallory/model"
+    with pytest.raises(IntegrityError):
+        fetch(hf_hub, uri, root, source_factory=lying)
+    layout = Layout.in_store(root, storage_key(uri))
+    assert not layout.dest.exists()
+    assert os.lstat(root / "blobs" / "sha256" / secret_sha).st_nlink == 2  # the first model and the store
+    assert hf_hub.served("mallory/model", "stolen.safetensors")  # fetched from his origin, not linked
+
+
 # --- crashes between the store and the model -----------------------------------------------------
 
 class Killed(BaseException):
@@ -376,8 +427,9 @@ def test_two_tags_sharing_layers_fetch_only_the_new_blobs(oci_registry: Registry
     assert first.read == sum(map(len, files.values()))
     second = Counting()
     layout_2 = oci_fetch(f"oci://{oci_registry.host}/dedup/pack:v2", root, second)
-    # Only the new blobs crossed the network: the changed weight and the config.
-    assert second.read == len(v2["c.safetensors"]) + len(v2["config.json"])
+    # Only the new blobs crossed the network (the changed weight and the config), and a probe of
+    # each shared one.
+    assert second.read == len(v2["c.safetensors"]) + len(v2["config.json"]) + 2 * content.PROBE_SIZE
     assert files_of(layout_1) == files and files_of(layout_2) == v2
     for name in ("a.safetensors", "b.safetensors"):
         assert inode(layout_1.dest / name) == inode(layout_2.dest / name)
@@ -425,7 +477,8 @@ def test_s3_objects_with_sha256_checksums_are_not_fetched_twice(moto_s3: S3Serve
         download(uri, layouts[prefix], settings=moto_s3.settings(), options=OPTIONS, source_factory=counting.open)
         counts[prefix] = counting.read
     assert counts["v1"] == sum(map(len, files.values()))
-    assert counts["v2"] == len(files["c.safetensors"]) + len(files["a.safetensors"])  # changed + no checksum
+    # The changed object, the one without a checksum, and a probe of each of the two reused.
+    assert counts["v2"] == len(files["c.safetensors"]) + len(files["a.safetensors"]) + 2 * content.PROBE_SIZE
     v1, v2 = layouts["v1"].dest, layouts["v2"].dest
     assert inode(v1 / "a.safetensors") == inode(v2 / "a.safetensors") == inode(v2 / "copy-of-a.bin")
     assert inode(v1 / "b.safetensors") == inode(v2 / "b.safetensors")

@@ -16,11 +16,15 @@ Rules, and why they make sharing safe:
   sha256, never a digest someone else claims. Downloads made without verification never enter.
 - **An entry appears whole or not at all.** link(2) is atomic and the file is complete (and
   fdatasync'ed) before it gets the name; a crash leaves the name or no name, never half a file.
-- **Reuse re-checks.** Before a new model is given an entry (`reuse`, `adopt_into`), the entry is
-  hashed again (when the download verifies): bytes that rotted on disk since they entered are
-  evicted from the store, never spread to one more model. A source whose listing names a file's
-  sha256 (OCI blobs, Hugging Face LFS, S3 full-object SHA-256 checksums) then needs no download
-  at all for files the store holds.
+- **Reuse re-checks.** Before a new model is given an entry, the entry is hashed again (when the
+  download verifies): bytes that rotted on disk since they entered are evicted from the store,
+  never spread to one more model. A source whose listing names a file's sha256 (OCI blobs,
+  Hugging Face LFS, S3 full-object SHA-256 checksums) then needs no download for files the store
+  holds, except `PROBE_SIZE` bytes at a random offset that must equal the entry's: a listing is
+  only a claim, and a cache shared by tenants must not hand one tenant's private weights to
+  another who merely knows their sha256 and lists it from an origin of his own. Whoever can
+  answer the probe holds the content anyway. (What remains observable: that the node holds
+  some content, to an origin that lists its digest and sees a probe instead of a download.)
 - **Never written in place.** An entry's inode is every sharing model's file: it is made
   read-only (0444), and the engine never opens a file with more than one link for writing (a
   staging file found linked is replaced, not written through). Repair replaces links.
@@ -48,6 +52,9 @@ logger = logging.getLogger(__name__)
 #: Files smaller than this are not shared: configs and tokenizers would cost one entry each
 #: (a name, a link at publish, an lstat per collection) for next to no bytes saved.
 MIN_SIZE = 64 * 1024
+#: Bytes read back from the origin, at a random offset, before a file is taken from the store
+#: on the strength of a listed sha256: the origin must show it holds the content (see `reuse`).
+PROBE_SIZE = 64 * 1024
 _ALGORITHM = "sha256"
 _HEX = frozenset("0123456789abcdef")
 _READ_SIZE = 1024 * 1024

@@ -30,6 +30,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import secrets
 import shutil
 import threading
 import time
@@ -46,6 +47,7 @@ from localmodel import __version__
 from localmodel.errors import (
     InsufficientSpaceError,
     IntegrityError,
+    LocalModelError,
     SourceNotFoundError,
     SourceUnavailableError,
 )
@@ -189,8 +191,10 @@ class _Download:
         self.files: list[_File] = []
         self.bytes_done = 0
         self.files_done = 0
-        #: Bytes linked from the content store instead of fetched (this run).
+        #: Bytes linked from the content store instead of fetched (this run), and the bytes the
+        #: origin sent to show it holds them (`_origin_holds`).
         self.bytes_reused = 0
+        self.bytes_probed = 0
         #: Bytes of the published model that are links to store entries it did not bring.
         self.bytes_shared = 0
         self._reused_inodes: set[tuple[int, int]] = set()
@@ -345,7 +349,8 @@ class _Download:
         elapsed = time.monotonic() - started
         logger.info("download complete", extra={
             "source": self.source_name, "dest": str(self.layout.dest), "bytes": manifest.total_size,
-            "bytes_reused": self.bytes_reused, "bytes_shared": self.bytes_shared,
+            "bytes_reused": self.bytes_reused, "bytes_probed": self.bytes_probed,
+            "bytes_shared": self.bytes_shared,
             "seconds": round(elapsed, 3)})
         return manifest
 
@@ -416,7 +421,7 @@ class _Download:
             assert state.remote.digest is not None
             sha256 = state.remote.digest.value.lower()
             entry = store.checked(sha256, state.remote.size, verify=self.options.verify)
-            if entry is None:
+            if entry is None or not self._origin_holds(state, entry.path):
                 return False
             if state.done.covered() or os.path.lexists(state.target):
                 self.staging.record_reset(state.index)  # what was fetched of it is moot
@@ -443,6 +448,33 @@ class _Download:
         if taken:
             logger.info("files taken from the content store, not fetched", extra={
                 "dest": str(self.layout.dest), "files": len(taken), "bytes": self.bytes_reused})
+
+    def _origin_holds(self, state: _File, entry: Path) -> bool:
+        """Whether the origin holds the bytes its listing names: `PROBE_SIZE` bytes at a random
+        offset must equal the store entry's. Without this, anyone who knows a file's sha256
+        could list it from an origin of their own and be given the bytes from this node's store
+        (another tenant's private weights). Any failure means "fetch it as usual"."""
+        size = state.remote.size
+        length = min(content.PROBE_SIZE, size)
+        offset = secrets.randbelow(size - length + 1)
+        try:
+            got = b"".join(bytes(piece) for piece in self.source.read_range(state.remote.path, offset, length))
+        except (LocalModelError, OSError) as exc:
+            logger.info("origin not asked to prove it holds a file; fetching it", extra={
+                "path": state.remote.path, "error": str(exc)})
+            return False
+        fd = os.open(entry, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            expected = os.pread(fd, length, offset)
+        finally:
+            os.close(fd)
+        if got != expected:
+            logger.warning("the origin does not serve the bytes its listing's sha256 names; fetching the file",
+                           extra={"path": state.remote.path, "offset": offset})
+            return False
+        with self._counter_lock:
+            self.bytes_probed += length
+        return True
 
     def _check_space(self) -> None:
         needed = sum(max(0, f.remote.size - allocated_bytes(f.target))
