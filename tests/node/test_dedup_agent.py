@@ -45,6 +45,8 @@ def test_used_counts_shared_shards_once_and_deleting_one_revision_keeps_the_othe
     shared_lfs = sum(len(v) for k, v in first.items() if second[k] == v and k.endswith(".safetensors"))
     fetched = metric_value(agent.metrics(), "localmodel_download_bytes_total")
     assert fetched == total - shared_lfs
+    assert metric_value(agent.metrics(), "localmodel_download_reused_bytes_total") == shared_lfs
+    assert metric_value(agent.metrics(), "localmodel_disk_used_bytes") == on_disk
     assert "already on this node (shared with other models, not fetched)" in agent.log_text()
 
     standalone.write(entry(uri_2, "v2"))

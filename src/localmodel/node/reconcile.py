@@ -230,6 +230,7 @@ class Reconciler:
             return
         self.metrics.downloads.labels("succeeded").inc()
         self.metrics.duration.observe(seconds)
+        self.metrics.reused_bytes.inc(result.bytes_reused)
         speed = f" at {human_bytes(rate)}/s" if rate else ""
         revision = f", revision {result.revision}" if result.revision else ""
         shared = (f"; {human_bytes(result.bytes_reused)} of it already on this node (shared with other "
