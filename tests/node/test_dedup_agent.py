@@ -94,3 +94,17 @@ def test_damage_to_a_shared_file_repairs_every_model_holding_it_with_one_fetch(
     assert (model_dir(root, uri_1) / shard).stat().st_ino == (model_dir(root, uri_2) / shard).stat().st_ino
     assert content.sha256_of(root / "blobs" / "sha256" / hashlib.sha256(first[shard]).hexdigest()) \
         == hashlib.sha256(first[shard]).hexdigest()
+
+
+def test_no_dedup_keeps_every_model_its_own_copies(standalone: Standalone, hf_hub: LocalHub) -> None:  # noqa: F811
+    first, second = revisions(seed=33)
+    uri_1, uri_2 = publish(hf_hub, first, second, repo="acme/agent-no-dedup")
+    standalone.write(entry(uri_1, "v1"), entry(uri_2, "v2"))
+    agent = standalone.start("--no-dedup", env={"HF_ENDPOINT": hf_hub.url})
+    standalone.wait_phase("v1", "ModelDownloaded", agent)
+    standalone.wait_phase("v2", "ModelDownloaded", agent)
+    root = standalone.root
+    total = sum(map(len, first.values())) + sum(map(len, second.values()))
+    assert entries(root) == {} and bytes_on_disk(root) == total
+    wait_until(lambda: standalone.status()["disk"]["usedBytes"] == total, "usedBytes to be both copies", agent=agent)
+    assert metric_value(agent.metrics(), "localmodel_download_bytes_total") == total
