@@ -420,13 +420,19 @@ class _Download:
         def take(state: _File) -> bool:
             assert state.remote.digest is not None
             sha256 = state.remote.digest.value.lower()
-            entry = store.checked(sha256, state.remote.size, verify=self.options.verify)
+            # The probe first: a listing that names bytes its origin does not hold costs a
+            # ranged read, not a re-hash of the entry.
+            entry = store.lookup(sha256, state.remote.size)
             if entry is None or not self._origin_holds(state, entry.path):
                 return False
-            if state.done.covered() or os.path.lexists(state.target):
-                self.staging.record_reset(state.index)  # what was fetched of it is moot
-            if not store.link_to(entry, state.target, self.staging.path / f".link-{state.index}"):
+            entry = store.checked(sha256, state.remote.size, verify=self.options.verify)
+            if entry is None:
                 return False
+            partial = state.done.covered() or os.path.lexists(state.target)
+            if not store.link_to(entry, state.target, self.staging.path / f".link-{state.index}"):
+                return False  # what was fetched of it still counts
+            if partial:
+                self.staging.record_reset(state.index)  # the partial copy is gone
             self.staging.record_verified(state.index, sha256, True)
             with state.lock:
                 self._reused_inodes.add(entry.inode)
