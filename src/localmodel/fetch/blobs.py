@@ -46,14 +46,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-
 logger = logging.getLogger(__name__)
 
 #: Files smaller than this are not shared: configs and tokenizers would cost one entry each
 #: (a name, a link at publish, an lstat per collection) for next to no bytes saved.
 MIN_SIZE = 64 * 1024
 #: Bytes read back from the origin, at a random offset, before a file is taken from the store
-#: on the strength of a listed sha256: the origin must show it holds the content (see `reuse`).
+#: on the strength of a listed sha256: the origin must show it holds the content ("Reuse
+#: re-checks" above; `engine._Download._origin_holds`).
 PROBE_SIZE = 64 * 1024
 _ALGORITHM = "sha256"
 _HEX = frozenset("0123456789abcdef")
@@ -93,8 +93,8 @@ def sha256_of(path: Path) -> str:
 class Entry:
     path: Path
     size: int
+    #: (st_dev, st_ino): what a model's file must be to share this entry's bytes.
     inode: tuple[int, int]
-    links: int
 
 
 @dataclass(frozen=True)
@@ -155,7 +155,7 @@ class BlobStore:
             return None
         if not stat.S_ISREG(st.st_mode) or st.st_size != size:
             return None
-        return Entry(self.path(sha256), st.st_size, (st.st_dev, st.st_ino), st.st_nlink)
+        return Entry(self.path(sha256), st.st_size, (st.st_dev, st.st_ino))
 
     def evict(self, sha256: str, inode: tuple[int, int] | None = None) -> None:
         """Remove the store's name for this content (when it still names `inode`): the models
@@ -263,6 +263,3 @@ class BlobStore:
             removed += 1
             freed += st.st_size
         return Collected(removed=removed, freed_bytes=freed, kept=kept)
-
-    def held_bytes(self) -> int:
-        return sum(st.st_size for _, st in self.entries() if stat.S_ISREG(st.st_mode))
