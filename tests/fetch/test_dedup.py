@@ -484,3 +484,49 @@ def test_s3_objects_with_sha256_checksums_are_not_fetched_twice(moto_s3: S3Serve
     assert inode(v1 / "b.safetensors") == inode(v2 / "b.safetensors")
     assert (v2 / "c.safetensors").read_bytes() == files["c.safetensors"][::-1]
     assert bytes_on_disk(root) == sum(map(len, files.values())) + len(files["c.safetensors"])
+
+
+def test_a_second_tag_of_a_modelcar_links_the_first_ones_model_after_a_probe(
+        oci_registry: Registry, tmp_path: Path) -> None:
+    """A modelcar's layers are tar archives, not model files, so they are not kept; a second tag
+    of the same image (same layers) is built from the first one's files instead, once its
+    registry has answered the probe recorded with them."""
+    files = weights(51)
+    car = layer_tar(tmp_path / "car.tar", [member("models", kind=tarfile.DIRTYPE),
+                                           member("models/config.json", b"{}"),
+                                           *[member(f"models/{k}", v) for k, v in files.items()]])
+    push_modelcar(oci_registry, "dedup/car:one", car)
+    oci_registry.crane("tag", f"{oci_registry.host}/dedup/car:one", "two")
+    root = tmp_path / "root"
+    first = Counting()
+    one = oci_fetch(f"oci://{oci_registry.host}/dedup/car:one", root, first)
+    second = Counting()
+    two = oci_fetch(f"oci://{oci_registry.host}/dedup/car:two", root, second)
+    assert files_of(one) == files_of(two) == {**files, "config.json": b"{}"}
+    assert second.read == content.PROBE_SIZE  # the probe of the layer, nothing else
+    for name in files:
+        assert inode(one.dest / name) == inode(two.dest / name)
+    assert os.lstat(two.dest / "config.json").st_ino != os.lstat(one.dest / "config.json").st_ino
+    assert verify_full(two, read_manifest_of(two)) == []
+    assert bytes_on_disk(root) == sum(map(len, files.values())) + 2 * len(b"{}")
+
+    # A registry that cannot answer the probe gets the layers fetched like any download.
+    class Refusing(Counting):
+        def open(self, uri: str, settings: Settings) -> Source:
+            source = super().open(uri, settings)
+            real = source.read_range
+
+            def read_range(path: str, offset: int, length: int) -> Iterator[bytes | memoryview]:
+                for piece in real(path, offset, length):
+                    yield bytes(len(piece)) if length == content.PROBE_SIZE else piece
+
+            source.read_range = read_range  # type: ignore[method-assign]
+            return source
+
+    oci_registry.crane("tag", f"{oci_registry.host}/dedup/car:one", "three")
+    third = Refusing()
+    three = oci_fetch(f"oci://{oci_registry.host}/dedup/car:three", root, third)
+    assert third.read == content.PROBE_SIZE + first.read  # the failed probe, then every blob
+    assert files_of(three) == files_of(one)
+    for name in files:  # shared on disk all the same, at publish
+        assert inode(three.dest / name) == inode(one.dest / name)

@@ -28,6 +28,8 @@ next run resumes where this one stopped. Nothing is ever written outside staging
 from __future__ import annotations
 
 import fcntl
+import hashlib
+import json
 import logging
 import os
 import secrets
@@ -327,14 +329,18 @@ class _Download:
             if finished is not None:
                 return finished
         try:
-            root = self.staging.archive if kind else self.staging.data
-            root.mkdir(exist_ok=True)
-            self._prepare(selected, root, recovered.done, recovered.verified)
-            self._reuse()
-            self._check_space()
-            self._fetch_all()
-            unpacked = self._unpack(kind, listing) if kind else None
-            manifest = self._manifest(listing, unpacked)
+            same = self._from_same_layers(listing, plan) if listing.layers else None
+            if same is not None:
+                manifest = same
+            else:
+                root = self.staging.archive if kind else self.staging.data
+                root.mkdir(exist_ok=True)
+                self._prepare(selected, root, recovered.done, recovered.verified)
+                self._reuse()
+                self._check_space()
+                self._fetch_all()
+                unpacked = self._unpack(kind, listing) if kind else None
+                manifest = self._manifest(listing, unpacked, plan)
             self._share(manifest)
             self._publish(manifest)
         except (IntegrityError, InsufficientSpaceError):
@@ -818,7 +824,8 @@ class _Download:
 
     # -- 7. manifest and publishing --------------------------------------------------------
 
-    def _manifest(self, listing: Listing, unpacked: list[archives.UnpackedFile] | None) -> Manifest:
+    def _manifest(self, listing: Listing, unpacked: list[archives.UnpackedFile] | None,
+                  plan: Mapping[str, object]) -> Manifest:
         entries = tuple(
             ManifestFile(path=f.remote.path, size=f.remote.size, sha256=f.result.sha256,
                          digest=f.remote.digest, digest_checked=f.result.provider_checked)
@@ -837,8 +844,112 @@ class _Download:
             completed_at=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
             localmodel_version=__version__,
             archive=archive_entry,
-            details=dict(listing.details),
+            details={**listing.details, **self._layers_memo(listing, plan)},
         )
+
+    # -- layers already assembled for another model ------------------------------------------
+
+    def _layers_memo(self, listing: Listing, plan: Mapping[str, object]) -> dict[str, str]:
+        """For a model built from tar layers (a modelcar), what lets a later download of the same
+        layers (another tag, the same digest) skip them (`_from_same_layers`): the layers' key,
+        and a probe of their largest blob (64 KiB at a random offset, and its sha256), which
+        that download's origin must answer, since the blobs themselves are not kept."""
+        if self.blobs is None or not any(layer.kind == "tar" for layer in listing.layers):
+            return {}
+        blob = max(self.files, key=lambda f: f.remote.size)
+        length = min(content.PROBE_SIZE, blob.remote.size)
+        offset = secrets.randbelow(blob.remote.size - length + 1)
+        fd = os.open(blob.target, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            sample = os.pread(fd, length, offset)
+        finally:
+            os.close(fd)
+        return {_LAYERS_KEY: _layers_key(plan),
+                _LAYERS_PROBE: f"{blob.remote.path}:{offset}:{length}:{hashlib.sha256(sample).hexdigest()}"}
+
+    def _from_same_layers(self, listing: Listing, plan: Mapping[str, object]) -> Manifest | None:
+        """The model, without fetching a blob, when another complete model on this node was built
+        from exactly these layers (two tags of one modelcar): its files are linked (copied under
+        `content.MIN_SIZE`) into staging and re-hashed against its manifest, once this download's
+        origin has answered the probe recorded with it. None: fetch as usual."""
+        if self.blobs is None or not any(layer.kind == "tar" for layer in listing.layers):
+            return None
+        key = _layers_key(plan)
+        for path in sorted(self.layout.manifest.parent.glob("*.json")):
+            if path == self.layout.manifest:
+                continue
+            try:
+                other = Manifest.from_json(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+            if other.details.get(_LAYERS_KEY) != key or not all(f.sha256 for f in other.files):
+                continue
+            folder = self.layout.dest.parent / path.name[: -len(".json")]
+            other_layout = Layout(dest=folder, staging=self.layout.staging, manifest=path)
+            if manifests.verify_quick(other_layout, other):
+                continue
+            if not self._answers(other.details.get(_LAYERS_PROBE, "")):
+                return None  # one probe per download: an origin that fails it fetches the layers
+            if self._copy_model(folder, other):
+                self.bytes_reused = sum(f.size for f in listing.files)
+                if self.progress is not None:
+                    self.progress(Progress(phase="download", bytes_done=self.bytes_reused,
+                                           bytes_total=self.bytes_reused, files_done=len(listing.files),
+                                           files_total=len(listing.files), rate=0.0, eta=None,
+                                           bytes_reused=self.bytes_reused))
+                logger.info("layers already assembled for another model: linked, not fetched", extra={
+                    "dest": str(self.layout.dest), "from": str(folder), "bytes": other.total_size})
+                return Manifest(
+                    source=self.source_name, revision=listing.revision, files=other.files,
+                    total_size=other.total_size,
+                    completed_at=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                    localmodel_version=__version__,
+                    details={**listing.details, _LAYERS_KEY: key, _LAYERS_PROBE: other.details[_LAYERS_PROBE]})
+        return None
+
+    def _answers(self, probe: str) -> bool:
+        """Whether this download's origin sends the bytes a layers probe recorded."""
+        blob, _, rest = probe.partition(":")
+        parts = rest.split(":")
+        if not blob or len(parts) != 3 or not parts[0].isdigit() or not parts[1].isdigit():
+            return False
+        offset, length = int(parts[0]), int(parts[1])
+        try:
+            got = b"".join(bytes(piece) for piece in self.source.read_range(blob, offset, length))
+        except (LocalModelError, OSError) as exc:
+            logger.info("origin not asked to prove it holds the layers; fetching them", extra={"error": str(exc)})
+            return False
+        with self._counter_lock:
+            self.bytes_probed += len(got)
+        return hashlib.sha256(got).hexdigest() == parts[2]
+
+    def _copy_model(self, folder: Path, other: Manifest) -> bool:
+        """Fill staging's data/ with `other`'s files from `folder` (links, or copies of small
+        files), each re-hashed against `other`'s manifest. False (data/ emptied) on any mismatch
+        or failure: the layers are then fetched."""
+        data = self.staging.data
+        shutil.rmtree(data, ignore_errors=True)  # a crash may have left a half
+        data.mkdir()
+        known: set[str] = set()
+        try:
+            for item in other.files:
+                source, target = folder / item.path, make_parents(data, item.path, known)
+                if item.size >= content.MIN_SIZE:
+                    os.link(source, target, follow_symlinks=False)
+                    st = os.lstat(target)
+                    self._reused_inodes.add((st.st_dev, st.st_ino))
+                else:
+                    shutil.copyfile(source, target, follow_symlinks=False)
+                if content.sha256_of(target) != item.sha256:
+                    raise IntegrityError(f"{item.path} no longer matches its manifest")
+        except (OSError, LocalModelError) as exc:
+            logger.info("not linked from the model with the same layers; fetching them", extra={"error": str(exc)})
+            shutil.rmtree(data, ignore_errors=True)
+            data.mkdir()
+            return False
+        if self.options.fsync:
+            _fsync_files(data, (item.path for item in other.files if item.size < content.MIN_SIZE))
+        return True
 
     def _publish(self, manifest: Manifest) -> None:
         layout, staging = self.layout, self.staging
@@ -873,7 +984,8 @@ class _Download:
     def _report(self, *, phase: str | None = None) -> None:
         if self.progress is None:
             return
-        total = sum(f.remote.size for f in self.files)
+        # Layers linked from another model (`_from_same_layers`) leave no file to fetch.
+        total = sum(f.remote.size for f in self.files) if self.files else self.bytes_reused
         done = total if phase == "done" else min(self.bytes_done, total)
         rate = self._meter.sample(done)
         self.progress(Progress(
@@ -883,6 +995,16 @@ class _Download:
 
 
 _FINISHED = NoHasher()
+#: Manifest details of a model built from tar layers (`_layers_memo`).
+_LAYERS_KEY = "layers"
+_LAYERS_PROBE = "layersProbe"
+
+
+def _layers_key(plan: Mapping[str, object]) -> str:
+    """What identifies a model built from layers whatever its URI: its blobs and layers."""
+    body = json.dumps({"files": plan.get("files"), "layers": plan.get("layers"), "archive": plan.get("archive")},
+                      sort_keys=True, separators=(",", ":"))
+    return "sha256:" + hashlib.sha256(body.encode()).hexdigest()
 
 
 def with_file_limit(settings: Settings, max_files: int) -> Settings:
