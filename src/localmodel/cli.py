@@ -132,6 +132,11 @@ def status(kubeconfig: str | None, output: str) -> None:
               help="Default: json in a cluster, text in standalone mode.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
               show_default=True, help="Least severe log lines written.")
+@click.option("--dedup/--no-dedup", default=True, show_default=True,
+              help="Keep each file's bytes once on this node: a file several models hold is a hard link to one "
+                   "entry of <root>/blobs/ (read-only), and a file whose sha256 the source lists is not fetched "
+                   "again while the store holds it (docs/fetch.md). --no-dedup: each new model keeps its own "
+                   "copies. Where hard links fail, files stay unshared either way.")
 @click.option("--adopt/--no-adopt", default=True, show_default=True,
               help="Keep a model folder found without a manifest (KServe's agent left it) when its files "
                    "match the source listing (sizes, and digests where the source gives them): hash it "
@@ -189,7 +194,7 @@ def agent(root: str, manifest: str | None, kubeconfig: str | None, node_name: st
           scrub_interval: float, progress_interval: float, resync: float, retry_initial: float,
           retry_max: float, reserve: str,
           bind_address: str | None, health_port: int, metrics_port: int, log_format: str | None,
-          log_level: str, adopt: bool, folder_layout: str, once: bool, peer_port: int, peer_advertise_address: str | None,
+          log_level: str, dedup: bool, adopt: bool, folder_layout: str, once: bool, peer_port: int, peer_advertise_address: str | None,
           peer_rate_limit: str, peer_max_connections: int, peer_token_file: str, peer_service: str,
           peer_audience: str,
           peer_identity: tuple[str, ...], origin_slots: int, origin_slot_lease: int,
@@ -241,7 +246,7 @@ def agent(root: str, manifest: str | None, kubeconfig: str | None, node_name: st
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from exc
     default = FetchOptions()
-    engine = FetchOptions(adopt=adopt, concurrency=download_threads or default.concurrency,
+    engine = FetchOptions(adopt=adopt, dedup=dedup, concurrency=download_threads or default.concurrency,
                           rate_limit=float(limit) if limit else None, max_files=max_files or default.max_files)
     settings = AgentSettings(
         root=Path(root).absolute(),

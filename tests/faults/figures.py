@@ -48,6 +48,7 @@ SECTIONS = {
     "hostile inputs": "tests/faults/test_hostile_inputs.py",
     "rbac": "tests/faults/test_rbac.py",
     "least privilege": "tests/faults/test_least_privilege.py",
+    "shared content": "tests/faults/test_shared_content.py",
     "hostile rows": "tests/faults/test_hostile_inputs.py",
 }
 

@@ -7,7 +7,7 @@ from localmodel.errors import (
     ModelSizeExceededError,
     StorageLimitExceededError,
 )
-from localmodel.node.capacity import CapacityRequest, check_capacity
+from localmodel.node.capacity import CapacityRequest, bytes_on_disk, check_capacity
 
 GI = 2**30
 
@@ -63,3 +63,28 @@ def test_sizes_that_are_not_round_are_shown_rounded() -> None:
     with pytest.raises(InsufficientSpaceError, match=r"needs 1.50Gi more but only 1Mi is usable"):
         check_capacity(CapacityRequest(model_bytes=GI + GI // 2, present_bytes=0,
                                        free_bytes=2**20))
+
+
+def test_a_new_revision_sharing_the_groups_shards_fits_its_limit() -> None:
+    """9 GiB of the new 10 GiB revision are content store links the group's models already
+    hold: the group grows by 1 GiB, not 10 (fetch/blobs.py)."""
+    request = CapacityRequest(model_bytes=10 * GI, present_bytes=9 * GI, free_bytes=2 * GI,
+                              group="gpu", group_limit_bytes=20 * GI, group_used_bytes=10 * GI,
+                              group_shared_bytes=9 * GI)
+    check_capacity(request)
+    with pytest.raises(StorageLimitExceededError, match=r"9Gi of it shared"):
+        check_capacity(CapacityRequest(model_bytes=10 * GI, present_bytes=9 * GI, free_bytes=2 * GI,
+                                       group="gpu", group_limit_bytes=20 * GI, group_used_bytes=19 * GI + 1,
+                                       group_shared_bytes=9 * GI))
+
+
+def test_bytes_on_disk_count_each_shared_file_once() -> None:
+    shard_a, shard_b, shard_c = (1, 10, 4 * GI), (1, 11, 4 * GI), (1, 12, 4 * GI)
+    first = (9 * GI, 8 * GI, frozenset({shard_a, shard_b}))   # 1 GiB of its own
+    second = (9 * GI, 8 * GI, frozenset({shard_a, shard_c}))  # shares shard_a with the first
+    assert bytes_on_disk([first]) == 9 * GI
+    assert bytes_on_disk([first, second]) == 2 * GI + 12 * GI
+    # One file at two paths of one model (a tar hard link): its two paths, one inode.
+    twice = (8 * GI, 8 * GI, frozenset({shard_a}))
+    assert bytes_on_disk([twice]) == 4 * GI
+    assert bytes_on_disk([]) == 0

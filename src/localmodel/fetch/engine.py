@@ -5,7 +5,9 @@
                          │     check every path (see `paths`); a folder without a manifest
                          │     that holds exactly the listed files is adopted (`adopt`)
                          ├─ 3. open staging: adopt a same-plan, same-boot staging area
-                         │     (resume) or start afresh; check free space
+                         │     (resume) or start afresh; link files whose listed sha256
+                         │     the content store holds (re-hashed) instead of fetching
+                         │     them (`blobs`); check free space
                          ├─ 4. fetch: a thread pool runs ranged requests (`planning`),
                          │     writes with pwrite into preallocated files, journals
                          │     progress every `checkpoint_size`, and retries transient errors
@@ -15,6 +17,8 @@
                          │     the final fsync) overlaps the download and never stalls it
                          ├─ 5. verify: size and provider digest per file (IntegrityError)
                          ├─ 6. unpack a single-archive model (`archive`)
+                         ├─ 6b. share: each verified file becomes a link to the content
+                         │     store's entry for its sha256, or enters the store
                          └─ 7. publish: withdraw old manifest, rename folder into place,
                                write the new manifest, delete staging
 Failures: integrity and no-space errors wipe staging; any other error keeps it so the
@@ -24,8 +28,11 @@ next run resumes where this one stopped. Nothing is ever written outside staging
 from __future__ import annotations
 
 import fcntl
+import hashlib
+import json
 import logging
 import os
+import secrets
 import shutil
 import threading
 import time
@@ -42,11 +49,13 @@ from localmodel import __version__
 from localmodel.errors import (
     InsufficientSpaceError,
     IntegrityError,
+    LocalModelError,
     SourceNotFoundError,
     SourceUnavailableError,
 )
 from localmodel.fetch import adopt as adoption
 from localmodel.fetch import archive as archives
+from localmodel.fetch import blobs as content
 from localmodel.fetch import layers as oci_layers
 from localmodel.fetch import manifest as manifests
 from localmodel.fetch import patterns, planning
@@ -164,6 +173,8 @@ class _File:
     #: Writers of one file take turns here. The kernel serializes them anyway (the inode
     #: lock), but a thread waiting on that lock spins on a CPU, while one waiting here sleeps.
     write_lock: threading.Lock = field(default_factory=threading.Lock)
+    #: A link to a content store entry (verified, read-only): never opened for writing.
+    reused: bool = False
 
 
 class _Download:
@@ -182,6 +193,15 @@ class _Download:
         self.files: list[_File] = []
         self.bytes_done = 0
         self.files_done = 0
+        #: Bytes linked from the content store instead of fetched (this run), and the bytes the
+        #: origin sent to show it holds them (`_origin_holds`).
+        self.bytes_reused = 0
+        self.bytes_probed = 0
+        #: Bytes of the published model that are links to store entries it did not bring.
+        self.bytes_shared = 0
+        self._reused_inodes: set[tuple[int, int]] = set()
+        self.blobs = (content.BlobStore(layout.blobs)
+                      if layout.blobs is not None and options.dedup and options.verify else None)
         self.phase = "download"
         self._counter_lock = threading.Lock()
         self._meter = RateMeter()
@@ -309,13 +329,19 @@ class _Download:
             if finished is not None:
                 return finished
         try:
-            root = self.staging.archive if kind else self.staging.data
-            root.mkdir(exist_ok=True)
-            self._prepare(selected, root, recovered.done, recovered.verified)
-            self._check_space()
-            self._fetch_all()
-            unpacked = self._unpack(kind, listing) if kind else None
-            manifest = self._manifest(listing, unpacked)
+            same = self._from_same_layers(listing, plan) if listing.layers else None
+            if same is not None:
+                manifest = same
+            else:
+                root = self.staging.archive if kind else self.staging.data
+                root.mkdir(exist_ok=True)
+                self._prepare(selected, root, recovered.done, recovered.verified)
+                self._reuse()
+                self._check_space()
+                self._fetch_all()
+                unpacked = self._unpack(kind, listing) if kind else None
+                manifest = self._manifest(listing, unpacked, plan)
+            self._share(manifest)
             self._publish(manifest)
         except (IntegrityError, InsufficientSpaceError):
             self._close_files()
@@ -329,6 +355,8 @@ class _Download:
         elapsed = time.monotonic() - started
         logger.info("download complete", extra={
             "source": self.source_name, "dest": str(self.layout.dest), "bytes": manifest.total_size,
+            "bytes_reused": self.bytes_reused, "bytes_probed": self.bytes_probed,
+            "bytes_shared": self.bytes_shared,
             "seconds": round(elapsed, 3)})
         return manifest
 
@@ -360,6 +388,11 @@ class _Download:
                       if self.options.verify else NoHasher())
             state = _File(index, remote, target, hasher)
             present = target.exists()
+            if present and index not in verified and os.lstat(target).st_nlink > 1:
+                # A link to a content store entry whose journal line a crash took: other
+                # models' bytes, never to be written through. Drop this name and start over.
+                os.unlink(target)
+                present = False
             if not present and (index in done or index in verified):
                 # The copy the journal describes is gone; never trust those records again.
                 self.staging.record_reset(index)
@@ -374,6 +407,86 @@ class _Download:
             self.files.append(state)
         self.bytes_done = sum(f.done.covered() for f in self.files)
         self.files_done = sum(1 for f in self.files if f.result is not None)
+
+    def _reuse(self) -> None:
+        """Files whose listed sha256 the content store holds are linked from it, not fetched:
+        each entry is re-hashed first (bytes that rotted are evicted and fetched afresh), then
+        linked into staging and journaled as verified, so a resume trusts it. Runs before the
+        first progress report: reused bytes count as done, never as fetched."""
+        store = self.blobs
+        if store is None:
+            return
+        wanted = [f for f in self.files if f.result is None and f.remote.size >= content.MIN_SIZE
+                  and f.remote.digest is not None and f.remote.digest.algorithm.lower() == "sha256"
+                  and content.is_sha256(f.remote.digest.value.lower())
+                  and store.lookup(f.remote.digest.value.lower(), f.remote.size) is not None]
+        if not wanted:
+            return
+
+        def take(state: _File) -> bool:
+            assert state.remote.digest is not None
+            sha256 = state.remote.digest.value.lower()
+            # The probe first: a listing that names bytes its origin does not hold costs a
+            # ranged read, not a re-hash of the entry.
+            entry = store.lookup(sha256, state.remote.size)
+            if entry is None or not self._origin_holds(state, entry.path):
+                return False
+            entry = store.checked(sha256, state.remote.size, verify=self.options.verify)
+            if entry is None:
+                return False
+            partial = state.done.covered() or os.path.lexists(state.target)
+            if not store.link_to(entry, state.target, self.staging.path / f".link-{state.index}"):
+                return False  # what was fetched of it still counts
+            if partial:
+                self.staging.record_reset(state.index)  # the partial copy is gone
+            self.staging.record_verified(state.index, sha256, True)
+            with state.lock:
+                self._reused_inodes.add(entry.inode)
+                state.reused = True
+                state.result = HashResult(sha256, True)
+                state.done = RangeSet()
+                state.done.add(0, state.remote.size)
+                state.hashed = state.remote.size
+                state.finished = True
+                state.hasher = _FINISHED
+            return True
+
+        with ThreadPoolExecutor(max_workers=max(1, min(self.options.concurrency, len(wanted))),
+                                thread_name_prefix="localmodel-reuse") as pool:
+            taken = [state for state, ok in zip(wanted, pool.map(take, wanted)) if ok]
+        self.bytes_reused = sum(f.remote.size for f in taken)
+        self.bytes_done = sum(f.done.covered() for f in self.files)
+        self.files_done = sum(1 for f in self.files if f.result is not None)
+        if taken:
+            logger.info("files taken from the content store, not fetched", extra={
+                "dest": str(self.layout.dest), "files": len(taken), "bytes": self.bytes_reused})
+
+    def _origin_holds(self, state: _File, entry: Path) -> bool:
+        """Whether the origin holds the bytes its listing names: `PROBE_SIZE` bytes at a random
+        offset must equal the store entry's. Without this, anyone who knows a file's sha256
+        could list it from an origin of their own and be given the bytes from this node's store
+        (another tenant's private weights). Any failure means "fetch it as usual"."""
+        size = state.remote.size
+        length = min(content.PROBE_SIZE, size)
+        offset = secrets.randbelow(size - length + 1)
+        try:
+            got = b"".join(bytes(piece) for piece in self.source.read_range(state.remote.path, offset, length))
+        except (LocalModelError, OSError) as exc:
+            logger.info("origin not asked to prove it holds a file; fetching it", extra={
+                "path": state.remote.path, "error": str(exc)})
+            return False
+        fd = os.open(entry, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            expected = os.pread(fd, length, offset)
+        finally:
+            os.close(fd)
+        if got != expected:
+            logger.warning("the origin does not serve the bytes its listing's sha256 names; fetching the file",
+                           extra={"path": state.remote.path, "offset": offset})
+            return False
+        with self._counter_lock:
+            self.bytes_probed += length
+        return True
 
     def _check_space(self) -> None:
         needed = sum(max(0, f.remote.size - allocated_bytes(f.target))
@@ -447,6 +560,7 @@ class _Download:
             raise IntegrityError(f"download ended with unverified files: {unfinished[:3]}")
 
     def _open(self, state: _File) -> int:
+        assert not state.reused, "a content store link is never opened for writing"
         with state.lock:
             if state.fd is None:
                 state.fd = create_file(state.target, state.remote.size,
@@ -675,9 +789,43 @@ class _Download:
             _fsync_files(self.staging.data, (item.path for item in assembled))
         return assembled
 
+    # -- 6b. sharing through the content store ---------------------------------------------
+
+    def _share(self, manifest: Manifest) -> None:
+        """Make each verified file of the model a link to the store's entry for its sha256,
+        entering it when the store has none. An entry is re-hashed before it replaces a file
+        fetched afresh (`BlobStore.checked`); links are renamed over the staging file, so a
+        crash leaves either the fetched copy or the link, both verified, and the journal still
+        true. Nothing here can fail the download: where links fail, the file stays its own."""
+        store = self.blobs
+        if store is None:
+            return
+        root = self.staging.data
+        spare = self.staging.path / ".link-share"
+        for item in manifest.files:
+            if item.sha256 is None or item.size < content.MIN_SIZE or not content.is_sha256(item.sha256):
+                continue
+            target = root / item.path
+            st = os.lstat(target)
+            entry = store.lookup(item.sha256, item.size)
+            if entry is not None and entry.inode == (st.st_dev, st.st_ino):
+                if entry.inode in self._reused_inodes:
+                    self.bytes_shared += item.size
+                continue
+            if entry is None and store.enter(target, item.sha256):
+                continue
+            # The store holds these bytes already (or another download entered them just now):
+            # link to them, re-hashed first; if that fails too, try to enter ours once more.
+            entry = store.checked(item.sha256, item.size, verify=self.options.verify)
+            if entry is not None and store.link_to(entry, target, spare):
+                self.bytes_shared += item.size
+            elif entry is None:
+                store.enter(target, item.sha256)
+
     # -- 7. manifest and publishing --------------------------------------------------------
 
-    def _manifest(self, listing: Listing, unpacked: list[archives.UnpackedFile] | None) -> Manifest:
+    def _manifest(self, listing: Listing, unpacked: list[archives.UnpackedFile] | None,
+                  plan: Mapping[str, object]) -> Manifest:
         entries = tuple(
             ManifestFile(path=f.remote.path, size=f.remote.size, sha256=f.result.sha256,
                          digest=f.remote.digest, digest_checked=f.result.provider_checked)
@@ -696,8 +844,112 @@ class _Download:
             completed_at=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
             localmodel_version=__version__,
             archive=archive_entry,
-            details=dict(listing.details),
+            details={**listing.details, **self._layers_memo(listing, plan)},
         )
+
+    # -- layers already assembled for another model ------------------------------------------
+
+    def _layers_memo(self, listing: Listing, plan: Mapping[str, object]) -> dict[str, str]:
+        """For a model built from tar layers (a modelcar), what lets a later download of the same
+        layers (another tag, the same digest) skip them (`_from_same_layers`): the layers' key,
+        and a probe of their largest blob (64 KiB at a random offset, and its sha256), which
+        that download's origin must answer, since the blobs themselves are not kept."""
+        if self.blobs is None or not any(layer.kind == "tar" for layer in listing.layers):
+            return {}
+        blob = max(self.files, key=lambda f: f.remote.size)
+        length = min(content.PROBE_SIZE, blob.remote.size)
+        offset = secrets.randbelow(blob.remote.size - length + 1)
+        fd = os.open(blob.target, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            sample = os.pread(fd, length, offset)
+        finally:
+            os.close(fd)
+        return {_LAYERS_KEY: _layers_key(plan),
+                _LAYERS_PROBE: f"{blob.remote.path}:{offset}:{length}:{hashlib.sha256(sample).hexdigest()}"}
+
+    def _from_same_layers(self, listing: Listing, plan: Mapping[str, object]) -> Manifest | None:
+        """The model, without fetching a blob, when another complete model on this node was built
+        from exactly these layers (two tags of one modelcar): its files are linked (copied under
+        `content.MIN_SIZE`) into staging and re-hashed against its manifest, once this download's
+        origin has answered the probe recorded with it. None: fetch as usual."""
+        if self.blobs is None or not any(layer.kind == "tar" for layer in listing.layers):
+            return None
+        key = _layers_key(plan)
+        for path in sorted(self.layout.manifest.parent.glob("*.json")):
+            if path == self.layout.manifest:
+                continue
+            try:
+                other = Manifest.from_json(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+            if other.details.get(_LAYERS_KEY) != key or not all(f.sha256 for f in other.files):
+                continue
+            folder = self.layout.dest.parent / path.name[: -len(".json")]
+            other_layout = Layout(dest=folder, staging=self.layout.staging, manifest=path)
+            if manifests.verify_quick(other_layout, other):
+                continue
+            if not self._answers(other.details.get(_LAYERS_PROBE, "")):
+                return None  # one probe per download: an origin that fails it fetches the layers
+            if self._copy_model(folder, other):
+                self.bytes_reused = sum(f.size for f in listing.files)
+                if self.progress is not None:
+                    self.progress(Progress(phase="download", bytes_done=self.bytes_reused,
+                                           bytes_total=self.bytes_reused, files_done=len(listing.files),
+                                           files_total=len(listing.files), rate=0.0, eta=None,
+                                           bytes_reused=self.bytes_reused))
+                logger.info("layers already assembled for another model: linked, not fetched", extra={
+                    "dest": str(self.layout.dest), "from": str(folder), "bytes": other.total_size})
+                return Manifest(
+                    source=self.source_name, revision=listing.revision, files=other.files,
+                    total_size=other.total_size,
+                    completed_at=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                    localmodel_version=__version__,
+                    details={**listing.details, _LAYERS_KEY: key, _LAYERS_PROBE: other.details[_LAYERS_PROBE]})
+        return None
+
+    def _answers(self, probe: str) -> bool:
+        """Whether this download's origin sends the bytes a layers probe recorded."""
+        blob, _, rest = probe.partition(":")
+        parts = rest.split(":")
+        if not blob or len(parts) != 3 or not parts[0].isdigit() or not parts[1].isdigit():
+            return False
+        offset, length = int(parts[0]), int(parts[1])
+        try:
+            got = b"".join(bytes(piece) for piece in self.source.read_range(blob, offset, length))
+        except (LocalModelError, OSError) as exc:
+            logger.info("origin not asked to prove it holds the layers; fetching them", extra={"error": str(exc)})
+            return False
+        with self._counter_lock:
+            self.bytes_probed += len(got)
+        return hashlib.sha256(got).hexdigest() == parts[2]
+
+    def _copy_model(self, folder: Path, other: Manifest) -> bool:
+        """Fill staging's data/ with `other`'s files from `folder` (links, or copies of small
+        files), each re-hashed against `other`'s manifest. False (data/ emptied) on any mismatch
+        or failure: the layers are then fetched."""
+        data = self.staging.data
+        shutil.rmtree(data, ignore_errors=True)  # a crash may have left a half
+        data.mkdir()
+        known: set[str] = set()
+        try:
+            for item in other.files:
+                source, target = folder / item.path, make_parents(data, item.path, known)
+                if item.size >= content.MIN_SIZE:
+                    os.link(source, target, follow_symlinks=False)
+                    st = os.lstat(target)
+                    self._reused_inodes.add((st.st_dev, st.st_ino))
+                else:
+                    shutil.copyfile(source, target, follow_symlinks=False)
+                if content.sha256_of(target) != item.sha256:
+                    raise IntegrityError(f"{item.path} no longer matches its manifest")
+        except (OSError, LocalModelError) as exc:
+            logger.info("not linked from the model with the same layers; fetching them", extra={"error": str(exc)})
+            shutil.rmtree(data, ignore_errors=True)
+            data.mkdir()
+            return False
+        if self.options.fsync:
+            _fsync_files(data, (item.path for item in other.files if item.size < content.MIN_SIZE))
+        return True
 
     def _publish(self, manifest: Manifest) -> None:
         layout, staging = self.layout, self.staging
@@ -732,16 +984,27 @@ class _Download:
     def _report(self, *, phase: str | None = None) -> None:
         if self.progress is None:
             return
-        total = sum(f.remote.size for f in self.files)
+        # Layers linked from another model (`_from_same_layers`) leave no file to fetch.
+        total = sum(f.remote.size for f in self.files) if self.files else self.bytes_reused
         done = total if phase == "done" else min(self.bytes_done, total)
         rate = self._meter.sample(done)
         self.progress(Progress(
             phase=phase or self.phase, bytes_done=done, bytes_total=total,
             files_done=self.files_done, files_total=len(self.files), rate=rate,
-            eta=eta(total - done, rate)))
+            eta=eta(total - done, rate), bytes_reused=self.bytes_reused))
 
 
 _FINISHED = NoHasher()
+#: Manifest details of a model built from tar layers (`_layers_memo`).
+_LAYERS_KEY = "layers"
+_LAYERS_PROBE = "layersProbe"
+
+
+def _layers_key(plan: Mapping[str, object]) -> str:
+    """What identifies a model built from layers whatever its URI: its blobs and layers."""
+    body = json.dumps({"files": plan.get("files"), "layers": plan.get("layers"), "archive": plan.get("archive")},
+                      sort_keys=True, separators=(",", ":"))
+    return "sha256:" + hashlib.sha256(body.encode()).hexdigest()
 
 
 def with_file_limit(settings: Settings, max_files: int) -> Settings:

@@ -8,7 +8,8 @@ siblings that KServe's orphan sweep of `models/` never sees):
     <root>/
     ├── models/<key>/          the model, exactly the source's files (what pods mount)
     ├── manifests/<key>.json   the proof the folder is complete (written last)
-    └── staging/<key>/         work in progress, see `localmodel.fetch.staging`
+    ├── staging/<key>/         work in progress, see `localmodel.fetch.staging`
+    └── blobs/sha256/<hex>     the content store: files shared between models, see `blobs`
 
 `Layout.beside(dest)`, any other folder (the CLI):
 
@@ -45,12 +46,15 @@ class Layout:
     manifest: Path
     #: True when `dest` is a mount point: entries are moved in one by one at publish.
     in_place: bool = False
+    #: The content store whose entries the model's files may be links to (`fetch/blobs.py`),
+    #: on the same filesystem as `dest`; None: every file is the model's own.
+    blobs: Path | None = None
 
     @classmethod
     def in_store(cls, root: str | os.PathLike[str], key: str) -> Layout:
         base = Path(root)
         return cls(dest=base / "models" / key, staging=base / "staging" / key,
-                   manifest=base / "manifests" / f"{key}.json")
+                   manifest=base / "manifests" / f"{key}.json", blobs=base / "blobs")
 
     @classmethod
     def beside(cls, dest: str | os.PathLike[str]) -> Layout:

@@ -165,8 +165,12 @@ def _walk_files(root: Path, skip_hidden_root: bool) -> Iterable[str]:
                 yield path.relative_to(root).as_posix()
 
 
-def verify_quick(layout: Layout, manifest: Manifest) -> list[str]:
-    """Problems found by comparing names, types and sizes with the manifest (no reading)."""
+def verify_quick(layout: Layout, manifest: Manifest, *,
+                 linked: list[tuple[int, int, int]] | None = None) -> list[str]:
+    """Problems found by comparing names, types and sizes with the manifest (no reading).
+    `linked`, when given, receives (st_dev, st_ino, size) for every path whose file has more
+    than one link (shared through the content store, or twice in the model), from the same
+    lstat."""
     problems: list[str] = []
     if not layout.dest.is_dir():
         return [f"folder {layout.dest} is missing"]
@@ -181,6 +185,8 @@ def verify_quick(layout: Layout, manifest: Manifest) -> list[str]:
             problems.append(f"not a regular file: {item.path}")
         elif st.st_size != item.size:
             problems.append(f"size: {item.path} has {st.st_size} bytes, manifest says {item.size}")
+        elif linked is not None and st.st_nlink > 1:
+            linked.append((st.st_dev, st.st_ino, st.st_size))
     for path in _walk_files(layout.dest, skip_hidden_root=layout.in_place):
         if path not in expected:
             problems.append(f"unexpected: {path}")
@@ -199,9 +205,10 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def verify_full(layout: Layout, manifest: Manifest) -> list[str]:
+def verify_full(layout: Layout, manifest: Manifest, *, mismatched: list[str] | None = None) -> list[str]:
     """`verify_quick`, then re-hash every file and compare with the manifest (a scrub).
-    Files downloaded without verification (no sha256) are reported as unverifiable."""
+    Files downloaded without verification (no sha256) are reported as unverifiable.
+    `mismatched`, when given, receives the paths whose bytes no longer match their sha256."""
     problems = verify_quick(layout, manifest)
     for item in manifest.files:
         path = layout.dest / item.path
@@ -217,4 +224,6 @@ def verify_full(layout: Layout, manifest: Manifest) -> list[str]:
         actual = file_sha256(path)
         if actual != item.sha256:
             problems.append(f"sha256: {item.path} is {actual}, manifest says {item.sha256}")
+            if mismatched is not None:
+                mismatched.append(item.path)
     return problems

@@ -49,6 +49,10 @@ class FetchOptions:
     #: (sizes, and provider digests where given): hash it, write its manifest, fetch nothing.
     #: This is how KServe's folders are taken over (see `localmodel.fetch.adopt`). Off with force.
     adopt: bool = True
+    #: Share files through the layout's content store (`Layout.blobs`, the agent's
+    #: `<root>/blobs/`): a verified file whose bytes the store holds becomes a hard link to
+    #: them, and a listed file whose sha256 the store holds is not downloaded at all.
+    dedup: bool = True
     #: Largest ratio of unpacked size to archive size accepted (zip/tar bomb guard).
     max_unpack_ratio: float = 1000.0
     #: Seconds between progress callbacks.

@@ -20,6 +20,9 @@ class Progress:
     rate: float
     #: Seconds left at the current rate, None while unknown.
     eta: float | None
+    #: Of `bytes_done`, the bytes taken from the content store instead of the source
+    #: (`fetch/blobs.py`): counted done from the first report, never fetched.
+    bytes_reused: int = 0
 
     @property
     def fraction(self) -> float:

@@ -14,7 +14,7 @@ checks three budgets with the size the source lists, and refuses with a reason t
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from localmodel.api.quantity import approx_quantity
@@ -23,6 +23,19 @@ from localmodel.errors import (
     ModelSizeExceededError,
     StorageLimitExceededError,
 )
+
+
+def bytes_on_disk(models: Iterable[tuple[int, int, frozenset[tuple[int, int, int]]]]) -> int:
+    """The bytes a set of models holds on disk, given (bytes_total, linked_bytes, linked) per
+    model (see `plan.Observed`): each model's own files, plus every file shared through the
+    content store (hard links to one inode) once, however many models or paths hold it."""
+    own = 0
+    shared: dict[tuple[int, int], int] = {}
+    for total, linked_bytes, linked in models:
+        own += max(0, total - linked_bytes)
+        for dev, ino, size in linked:
+            shared[(dev, ino)] = size
+    return own + sum(shared.values())
 
 
 @dataclass(frozen=True)
@@ -37,8 +50,12 @@ class Budgets:
     #: The node directory each group's PersistentVolume mounts (None: not known); the agent
     #: refuses a group whose PV points elsewhere than its own host path (node/hostpath.py).
     group_paths: Mapping[str, str | None] = field(default_factory=dict)
-    #: Bytes each of those groups already holds on this node in complete models.
+    #: Bytes each of those groups already holds on this node in complete models (on disk:
+    #: a file shared through the content store counts once).
     group_present_bytes: Mapping[str, int] = field(default_factory=dict)
+    #: The content store files (st_dev, st_ino) each group's complete models hold: a new model
+    #: that links them adds nothing to that group's bytes on disk.
+    group_linked: Mapping[str, frozenset[tuple[int, int]]] = field(default_factory=dict)
     #: Bytes that must stay free on the models filesystem.
     keep_free_bytes: int = 0
 
@@ -49,7 +66,8 @@ class CapacityRequest:
 
     #: Size of the whole model as the source lists it.
     model_bytes: int
-    #: Bytes of this model already on disk (a resumable partial download, an older copy).
+    #: Bytes of this model already on disk (a resumable partial download, an older copy, files
+    #: the content store holds that the download will link rather than write).
     present_bytes: int
     #: Free bytes on the models filesystem now.
     free_bytes: int
@@ -64,6 +82,9 @@ class CapacityRequest:
     group_limit_bytes: int | None = None
     #: Bytes held or reserved on this node by the group's other models.
     group_used_bytes: int = 0
+    #: Of model_bytes, the files the group's other models already hold (content store links):
+    #: they add nothing to the group's bytes on disk.
+    group_shared_bytes: int = 0
 
     @property
     def need_bytes(self) -> int:
@@ -79,11 +100,14 @@ def check_capacity(request: CapacityRequest) -> None:
             f"{approx_quantity(request.declared_bytes)}; raise modelSize to cache it"
         )
     if request.group_limit_bytes is not None:
-        total = request.group_used_bytes + request.model_bytes
+        adds = max(0, request.model_bytes - request.group_shared_bytes)
+        total = request.group_used_bytes + adds
         if total > request.group_limit_bytes:
+            shared = (f", {approx_quantity(request.group_shared_bytes)} of it shared with the group's other models"
+                      if request.group_shared_bytes else "")
             raise StorageLimitExceededError(
                 f"node group {request.group!r} would hold {approx_quantity(total)} on this node "
-                f"({approx_quantity(request.group_used_bytes)} already + {approx_quantity(request.model_bytes)}), "
+                f"({approx_quantity(request.group_used_bytes)} already + {approx_quantity(request.model_bytes)}{shared}), "
                 f"over its storageLimit {approx_quantity(request.group_limit_bytes)}"
             )
     usable = request.free_bytes - request.reserved_bytes - request.keep_free_bytes

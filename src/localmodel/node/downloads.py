@@ -37,6 +37,7 @@ from localmodel.errors import (
     SourceAuthError,
     SourceNotFoundError,
 )
+from localmodel.fetch.blobs import MIN_SIZE
 from localmodel.fetch.engine import with_file_limit
 from localmodel.fetch.manifest import Manifest
 from localmodel.fetch.options import FetchOptions
@@ -45,7 +46,7 @@ from localmodel.node.capacity import Budgets, CapacityRequest, check_capacity
 from localmodel.node.credentials import Credentials, redact
 from localmodel.node.plan import JobKind, JobView
 from localmodel.node.store import ModelStore
-from localmodel.sources.base import ListedOnce
+from localmodel.sources.base import ListedOnce, Listing
 from localmodel.sources.registry import open_source
 
 if TYPE_CHECKING:
@@ -91,10 +92,14 @@ class JobResult:
     files_total: int | None = None
     revision: str | None = None
     bytes_fetched: int = 0
+    #: Download: bytes linked from the content store (files other models hold), not fetched.
+    bytes_reused: int = 0
     #: Download: the folder was already there (KServe's) and was adopted, nothing fetched.
     adopted: bool = False
     #: Scrub: problems found.
     problems: tuple[str, ...] = ()
+    #: Scrub: (st_dev, st_ino) of damaged files shared with other models (content store links).
+    damaged_inodes: frozenset[tuple[int, int]] = frozenset()
 
     @property
     def seconds(self) -> float:
@@ -229,6 +234,7 @@ class Jobs:
             files_done=progress.files_done if progress else 0,
             files_total=progress.files_total if progress else None,
             bytes_per_second=int(progress.rate) if progress else None,
+            bytes_reused=progress.bytes_reused if progress else 0,
         )
 
     # --- worker side --------------------------------------------------------------------------
@@ -248,9 +254,16 @@ class Jobs:
         self._on_change()
         return started
 
-    def _reserve(self, key: str, job: _Job, model_bytes: int, budgets: Budgets) -> None:
-        """Check every budget and book this download's bytes, atomically across jobs."""
-        present = self._store.partial_bytes(key)
+    def _reserve(self, key: str, job: _Job, listing: Listing, budgets: Budgets) -> None:
+        """Check every budget and book this download's bytes, atomically across jobs. Files
+        the content store holds (a listed sha256, fetch/blobs.py) will be links, not writes:
+        they need no free space, and none of a group's limit where its models hold them."""
+        model_bytes = sum(f.size for f in listing.files)
+        reusable = self._store.reusable(
+            [(f.digest.value.lower(), f.size) for f in listing.files
+             if f.digest is not None and f.digest.algorithm.lower() == "sha256" and f.size >= MIN_SIZE]
+        ) if self._options.dedup and self._options.verify else {}
+        present = self._store.partial_bytes(key) + sum(size for _, _, size in reusable.values())
         usage = self._store.usage()
         with self._lock:
             others = [j for k, j in self._jobs.items() if k != key and j.kind is JobKind.DOWNLOAD and j.need_bytes]
@@ -260,6 +273,8 @@ class Jobs:
                 limit = budgets.group_limits.get(group) if group else None
                 used = budgets.group_present_bytes.get(group, 0) if group else 0
                 used += sum(j.model_bytes for j in others if group in j.groups)
+                held = budgets.group_linked.get(group, frozenset()) if group else frozenset()
+                shared = sum(size for dev, ino, size in reusable.values() if (dev, ino) in held)
                 check_capacity(
                     CapacityRequest(
                         model_bytes=model_bytes,
@@ -271,6 +286,7 @@ class Jobs:
                         group=group,
                         group_limit_bytes=limit,
                         group_used_bytes=used,
+                        group_shared_bytes=shared,
                     )
                 )
             job.model_bytes = model_bytes
@@ -335,8 +351,7 @@ class Jobs:
                                                  progress=on_verify, source_factory=origin.open)
                 adopted = manifest is not None
                 if manifest is None:
-                    model_bytes = sum(f.size for f in origin.list_files().files)
-                    self._reserve(key, job, model_bytes, request.budgets)
+                    self._reserve(key, job, origin.list_files(), request.budgets)
                     if self._fill is None:
                         manifest = self._store.download(
                             key, request.uri, settings=settings, options=self._options,
@@ -376,6 +391,7 @@ class Jobs:
                 finished_at=_now(),
                 bytes_total=manifest.total_size, files_total=len(manifest.files),
                 revision=manifest.revision, bytes_fetched=fetched,
+                bytes_reused=job.progress.bytes_reused if job.progress and not adopted else 0,
                 adopted=adopted,
             ),
         )
@@ -403,7 +419,7 @@ class Jobs:
     def _run_scrub(self, key: str, job: _Job) -> JobResult:
         started = self._start(job)
         try:
-            problems = self._store.scrub(key)
+            problems, damaged_inodes = self._store.scrub_shared(key)
         except Exception as exc:  # noqa: BLE001
             reason, message, _ = describe_error(exc)
             return self._finish(key, JobResult(key=key, kind=JobKind.SCRUB, ok=False, started_at=started,
@@ -411,5 +427,6 @@ class Jobs:
         return self._finish(
             key,
             JobResult(key=key, kind=JobKind.SCRUB, ok=not problems, started_at=started, finished_at=_now(),
-                      problems=tuple(problems), reason=None if not problems else "Damaged"),
+                      problems=tuple(problems), reason=None if not problems else "Damaged",
+                      damaged_inodes=damaged_inodes),
         )

@@ -22,6 +22,11 @@ class AgentMetrics:
         self.bytes = Counter(
             "localmodel_download_bytes_total", "Bytes fetched from sources.", registry=r,
         )
+        self.reused_bytes = Counter(
+            "localmodel_download_reused_bytes_total",
+            "Bytes of downloaded models taken from the content store (other models' files) instead of fetched.",
+            registry=r,
+        )
         self.duration = Histogram(
             "localmodel_download_duration_seconds", "Wall time of successful downloads.",
             buckets=_DURATION_BUCKETS, registry=r,
@@ -36,7 +41,8 @@ class AgentMetrics:
             "localmodel_models_wanted", "Distinct models (storage keys) the spec asks for.", registry=r,
         )
         self.disk_used = Gauge(
-            "localmodel_disk_used_bytes", "Bytes held by complete models.", registry=r,
+            "localmodel_disk_used_bytes", "Bytes complete models hold on disk (a file shared by several counts once).",
+            registry=r,
         )
         self.disk_free = Gauge(
             "localmodel_disk_free_bytes", "Free bytes on the models filesystem.", registry=r,

@@ -119,6 +119,11 @@ class Observed:
     #: Last time every byte was re-hashed and matched (download or scrub).
     verified_at: datetime | None = None
     problem: str | None = None
+    #: (st_dev, st_ino, size) of the files with more than one link (shared through the
+    #: content store), and the bytes of the paths that name them: disk use counts each such
+    #: file once (`capacity.bytes_on_disk`), however many models or paths hold it.
+    linked: frozenset[tuple[int, int, int]] = frozenset()
+    linked_bytes: int = 0
 
 
 ABSENT = Observed(DiskState.ABSENT)
@@ -142,6 +147,8 @@ class JobView:
     files_done: int = 0
     files_total: int | None = None
     bytes_per_second: int | None = None
+    #: Of bytes_done, those linked from the content store: already on disk, not new.
+    bytes_reused: int = 0
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ On a fresh node the kubelet creates the DirectoryOrCreate hostPath as root, mode
 fsGroup does not apply to hostPath volumes, so an agent running as UID 1000 without capabilities
 cannot write it (KServe tells its users to chown the folder by hand). The init container runs
 this as UID 0 with the single capability CAP_CHOWN: it changes the owner of the root directory
-and of the agent's own folders directly under it (models/, manifests/, staging/) when they exist
+and of the agent's own folders directly under it (models/, manifests/, staging/, blobs/) when they exist
 and belong to someone else, and nothing more:
 
 - never recursive: model folders and files keep their owners (a folder KServe's Jobs wrote is
@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 #: The agent's own folders under the root (fetch/layout.py's store layout).
-AGENT_FOLDERS: tuple[str, ...] = ("models", "manifests", "staging")
+AGENT_FOLDERS: tuple[str, ...] = ("models", "manifests", "staging", "blobs")
 
 _OPEN_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 

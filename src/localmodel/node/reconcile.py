@@ -29,6 +29,7 @@ from localmodel.api.types import NodeDisk
 from localmodel.errors import LocalModelError
 from localmodel.node.aliases import plan_aliases, sync_aliases
 from localmodel.node.backend import AgentEvent, Backend
+from localmodel.node.capacity import bytes_on_disk
 from localmodel.node.credentials import Credentials
 from localmodel.node.downloads import (
     DownloadRequest,
@@ -229,11 +230,14 @@ class Reconciler:
             return
         self.metrics.downloads.labels("succeeded").inc()
         self.metrics.duration.observe(seconds)
+        self.metrics.reused_bytes.inc(result.bytes_reused)
         speed = f" at {human_bytes(rate)}/s" if rate else ""
         revision = f", revision {result.revision}" if result.revision else ""
+        shared = (f"; {human_bytes(result.bytes_reused)} of it already on this node (shared with other "
+                  "models, not fetched)" if result.bytes_reused else "")
         message = (
             f"downloaded {uri} ({human_bytes(result.bytes_total or 0)}, {files}) "
-            f"in {seconds:.1f}s{speed}{revision}; content verified"
+            f"in {seconds:.1f}s{speed}{revision}; content verified{shared}"
         )
         await self._event("Normal", "Downloaded", message, result.key)
 
@@ -252,10 +256,26 @@ class Reconciler:
             self.memory = self.memory.scrub_damaged(result.key, summary)
             await self._event("Warning", "ModelDamaged", f"scrub found damage, downloading again: {summary}",
                               result.key)
+            await self._withdraw_sharers(result.key, result.damaged_inodes)
             return
         self.metrics.scrubs.labels("failed").inc()
         logger.warning("scrub failed", extra={"storage_key": result.key, "reason": result.reason,
                                               "error": result.message})
+
+    async def _withdraw_sharers(self, key: str, inodes: frozenset[tuple[int, int]]) -> None:
+        """Damaged bytes that other models hold too (one inode, linked through the content
+        store) damage them as well: repair them now rather than at their own next scrub."""
+        if not inodes:
+            return
+        for other, seen in sorted(self.memory.observed.items()):
+            if other == key or seen.state is not DiskState.PRESENT:
+                continue
+            if not any((dev, ino) in inodes for dev, ino, _ in seen.linked):
+                continue
+            summary = f"shares a damaged file with models/{key}"
+            await asyncio.to_thread(self.store.withdraw, other)
+            self.memory = self.memory.scrub_damaged(other, summary)
+            await self._event("Warning", "ModelDamaged", f"{summary}, downloading again", other)
 
     async def _fail(self, key: str, reason: str, message: str, *, retry_after: float | None = None,
                     started_at: datetime | None = None) -> None:
@@ -289,6 +309,8 @@ class Reconciler:
             observed[key] = seen
             if seen.state is DiskState.PRESENT and self.store.discard_leftover_staging(key):
                 logger.info("removed staging left by a finished download", extra={"storage_key": key})
+        # Entries left by deleted models, discarded staging or a crash: each pass, level-triggered.
+        self.store.collect_blobs()
         return refused, observed, on_disk
 
     # --- step 4 -------------------------------------------------------------------------------
@@ -319,6 +341,9 @@ class Reconciler:
             self.jobs.cancel(key)
         for key in current.deletions:
             await self._delete(key)
+        if current.deletions:
+            # What only the deleted models used leaves the disk now, not at the next pass.
+            await asyncio.to_thread(self.store.collect_blobs)
         for key in current.downloads:
             await self._start_download(self.memory.wanted[key])
         for key in current.scrubs:
@@ -366,6 +391,7 @@ class Reconciler:
         budgets = replace(
             budgets,
             group_present_bytes={g: self._group_present_bytes(g, exclude=key) for g in model.node_groups},
+            group_linked={g: self._group_linked(g, exclude=key) for g in model.node_groups},
             keep_free_bytes=self.settings.downloads.reserve_bytes,
         )
         request = DownloadRequest(key=key, uri=model.uri, credentials=credentials, budgets=budgets)
@@ -390,13 +416,22 @@ class Reconciler:
                                                                    "error": message})
             raise CredentialsUnavailableError(message) from exc
 
-    def _group_present_bytes(self, group: str, *, exclude: str) -> int:
-        total = 0
+    def _group_present(self, group: str, exclude: str) -> list[Observed]:
+        found = []
         for key, model in self.memory.wanted.items():
             seen = self.memory.observed.get(key)
             if key != exclude and group in model.node_groups and seen and seen.state is DiskState.PRESENT:
-                total += seen.bytes_total or 0
-        return total
+                found.append(seen)
+        return found
+
+    def _group_present_bytes(self, group: str, *, exclude: str) -> int:
+        """The bytes on disk of the group's complete models: shared files once."""
+        return bytes_on_disk((o.bytes_total or 0, o.linked_bytes, o.linked)
+                             for o in self._group_present(group, exclude))
+
+    def _group_linked(self, group: str, *, exclude: str) -> frozenset[tuple[int, int]]:
+        """The content store inodes the group's complete models already hold."""
+        return frozenset((dev, ino) for o in self._group_present(group, exclude) for dev, ino, _ in o.linked)
 
     async def _announce_started(self) -> None:
         for key, view in self.jobs.views().items():
@@ -435,8 +470,11 @@ class Reconciler:
 
     def _disk(self, observed: Mapping[str, Observed]) -> NodeDisk:
         usage = self.store.usage()
-        used = sum(o.bytes_total or 0 for o in observed.values() if o.state is DiskState.PRESENT)
-        used += sum(v.bytes_done for v in self.jobs.views().values() if v.kind is JobKind.DOWNLOAD)
+        # Bytes on disk: a file shared by several models through the content store counts once.
+        used = bytes_on_disk((o.bytes_total or 0, o.linked_bytes, o.linked)
+                             for o in observed.values() if o.state is DiskState.PRESENT)
+        used += sum(v.bytes_done - v.bytes_reused for v in self.jobs.views().values()
+                    if v.kind is JobKind.DOWNLOAD)
         self.metrics.disk_used.set(used)
         self.metrics.disk_free.set(usage.free_bytes)
         self.metrics.disk_capacity.set(usage.capacity_bytes)

@@ -6,6 +6,9 @@ The layout is the download engine's `Layout.in_store` (KServe's folder plus two 
     ├── models/<key>/              the model, what pods mount (KServe's layout, unchanged)
     ├── manifests/<key>.json       proof the folder is complete, written last by the engine
     ├── staging/<key>/             partial downloads, resumable
+    ├── blobs/sha256/<hex>         the content store: files shared by several models are hard
+    │                              links to one entry (fetch/blobs.py); unreferenced entries
+    │                              (link count 1) are collected every pass
     └── agent-state.json           when each model was last scrubbed; manifests withdrawn
 
 Only names shaped like storage keys (16 lower-case hex digits) are ever looked at or removed;
@@ -32,6 +35,7 @@ from threading import Lock
 from localmodel.api.keys import is_storage_key
 from localmodel.fetch import adopt as engine_adopt
 from localmodel.fetch import download as engine_download
+from localmodel.fetch.blobs import BlobStore, Collected
 from localmodel.fetch.layout import Layout
 from localmodel.fetch.manifest import (
     Manifest,
@@ -85,6 +89,7 @@ class ModelStore:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.models_dir = root / "models"
+        self.blobs = BlobStore(root / "blobs")
         self._state_lock = Lock()
 
     # --- layout ---------------------------------------------------------------------------
@@ -144,10 +149,12 @@ class ModelStore:
             "completed_at": completed,
             "verified_at": max(filter(None, (completed, scrubbed_at)), default=None),
         }
-        problems = verify_quick(layout, manifest)
+        linked: list[tuple[int, int, int]] = []
+        problems = verify_quick(layout, manifest, linked=linked)
         if problems:
             return Observed(DiskState.DAMAGED, problem=_summary(problems), **common)  # type: ignore[arg-type]
-        return Observed(DiskState.PRESENT, **common)  # type: ignore[arg-type]
+        return Observed(DiskState.PRESENT, linked=frozenset(linked),  # type: ignore[arg-type]
+                        linked_bytes=sum(size for _, _, size in linked), **common)
 
     def partial_bytes(self, key: str) -> int:
         """Bytes the filesystem already holds for this key's staging area."""
@@ -157,6 +164,24 @@ class ModelStore:
             for name in files:
                 total += allocated_bytes(Path(folder, name))
         return total
+
+    def collect_blobs(self) -> Collected:
+        """Remove the content store's entries that no model or download links to any more."""
+        collected = self.blobs.collect()
+        if collected.removed:
+            logger.info("content store: removed entries no model uses", extra={
+                "entries": collected.removed, "bytes": collected.freed_bytes})
+        return collected
+
+    def reusable(self, files: list[tuple[str, int]]) -> dict[str, tuple[int, int, int]]:
+        """Of the (sha256, size) files a listing names, those the content store holds, as
+        sha256 -> (st_dev, st_ino, size): a download links them instead of writing them."""
+        found: dict[str, tuple[int, int, int]] = {}
+        for sha256, size in files:
+            entry = self.blobs.lookup(sha256, size)
+            if entry is not None:
+                found[sha256] = (*entry.inode, entry.size)
+        return found
 
     def usage(self) -> DiskUsage:
         self.ensure_root()
@@ -207,11 +232,31 @@ class ModelStore:
 
     def scrub(self, key: str) -> list[str]:
         """Re-hash every file; problems found (empty when the model is intact or gone)."""
+        return self.scrub_shared(key)[0]
+
+    def scrub_shared(self, key: str) -> tuple[list[str], frozenset[tuple[int, int]]]:
+        """`scrub`, and the (st_dev, st_ino) of the damaged files that other models may share
+        (more than one link): their content store entries are evicted at once, so no download
+        is handed those bytes, and the caller can repair every model holding them."""
         layout = self.layout(key)
         manifest = read_manifest(layout)
         if manifest is None:
-            return []
-        return verify_full(layout, manifest)
+            return [], frozenset()
+        mismatched: list[str] = []
+        problems = verify_full(layout, manifest, mismatched=mismatched)
+        shared: set[tuple[int, int]] = set()
+        digests = {item.path: item.sha256 for item in manifest.files}
+        for path in mismatched:
+            try:
+                st = os.lstat(layout.dest / path)
+            except FileNotFoundError:
+                continue
+            if st.st_nlink > 1:
+                shared.add((st.st_dev, st.st_ino))
+                sha256 = digests.get(path)
+                if sha256:
+                    self.blobs.evict(sha256, (st.st_dev, st.st_ino))
+        return problems, frozenset(shared)
 
     def discard_leftover_staging(self, key: str) -> bool:
         """Remove the staging folder of a complete model (a download that died after writing

@@ -1,0 +1,265 @@
+"""The content store: each verified file's bytes once per node, however many models hold them.
+
+    <root>/blobs/sha256/<hex>     one entry per content (the sha256 of the bytes, lower-case hex)
+    <root>/models/<key>/<path>    a hard link to that entry: the same inode, a plain file
+
+Models or revisions that share files (the same weights under two tags, a modelcar and a
+ModelPack of the same files, two Hugging Face revisions whose shards did not change) keep the
+bytes once. `models/` is unchanged for whoever reads it (pods, KServe's orphan sweep, peers):
+a hard link is an ordinary file. The store sits beside `models/` under the same root, on the
+same filesystem as staging, so every link is a plain link(2).
+
+Rules, and why they make sharing safe:
+
+- **Only verified bytes enter.** An entry is a hard link of a staging file whose sha256 the
+  engine computed from the bytes themselves while downloading (`enter`); its name is that
+  sha256, never a digest someone else claims. Downloads made without verification never enter.
+- **An entry appears whole or not at all.** link(2) is atomic and the file is complete (and
+  fdatasync'ed) before it gets the name; a crash leaves the name or no name, never half a file.
+- **Reuse re-checks.** Before a new model is given an entry, the entry is hashed again (when the
+  download verifies): bytes that rotted on disk since they entered are evicted from the store,
+  never spread to one more model. A source whose listing names a file's sha256 (OCI blobs,
+  Hugging Face LFS, S3 full-object SHA-256 checksums) then needs no download for files the store
+  holds, except `PROBE_SIZE` bytes at a random offset that must equal the entry's: a listing is
+  only a claim, and a cache shared by tenants must not hand one tenant's private weights to
+  another who merely knows their sha256 and lists it from an origin of his own. Whoever can
+  answer the probe holds the content anyway. (What remains observable: that the node holds
+  some content, to an origin that lists its digest and sees a probe instead of a download.)
+- **Never written in place.** An entry's inode is every sharing model's file: it is made
+  read-only (0444), and the engine never opens a file with more than one link for writing (a
+  staging file found linked is replaced, not written through). Repair replaces links.
+- **Garbage.** An entry whose link count is 1 (only the store's name) belongs to no model and
+  no download: `collect` removes it. Deleting a model removes its names only, so no other
+  model is ever damaged, and its bytes leave the disk with the last link.
+- **Fallback.** Where links fail (another filesystem, EMLINK, a filesystem without hard
+  links), the file is kept as it is, unshared, and this is logged once: never a failure.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import stat
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+#: Files smaller than this are not shared: configs and tokenizers would cost one entry each
+#: (a name, a link at publish, an lstat per collection) for next to no bytes saved.
+MIN_SIZE = 64 * 1024
+#: Bytes read back from the origin, at a random offset, before a file is taken from the store
+#: on the strength of a listed sha256: the origin must show it holds the content ("Reuse
+#: re-checks" above; `engine._Download._origin_holds`).
+PROBE_SIZE = 64 * 1024
+_ALGORITHM = "sha256"
+_HEX = frozenset("0123456789abcdef")
+_READ_SIZE = 1024 * 1024
+_warned: set[str] = set()
+_warned_lock = threading.Lock()
+
+
+def _warn_once(what: str, exc: OSError) -> None:
+    """Links failing is never an error (the file stays the model's own), but worth one line
+    per cause: per kind of step and errno, not per file."""
+    key = f"{what}:{exc.errno}"
+    with _warned_lock:
+        if key in _warned:
+            return
+        _warned.add(key)
+    logger.warning("content store: files are kept unshared", extra={"what": what, "error": str(exc)})
+
+
+def is_sha256(value: str | None) -> bool:
+    return value is not None and len(value) == 64 and set(value) <= _HEX
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    buffer = memoryview(bytearray(_READ_SIZE))
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        while count := os.readv(fd, [buffer]):
+            digest.update(buffer[:count])
+    finally:
+        os.close(fd)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class Entry:
+    path: Path
+    size: int
+    #: (st_dev, st_ino): what a model's file must be to share this entry's bytes.
+    inode: tuple[int, int]
+
+
+@dataclass(frozen=True)
+class Collected:
+    """What one `collect` did."""
+
+    removed: int = 0
+    freed_bytes: int = 0
+    kept: int = 0
+
+
+class BlobStore:
+    """The store under one root. Thread- and process-safe: every change is one link, rename
+    or unlink, and races only ever cost sharing, never bytes (see `collect`)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.folder = root / _ALGORITHM
+
+    def path(self, sha256: str) -> Path:
+        if not is_sha256(sha256):
+            raise ValueError(f"not a sha256: {sha256!r}")
+        return self.folder / sha256
+
+    def _real_folders(self) -> bool | None:
+        """True when the store's folders are real folders, None when they are missing, False
+        when a name is something else (a symlink planted there must not take lookups, links
+        or collection elsewhere: the store is then not used, and this is logged once)."""
+        for folder in (self.root, self.folder):
+            try:
+                st = os.lstat(folder)
+            except (FileNotFoundError, NotADirectoryError):
+                return None
+            if not stat.S_ISDIR(st.st_mode):
+                _warn_once("use the store", OSError(f"{folder} is not a folder"))
+                return False
+        return True
+
+    def _ensure(self) -> bool:
+        """Create the store's folders if missing; False when the store cannot be used."""
+        for folder in (self.root, self.folder):
+            try:
+                os.mkdir(folder, 0o755)
+            except FileExistsError:
+                pass
+            except OSError as exc:
+                _warn_once("create the store", exc)
+                return False
+        return self._real_folders() is True
+
+    def lookup(self, sha256: str, size: int) -> Entry | None:
+        """The entry for this content, None if there is none (or something else has its name)."""
+        if not self._real_folders():
+            return None
+        try:
+            st = os.lstat(self.path(sha256))
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        if not stat.S_ISREG(st.st_mode) or st.st_size != size:
+            return None
+        return Entry(self.path(sha256), st.st_size, (st.st_dev, st.st_ino))
+
+    def evict(self, sha256: str, inode: tuple[int, int] | None = None) -> None:
+        """Remove the store's name for this content (when it still names `inode`): the models
+        holding it keep their links; the store just stops handing it out."""
+        path = self.path(sha256)
+        try:
+            if inode is not None:
+                st = os.lstat(path)
+                if (st.st_dev, st.st_ino) != inode:
+                    return
+            os.unlink(path)
+            logger.warning("content store: evicted an entry whose bytes no longer match its name",
+                           extra={"sha256": sha256})
+        except FileNotFoundError:
+            pass
+
+    def checked(self, sha256: str, size: int, *, verify: bool) -> Entry | None:
+        """The entry for this content, re-hashed first when `verify`: an entry whose bytes no
+        longer match its name is evicted and None is returned."""
+        entry = self.lookup(sha256, size)
+        if entry is None or not verify:
+            return entry
+        try:
+            actual = sha256_of(entry.path)
+        except FileNotFoundError:
+            return None  # collected meanwhile
+        if actual != sha256:
+            self.evict(sha256, entry.inode)
+            return None
+        return entry
+
+    def enter(self, file: Path, sha256: str) -> bool:
+        """Give the verified file `file` (whose content hashes to `sha256`) a name in the store,
+        made read-only. False when it stays unshared (no links here, or the name is taken)."""
+        if not self._ensure():
+            return False
+        try:
+            os.chmod(file, 0o444, follow_symlinks=False)
+        except (NotImplementedError, OSError):
+            pass  # the mode is a guard, not the guarantee
+        try:
+            os.link(file, self.path(sha256), follow_symlinks=False)
+        except FileExistsError:
+            return False
+        except OSError as exc:  # EXDEV, EMLINK, EPERM (protected_hardlinks), ENOSPC, EACCES...
+            _warn_once("link into the store", exc)
+            return False
+        return True
+
+    def link_to(self, entry: Entry, target: Path, spare: Path) -> bool:
+        """Make `target` a link to `entry`, atomically: the link is made at `spare` (outside
+        any folder being published) and renamed over `target`. False when links fail here or
+        the entry was collected meanwhile; `target` is then untouched."""
+        try:
+            os.unlink(spare)
+        except FileNotFoundError:
+            pass
+        try:
+            os.link(entry.path, spare, follow_symlinks=False)
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            _warn_once("link from the store", exc)
+            return False
+        st = os.lstat(spare)
+        if (st.st_dev, st.st_ino) != entry.inode:  # replaced meanwhile: not what was checked
+            os.unlink(spare)
+            return False
+        os.rename(spare, target)
+        return True
+
+    def entries(self) -> Iterable[tuple[str, os.stat_result]]:
+        if not self._real_folders():
+            return
+        try:
+            scan = os.scandir(self.folder)
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        with scan:
+            for item in scan:
+                if not is_sha256(item.name):
+                    continue
+                try:
+                    st = item.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue
+                yield item.name, st
+
+    def collect(self) -> Collected:
+        """Remove every entry no model or download links to (link count 1).
+
+        Racing a download that is linking the same entry costs at most that file's sharing: its
+        own link keeps the bytes, and it re-enters them at publish."""
+        removed = freed = kept = 0
+        for name, st in self.entries():
+            if not stat.S_ISREG(st.st_mode):
+                continue  # never ours: left alone
+            if st.st_nlink > 1:
+                kept += 1
+                continue
+            try:
+                os.unlink(self.folder / name)
+            except FileNotFoundError:
+                continue
+            removed += 1
+            freed += st.st_size
+        return Collected(removed=removed, freed_bytes=freed, kept=kept)
