@@ -9,7 +9,10 @@
                          ├─ 4. fetch: a thread pool runs ranged requests (`planning`),
                          │     writes with pwrite into preallocated files, journals
                          │     progress every `checkpoint_size`, and retries transient errors
-                         │     with backoff; the sha256 of each file follows its contiguous
+                         │     with backoff; each file is hashed once, with the cheapest
+                         │     digest its provider guarantees (`hashing`): a CRC per range,
+                         │     from memory as the bytes arrive, combined at the end; or a
+                         │     sequential hash (sha256, md5) that follows the contiguous
                          │     written prefix: from memory at the frontier, else re-read from
                          │     the page cache by a separate hashing thread, so hashing (and
                          │     the final fsync) overlaps the download and never stalls it
@@ -51,7 +54,7 @@ from localmodel.fetch import layers as oci_layers
 from localmodel.fetch import manifest as manifests
 from localmodel.fetch import patterns, planning
 from localmodel.fetch.backoff import RetryBudget, backoff_delay
-from localmodel.fetch.hashing import FileHasher, HashResult, NoHasher
+from localmodel.fetch.hashing import FileHasher, HashResult, NoHasher, crc_of_file, crc_update
 from localmodel.fetch.layout import HIDDEN, Layout
 from localmodel.fetch.manifest import Manifest, ManifestFile
 from localmodel.fetch.options import FetchOptions
@@ -94,7 +97,7 @@ def download(source_uri: str, dest: str | os.PathLike[str] | Layout, *,
         if not options.force:
             existing = manifests.read_manifest(layout)
             if existing is not None and existing.source == source_name \
-                    and (not options.verify or all(f.sha256 for f in existing.files)) \
+                    and (not options.verify or all(f.scrub_digest for f in existing.files)) \
                     and not manifests.verify_quick(layout, existing):
                 logger.info("already complete", extra={"dest": str(layout.dest)})
                 # A run that died after writing the manifest may have left staging behind.
@@ -364,8 +367,8 @@ class _Download:
                 # The copy the journal describes is gone; never trust those records again.
                 self.staging.record_reset(index)
             if present and index in verified:
-                sha256, checked = verified[index]
-                state.result = HashResult(sha256, checked)
+                local, checked = verified[index]
+                state.result = HashResult(local, checked)
                 state.done.add(0, remote.size)
                 state.hashed = remote.size
             elif present and remote.seekable:
@@ -405,7 +408,12 @@ class _Download:
             max_workers=max(1, min(self.options.concurrency, hashing)),
             thread_name_prefix="localmodel-hash")
         for state in resumed:
-            self._open(state)
+            fd = self._open(state)
+            if state.hasher.combinable:
+                # The CRCs of what an earlier run wrote died with it: recomputed from disk,
+                # once, at 10+ GB/s (a crash costs a re-read, never a re-fetch).
+                for start, end in state.done:
+                    state.hasher.add_range(start, end, crc_of_file(fd, state.hasher.algorithm, start, end))
             self._request_hash(state)  # what an earlier run left on disk
         # A few long-lived workers take requests from one queue: a model of 50,000 small files
         # must not cost 50,000 futures (each with its own lock and condition) up front.
@@ -458,6 +466,9 @@ class _Download:
         fd = self._open(state)
         budget = RetryBudget(self.options.backoff)
         position = unrecorded = failed_at = request.start
+        # A combinable digest: the CRC of [unrecorded, position), from memory, in any order.
+        crc_algorithm = state.hasher.algorithm if state.hasher.combinable else ""
+        crc = 0
         while position < request.end:
             self._check_cancelled()
             pieces = iter(self.source.read_range(state.remote.path, position, request.end - position))
@@ -469,13 +480,16 @@ class _Download:
                     if self.bucket is not None:
                         self.bucket.take(len(view), cancelled=self.cancelled)
                     self._write(fd, view, position, state)
-                    self._hash_in_stream(state, view, position)
+                    if crc_algorithm:
+                        crc = crc_update(crc_algorithm, view, crc)
+                    else:
+                        self._hash_in_stream(state, view, position)
                     position += len(view)
                     if position - failed_at >= _PROGRESS_RESETS_RETRIES:
                         budget.progress()
                     if position - unrecorded >= self.options.checkpoint_size:
-                        self._record(state, unrecorded, position)
-                        unrecorded = position
+                        self._record(state, unrecorded, position, crc)
+                        unrecorded, crc = position, 0
                     self._check_cancelled()
                 if position < request.end:
                     raise SourceUnavailableError(
@@ -483,8 +497,8 @@ class _Download:
                         "bytes early")
             except SourceUnavailableError as exc:
                 if position > unrecorded:
-                    self._record(state, unrecorded, position)
-                    unrecorded = position
+                    self._record(state, unrecorded, position, crc)
+                    unrecorded, crc = position, 0
                 failed_at = position
                 if not budget.failed():
                     raise
@@ -500,7 +514,7 @@ class _Download:
                 if close is not None:
                     close()
         if position > unrecorded:
-            self._record(state, unrecorded, position)
+            self._record(state, unrecorded, position, crc)
 
     def _write(self, fd: int, view: memoryview, offset: int, state: _File) -> None:
         written = 0
@@ -515,9 +529,11 @@ class _Download:
                     f"no space left writing {state.remote.path!r} in staging") from exc
             raise
 
-    def _record(self, state: _File, start: int, end: int) -> None:
+    def _record(self, state: _File, start: int, end: int, crc: int = 0) -> None:
+        """Bytes [start, end) are written (and `crc` is their CRC, for a combinable digest)."""
         self.staging.record_range(state.index, start, end)
         with state.lock:
+            state.hasher.add_range(start, end, crc)
             state.done.add(start, end)
         with self._counter_lock:
             self.bytes_done += end - start
@@ -593,8 +609,12 @@ class _Download:
                     return
             hashed = position
             try:
-                # Without verification the "hash" just follows the written prefix.
-                hashed = self._hash_from_disk(state, position, end) if self.options.verify else end
+                # Without verification, or with a CRC per range (already computed from memory
+                # as the bytes arrived), the "hash" just follows the written prefix.
+                if self.options.verify and not state.hasher.combinable:
+                    hashed = self._hash_from_disk(state, position, end)
+                else:
+                    hashed = end
             finally:
                 with state.lock:
                     state.hashed = hashed
@@ -615,7 +635,7 @@ class _Download:
         return position
 
     def _finish(self, state: _File) -> None:
-        result = state.hasher.finish(state.remote.path)
+        result = state.hasher.finish(state.remote.path, state.remote.size)
         state.hasher = _FINISHED  # its state is no longer needed; 10^4 hashers add up
         fd = state.fd
         assert fd is not None
@@ -627,7 +647,7 @@ class _Download:
             state.fd = None
             state.result = result
         os.close(fd)
-        self.staging.record_verified(state.index, result.sha256, result.provider_checked)
+        self.staging.record_verified(state.index, result.local, result.provider_checked)
         with self._counter_lock:
             self.files_done += 1
 
@@ -680,7 +700,8 @@ class _Download:
     def _manifest(self, listing: Listing, unpacked: list[archives.UnpackedFile] | None) -> Manifest:
         entries = tuple(
             ManifestFile(path=f.remote.path, size=f.remote.size, sha256=f.result.sha256,
-                         digest=f.remote.digest, digest_checked=f.result.provider_checked)
+                         digest=f.remote.digest, digest_checked=f.result.provider_checked,
+                         local=None if f.result.sha256 else f.result.local)
             for f in self.files if f.result is not None
         )
         archive_entry = None
