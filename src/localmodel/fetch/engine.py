@@ -78,17 +78,32 @@ _PROGRESS_RESETS_RETRIES = 1024 * 1024
 _NO_SETTINGS: Settings = MappingProxyType({})
 
 
+class SharedBudget:
+    """Budgets that several downloads running at once share, as one download would have them
+    (the CLI's `SRC DEST` pairs): at most `concurrency` ranged requests in flight across all of
+    them, one rate cap, and one stop: the first download that fails cancels the others (they
+    keep their staging, to resume)."""
+
+    def __init__(self, concurrency: int, rate_limit: float | None = None) -> None:
+        self.slots = threading.BoundedSemaphore(concurrency)
+        self.bucket = TokenBucket(rate_limit) if rate_limit else None
+        self.cancelled = threading.Event()
+
+
 def download(source_uri: str, dest: str | os.PathLike[str] | Layout, *,
              settings: Settings = _NO_SETTINGS, options: FetchOptions | None = None,
              progress: ProgressCallback | None = None,
-             source_factory: SourceFactory | None = None) -> Manifest:
+             source_factory: SourceFactory | None = None,
+             budget: SharedBudget | None = None) -> Manifest:
     """Fetch the model at `source_uri` into `dest` and return its manifest.
 
     `dest` is a folder path (see `Layout.for_path`) or an explicit `Layout`. `settings` are
     environment-style source settings (credentials, endpoints), never read from os.environ.
     `source_factory` replaces the registry's `open_source` (the node agent passes one that
-    reads from peers); the manifest still names `source_uri`.
-    Raises an error from `localmodel.errors`; on error nothing appears at `dest`.
+    reads from peers); the manifest still names `source_uri`. `budget` is shared with other
+    downloads running at the same time (its concurrency and rate cap replace the options').
+    Raises an error from `localmodel.errors`; on error nothing appears at `dest`. A download
+    stopped because another one sharing its budget failed raises `DownloadCancelled`.
     """
     options = options or FetchOptions()
     layout = dest if isinstance(dest, Layout) else Layout.for_path(dest)
@@ -105,7 +120,9 @@ def download(source_uri: str, dest: str | os.PathLike[str] | Layout, *,
                 return existing
         source = (source_factory or open_source)(source_uri, with_file_limit(settings, options.max_files))
         try:
-            return _Download(source, source_name, layout, options, progress).run()
+            return _Download(source, source_name, layout, options, progress, budget).run()
+        except _Cancelled as exc:
+            raise DownloadCancelled(f"{source_name}: stopped, another download failed") from exc
         finally:
             source.close()
 
@@ -147,6 +164,11 @@ class _Cancelled(Exception):
     """Raised inside workers once another worker failed or the caller was interrupted."""
 
 
+class DownloadCancelled(Exception):
+    """A download sharing a `SharedBudget` stopped because another one failed (that one's
+    error is the one to report)."""
+
+
 @dataclass(slots=True)
 class _File:
     """One file of the download (slotted: a model of 50,000 small files keeps 50,000)."""
@@ -173,15 +195,19 @@ class _Download:
     """One run of `download`: the state shared by the worker threads."""
 
     def __init__(self, source: Source, source_name: str, layout: Layout, options: FetchOptions,
-                 progress: ProgressCallback | None) -> None:
+                 progress: ProgressCallback | None, budget: SharedBudget | None = None) -> None:
         self.source = source
         self.source_name = source_name
         self.layout = layout
         self.options = options
         self.progress = progress
         self.staging = Staging(layout.staging)
-        self.cancelled = threading.Event()
-        self.bucket = TokenBucket(options.rate_limit) if options.rate_limit else None
+        self.budget = budget
+        self.cancelled = budget.cancelled if budget is not None else threading.Event()
+        if budget is not None:
+            self.bucket = budget.bucket
+        else:
+            self.bucket = TokenBucket(options.rate_limit) if options.rate_limit else None
         self.files: list[_File] = []
         self.bytes_done = 0
         self.files_done = 0
@@ -419,13 +445,23 @@ class _Download:
         # must not cost 50,000 futures (each with its own lock and condition) up front.
         queue = deque(requests)
 
+        slots = self.budget.slots if self.budget is not None else None
+
         def work() -> None:
             while not self.cancelled.is_set():
                 try:
                     request = queue.popleft()
                 except IndexError:
                     return
-                self._fetch(request)
+                if slots is None:
+                    self._fetch(request)
+                    continue
+                while not slots.acquire(timeout=0.25):  # a request slot shared with other downloads
+                    self._check_cancelled()
+                try:
+                    self._fetch(request)
+                finally:
+                    slots.release()
 
         workers = max(1, min(self.options.concurrency, len(requests))) if requests else 0
         pending: set[Future[None]] = {pool.submit(work) for _ in range(workers)}
@@ -450,6 +486,7 @@ class _Download:
             raise
         pool.shutdown(wait=True)
         self._hash_pool.shutdown(wait=True)
+        self._check_cancelled()  # workers stop early, without an error, when a sibling failed
         unfinished = [f.remote.path for f in self.files if f.result is None]
         if unfinished:  # pragma: no cover - would be an engine bug
             raise IntegrityError(f"download ended with unverified files: {unfinished[:3]}")

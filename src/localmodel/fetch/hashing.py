@@ -106,7 +106,8 @@ class _SequentialCRC:
         return self.value.to_bytes(_CRCS[self.algorithm][2], "big").hex()
 
 
-def _sequential(algorithm: str, part_size: int | None) -> Any:
+def new_hasher(algorithm: str, part_size: int | None = None) -> Any:
+    """A hashlib-like object (`update`, `hexdigest`) for any local digest's algorithm."""
     if algorithm == "sha256":
         return hashlib.sha256()
     if algorithm == "md5":
@@ -137,7 +138,7 @@ class FileHasher:
         self.algorithm = kind or "sha256"
         self.combinable = self.algorithm in COMBINABLE
         part_size = digest.part_size if digest is not None else None
-        self._hash: Any = None if self.combinable else _sequential(self.algorithm, part_size)
+        self._hash: Any = None if self.combinable else new_hasher(self.algorithm, part_size)
         #: Combinable: start -> (end, crc) of every range hashed so far.
         self._ranges: dict[int, tuple[int, int]] = {}
 
@@ -222,7 +223,7 @@ def crc_of_file(fd: int, algorithm: str, start: int, end: int) -> int:
 
 def file_digest(path: Path, digest: Digest) -> str:
     """`digest`'s algorithm over the file at `path` (a scrub), as hex."""
-    hasher = _sequential(digest.algorithm, digest.part_size)
+    hasher = new_hasher(digest.algorithm, digest.part_size)
     buffer = memoryview(bytearray(_READ_SIZE))
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
     try:
