@@ -108,3 +108,22 @@ def test_the_combined_crc_covers_what_is_on_disk_after_a_resume(
     with pytest.raises(IntegrityError, match="crc64nvme"):
         crcsource.run(str(source), str(dest), str(digests), str(tmp_path / "second.log"), rate=None)
     assert read_manifest(Layout.beside(dest)) is None and not dest.exists()
+
+
+def test_a_scrub_recomputes_the_crc_the_file_was_verified_with(
+        model: tuple[Path, Path, bytes], tmp_path: Path) -> None:
+    from localmodel.fetch import verify_full
+
+    source, digests, data = model
+    dest = tmp_path / "m"
+    crcsource.run(str(source), str(dest), str(digests), str(tmp_path / "log"), rate=None)
+    layout = Layout.beside(dest)
+    manifest = read_manifest(layout)
+    assert manifest is not None and verify_full(layout, manifest) == []
+    raw = json.loads(layout.manifest.read_text())["files"][0]
+    assert raw["verified_with"] == "crc64nvme" and raw["local_digest"]["algorithm"] == "crc64nvme"
+    with open(dest / "w.bin", "r+b") as handle:  # bit rot
+        handle.seek(SIZE // 2)
+        handle.write(bytes([data[SIZE // 2] ^ 1]))
+    [problem] = verify_full(layout, manifest)
+    assert problem.startswith("crc64nvme: w.bin is ")
