@@ -59,6 +59,10 @@ class HashResult:
     #: Whether the provider digest was compared (False: none given, or not checkable).
     provider_checked: bool
 
+    def __post_init__(self) -> None:
+        if isinstance(self.local, str):  # a sha256 in hex, as callers gave it before CRCs
+            object.__setattr__(self, "local", Digest("sha256", self.local))
+
     @property
     def sha256(self) -> str | None:
         return self.local.value if self.local is not None and self.local.algorithm == "sha256" else None
