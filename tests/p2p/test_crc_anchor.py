@@ -119,12 +119,17 @@ def test_the_origin_alone_is_verified_with_its_crc_and_peers_with_the_anchor(
     with peer_servers() as running:
         peer = running.serve(seed, identity, "seed")
         source, health, counters = fill(s3_model, tmp_path / "receiver", [peer], identity)
-    assert counters.peer_bytes == len(s3_model.data) and health.quarantined() == {}
-    assert (tmp_path / "receiver" / "models" / s3_model.key / SHARD).read_bytes() == s3_model.data
-    filled = read_manifest(Layout.in_store(tmp_path / "receiver", s3_model.key))
-    assert filled is not None
-    # From peers: checked against the MD5 the origin guarantees, which no peer can forge.
-    assert filled.files[0].verified_with == "md5" and filled.files[0].digest_checked
+        assert counters.peer_bytes == len(s3_model.data) and health.quarantined() == {}
+        assert (tmp_path / "receiver" / "models" / s3_model.key / SHARD).read_bytes() == s3_model.data
+        filled = read_manifest(Layout.in_store(tmp_path / "receiver", s3_model.key))
+        assert filled is not None
+        # From peers: checked against the MD5 the origin guarantees, which no peer can forge.
+        assert filled.files[0].verified_with == "md5" and filled.files[0].digest_checked
+        # That copy (its manifest names the MD5, not the CRC) serves the next node in turn.
+        second = running.serve(tmp_path / "receiver", identity, "receiver")
+        _, health, counters = fill(s3_model, tmp_path / "third", [second], identity)
+        assert counters.peer_bytes == len(s3_model.data) and health.quarantined() == {}
+    assert (tmp_path / "third" / "models" / s3_model.key / SHARD).read_bytes() == s3_model.data
 
 
 def test_a_liar_that_forges_the_crc_cannot_poison_the_cache(
