@@ -47,7 +47,9 @@ from dlbench.tools import Run  # noqa: E402
 CACHE = Path.home() / ".cache" / "localmodel"
 DESTINATIONS = {"shm": Path("/dev/shm/localmodel-bench-download"),
                 "disk": CACHE / "bench-download"}
-SOURCES = ("http", "s3", "hf", "http-cap")
+#: s3 = S3 as it is today (every object with a full-object CRC64NVME, see servers.s3_checksums);
+#: s3-etag = rclone alone (MD5 ETags only: objects uploaded before S3 added checksums)
+SOURCES = ("http", "s3", "s3-etag", "hf", "http-cap")
 #: Tool names accepted by --tools.
 ALL_TOOLS = ("localmodel", "localmodel-noverify", "localmodel-sha256", "kserve-storage",
              "s5cmd", "snapshot_download", "limits")
@@ -80,6 +82,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--disk-dir", type=Path, default=DESTINATIONS["disk"])
     parser.add_argument("--out", type=Path, default=Path("bench/results"),
                         help="folder for download-<time>.json and .md")
+    parser.add_argument("--pin", default="0,1" if (os.cpu_count() or 1) >= 2 else "none",
+                        metavar="CLIENT,SERVER",
+                        help="CPU for every client and CPU for every server (taskset style), so "
+                             "that the client's CPU decides its speed, as on a node whose link "
+                             "outruns one core, and the servers' CPU does not count against it; "
+                             "'none' shares every CPU (default 0,1 with 2+ CPUs)")
     parser.add_argument("--max-load", type=float, default=None,
                         help="before each repetition, wait until the 1-minute load average "
                              "is below this (other jobs share the cores)")
@@ -92,6 +100,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if set(names) - set(ALL_TOOLS):
         parser.error(f"unknown tools: {set(names) - set(ALL_TOOLS)}")
     args.tools = list(dict.fromkeys(names))
+    if args.pin == "none":
+        args.client_cpus = args.server_cpus = None
+    else:
+        client, _, server = args.pin.partition(",")
+        args.client_cpus, args.server_cpus = {int(client)}, {int(server or client)}
     return args
 
 
@@ -102,7 +115,7 @@ def plan_runs(source: str, server: Server, model: Model, out: Path,
     runs: list[Run] = []
     if "localmodel" in wanted:
         runs.append(tools.engine_run(source, server, model, out))
-    if "localmodel-sha256" in wanted and source == "s3":
+    if "localmodel-sha256" in wanted and source.startswith("s3"):
         runs.append(tools.engine_run(source, server, model, out, verify="sha256",
                                      tool="localmodel --verify sha256"))
     if "localmodel-noverify" in wanted:
@@ -110,7 +123,7 @@ def plan_runs(source: str, server: Server, model: Model, out: Path,
                                      tool="localmodel --verify none"))
     if "kserve-storage" in wanted:
         runs.append(tools.kserve_run(source, server, model, out))
-    if "s5cmd" in wanted and source == "s3":
+    if "s5cmd" in wanted and source.startswith("s3"):
         runs.append(tools.s5cmd_run(server, model, out))
     if "snapshot_download" in wanted and source == "hf":
         runs.append(tools.hub_run(server, model, out))
@@ -144,13 +157,15 @@ def wait_for_quiet(max_load: float | None) -> None:
 
 
 def measure_run(run: Run, model: Model, *, rep: int, dest: str, source: str, nbytes: int,
-                servers_pids: list[int], flush: Path | None, log: Path) -> dict[str, object]:
+                servers_pids: list[int], flush: Path | None, log: Path,
+                cpus: set[int] | None = None) -> dict[str, object]:
     clean(run.cleanup, flush)
     for path in run.cleanup[:1]:
         path.parent.mkdir(parents=True, exist_ok=True)
     if run.tool == "limit: write":
         run.cleanup[0].mkdir(parents=True, exist_ok=True)
-    result = measure.run(run.command, run.env, server_pids=servers_pids, log=log, flush=flush)
+    result = measure.run(run.command, run.env, server_pids=servers_pids, log=log, flush=flush,
+                         cpus=cpus)
     problems = [] if result.returncode == 0 else [f"{run.tool}: exit status {result.returncode}"]
     if not problems and run.outputs:
         problems = check_outputs(run, model)
@@ -170,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     model = ensure_model(args.cache, args.shards, args.scale)
     if "kserve-storage" in args.tools:
         tools.ensure_peer("kserve-storage")
-    if "s5cmd" in args.tools and "s3" in args.sources:
+    if "s5cmd" in args.tools and any(s.startswith("s3") for s in args.sources):
         tools.ensure_peer("s5cmd")
     dests = {name: path for name, path in (("shm", args.shm_dir), ("disk", args.disk_dir))
              if args.dest in (name, "both")}
@@ -178,9 +193,13 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     work = args.shm_dir.parent / f"{args.shm_dir.name}-work"
     log = args.out / f"download-{stamp}.log"
+    if args.server_cpus:
+        # Servers started from here inherit this; the bench's own sampling runs there too.
+        os.sched_setaffinity(0, args.server_cpus)
     _warm_page_cache(model)
     print(f"# model: {len(model.files)} files, {model.total / 1e9:.2f} GB; "
-          f"{os.cpu_count()} CPUs; load {os.getloadavg()[0]:.2f}; log {log}", flush=True)
+          f"{os.cpu_count()} CPUs; pin {args.pin}; load {os.getloadavg()[0]:.2f}; log {log}",
+          flush=True)
     rows: list[dict[str, object]] = []
     problems: list[str] = []
     with ExitStack() as stack:
@@ -191,7 +210,9 @@ def main(argv: list[str] | None = None) -> int:
             running["http-cap"] = stack.enter_context(
                 servers.nginx(model, work / "nginx-cap", per_connection=args.per_connection))
         if "s3" in args.sources:
-            running["s3"] = stack.enter_context(servers.rclone_s3(model))
+            running["s3"] = stack.enter_context(servers.s3_checksums(model, work / "s3-front"))
+        if "s3-etag" in args.sources:
+            running["s3-etag"] = stack.enter_context(servers.rclone_s3(model))
         if "hf" in args.sources:
             running["hf"] = stack.enter_context(servers.hf_hub(model))
         pids = [pid for server in running.values() for pid in server.pids]
@@ -204,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
                         run = tools.read_limit_run(source, server, model, work / "curl", streams)
                         rows.append(measure_run(run, model, rep=rep, dest="-", source=source,
                                                 nbytes=model.total, servers_pids=pids,
-                                                flush=None, log=log))
+                                                flush=None, log=log, cpus=args.client_cpus))
             for dest, base in dests.items():
                 flush = base if dest == "disk" else None
                 base.mkdir(parents=True, exist_ok=True)
@@ -213,7 +234,8 @@ def main(argv: list[str] | None = None) -> int:
                     run = tools.write_limit_run(model, base / "write-limit",
                                                 preallocate=dest != "shm")
                     rows.append(measure_run(run, model, rep=rep, dest=dest, source="-", nbytes=shards,
-                                            servers_pids=pids, flush=flush, log=log))
+                                            servers_pids=pids, flush=flush, log=log,
+                                            cpus=args.client_cpus))
                 for source, server in running.items():
                     if source == "http-cap" and args.cap_dest not in (dest, "both"):
                         continue
@@ -223,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
                     for run in runs:
                         row = measure_run(run, model, rep=rep, dest=dest, source=source,
                                           nbytes=model.total, servers_pids=pids, flush=flush,
-                                          log=log)
+                                          log=log, cpus=args.client_cpus)
                         rows.append(row)
                         problems += row["problems"]  # type: ignore[arg-type]
     shutil.rmtree(work, ignore_errors=True)
@@ -231,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     meta = {"stamp": stamp, "command": " ".join([*tuning, Path(sys.executable).name, *sys.argv]),
             "model_files": len(model.files), "model_bytes": model.total,
             "shards": args.shards, "shard_bytes": model.files[model.big_files[0]],
-            "cpus": os.cpu_count(), "kernel": platform.release(),
+            "cpus": os.cpu_count(), "pin": args.pin, "kernel": platform.release(),
             "python": platform.python_version(), "runs": args.runs}
     (args.out / f"download-{stamp}.json").write_text(json.dumps({"meta": meta, "rows": rows},
                                                                 indent=1))

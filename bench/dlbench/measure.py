@@ -91,8 +91,10 @@ def syncfs(path: Path) -> None:
 
 
 def run(command: Sequence[str], env: Mapping[str, str], *, server_pids: Sequence[int],
-        log: Path, flush: Path | None = None, timeout: float = 3600) -> Measurement:
-    """Run `command` to completion; with `flush`, the wall time includes syncfs(flush)."""
+        log: Path, flush: Path | None = None, timeout: float = 3600,
+        cpus: set[int] | None = None) -> Measurement:
+    """Run `command` to completion; with `flush`, the wall time includes syncfs(flush). With
+    `cpus`, the command (and every process it starts) runs on those CPUs only."""
     load = os.getloadavg()[0]
     server_before = cpu_of(server_pids)
     peak = 0
@@ -102,7 +104,8 @@ def run(command: Sequence[str], env: Mapping[str, str], *, server_pids: Sequence
         out.flush()
         started = time.perf_counter()
         process = subprocess.Popen(list(command), env=dict(env), stdout=out, stderr=out,
-                                   stdin=subprocess.DEVNULL)
+                                   stdin=subprocess.DEVNULL,
+                                   preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None)
 
         def sample() -> None:
             nonlocal peak

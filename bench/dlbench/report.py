@@ -80,14 +80,17 @@ def render(meta: Mapping[str, object], rows: Sequence[Row]) -> str:
            f"`{meta['command']}`", "",
            f"Model: {meta['model_files']} files, {int(meta['model_bytes']) / 1e9:.2f} GB "  # type: ignore[call-overload]
            f"({meta['shards']} shards of {int(meta['shard_bytes']) / 2**30:.3g} GiB); "  # type: ignore[call-overload]
-           f"{meta['cpus']} CPUs shared by client and servers; kernel {meta['kernel']}; "
+           + (f"{meta['cpus']} CPUs, every client pinned to CPU {str(meta['pin']).split(',')[0]} and "
+              f"every server to CPU {str(meta['pin']).split(',')[-1]}; "
+              if meta.get("pin", "none") != "none" else f"{meta['cpus']} CPUs shared by client and servers; ")
+           + f"kernel {meta['kernel']}; "
            f"Python {meta['python']}; medians of {meta['runs']} runs. "
            f"1-minute load average before each run: {min(loads, default=0):.2f}–"
            f"{max(loads, default=0):.2f} (median {statistics.median(loads) if loads else 0:.2f}).",
            ""]
     out += _limits_table(summary, read, write)
     dests = sorted({d for d, _, _ in summary if d != "-"}, key=lambda d: (d != "shm", d))
-    sources = [s for s in ("http", "s3", "hf", "http-cap") if any(k[1] == s for k in summary)]
+    sources = [s for s in ("http", "s3", "s3-etag", "hf", "http-cap") if any(k[1] == s for k in summary)]
     for dest in dests:
         for source in sources:
             tools = [(t, item) for (d, s, t), item in summary.items() if d == dest and s == source]
@@ -95,8 +98,10 @@ def render(meta: Mapping[str, object], rows: Sequence[Row]) -> str:
                 continue
             limit = min(read.get(source, float("inf")), write.get(dest, float("inf")))
             out += _tool_table(dest, source, tools, limit if limit != float("inf") else None)
+    out += _pinned_table(summary, dests, sources)
     out += _verification_table(summary, dests, sources)
     out += _targets_table(summary, read, write, dests, sources)
+    out += _issue14_targets(summary, read, dests)
     failed = [f"{k}" for k, item in summary.items() if item.failed]
     if failed:
         out += ["", f"**Failed runs** (see the log): {', '.join(failed)}", ""]
@@ -136,6 +141,63 @@ def _tool_table(dest: str, source: str, tools: Sequence[tuple[str, Summary]],
         if item.failed:
             cells[0] += " (FAILED)"
         lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    return lines
+
+
+def _pinned_table(summary: Mapping[tuple[str, str, str], Summary], dests: Sequence[str],
+                  sources: Sequence[str]) -> list[str]:
+    """Every download tool side by side: what a node's one core gets from each."""
+    lines = ["### Every tool, same run (medians; client CPU-s/GB is what caps a node)", "",
+             "| destination | source | tool | wall s | GB/s | client CPU-s/GB | peak RSS MiB |",
+             "|---|---|---|---|---|---|---|"]
+    for dest in dests:
+        for source in sources:
+            for (d, s, tool), item in sorted(summary.items()):
+                if d != dest or s != source or tool.startswith("limit"):
+                    continue
+                name = f"**{tool}**" if tool == ENGINE else tool
+                lines.append(f"| {dest} | {source} | {name}{' (FAILED)' if item.failed else ''} | "
+                             f"{item.wall:.2f} | {item.gbps:.2f} | {item.cpu_per_gb:.2f} | "
+                             f"{item.peak_rss / 2**20:.0f} |")
+    lines.append("")
+    return lines
+
+
+def _issue14_targets(summary: Mapping[tuple[str, str, str], Summary], read: Mapping[str, float],
+                     dests: Sequence[str]) -> list[str]:
+    """Issue 14: verification at the CPU cost of none."""
+    lines = ["### Targets of issue 14 (localmodel verified, medians)", "",
+             "| destination | target | measured | |", "|---|---|---|---|"]
+
+    def row(dest: str, target: str, measured: str, ok: bool) -> None:
+        lines.append(f"| {dest} | {target} | {measured} | {'✅' if ok else '❌'} |")
+
+    for dest in dests:
+        engine, s5cmd = summary.get((dest, "s3", ENGINE)), summary.get((dest, "s3", "s5cmd"))
+        if engine and s5cmd:
+            row(dest, "S3 (CRC64NVME) ≥ 1.0 × s5cmd GB/s", f"{engine.gbps / s5cmd.gbps:.2f}×",
+                engine.gbps >= s5cmd.gbps)
+        if engine:
+            row(dest, "S3 ≤ 0.75 CPU-s/GB", f"{engine.cpu_per_gb:.2f}", engine.cpu_per_gb <= 0.75)
+        http = summary.get((dest, "http", ENGINE))
+        if http:
+            row(dest, "HTTP (sha256 for the manifest) ≤ 1.0 CPU-s/GB", f"{http.cpu_per_gb:.2f}",
+                http.cpu_per_gb <= 1.0)
+        hf, hub = summary.get((dest, "hf", ENGINE)), summary.get((dest, "hf", "snapshot_download"))
+        if hf and hub:
+            row(dest, "HF ≥ 2 × snapshot_download", f"{hf.gbps / hub.gbps:.2f}×", hf.gbps >= 2 * hub.gbps)
+        cap, cap_none = summary.get((dest, "http-cap", ENGINE)), summary.get((dest, "http-cap", NOVERIFY))
+        if cap and "http-cap" in read:
+            row(dest, "http-cap ≥ 1.0 × limit", f"{cap.gbps / read['http-cap']:.2f}×",
+                cap.gbps >= read["http-cap"])
+        if cap and cap_none:
+            extra = (cap.wall - cap_none.wall) / cap_none.wall
+            row(dest, "http-cap verification ≤ +5 % wall", f"{extra * 100:+.1f} %", extra <= 0.05)
+        worst = max((item.peak_rss for (d, _, t), item in summary.items() if d == dest and t == ENGINE),
+                    default=None)
+        if worst is not None:
+            row(dest, "RSS ≤ 300 MiB", f"{worst / 2**20:.0f} MiB", worst <= RSS_TARGET)
     lines.append("")
     return lines
 

@@ -1,9 +1,18 @@
-"""The three servers the benchmark downloads from, each in its own process so its CPU time is
-not counted as the client's: nginx (HTTP), `rclone serve s3` (S3) and the project's local
-Hugging Face endpoint (`python -m tests.servers.hf`).
+"""The servers the benchmark downloads from, each in its own process so its CPU time is not
+counted as the client's: nginx (HTTP), `rclone serve s3` (S3 with MD5 ETags), nginx in front of
+rclone (S3 with full-object CRC64NVME checksums) and the project's local Hugging Face endpoint
+(`python -m tests.servers.hf`).
 
-moto is not used for throughput: it copies the whole object on every ranged GET and burns
-5-35 server CPU-s/GB (docs/../shared test-infrastructure notes); rclone streams at GB/s.
+S3 with checksums: S3 gives every object a full-object CRC64NVME since 2025, so that is what a
+node downloading from S3 sees. moto stores such checksums but copies the whole object on every
+ranged GET (5-35 server CPU-s/GB; ~0.3 GB/s); rclone streams at GB/s but keeps no checksums
+(only MD5 ETags). So `s3_checksums` puts nginx in front: the listing comes from rclone (real
+ListObjectsV2 paging and encoding) with `ChecksumAlgorithm` added, HEAD and GET are served by
+nginx from the same files with `x-amz-checksum-crc64nvme` (computed here once, with awscrt)
+and `x-amz-checksum-type: FULL_OBJECT`. nginx serves objects with its own ETags, so the
+listing's ETags are rewritten to them (conditional reads with If-Match keep working; those
+ETags are not MD5s, so this source has no checkable ETag beside the CRC). Nothing checks
+signatures there: every client signs anyway.
 """
 
 from __future__ import annotations
@@ -141,6 +150,112 @@ def _warm_rclone(server: Server) -> None:
               flush=True)
     finally:
         source.close()
+
+
+_S3_FRONT_CONF = """\
+{user}
+worker_processes 1;
+pid {work}/nginx.pid;
+error_log {work}/error.log warn;
+events {{ worker_connections 256; }}
+http {{
+    types {{ }}
+    default_type application/octet-stream;
+    access_log off;
+    sendfile on;
+    tcp_nopush on;
+    keepalive_requests 100000;
+    client_body_temp_path {work}/client_body;
+    proxy_temp_path {work}/proxy;
+    fastcgi_temp_path {work}/fastcgi;
+    uwsgi_temp_path {work}/uwsgi;
+    scgi_temp_path {work}/scgi;
+    map $uri $crc64nvme {{
+        default "";
+{checksums}
+    }}
+    upstream rclone {{ server {rclone}; keepalive 8; }}
+    server {{
+        listen 127.0.0.1:{port};
+        root {root};
+        # ListObjectsV2 (GET /bucket?list-type=2...): rclone's answer, with checksums named
+        location ~ ^/[^/]+/?$ {{
+            proxy_pass http://rclone;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host $http_host;
+            proxy_set_header Accept-Encoding "";
+            sub_filter '<ETag>' '<ChecksumAlgorithm>CRC64NVME</ChecksumAlgorithm><ChecksumType>FULL_OBJECT</ChecksumType><ETag>';
+{etags}
+            sub_filter_once off;
+            sub_filter_types application/xml text/xml;
+        }}
+        # HEAD and GET of an object: the file, with its checksum
+        location / {{
+            add_header x-amz-checksum-crc64nvme $crc64nvme always;
+            add_header x-amz-checksum-type FULL_OBJECT always;
+        }}
+    }}
+}}
+"""
+
+
+def _object_facts(model: Model) -> list[tuple[str, str, str, str]]:
+    """(URI path, base64 CRC64NVME, rclone's MD5 ETag, nginx's ETag) of every object, cached
+    beside the model (computing them reads the model once)."""
+    import base64
+    import hashlib
+    import json
+
+    from awscrt import checksums
+
+    cache = model.root / "object-facts.json"
+    bucket = model.root / BUCKET
+    stats = {str(p.relative_to(bucket)): [p.stat().st_size, int(p.stat().st_mtime)]
+             for p in sorted(bucket.rglob("*")) if p.is_file()}
+    try:
+        cached = json.loads(cache.read_text())
+        if cached["stats"] == stats:
+            return [tuple(row) for row in cached["facts"]]  # type: ignore[misc]
+    except (OSError, ValueError, KeyError):
+        pass
+    facts = []
+    for relative, (size, mtime) in stats.items():
+        crc, md5 = 0, hashlib.md5(usedforsecurity=False)
+        with open(bucket / relative, "rb") as handle:
+            while block := handle.read(8 << 20):
+                crc = checksums.crc64nvme(block, crc)
+                md5.update(block)
+        facts.append((f"/{BUCKET}/{relative}", base64.b64encode(crc.to_bytes(8, "big")).decode(),
+                      md5.hexdigest(), f"{mtime:x}-{size:x}"))
+    cache.write_text(json.dumps({"stats": stats, "facts": facts}))
+    return facts
+
+
+@contextmanager
+def s3_checksums(model: Model, work: Path) -> Iterator[Server]:
+    """S3 as S3 is today: every object with a full-object CRC64NVME (see the module docstring)."""
+    facts = _object_facts(model)
+    binary = shutil.which("nginx") or "/usr/sbin/nginx"
+    work.mkdir(parents=True, exist_ok=True)
+    with rclone_s3(model) as listing:
+        port = free_port()
+        conf = work / "nginx.conf"
+        conf.write_text(_S3_FRONT_CONF.format(
+            user="user root;" if os.geteuid() == 0 else "", work=work, port=port,
+            root=model.root, rclone=listing.url.removeprefix("http://"),
+            checksums="\n".join(f'        "{path}" "{crc}";' for path, crc, _, _ in facts),
+            etags="\n".join(f"            sub_filter '{md5}' '{etag}';" for _, _, md5, etag in facts)))
+        process = subprocess.Popen([binary, "-p", str(work), "-c", str(conf), "-e",
+                                    str(work / "error.log"), "-g", "daemon off;"],
+                                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL)
+        try:
+            wait_for_port(port, process=process)
+            yield Server("nginx+rclone (CRC64NVME)", f"http://127.0.0.1:{port}",
+                         [process, *listing.processes])
+        finally:
+            stop_process(process)
 
 
 @contextmanager

@@ -117,10 +117,10 @@ def engine_run(source: str, server: Server, model: Model, out: Path, *,
             command += [src, str(dest)]
         outputs = {path: out / f"{i:02d}" / path for i, path in enumerate(model.files)}
     else:
-        uri = f"s3://{BUCKET}/{PREFIX}" if source == "s3" else f"hf://{HF_REPO}"
+        uri = f"s3://{BUCKET}/{PREFIX}" if source.startswith("s3") else f"hf://{HF_REPO}"
         command += [uri, str(out)]
         outputs = {path: out / path for path in model.files}
-        env.update(s3_settings(server) if source == "s3" else {"HF_ENDPOINT": server.url})
+        env.update(s3_settings(server) if source.startswith("s3") else {"HF_ENDPOINT": server.url})
     # the CLI keeps manifests and staging beside DEST, in <parent>/.localmodel
     return Run(tool, command, env, outputs, [out, out.parent / ".localmodel", out.parent / "home"])
 
@@ -133,10 +133,10 @@ def kserve_run(source: str, server: Server, model: Model, out: Path) -> Run:
             command += [url, str(out / f"{i:02d}")]
         outputs = {path: out / f"{i:02d}" / path for i, path in enumerate(model.files)}
     else:
-        uri = f"s3://{BUCKET}/{PREFIX}" if source == "s3" else f"hf://{HF_REPO}"
+        uri = f"s3://{BUCKET}/{PREFIX}" if source.startswith("s3") else f"hf://{HF_REPO}"
         command += [uri, str(out)]
         outputs = {path: out / path for path in model.files}
-        env.update(s3_settings(server) if source == "s3" else {"HF_ENDPOINT": server.url})
+        env.update(s3_settings(server) if source.startswith("s3") else {"HF_ENDPOINT": server.url})
     return Run("kserve-storage", command, env, outputs, [out, out.parent / "home"])
 
 
@@ -165,7 +165,7 @@ def read_limit_run(source: str, server: Server, model: Model, work: Path, stream
         if source.startswith("http"):
             url = f"{server.url}/{PREFIX}/{path}"
             extra = []
-        elif source == "s3":
+        elif source.startswith("s3"):
             url = f"{server.url}/{BUCKET}/{PREFIX}/{path}"
             extra = [f'aws-sigv4 = "aws:amz:{S3_REGION}:s3"', f'user = "{S3_KEY}:{S3_SECRET}"']
         else:

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -374,9 +376,11 @@ def _add_docker_config(settings: dict[str, str]) -> None:
 @click.option("--force", is_flag=True, help="Download even if a complete copy is present.")
 @click.option("--verify", type=click.Choice(["full", "sha256", "none"]), default="full",
               envvar="LOCALMODEL_FETCH_VERIFY",
-              help="full: sha256 of every file and every provider digest; sha256: skip md5-based "
-                   "provider digests (S3 ETags, Content-MD5), which cost more CPU than sha256; "
-                   "none: sizes only, no hashing, no sha256 in the manifest (benchmarks, "
+              help="full: every file hashed once, with the cheapest digest its source guarantees "
+                   "(S3 CRC64NVME/CRC32C/CRC32/SHA-256 checksums, GCS crc32c, HF sha256, else the "
+                   "ETag or Content-MD5), sha256 when there is none; sha256: never md5-based digests "
+                   "(S3 ETags, Content-MD5, which cost more CPU than sha256): sha256 instead; "
+                   "none: sizes only, no hashing, no digest in the manifest (benchmarks, "
                    "sources trusted end to end).")
 @click.option("--progress", "progress_mode", type=click.Choice(["auto", "bar", "json", "none"]),
               default="auto", help="auto: a bar on a terminal, JSON lines otherwise.")
@@ -386,7 +390,9 @@ def fetch(pairs: tuple[str, ...], concurrency: int, chunk_size: int, limit_rate:
           retries: int, force: bool, verify: str, progress_mode: str,
           progress_interval: float) -> None:
     """Download models: each SRC (s3://, gs://, hf://, oci://, https://, Azure blob URL,
-    file://, pvc:// or a path) into its DEST folder, the storage-initializer way.
+    file://, pvc:// or a path) into its DEST folder, the storage-initializer way. Pairs run at
+    the same time, sharing --concurrency and --limit-rate as one download would; the first
+    failure stops the others (a rerun resumes them).
 
     Credentials and endpoints come from the environment (AWS_*, GOOGLE_APPLICATION_CREDENTIALS,
     AZURE_*, HF_TOKEN, <host>-headers...; registry logins from DOCKER_CONFIG or
@@ -397,7 +403,7 @@ def fetch(pairs: tuple[str, ...], concurrency: int, chunk_size: int, limit_rate:
     from rich.console import Console
 
     from localmodel.errors import LocalModelError, TransientError
-    from localmodel.fetch import BackoffPolicy, FetchOptions, download
+    from localmodel.fetch import BackoffPolicy, DownloadCancelled, FetchOptions, SharedBudget, download
     from localmodel.fetch.patterns import parse_patterns
     from localmodel.fetch.reporting import JsonLines, ProgressBar
     from localmodel.sources.uris import redact_uri
@@ -418,29 +424,56 @@ def fetch(pairs: tuple[str, ...], concurrency: int, chunk_size: int, limit_rate:
     if mode == "auto":
         mode = "bar" if console.is_terminal else "json"
     _log_to(console, as_json=mode != "bar")
-    for source, dest in zip(pairs[::2], pairs[1::2]):
+    jobs = list(zip(pairs[::2], pairs[1::2]))
+    # One set of budgets for every pair: a 1 GiB file's hashing tail and fsync overlap the
+    # next pair's transfer instead of leaving the link idle (bench/download.py, http rows).
+    budget = SharedBudget(options.concurrency, options.rate_limit)
+    output_lock = threading.Lock()
+
+    def one(source: str, dest: str) -> None:
         shown = redact_uri(source)
+        if budget.cancelled.is_set():
+            raise DownloadCancelled(f"{shown}: not started, another download failed")
         log = JsonLines(sys.stderr, shown, dest, progress_interval)
         started = time.monotonic()
-        try:
-            if mode == "bar":
-                with ProgressBar(console, shown) as bar:
-                    manifest = download(source, dest, settings=settings, options=options,
-                                        progress=bar)
-            else:
-                manifest = download(source, dest, settings=settings, options=options,
-                                    progress=log if mode == "json" else None)
-        except (LocalModelError, ImportError) as exc:
-            reason = getattr(exc, "reason", "MissingDependency")
-            click.echo(f"localmodel fetch: {shown} -> {dest}: {reason}: {exc}", err=True)
-            sys.exit(EXIT_TRANSIENT if isinstance(exc, TransientError) else 1)
+        if mode == "bar" and len(jobs) == 1:
+            with ProgressBar(console, shown) as bar:
+                manifest = download(source, dest, settings=settings, options=options, progress=bar,
+                                    budget=budget)
+        else:  # bars of pairs running together would overwrite each other: a line each at the end
+            manifest = download(source, dest, settings=settings, options=options,
+                                progress=log if mode == "json" else None, budget=budget)
         seconds = time.monotonic() - started
-        if mode == "json":
-            log.emit("done", files=len(manifest.files), bytes=manifest.total_size,
-                     seconds=round(seconds, 3), revision=manifest.revision)
-        elif mode == "bar":
-            console.print(f"{shown} -> {dest}: {len(manifest.files)} files, "
-                          f"{manifest.total_size} bytes in {seconds:.1f}s")
+        with output_lock:
+            if mode == "json":
+                log.emit("done", files=len(manifest.files), bytes=manifest.total_size,
+                         seconds=round(seconds, 3), revision=manifest.revision)
+            elif mode == "bar":
+                console.print(f"{shown} -> {dest}: {len(manifest.files)} files, "
+                              f"{manifest.total_size} bytes in {seconds:.1f}s")
+
+    failure: tuple[str, str, BaseException] | None = None
+    with ThreadPoolExecutor(max_workers=min(len(jobs), options.concurrency) or 1,
+                            thread_name_prefix="localmodel-pair") as pool:
+        futures = {pool.submit(one, source, dest): (source, dest) for source, dest in jobs}
+        try:
+            for future in as_completed(futures):
+                error = future.exception()
+                if error is None or isinstance(error, DownloadCancelled):
+                    continue
+                budget.cancelled.set()  # stop the others (the engine did if it was fetching)
+                if failure is None:
+                    failure = (*futures[future], error)
+        except BaseException:  # Ctrl-C: stop every download (their staging stays, to resume)
+            budget.cancelled.set()
+            raise
+    if failure is not None:
+        source, dest, exc = failure
+        if not isinstance(exc, (LocalModelError, ImportError)):
+            raise exc
+        reason = getattr(exc, "reason", "MissingDependency")
+        click.echo(f"localmodel fetch: {redact_uri(source)} -> {dest}: {reason}: {exc}", err=True)
+        sys.exit(EXIT_TRANSIENT if isinstance(exc, TransientError) else 1)
 
 
 @main.command("prepare-root")

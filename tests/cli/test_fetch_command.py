@@ -34,10 +34,37 @@ def test_pairs_of_sources_and_destinations(nginx: NginxServer, tmp_path: Path) -
     assert read_tree(tmp_path / "a") == NESTED
     assert read_tree(tmp_path / "b") == {"model.bin": b"weights" * 1000}
     events = [json.loads(line) for line in result.stderr.splitlines()]
-    done = [event for event in events if event["event"] == "done"]
-    assert [event["dest"] for event in done] == [str(tmp_path / "a"), str(tmp_path / "b")]
-    assert done[0]["files"] == len(NESTED)
+    done = {event["dest"]: event for event in events if event["event"] == "done"}
+    assert sorted(done) == [str(tmp_path / "a"), str(tmp_path / "b")]
+    assert done[str(tmp_path / "a")]["files"] == len(NESTED)
     assert all(event["event"] in ("progress", "done") for event in events)
+
+
+def test_pairs_run_at_the_same_time(fault_server: FaultServer, tmp_path: Path) -> None:
+    """The first pair's server holds its body back; the second pair, run beside it, is done
+    first (run one after another, it could only finish second)."""
+    held = fault_server.add(f"/cli/{uuid.uuid4().hex}/held.bin", b"h" * 1000, stall_seconds=5.0)
+    quick = fault_server.add(f"/cli/{uuid.uuid4().hex}/quick.bin", b"q" * 1000)
+    result = run(held, str(tmp_path / "held"), quick, str(tmp_path / "quick"))
+    assert result.returncode == 0, result.stderr
+    done = [json.loads(line)["dest"] for line in result.stderr.splitlines()
+            if json.loads(line)["event"] == "done"]
+    assert done == [str(tmp_path / "quick"), str(tmp_path / "held")]
+    assert read_tree(tmp_path / "held") == {"held.bin": b"h" * 1000}
+
+
+def test_first_failure_stops_the_other_pairs(fault_server: FaultServer, tmp_path: Path) -> None:
+    """One pair fails: the others stop too (their staging stays, so a rerun resumes), and the
+    failure is the one line reported."""
+    slow = fault_server.add(f"/cli/{uuid.uuid4().hex}/slow.bin", b"s" * (8 << 20), throttle=256 * 1024)
+    missing = f"{fault_server.url}/cli/{uuid.uuid4().hex}/missing.bin"
+    result = run(slow, str(tmp_path / "slow"), missing, str(tmp_path / "missing"),
+                 "--progress", "none", "--concurrency", "2")
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"localmodel fetch: {missing} -> {tmp_path / 'missing'}: NotFound: {missing} answered HTTP 404"]
+    assert not (tmp_path / "slow").exists()
+    assert (tmp_path / ".localmodel" / "staging" / "slow" / "journal.jsonl").exists()
 
 
 def test_patterns_come_from_the_environment(tmp_path: Path) -> None:

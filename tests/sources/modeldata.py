@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import hashlib
 import random
+import zlib
 from collections.abc import Iterator
 
 import google_crc32c
 
-from localmodel.sources.base import Digest, Listing, Source
+from localmodel.sources.base import COMBINABLE, Digest, Listing, Source
 
 BIG = "weights/model-00001-of-00001.safetensors"
 
@@ -34,7 +35,30 @@ def digest_of(algorithm: str, data: bytes) -> str:
         return hashlib.md5(data).hexdigest()
     if algorithm == "crc32c":
         return f"{google_crc32c.value(data):08x}"
+    if algorithm == "crc32":
+        return f"{zlib.crc32(data):08x}"
+    if algorithm == "crc64nvme":
+        return crc64nvme(data)
     raise ValueError(f"cannot compute {algorithm} without knowing the upload's parts")
+
+
+def crc64nvme(data: bytes) -> str:
+    """CRC-64/NVME as S3 defines it (reflected polynomial 0x9A6C9329AC4BC9B5, init and final
+    xor all ones), from a 256-entry table: independent of awscrt, which the product uses."""
+    crc = 0xFFFFFFFFFFFFFFFF
+    for byte in data:
+        crc = _CRC64_TABLE[(crc ^ byte) & 0xFF] ^ (crc >> 8)
+    return (crc ^ 0xFFFFFFFFFFFFFFFF).to_bytes(8, "big").hex()
+
+
+def _crc64_entry(index: int) -> int:
+    crc = index
+    for _ in range(8):
+        crc = (crc >> 1) ^ (0x9A6C9329AC4BC9B5 if crc & 1 else 0)
+    return crc
+
+
+_CRC64_TABLE = [_crc64_entry(i) for i in range(256)]
 
 
 def s3_multipart_etag(data: bytes, part_size: int) -> str:
@@ -56,13 +80,16 @@ def check_digest(digest: Digest | None, data: bytes, algorithms: set[str]) -> No
 
 
 def check_listing(listing: Listing, model: dict[str, bytes], *,
-                  algorithms: set[str] | None = None) -> None:
-    """Same paths and sizes as `model`; digests (when `algorithms` is given) match the bytes."""
+                  algorithms: set[str] | None = None, anchors: set[str] | None = None) -> None:
+    """Same paths and sizes as `model`; digests (when `algorithms` is given) match the bytes,
+    and so do the anchors beside CRC digests (when `anchors` is given)."""
     assert sorted(f.path for f in listing.files) == sorted(model)
     for remote in listing.files:
         assert remote.size == len(model[remote.path]), remote
         if algorithms is not None:
             check_digest(remote.digest, model[remote.path], algorithms)
+        if anchors is not None and remote.digest is not None and remote.digest.algorithm in COMBINABLE:
+            check_digest(remote.anchor, model[remote.path], anchors)
 
 
 def range_cases(size: int) -> Iterator[tuple[int, int]]:

@@ -16,10 +16,12 @@ from localmodel.fetch import FetchOptions, download
 from localmodel.sources.s3 import S3Settings, S3Source
 from localmodel.sources.uris import bucket_and_prefix
 from tests.servers.s3 import RcloneS3Server, S3Server, ca_bundle
+from localmodel.sources.base import Digest
 from tests.sources.modeldata import (
     BIG,
     check_listing,
     check_reads,
+    digest_of,
     read_all,
     s3_multipart_etag,
     sample_model,
@@ -41,16 +43,21 @@ def moto_bucket(moto_s3: S3Server) -> Iterator[tuple[S3Server, Any]]:
     yield moto_s3, client
 
 
+#: Digests of objects uploaded with boto3's defaults: the full-object CRC32 it sends since 1.36
+#: (moto and S3 keep it), else the MD5 ETag (servers that keep no checksums, like rclone).
+BOTO3_UPLOADS = {"crc32", "md5"}
+
+
 def open_source(server: S3Server, uri: str, **overrides: str) -> S3Source:
     return S3Source(uri, server.settings(**overrides))
 
 
-def test_lists_nested_model_with_md5_digests(moto_bucket: tuple[S3Server, Any]) -> None:
+def test_lists_nested_model_with_crc_digests_and_md5_anchors(moto_bucket: tuple[S3Server, Any]) -> None:
     server, _ = moto_bucket
     source = open_source(server, "s3://models/llm")
     listing = source.list_files()
     # Folder markers and the `llm-evil/` neighbour are not part of the model.
-    check_listing(listing, MODEL, algorithms={"md5"})
+    check_listing(listing, MODEL, algorithms=BOTO3_UPLOADS, anchors={"md5"})
     assert all(f.version for f in listing.files)
     source.close()
 
@@ -153,19 +160,35 @@ def test_odd_key_characters_round_trip(moto_s3: S3Server) -> None:
         assert read_all(source, name, 0, i + 1) == bytes([i]) * (i + 1)
 
 
-def test_sha256_checksum_is_preferred_over_etag(moto_s3: S3Server) -> None:
+@pytest.mark.parametrize("algorithm", ["CRC64NVME", "CRC32C", "CRC32", "SHA256"])
+def test_full_object_checksum_is_preferred_over_etag(moto_s3: S3Server, algorithm: str) -> None:
+    """S3's additional checksum (CRC64NVME is what S3 gives new objects) is the digest the
+    engine verifies; beside a CRC, the ETag's MD5 stays as the anchor for peers' bytes."""
+    import boto3
+    from botocore.config import Config
+
     client = moto_s3.client()
-    client.create_bucket(Bucket="checksums")
+    bucket = f"checksums-{algorithm.lower()}"
+    client.create_bucket(Bucket=bucket)
     data = b"weights" * 1000
-    client.put_object(Bucket="checksums", Key="m/w.bin", Body=data, ChecksumAlgorithm="SHA256")
-    client.put_object(Bucket="checksums", Key="m/plain.bin", Body=data)
-    files = {f.path: f for f in open_source(moto_s3, "s3://checksums/m").list_files().files}
-    assert files["w.bin"].digest is not None
-    assert files["w.bin"].digest.algorithm == "sha256"
-    assert files["w.bin"].digest.value == hashlib.sha256(data).hexdigest()
-    assert files["plain.bin"].digest is not None
-    assert files["plain.bin"].digest.algorithm == "md5"
-    assert files["plain.bin"].digest.value == hashlib.md5(data).hexdigest()
+    client.put_object(Bucket=bucket, Key="m/w.bin", Body=data, ChecksumAlgorithm=algorithm)
+    # An object without any checksum (an older upload, or an SDK that sent none).
+    plain = boto3.session.Session().client(
+        "s3", endpoint_url=moto_s3.endpoint, aws_access_key_id=moto_s3.access_key,
+        aws_secret_access_key=moto_s3.secret_key, region_name=moto_s3.region,
+        config=Config(s3={"addressing_style": "path"}, request_checksum_calculation="when_required"))
+    plain.put_object(Bucket=bucket, Key="m/plain.bin", Body=data)
+    files = {f.path: f for f in open_source(moto_s3, f"s3://{bucket}/m").list_files().files}
+    checked = files["w.bin"]
+    assert checked.digest is not None
+    assert checked.digest.algorithm == algorithm.lower()
+    assert checked.digest.value == digest_of(algorithm.lower(), data)
+    if algorithm == "SHA256":
+        assert checked.anchor is None  # already cryptographic
+    else:
+        assert checked.anchor == Digest("md5", hashlib.md5(data).hexdigest())
+    assert files["plain.bin"].digest == Digest("md5", hashlib.md5(data).hexdigest())
+    assert files["plain.bin"].anchor is None
 
 
 def upload_in_parts(client: Any, bucket: str, key: str, parts: list[bytes]) -> None:
@@ -244,7 +267,7 @@ def test_anonymous_access_sends_unsigned_requests(moto_s3: S3Server) -> None:
         client.put_object(Bucket="public-models", Key=f"llm/{path}", Body=data, ACL="public-read")
     settings = {"AWS_ENDPOINT_URL": moto_s3.endpoint}  # no keys at all: unsigned, like KServe
     source = S3Source("s3://public-models/llm", settings)
-    check_listing(source.list_files(), MODEL, algorithms={"md5"})
+    check_listing(source.list_files(), MODEL, algorithms=BOTO3_UPLOADS, anchors={"md5"})
     assert read_all(source, BIG, 100, 50) == MODEL[BIG][100:150]
     flagged = S3Source("s3://public-models/llm", moto_s3.settings(AWS_ANONYMOUS_CREDENTIAL="true"))
     assert read_all(flagged, "config.json", 0, 5) == MODEL["config.json"][:5]
@@ -280,7 +303,7 @@ def rclone_model(rclone_s3: RcloneS3Server) -> RcloneS3Server:
 
 def test_rclone_lists_and_reads_signed(rclone_model: RcloneS3Server) -> None:
     source = open_source(rclone_model, "s3://rclone-models/llm")
-    check_listing(source.list_files(), MODEL, algorithms={"md5"})
+    check_listing(source.list_files(), MODEL, algorithms=BOTO3_UPLOADS, anchors={"md5"})
     check_reads(source, MODEL)
 
 
@@ -320,7 +343,7 @@ def rclone_tls_model(rclone_s3_tls: RcloneS3Server) -> RcloneS3Server:
 def test_https_endpoint_with_ca_bundle(rclone_tls_model: RcloneS3Server) -> None:
     settings = rclone_tls_model.settings(AWS_CA_BUNDLE=str(ca_bundle(rclone_tls_model)))
     source = S3Source("s3://tls-models/llm", settings)
-    check_listing(source.list_files(), {"config.json": MODEL["config.json"]}, algorithms={"md5"})
+    check_listing(source.list_files(), {"config.json": MODEL["config.json"]}, algorithms=BOTO3_UPLOADS, anchors={"md5"})
     assert read_all(source, "config.json", 0, 5) == MODEL["config.json"][:5]
 
 
@@ -418,7 +441,7 @@ def test_listing_pages_through_continuation_tokens(moto_bucket: tuple[S3Server, 
     server, _ = moto_bucket
     source = open_source(server, "s3://models/llm")
     source.list_page_size = 2
-    check_listing(source.list_files(), MODEL, algorithms={"md5"})
+    check_listing(source.list_files(), MODEL, algorithms=BOTO3_UPLOADS, anchors={"md5"})
 
 
 def test_crc32c_checksum_is_used_when_no_sha256(moto_s3: S3Server) -> None:

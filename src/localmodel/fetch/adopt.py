@@ -134,12 +134,13 @@ def hash_files(layout: Layout, chosen: Candidate, *, verify_md5: bool, progress:
         finally:
             os.close(fd)
         try:
-            result = hasher.finish(item.path)
+            result = hasher.finish(item.path, item.size)
         except IntegrityError as error:
             logger.info("existing folder not adopted", extra={"dest": str(layout.dest), "why": str(error)})
             return None
         entries.append(ManifestFile(path=item.path, size=item.size, sha256=result.sha256, digest=item.digest,
-                                    digest_checked=result.provider_checked))
+                                    digest_checked=result.provider_checked,
+                                    local=None if result.sha256 else result.local))
     report(len(chosen.files))
     return tuple(entries)
 

@@ -11,7 +11,10 @@
                          ├─ 4. fetch: a thread pool runs ranged requests (`planning`),
                          │     writes with pwrite into preallocated files, journals
                          │     progress every `checkpoint_size`, and retries transient errors
-                         │     with backoff; the sha256 of each file follows its contiguous
+                         │     with backoff; each file is hashed once, with the cheapest
+                         │     digest its provider guarantees (`hashing`): a CRC per range,
+                         │     from memory as the bytes arrive, combined at the end; or a
+                         │     sequential hash (sha256, md5) that follows the contiguous
                          │     written prefix: from memory at the frontier, else re-read from
                          │     the page cache by a separate hashing thread, so hashing (and
                          │     the final fsync) overlaps the download and never stalls it
@@ -60,7 +63,7 @@ from localmodel.fetch import layers as oci_layers
 from localmodel.fetch import manifest as manifests
 from localmodel.fetch import patterns, planning
 from localmodel.fetch.backoff import RetryBudget, backoff_delay
-from localmodel.fetch.hashing import FileHasher, HashResult, NoHasher
+from localmodel.fetch.hashing import FileHasher, HashResult, NoHasher, crc_of_file, crc_update
 from localmodel.fetch.layout import HIDDEN, Layout
 from localmodel.fetch.manifest import Manifest, ManifestFile
 from localmodel.fetch.options import FetchOptions
@@ -82,19 +85,37 @@ _HASH_READ_SIZE = 1024 * 1024
 #: drops every connection after a few bytes still exhausts the budget.
 _PROGRESS_RESETS_RETRIES = 1024 * 1024
 _NO_SETTINGS: Settings = MappingProxyType({})
+#: Seconds between looks at the cancel flag while a worker waits for a shared request slot.
+#: A waiter that looks goes to the back of the queue, so waiters are not served in order.
+_SLOT_POLL = 0.25
+
+
+class SharedBudget:
+    """Budgets that several downloads running at once share, as one download would have them
+    (the CLI's `SRC DEST` pairs): at most `concurrency` ranged requests in flight across all of
+    them, one rate cap, and one stop: the first download that fails cancels the others (they
+    keep their staging, to resume)."""
+
+    def __init__(self, concurrency: int, rate_limit: float | None = None) -> None:
+        self.slots = threading.BoundedSemaphore(concurrency)
+        self.bucket = TokenBucket(rate_limit) if rate_limit else None
+        self.cancelled = threading.Event()
 
 
 def download(source_uri: str, dest: str | os.PathLike[str] | Layout, *,
              settings: Settings = _NO_SETTINGS, options: FetchOptions | None = None,
              progress: ProgressCallback | None = None,
-             source_factory: SourceFactory | None = None) -> Manifest:
+             source_factory: SourceFactory | None = None,
+             budget: SharedBudget | None = None) -> Manifest:
     """Fetch the model at `source_uri` into `dest` and return its manifest.
 
     `dest` is a folder path (see `Layout.for_path`) or an explicit `Layout`. `settings` are
     environment-style source settings (credentials, endpoints), never read from os.environ.
     `source_factory` replaces the registry's `open_source` (the node agent passes one that
-    reads from peers); the manifest still names `source_uri`.
-    Raises an error from `localmodel.errors`; on error nothing appears at `dest`.
+    reads from peers); the manifest still names `source_uri`. `budget` is shared with other
+    downloads running at the same time (its concurrency and rate cap replace the options').
+    Raises an error from `localmodel.errors`; on error nothing appears at `dest`. A download
+    stopped because another one sharing its budget failed raises `DownloadCancelled`.
     """
     options = options or FetchOptions()
     layout = dest if isinstance(dest, Layout) else Layout.for_path(dest)
@@ -103,7 +124,7 @@ def download(source_uri: str, dest: str | os.PathLike[str] | Layout, *,
         if not options.force:
             existing = manifests.read_manifest(layout)
             if existing is not None and existing.source == source_name \
-                    and (not options.verify or all(f.sha256 for f in existing.files)) \
+                    and (not options.verify or all(f.scrub_digest for f in existing.files)) \
                     and not manifests.verify_quick(layout, existing):
                 logger.info("already complete", extra={"dest": str(layout.dest)})
                 # A run that died after writing the manifest may have left staging behind.
@@ -111,7 +132,9 @@ def download(source_uri: str, dest: str | os.PathLike[str] | Layout, *,
                 return existing
         source = (source_factory or open_source)(source_uri, with_file_limit(settings, options.max_files))
         try:
-            return _Download(source, source_name, layout, options, progress).run()
+            return _Download(source, source_name, layout, options, progress, budget).run()
+        except _Cancelled as exc:
+            raise DownloadCancelled(f"{source_name}: stopped, another download failed") from exc
         finally:
             source.close()
 
@@ -153,6 +176,11 @@ class _Cancelled(Exception):
     """Raised inside workers once another worker failed or the caller was interrupted."""
 
 
+class DownloadCancelled(Exception):
+    """A download sharing a `SharedBudget` stopped because another one failed (that one's
+    error is the one to report)."""
+
+
 @dataclass(slots=True)
 class _File:
     """One file of the download (slotted: a model of 50,000 small files keeps 50,000)."""
@@ -181,15 +209,19 @@ class _Download:
     """One run of `download`: the state shared by the worker threads."""
 
     def __init__(self, source: Source, source_name: str, layout: Layout, options: FetchOptions,
-                 progress: ProgressCallback | None) -> None:
+                 progress: ProgressCallback | None, budget: SharedBudget | None = None) -> None:
         self.source = source
         self.source_name = source_name
         self.layout = layout
         self.options = options
         self.progress = progress
         self.staging = Staging(layout.staging)
-        self.cancelled = threading.Event()
-        self.bucket = TokenBucket(options.rate_limit) if options.rate_limit else None
+        self.budget = budget
+        self.cancelled = budget.cancelled if budget is not None else threading.Event()
+        if budget is not None:
+            self.bucket = budget.bucket
+        else:
+            self.bucket = TokenBucket(options.rate_limit) if options.rate_limit else None
         self.files: list[_File] = []
         self.bytes_done = 0
         self.files_done = 0
@@ -397,8 +429,8 @@ class _Download:
                 # The copy the journal describes is gone; never trust those records again.
                 self.staging.record_reset(index)
             if present and index in verified:
-                sha256, checked = verified[index]
-                state.result = HashResult(sha256, checked)
+                local, checked = verified[index]
+                state.result = HashResult(local, checked)
                 state.done.add(0, remote.size)
                 state.hashed = remote.size
             elif present and remote.seekable:
@@ -518,19 +550,42 @@ class _Download:
             max_workers=max(1, min(self.options.concurrency, hashing)),
             thread_name_prefix="localmodel-hash")
         for state in resumed:
-            self._open(state)
+            fd = self._open(state)
+            if state.hasher.combinable:
+                # The CRCs of what an earlier run wrote died with it: recomputed from disk,
+                # once, at 10+ GB/s (a crash costs a re-read, never a re-fetch).
+                for start, end in state.done:
+                    state.hasher.add_range(start, end, crc_of_file(fd, state.hasher.algorithm, start, end))
             self._request_hash(state)  # what an earlier run left on disk
         # A few long-lived workers take requests from one queue: a model of 50,000 small files
         # must not cost 50,000 futures (each with its own lock and condition) up front.
         queue = deque(requests)
 
+        slots = self.budget.slots if self.budget is not None else None
+
         def work() -> None:
             while not self.cancelled.is_set():
+                if slots is None:
+                    try:
+                        request = queue.popleft()
+                    except IndexError:
+                        return
+                    self._fetch(request)
+                    continue
+                # A request slot shared with other downloads, taken before the request: a
+                # worker holding chunk 5 while chunk 1 waits for a slot would leave a gap at
+                # the hash frontier, and everything after it to be re-read (measured: +25 %
+                # wall on a network-bound download of SRC DEST pairs).
+                while not slots.acquire(timeout=_SLOT_POLL):
+                    self._check_cancelled()
                 try:
-                    request = queue.popleft()
-                except IndexError:
-                    return
-                self._fetch(request)
+                    try:
+                        request = queue.popleft()
+                    except IndexError:
+                        return
+                    self._fetch(request)
+                finally:
+                    slots.release()
 
         workers = max(1, min(self.options.concurrency, len(requests))) if requests else 0
         pending: set[Future[None]] = {pool.submit(work) for _ in range(workers)}
@@ -555,6 +610,7 @@ class _Download:
             raise
         pool.shutdown(wait=True)
         self._hash_pool.shutdown(wait=True)
+        self._check_cancelled()  # workers stop early, without an error, when a sibling failed
         unfinished = [f.remote.path for f in self.files if f.result is None]
         if unfinished:  # pragma: no cover - would be an engine bug
             raise IntegrityError(f"download ended with unverified files: {unfinished[:3]}")
@@ -572,6 +628,9 @@ class _Download:
         fd = self._open(state)
         budget = RetryBudget(self.options.backoff)
         position = unrecorded = failed_at = request.start
+        # A combinable digest: the CRC of [unrecorded, position), from memory, in any order.
+        crc_algorithm = state.hasher.algorithm if state.hasher.combinable else ""
+        crc = 0
         while position < request.end:
             self._check_cancelled()
             pieces = iter(self.source.read_range(state.remote.path, position, request.end - position))
@@ -583,13 +642,16 @@ class _Download:
                     if self.bucket is not None:
                         self.bucket.take(len(view), cancelled=self.cancelled)
                     self._write(fd, view, position, state)
-                    self._hash_in_stream(state, view, position)
+                    if crc_algorithm:
+                        crc = crc_update(crc_algorithm, view, crc)
+                    else:
+                        self._hash_in_stream(state, view, position)
                     position += len(view)
                     if position - failed_at >= _PROGRESS_RESETS_RETRIES:
                         budget.progress()
                     if position - unrecorded >= self.options.checkpoint_size:
-                        self._record(state, unrecorded, position)
-                        unrecorded = position
+                        self._record(state, unrecorded, position, crc)
+                        unrecorded, crc = position, 0
                     self._check_cancelled()
                 if position < request.end:
                     raise SourceUnavailableError(
@@ -597,8 +659,8 @@ class _Download:
                         "bytes early")
             except SourceUnavailableError as exc:
                 if position > unrecorded:
-                    self._record(state, unrecorded, position)
-                    unrecorded = position
+                    self._record(state, unrecorded, position, crc)
+                    unrecorded, crc = position, 0
                 failed_at = position
                 if not budget.failed():
                     raise
@@ -614,7 +676,7 @@ class _Download:
                 if close is not None:
                     close()
         if position > unrecorded:
-            self._record(state, unrecorded, position)
+            self._record(state, unrecorded, position, crc)
 
     def _write(self, fd: int, view: memoryview, offset: int, state: _File) -> None:
         written = 0
@@ -629,9 +691,11 @@ class _Download:
                     f"no space left writing {state.remote.path!r} in staging") from exc
             raise
 
-    def _record(self, state: _File, start: int, end: int) -> None:
+    def _record(self, state: _File, start: int, end: int, crc: int = 0) -> None:
+        """Bytes [start, end) are written (and `crc` is their CRC, for a combinable digest)."""
         self.staging.record_range(state.index, start, end)
         with state.lock:
+            state.hasher.add_range(start, end, crc)
             state.done.add(start, end)
         with self._counter_lock:
             self.bytes_done += end - start
@@ -707,8 +771,12 @@ class _Download:
                     return
             hashed = position
             try:
-                # Without verification the "hash" just follows the written prefix.
-                hashed = self._hash_from_disk(state, position, end) if self.options.verify else end
+                # Without verification, or with a CRC per range (already computed from memory
+                # as the bytes arrived), the "hash" just follows the written prefix.
+                if self.options.verify and not state.hasher.combinable:
+                    hashed = self._hash_from_disk(state, position, end)
+                else:
+                    hashed = end
             finally:
                 with state.lock:
                     state.hashed = hashed
@@ -729,7 +797,7 @@ class _Download:
         return position
 
     def _finish(self, state: _File) -> None:
-        result = state.hasher.finish(state.remote.path)
+        result = state.hasher.finish(state.remote.path, state.remote.size)
         state.hasher = _FINISHED  # its state is no longer needed; 10^4 hashers add up
         fd = state.fd
         assert fd is not None
@@ -741,7 +809,7 @@ class _Download:
             state.fd = None
             state.result = result
         os.close(fd)
-        self.staging.record_verified(state.index, result.sha256, result.provider_checked)
+        self.staging.record_verified(state.index, result.local, result.provider_checked)
         with self._counter_lock:
             self.files_done += 1
 
@@ -828,7 +896,8 @@ class _Download:
                   plan: Mapping[str, object]) -> Manifest:
         entries = tuple(
             ManifestFile(path=f.remote.path, size=f.remote.size, sha256=f.result.sha256,
-                         digest=f.remote.digest, digest_checked=f.result.provider_checked)
+                         digest=f.remote.digest, digest_checked=f.result.provider_checked,
+                         local=None if f.result.sha256 else f.result.local)
             for f in self.files if f.result is not None
         )
         archive_entry = None

@@ -1,36 +1,71 @@
-"""Per-file checksums: sha256 always, plus whatever the provider's digest needs, in one pass.
+"""Per-file checksums: one hash pass per byte, with the cheapest digest that vouches for it.
 
-Provider digests understood:
-    sha256    hex; compared directly (Hugging Face LFS oid, RFC 9530 Repr-Digest)
-    md5       hex (GCS md5Hash, Azure Content-MD5, single-part S3 ETag)
-    crc32c    hex of the big-endian value (GCS); needs `google-crc32c`, else left unchecked
-    s3-etag   "<md5 of part md5s>-<parts>"; checked when `Digest.part_size` is known
+Each file is hashed with exactly one algorithm, chosen from the provider's digest
+(`sources.base.digest_check`):
+
+    crc64nvme, crc32c, crc32   "combinable": each fetched range is checksummed from memory as
+                               its bytes arrive, in any order, and the ranges' CRCs are
+                               combined at the end (awscrt `combine_*`): no byte is ever read
+                               back, and nothing waits for the bytes before it (S3 full-object
+                               checksums, GCS crc32c)
+    sha256                     sequential (Hugging Face LFS oid, S3 SHA-256 checksum, OCI)
+    md5, s3-etag               sequential (Azure Content-MD5, S3 ETags without a checksum)
+    none given                 sequential sha256, for the manifest only (plain HTTP)
+
+The digest computed is also the file's *local* digest, the one the manifest keeps for scrubs
+(`ManifestFile.local`): a second hash only to have a sha256 would double the CPU per byte.
+
+Provider digest values are lower-case hex (CRCs as their big-endian bytes), except "s3-etag":
+"<md5 of part md5s>-<parts>", checked when `Digest.part_size` is known.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from awscrt import checksums as _crc
+
 from localmodel.errors import IntegrityError
-from localmodel.sources.base import Digest, digest_check, etag_parts
+from localmodel.sources.base import COMBINABLE, Digest, digest_check, etag_parts
 
 logger = logging.getLogger(__name__)
 
-try:  # optional: 11 GiB/s in C; the pure-Python fallback would be far too slow to use
-    import google_crc32c as _crc32c  # type: ignore[import-not-found, unused-ignore]
-except ImportError:  # pragma: no cover - depends on the environment
-    _crc32c = None
+_READ_SIZE = 1024 * 1024
+
+#: algorithm -> (checksum(data, previous), combine(crc1, crc2, length2), width in bytes)
+_CRCS: dict[str, tuple[Any, Any, int]] = {
+    "crc64nvme": (_crc.crc64nvme, _crc.combine_crc64nvme, 8),
+    "crc32c": (_crc.crc32c, _crc.combine_crc32c, 4),
+    "crc32": (_crc.crc32, _crc.combine_crc32, 4),
+}
+assert set(_CRCS) == COMBINABLE
+
+
+def crc_update(algorithm: str, data: memoryview | bytes, previous: int = 0) -> int:
+    """The CRC of `data`, continuing from `previous` (the CRC of the bytes before it)."""
+    return _CRCS[algorithm][0](data, previous)
 
 
 @dataclass(frozen=True)
 class HashResult:
-    #: None when the download ran without verification (`FetchOptions.verify=False`).
-    sha256: str | None
+    #: The digest computed over the file's bytes (kept in the manifest for scrubs), None when
+    #: the download ran without verification (`FetchOptions.verify=False`).
+    local: Digest | None
     #: Whether the provider digest was compared (False: none given, or not checkable).
     provider_checked: bool
+
+    def __post_init__(self) -> None:
+        if isinstance(self.local, str):  # a sha256 in hex, as callers gave it before CRCs
+            object.__setattr__(self, "local", Digest("sha256", self.local))
+
+    @property
+    def sha256(self) -> str | None:
+        return self.local.value if self.local is not None and self.local.algorithm == "sha256" else None
 
 
 class _PartMD5:
@@ -42,7 +77,8 @@ class _PartMD5:
         self._current = hashlib.md5(usedforsecurity=False)
         self._filled = 0
 
-    def update(self, data: memoryview) -> None:
+    def update(self, data: memoryview | bytes) -> None:
+        data = memoryview(data)
         while len(data):
             take = min(len(data), self.part_size - self._filled)
             self._current.update(data[:take])
@@ -53,74 +89,150 @@ class _PartMD5:
                 self._current = hashlib.md5(usedforsecurity=False)
                 self._filled = 0
 
-    def etag(self) -> str:
+    def hexdigest(self) -> str:
         parts = list(self.parts)
         if self._filled or not parts:
             parts.append(self._current.digest())
         return f"{hashlib.md5(b''.join(parts), usedforsecurity=False).hexdigest()}-{len(parts)}"
 
 
+class _SequentialCRC:
+    """A CRC fed in order (scrubs, and `update` callers), with hashlib's interface."""
+
+    def __init__(self, algorithm: str) -> None:
+        self.algorithm = algorithm
+        self.value = 0
+
+    def update(self, data: memoryview | bytes) -> None:
+        self.value = crc_update(self.algorithm, data, self.value)
+
+    def hexdigest(self) -> str:
+        return self.value.to_bytes(_CRCS[self.algorithm][2], "big").hex()
+
+
+def new_hasher(algorithm: str, part_size: int | None = None) -> Any:
+    """A hashlib-like object (`update`, `hexdigest`) for any local digest's algorithm."""
+    if algorithm == "sha256":
+        return hashlib.sha256()
+    if algorithm == "md5":
+        return hashlib.md5(usedforsecurity=False)
+    if algorithm == "s3-etag":
+        assert part_size
+        return _PartMD5(part_size)
+    return _SequentialCRC(algorithm)
+
+
+def _expected(digest: Digest, kind: str) -> str:
+    if kind == "md5" and digest.algorithm.lower() == "s3-etag":
+        return etag_parts(digest.value)[0]  # a single-part ETag is the MD5
+    return digest.value.strip().strip('"').lower()
+
+
 class FileHasher:
-    """Feed a file's bytes in order; `finish()` returns the sha256 and checks the provider digest."""
+    """One file's hash. The bytes in order (`update`: adoption, scrubs, the engine's
+    sequential hashes), or, for combinable algorithms, the CRC of each range in any order
+    (`add_range`: the engine). `finish()` checks the provider digest and returns the local
+    digest."""
 
     def __init__(self, digest: Digest | None, *, verify_md5: bool = True) -> None:
         self.digest = digest
-        self._sha256 = hashlib.sha256()
-        self._extra: Any = None
-        self._kind = ""
         kind = digest_check(digest, verify_md5=verify_md5)
-        if kind == "md5":
-            self._extra, self._kind = hashlib.md5(usedforsecurity=False), "md5"
-        elif kind == "crc32c" and _crc32c is not None:
-            self._extra, self._kind = _crc32c.Checksum(), "crc32c"
-        elif kind == "s3-etag":
-            assert digest is not None and digest.part_size
-            self._extra, self._kind = _PartMD5(digest.part_size), "s3-etag"
-        elif kind == "sha256":
-            self._kind = "sha256"
+        #: The algorithm this file is hashed with; "" means sha256 for the manifest alone.
+        self.kind = kind
+        self.algorithm = kind or "sha256"
+        self.combinable = self.algorithm in COMBINABLE
+        part_size = digest.part_size if digest is not None else None
+        self._hash: Any = None if self.combinable else new_hasher(self.algorithm, part_size)
+        #: Combinable: start -> (end, crc) of every range hashed so far.
+        self._ranges: dict[int, tuple[int, int]] = {}
 
     def update(self, data: memoryview | bytes) -> None:
-        self._sha256.update(data)
-        if self._kind == "crc32c" and isinstance(data, memoryview):
-            # google-crc32c's C extension parses "y#", which refuses every memoryview; the copy
-            # runs at memcpy speed and only GCS downloads pay it
-            data = bytes(data)
-        if self._extra is not None:
-            self._extra.update(data if self._kind != "s3-etag" else memoryview(data))
-
-    def finish(self, path: str) -> HashResult:
-        """The file's sha256; raises IntegrityError if the provider digest disagrees."""
-        sha256 = self._sha256.hexdigest()
-        digest = self.digest
-        if digest is None:
-            return HashResult(sha256, provider_checked=False)
-        expected = digest.value.strip().strip('"').lower()
-        if self._kind == "sha256":
-            actual = sha256
-        elif self._kind == "md5":
-            actual = self._extra.hexdigest()
-            expected = etag_parts(digest.value)[0] if digest.algorithm == "s3-etag" else expected
-        elif self._kind == "crc32c":
-            actual = self._extra.digest().hex()
-        elif self._kind == "s3-etag":
-            actual, expected = self._extra.etag(), digest.value.strip().strip('"').lower()
+        """The next bytes of the file, in order."""
+        if self.combinable:
+            start = self._ranges.get(-1, (0, 0))[0]
+            previous = self._ranges[-1][1] if -1 in self._ranges else 0
+            self._ranges[-1] = (start + len(data), crc_update(self.algorithm, data, previous))
         else:
-            logger.debug("provider digest not checked", extra={"path": path,
-                                                               "algorithm": digest.algorithm})
-            return HashResult(sha256, provider_checked=False)
+            self._hash.update(data)
+
+    def add_range(self, start: int, end: int, crc: int) -> None:
+        """The CRC of bytes [start, end) (combinable algorithms). Callers add disjoint ranges."""
+        if end > start:
+            self._ranges[start] = (end, crc)
+
+    def _combined(self, path: str, size: int) -> str:
+        _, combine, width = _CRCS[self.algorithm]
+        if -1 in self._ranges:  # fed in order with `update`: one range from byte 0
+            self._ranges[0] = self._ranges.pop(-1)
+        value, position = 0, 0
+        for start in sorted(self._ranges):
+            end, crc = self._ranges[start]
+            if start != position:  # pragma: no cover - would be an engine bug
+                raise IntegrityError(f"{path!r}: checksummed ranges do not cover the file "
+                                     f"(gap or overlap at byte {position})")
+            value = combine(value, crc, end - start) if position else crc
+            position = end
+        if position != size:  # pragma: no cover - would be an engine bug
+            raise IntegrityError(f"{path!r}: checksummed ranges end at {position} of {size} bytes")
+        return value.to_bytes(width, "big").hex()
+
+    def finish(self, path: str, size: int) -> HashResult:
+        """The local digest; raises IntegrityError if the provider digest disagrees."""
+        actual = self._combined(path, size) if self.combinable else self._hash.hexdigest()
+        digest = self.digest
+        part_size = digest.part_size if digest is not None and self.algorithm == "s3-etag" else None
+        local = Digest(self.algorithm, actual, part_size=part_size)
+        if not self.kind:
+            if digest is not None:
+                logger.debug("provider digest not checked", extra={"path": path,
+                                                                   "algorithm": digest.algorithm})
+            return HashResult(local, provider_checked=False)
+        assert digest is not None
+        expected = _expected(digest, self.kind)
         if actual != expected:
             raise IntegrityError(
                 f"{path!r}: {digest.algorithm} is {actual}, the source says {expected}")
-        return HashResult(sha256, provider_checked=True)
+        return HashResult(local, provider_checked=True)
 
 
 class NoHasher:
     """Stands in for `FileHasher` when verification is off: hashes nothing, vouches for nothing."""
 
     digest: Digest | None = None
+    combinable = False
 
     def update(self, data: memoryview | bytes) -> None:
         """Nothing to do: the engine does not even call this when verification is off."""
 
-    def finish(self, path: str) -> HashResult:
+    def add_range(self, start: int, end: int, crc: int) -> None:
+        """Nothing to do, as for `update`."""
+
+    def finish(self, path: str, size: int) -> HashResult:
         return HashResult(None, provider_checked=False)
+
+
+def crc_of_file(fd: int, algorithm: str, start: int, end: int) -> int:
+    """The CRC of bytes [start, end) of an open file: only for ranges a resumed download
+    finds on disk from an earlier run (its in-memory CRCs died with it)."""
+    buffer = memoryview(bytearray(min(_READ_SIZE, max(1, end - start))))
+    value, position = 0, start
+    while position < end:
+        count = os.preadv(fd, [buffer[: min(len(buffer), end - position)]], position)
+        if count == 0:
+            raise IntegrityError("staging copy is short")
+        value = crc_update(algorithm, buffer[:count], value)
+        position += count
+    return value
+
+
+def file_digest(path: Path, digest: Digest) -> str:
+    """`digest`'s algorithm over the file at `path` (a scrub), as hex."""
+    hasher = new_hasher(digest.algorithm, digest.part_size)
+    buffer = memoryview(bytearray(_READ_SIZE))
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    try:
+        while count := os.readv(fd, [buffer]):
+            hasher.update(buffer[:count])
+    finally:
+        os.close(fd)
+    return str(hasher.hexdigest())

@@ -7,7 +7,9 @@ Written as JSON beside the folder (see `layout`), after the folder is in place:
       "source": "s3://bucket/model",          credentials and query values removed
       "revision": "5e3c...",                  resolved revision, when the source has one
       "files": [{"path": "config.json", "size": 612, "sha256": "...",
-                 "digest": {"algorithm": "md5", "value": "..."}, "digest_checked": true}],
+                 "digest": {"algorithm": "md5", "value": "..."}, "digest_checked": true,
+                 "verified_with": "md5",              the algorithm compared with the source
+                 "local_digest": null}],              what scrubs recompute, when not sha256
       "archive": null,                        or the downloaded archive's entry, if unpacked
       "total_size": 612,
       "completed_at": "2026-01-01T00:00:00Z",
@@ -28,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from localmodel.fetch.hashing import file_digest
 from localmodel.fetch.layout import HIDDEN, Layout
 from localmodel.sources.base import Digest
 
@@ -41,12 +44,28 @@ _HASH_BLOCK = 1024 * 1024
 class ManifestFile:
     path: str
     size: int
-    #: None only for downloads made without verification (`FetchOptions.verify=False`).
+    #: The file's sha256 when that is the digest it was hashed with (Hugging Face, OCI, plain
+    #: HTTP, archives' members). None for downloads made without verification, and for files
+    #: verified with a cheaper provider digest (see `local`): one hash pass per byte.
     sha256: str | None
     #: The provider's digest, if it gave one.
     digest: Digest | None = None
     #: Whether that digest was compared with the downloaded bytes.
     digest_checked: bool = False
+    #: The digest computed over the bytes when it is not a sha256 (a CRC64NVME, CRC32C, MD5 or
+    #: S3 ETag, the provider's): what a scrub recomputes.
+    local: Digest | None = None
+
+    @property
+    def scrub_digest(self) -> Digest | None:
+        """What `verify_full` recomputes: the sha256, else the local digest; None when the
+        file was downloaded without verification."""
+        return Digest("sha256", self.sha256) if self.sha256 else self.local
+
+    @property
+    def verified_with(self) -> str | None:
+        """The algorithm whose provider value the bytes were compared with, if any."""
+        return self.digest.algorithm if self.digest_checked and self.digest is not None else None
 
 
 @dataclass(frozen=True)
@@ -82,11 +101,13 @@ class Manifest:
 
         def entry(item: Mapping[str, Any]) -> ManifestFile:
             digest = item.get("digest")
+            local = item.get("local_digest")
             return ManifestFile(
                 path=str(item["path"]), size=int(item["size"]),
                 sha256=None if item.get("sha256") is None else str(item["sha256"]),
                 digest=Digest(**digest) if digest else None,
                 digest_checked=bool(item.get("digest_checked", False)),
+                local=Digest(**local) if local else None,
             )
 
         return cls(
@@ -101,12 +122,18 @@ class Manifest:
         )
 
 
+def _digest_dict(digest: Digest | None) -> dict[str, Any] | None:
+    return None if digest is None else {"algorithm": digest.algorithm, "value": digest.value,
+                                        "part_size": digest.part_size}
+
+
 def _file_dict(item: ManifestFile) -> dict[str, Any]:
-    digest = item.digest
-    return {"path": item.path, "size": item.size, "sha256": item.sha256,
-            "digest": None if digest is None else {"algorithm": digest.algorithm, "value": digest.value,
-                                                    "part_size": digest.part_size},
-            "digest_checked": item.digest_checked}
+    body = {"path": item.path, "size": item.size, "sha256": item.sha256,
+            "digest": _digest_dict(item.digest), "digest_checked": item.digest_checked,
+            "verified_with": item.verified_with}
+    if item.local is not None:  # only then: manifests of sha256 files stay as they were
+        body["local_digest"] = _digest_dict(item.local)
+    return body
 
 
 def write_manifest(layout: Layout, manifest: Manifest) -> None:
@@ -206,9 +233,10 @@ def file_sha256(path: Path) -> str:
 
 
 def verify_full(layout: Layout, manifest: Manifest, *, mismatched: list[str] | None = None) -> list[str]:
-    """`verify_quick`, then re-hash every file and compare with the manifest (a scrub).
-    Files downloaded without verification (no sha256) are reported as unverifiable.
-    `mismatched`, when given, receives the paths whose bytes no longer match their sha256."""
+    """`verify_quick`, then re-hash every file and compare with the manifest (a scrub), with
+    the digest each was hashed with when it was downloaded (`ManifestFile.scrub_digest`).
+    Files downloaded without verification are reported as unverifiable. `mismatched`, when
+    given, receives the paths whose bytes no longer match their digest."""
     problems = verify_quick(layout, manifest)
     for item in manifest.files:
         path = layout.dest / item.path
@@ -218,12 +246,13 @@ def verify_full(layout: Layout, manifest: Manifest, *, mismatched: list[str] | N
             continue
         if not stat.S_ISREG(st.st_mode) or st.st_size != item.size:
             continue  # already reported
-        if item.sha256 is None:
+        expected = item.scrub_digest
+        if expected is None:
             problems.append(f"unverifiable: {item.path} was downloaded without verification")
             continue
-        actual = file_sha256(path)
-        if actual != item.sha256:
-            problems.append(f"sha256: {item.path} is {actual}, manifest says {item.sha256}")
+        actual = file_sha256(path) if expected.algorithm == "sha256" else file_digest(path, expected)
+        if actual != expected.value:
+            problems.append(f"{expected.algorithm}: {item.path} is {actual}, manifest says {expected.value}")
             if mismatched is not None:
                 mismatched.append(item.path)
     return problems

@@ -32,13 +32,16 @@ class FetchOptions:
     #: KServe STORAGE_ALLOW_PATTERNS / STORAGE_IGNORE_PATTERNS (fnmatch globs).
     allow_patterns: tuple[str, ...] = ()
     ignore_patterns: tuple[str, ...] = ()
-    #: Hash every byte: the sha256 of each file goes into the manifest and provider digests
-    #: are checked. False (for benchmarks and sources trusted end to end) checks sizes only,
-    #: hashes nothing, and records no sha256 (`verify_full` then reports the files as
-    #: unverifiable). Never the default: without it a corrupted byte goes unnoticed.
+    #: Hash every byte once, with the cheapest digest the source guarantees (a CRC64NVME or
+    #: crc32c per range, else sha256 or md5; sha256 when the source gives none), check it
+    #: against the source's value, and keep it in the manifest for scrubs (`fetch/hashing.py`).
+    #: False (for benchmarks and sources trusted end to end) checks sizes only, hashes nothing,
+    #: and records no digest (`verify_full` then reports the files as unverifiable). Never the
+    #: default: without it a corrupted byte goes unnoticed.
     verify: bool = True
-    #: Check md5 / multipart-ETag provider digests too (md5 costs ~1.4 CPU-s/GB here, more
-    #: than sha256 with SHA-NI). sha256 and crc32c digests are always checked.
+    #: Use md5 / multipart-ETag provider digests (md5 costs ~1.5 CPU-s/GB here, more than
+    #: sha256 with SHA-NI); False hashes such files with sha256 instead, unchecked against the
+    #: source. CRC and sha256 digests are always checked.
     verify_md5: bool = True
     #: fdatasync every file before the manifest is written, so the manifest never vouches
     #: for bytes that a power loss could still take away.

@@ -3,7 +3,8 @@
     <staging>/
     ├── plan.json       the listing being fetched, and the boot it started in (atomic write)
     ├── journal.jsonl   append-only: {"f": i, "s": start, "e": end} for each range written,
-    │                   {"f": i, "sha256": hex, "checked": bool} for each verified file,
+    │                   {"f": i, "sha256": hex, "checked": bool, "local": digest} for each
+    │                   verified file ("local": its digest when that is not a sha256),
     │                   {"f": i, "reset": true} when file i is started again from nothing
     ├── data/           the model's files being filled; renamed into place at publish
     ├── archive/        a downloaded archive, before it is unpacked into data/
@@ -37,6 +38,7 @@ from typing import Any
 
 from localmodel.errors import InsufficientSpaceError, UnsafePathError
 from localmodel.fetch.ranges import RangeSet
+from localmodel.sources.base import Digest
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +61,7 @@ class Recovered:
     """What an earlier run of the same plan left behind."""
 
     done: dict[int, RangeSet] = field(default_factory=dict)
-    verified: dict[int, tuple[str | None, bool]] = field(default_factory=dict)
+    verified: dict[int, tuple[Digest | None, bool]] = field(default_factory=dict)
     #: It was adopted but its data/ folder was gone: a publish moved it into place and the
     #: process died before the manifest was written (see `Staging.intent`).
     data_missing: bool = False
@@ -204,9 +206,10 @@ class Staging:
                     recovered.done.pop(index, None)
                     recovered.verified.pop(index, None)
                 elif "sha256" in record:
-                    sha256 = record["sha256"]
-                    recovered.verified[index] = (None if sha256 is None else str(sha256),
-                                                 bool(record["checked"]))
+                    sha256, local = record["sha256"], record.get("local")
+                    digest = (Digest("sha256", str(sha256)) if sha256 is not None
+                              else Digest(**local) if local else None)
+                    recovered.verified[index] = (digest, bool(record["checked"]))
                 else:
                     recovered.done.setdefault(index, RangeSet()).add(int(record["s"]), int(record["e"]))
             except (ValueError, KeyError, TypeError):
@@ -226,8 +229,16 @@ class Staging:
     def record_range(self, index: int, start: int, end: int) -> None:
         self._append({"f": index, "s": start, "e": end})
 
-    def record_verified(self, index: int, sha256: str | None, checked: bool) -> None:
-        self._append({"f": index, "sha256": sha256, "checked": checked})
+    def record_verified(self, index: int, local: Digest | str | None, checked: bool) -> None:
+        """File `index` is complete and verified; `local` is its digest (a str: a sha256)."""
+        if isinstance(local, str):
+            local = Digest("sha256", local)
+        sha256 = local.value if local is not None and local.algorithm == "sha256" else None
+        record: dict[str, Any] = {"f": index, "sha256": sha256, "checked": checked}
+        if local is not None and sha256 is None:
+            record["local"] = {"algorithm": local.algorithm, "value": local.value,
+                               "part_size": local.part_size}
+        self._append(record)
 
     def record_reset(self, index: int) -> None:
         """File `index` starts again from nothing: earlier records of it no longer count."""

@@ -39,6 +39,7 @@ from localmodel.fetch.blobs import BlobStore, Collected
 from localmodel.fetch.layout import Layout
 from localmodel.fetch.manifest import (
     Manifest,
+    ManifestFile,
     read_manifest,
     remove_manifest,
     verify_full,
@@ -70,10 +71,16 @@ def parse_time(text: str | None) -> datetime | None:
 
 
 def manifest_digest(manifest: Manifest) -> str:
-    """One digest for the whole model: sha256 over the sorted `path size sha256` lines."""
+    """One digest for the whole model: sha256 over the sorted `path size digest` lines, each
+    file's digest its sha256 (as before), else the local digest it was verified with."""
     import hashlib
 
-    lines = sorted(f"{f.path}\0{f.size}\0{f.sha256}\n" for f in manifest.files)
+    def digest(item: ManifestFile) -> str | None:
+        if item.sha256 is not None or item.local is None:
+            return item.sha256
+        return f"{item.local.algorithm}:{item.local.value}"
+
+    lines = sorted(f"{f.path}\0{f.size}\0{digest(f)}\n" for f in manifest.files)
     return "sha256:" + hashlib.sha256("".join(lines).encode("utf-8")).hexdigest()
 
 

@@ -23,7 +23,11 @@ and, for a key it is still downloading (see `peers.partial`):
 
 Trust: none of this is believed on its own. The file list, sizes and digests come from the
 origin's listing; a peer is used for a file only when its manifest agrees with that listing
-(`compatible`) and the file's origin digest is one a peer cannot forge (`strong_digest`).
+(`compatible`) and the origin guarantees a digest of the file that a peer cannot forge
+(`peer_digest`: sha256, md5 or an S3 ETag). Where the origin's cheapest digest is a CRC (S3's
+CRC64NVME, GCS crc32c), which a peer could forge, the anchor beside it (the ETag, md5Hash) is
+the one a file filled from peers is checked against (`anchored`); a file from the origin alone
+is checked with the CRC.
 The piece table lets the receiver check every piece as it arrives, so a bad piece is refused
 before it is written; the engine's whole-file digest check against the origin is the backstop
 that catches a lying table.
@@ -31,6 +35,7 @@ that catches a lying table.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from collections.abc import Mapping
@@ -189,12 +194,36 @@ def decode_table(body: bytes, size: int, piece_size: int, *, partial: bool = Fal
 # --- trust -----------------------------------------------------------------------------------
 
 
+#: Origin digests a peer cannot forge: sha256, or md5 / S3 ETags (second preimages of md5 are out
+#: of reach, unlike its collisions, which need control of both contents). A CRC is linear: any
+#: bytes can be given any CRC by changing a few of them.
+_CRYPTOGRAPHIC = ("sha256", "md5", "s3-etag")
+
+
+def peer_digest(remote: RemoteFile, *, verify_md5: bool = True) -> Digest | None:
+    """The origin digest that bytes of this file from peers must match: the file's digest when
+    a peer cannot forge it, else its anchor (`RemoteFile.anchor`, beside a CRC); None when the
+    origin gives neither (then no peer may serve the file)."""
+    if digest_check(remote.digest, verify_md5=verify_md5) in _CRYPTOGRAPHIC:
+        return remote.digest
+    if remote.anchor is not None and digest_check(remote.anchor, verify_md5=verify_md5) in _CRYPTOGRAPHIC:
+        return remote.anchor
+    return None
+
+
 def strong_digest(remote: RemoteFile, *, verify_md5: bool = True) -> bool:
-    """Whether the engine will check this file against an origin digest that a peer cannot
-    forge: sha256, or md5 / S3 ETags (second preimages of md5 are out of reach, unlike its
-    collisions, which need control of both contents). crc32c is trivially forged; a file with
-    no digest has nothing to be checked against."""
-    return digest_check(remote.digest, verify_md5=verify_md5) in ("sha256", "md5", "s3-etag")
+    """Whether a file may come from peers: the engine can check it against an origin digest
+    that a peer cannot forge (`peer_digest`)."""
+    return peer_digest(remote, verify_md5=verify_md5) is not None
+
+
+def anchored(remote: RemoteFile, *, verify_md5: bool = True) -> RemoteFile:
+    """The listing entry the engine must verify a file filled from peers with: its digest
+    replaced by the anchor when the digest itself is a forgeable CRC."""
+    digest = peer_digest(remote, verify_md5=verify_md5)
+    if digest is None or digest is remote.digest:
+        return remote
+    return dataclasses.replace(remote, digest=digest)
 
 
 def _same_digest(listed: Digest, entry: Mapping[str, Any]) -> bool:
@@ -218,7 +247,9 @@ def compatible(entry: Mapping[str, Any] | None, remote: RemoteFile) -> bool:
         size = int(entry["size"])
     except (KeyError, TypeError, ValueError):
         return False
-    return size == remote.size and _same_digest(remote.digest, entry)
+    # A peer filled from peers recorded the anchor it was checked against, not the CRC.
+    return size == remote.size and (_same_digest(remote.digest, entry)
+                                    or (remote.anchor is not None and _same_digest(remote.anchor, entry)))
 
 
 def manifest_entries(manifest_json: str | bytes) -> dict[str, Mapping[str, Any]]:

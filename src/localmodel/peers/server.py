@@ -17,8 +17,9 @@ clients take as "busy, ask another peer" rather than as a failure.
 
 Piece tables come from this agent's own download when it recorded every piece (the file was
 just checked against the origin), else they are computed on first request by reading the file
-once; that pass also recomputes the whole-file sha256, and a file that no longer matches its
-manifest is never served again: `on_damage` is told (the agent withdraws the manifest and
+once; that pass also recomputes the file's local digest (`ManifestFile.scrub_digest`: its
+sha256, or the CRC/MD5 it was verified with), and a file that no longer matches its manifest
+is never served again: `on_damage` is told (the agent withdraws the manifest and
 fetches the model again), so a peer whose disk rotted heals instead of spreading it.
 """
 
@@ -37,6 +38,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from localmodel.fetch.hashing import new_hasher
 from localmodel.fetch.layout import Layout
 from localmodel.fetch.manifest import Manifest, ManifestFile, read_manifest
 from localmodel.fetch.ratelimit import TokenBucket
@@ -252,7 +254,7 @@ class PeerServer:
         manifest = found[0]
         for item in manifest.files:
             if item.path == request.path:
-                if (request.key, item.sha256) in self._damaged:
+                if (request.key, _identity(item)) in self._damaged:
                     raise _Refused(404, "damaged")
                 return manifest, item
         raise _Refused(404, "no such file in the manifest")
@@ -303,7 +305,7 @@ class PeerServer:
 
     def piece_table(self, key: str, item: ManifestFile) -> bytes:
         """The table of `item`, computed once (one reader at a time per file)."""
-        table_key = (key, item.path, item.sha256)
+        table_key = (key, item.path, _identity(item))
         with self._lock:
             cached = self._tables.get(table_key)
             if cached is not None:
@@ -332,7 +334,10 @@ class PeerServer:
 
     def _compute_table(self, key: str, item: ManifestFile) -> bytes:
         fd = self.open_file(key, item)
-        whole = hashlib.sha256()
+        expected = item.scrub_digest
+        if expected is None:  # downloaded without verification: nothing to vouch for it
+            raise _Refused(404, "unverified")
+        whole = new_hasher(expected.algorithm, expected.part_size)
         digests = bytearray()
         buffer = memoryview(bytearray(_READ_SIZE))
         position = 0
@@ -351,15 +356,15 @@ class PeerServer:
                 digests += piece.digest()
         finally:
             os.close(fd)
-        if whole.hexdigest() != item.sha256:
-            self._report_damage(key, item, f"{item.path} no longer matches its manifest (sha256)")
+        if whole.hexdigest() != expected.value:
+            self._report_damage(key, item, f"{item.path} no longer matches its manifest ({expected.algorithm})")
             raise _Refused(404, "damaged")
         return bytes(digests)
 
     def _report_damage(self, key: str, item: ManifestFile, problem: str) -> None:
         with self._lock:
-            first = (key, item.sha256) not in self._damaged
-            self._damaged.add((key, item.sha256))
+            first = (key, _identity(item)) not in self._damaged
+            self._damaged.add((key, _identity(item)))
         if first:
             logger.warning("a served model is damaged; no longer serving it",
                            extra={"storage_key": key, "problem": problem})
@@ -501,7 +506,7 @@ class _Handler(BaseHTTPRequestHandler):
         fd = peer.open_file(request.key, item)
         start, end = wanted if isinstance(wanted, tuple) else (0, item.size)
         self._send_range(peer, fd, start, end, item.size, isinstance(wanted, tuple), head,
-                         {"ETag": f'"sha256:{item.sha256}"'})
+                         {"ETag": f'"{_identity(item)}"'})
 
     def _send_partial(self, peer: PeerServer, request: PeerRequest, head: bool) -> None:
         size = peer.partials.size(request.key, request.path) if peer.partials is not None else None
@@ -533,3 +538,9 @@ class _Handler(BaseHTTPRequestHandler):
                 peer.send_file(self.connection, fd, start, end)
         finally:
             os.close(fd)
+
+
+def _identity(item: ManifestFile) -> str | None:
+    """What tells one copy of a file from another: its local digest."""
+    digest = item.scrub_digest
+    return None if digest is None else f"{digest.algorithm}:{digest.value}"

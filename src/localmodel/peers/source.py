@@ -2,7 +2,9 @@
 the origin as the fallback for every piece a peer cannot give.
 
     PeerSource(origin, listing, peers)
-      list_files()  → the ORIGIN's listing (paths, sizes, digests: never a peer's word)
+      list_files()  → the ORIGIN's listing (paths, sizes, digests: never a peer's word);
+                      a file peers may serve is checked against a digest no peer can forge
+                      (beside a CRC, the origin's anchor: `protocol.anchored`)
       read_range()  → for a file with a strong origin digest and compatible peers:
                         piece table: from one peer, cross-checked with a second when there is
                         one; a disagreement is settled by one piece read from the origin
@@ -22,6 +24,7 @@ never turns into origin traffic.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import random
@@ -44,6 +47,7 @@ from localmodel.peers.protocol import (
     PIECE_SIZE_HEADER,
     ZERO_DIGEST,
     PieceTable,
+    anchored,
     compatible,
     decode_table,
     file_url,
@@ -342,10 +346,17 @@ class PeerSource:
                 complete, partial = [], []
             self._files[remote.path] = _File(remote, complete, partial,
                                              pinned=bytearray(piece_count(remote.size) * DIGEST_SIZE))
+        served = {path for path, state in self._files.items() if state.complete or state.partial}
+        self.listing = dataclasses.replace(listing, files=tuple(
+            anchored(remote, verify_md5=verify_md5) if remote.path in served else remote
+            for remote in listing.files))
 
     # --- Source protocol ------------------------------------------------------------------
 
     def list_files(self) -> Listing:
+        """The origin's listing, with the anchor as the digest of each file peers may serve
+        whose own digest is a CRC (`protocol.anchored`): the engine checks those files against
+        a digest no peer can forge."""
         return self.listing
 
     def read_range(self, path: str, offset: int, length: int) -> Iterator[bytes | memoryview]:

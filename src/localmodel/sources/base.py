@@ -16,8 +16,9 @@ from typing import Protocol, TypeVar, runtime_checkable
 class Digest:
     """A provider-given checksum of a whole file."""
 
-    #: "sha256", "md5", "crc32c" (GCS, base64 big-endian in the provider, hex here) or
-    #: "s3-etag" (multipart ETag: md5 of part md5s, "-N" suffix; verified when part size is known).
+    #: "sha256", "md5", "crc64nvme" / "crc32c" / "crc32" (S3 full-object checksums, GCS crc32c;
+    #: base64 big-endian in the provider, hex here) or "s3-etag" (multipart ETag: md5 of part
+    #: md5s, "-N" suffix; verified when part size is known).
     algorithm: str
     #: Lower-case hex (or the raw provider string for "s3-etag").
     value: str
@@ -33,9 +34,15 @@ def etag_parts(value: str) -> tuple[str, int | None]:
     return body.lower(), int(count) if dash and count.isdigit() else None
 
 
+#: CRCs the engine computes per range as bytes arrive and combines (`fetch/hashing.py`). Cheap
+#: and strong against corruption, but forgeable: never the anchor of a peer's bytes.
+COMBINABLE = frozenset({"crc64nvme", "crc32c", "crc32"})
+
+
 def digest_check(digest: Digest | None, *, verify_md5: bool = True) -> str:
     """How the engine checks a file against its provider digest: "sha256", "md5" (also a
-    single-part S3 ETag), "s3-etag" (multipart, part MD5s), "crc32c", or "" (not checked).
+    single-part S3 ETag), "s3-etag" (multipart, part MD5s), one of `COMBINABLE`, or ""
+    (not checked).
     `verify_md5=False` skips the md5-based ones. The engine's hasher and the peers' trust rule
     both follow this, so a peer is trusted exactly where the engine will check its bytes."""
     if digest is None:
@@ -43,8 +50,8 @@ def digest_check(digest: Digest | None, *, verify_md5: bool = True) -> str:
     algorithm = digest.algorithm.lower()
     if algorithm == "sha256":
         return "sha256"
-    if algorithm == "crc32c":
-        return "crc32c"
+    if algorithm in COMBINABLE:
+        return algorithm
     if algorithm == "md5":
         return "md5" if verify_md5 else ""
     if algorithm == "s3-etag" and verify_md5:
@@ -62,13 +69,19 @@ class RemoteFile:
     path: str
     #: Size in bytes.
     size: int
-    #: The provider's checksum, when it gives one.
+    #: The provider's checksum, when it gives one: the cheapest it guarantees (the engine
+    #: verifies this one).
     digest: Digest | None = None
     #: An opaque version tag (ETag, generation, blob sha) used to detect a change mid-download.
     version: str | None = None
     #: False if the source can only stream the file from its start (e.g. an HTTP server
     #: without Range support); the engine then reads it in one request and never splits it.
     seekable: bool = True
+    #: When `digest` is a CRC (`COMBINABLE`): a cryptographic digest of the same bytes that the
+    #: provider also guarantees (an S3 ETag, GCS md5Hash), or None. A CRC catches corruption
+    #: but a peer can forge it, so bytes from peers are checked against this instead
+    #: (`peers/protocol.py`, `peers/source.py`).
+    anchor: Digest | None = None
 
 
 @dataclass(frozen=True)

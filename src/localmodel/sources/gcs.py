@@ -12,7 +12,8 @@ that object is the model. Names are returned relative to the prefix exactly as s
 
 Digest: the object's CRC32C (base64 big-endian in the API, 8 hex digits here). GCS gives it
 for every object, and checking it costs ~0.1 CPU-s/GB against MD5's ~1.4; the MD5 (missing on
-composite objects) is used only when an object has no CRC32C. Version: the object generation;
+composite objects) is used only when an object has no CRC32C. Beside the CRC32C the MD5 is the
+`anchor`: what bytes from peers are checked against, since a CRC can be forged. Version: the object generation;
 reads send ifGenerationMatch, so an object replaced mid-download fails with IntegrityError.
 
 The data path is urllib3 with a bearer token from google-auth, refreshed under a lock.
@@ -167,14 +168,11 @@ class GCSSource:
 
     @staticmethod
     def _remote_file(path: str, item: Mapping[str, Any]) -> RemoteFile:
-        digest = None
-        if item.get("crc32c"):
-            digest = Digest("crc32c", crc32c_hex(str(item["crc32c"])))
-        elif item.get("md5Hash"):
-            digest = Digest("md5", base64.b64decode(str(item["md5Hash"])).hex())
+        md5 = Digest("md5", base64.b64decode(str(item["md5Hash"])).hex()) if item.get("md5Hash") else None
+        crc32c = Digest("crc32c", crc32c_hex(str(item["crc32c"]))) if item.get("crc32c") else None
         generation = item.get("generation")
         return RemoteFile(path=path, size=size_from_listing(item.get("size", 0), f"gs object {path!r}"),
-                          digest=digest,
+                          digest=crc32c or md5, anchor=md5 if crc32c else None,
                           version=str(generation) if generation else None)
 
     def list_files(self) -> Listing:

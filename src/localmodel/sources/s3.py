@@ -15,9 +15,13 @@ Listing follows KServe's prefix rule with one fix: `s3://b/m` lists the keys und
 `m-other/...`); when nothing is there and the URI names one object, that object is the model.
 Keys are returned relative to the prefix exactly as stored: the engine rejects hostile ones.
 
-Digests: an object's full-object SHA-256 (or CRC32C) checksum when it was uploaded with one
-(found with HEAD + x-amz-checksum-mode), else its ETag: the MD5 for single-part uploads, else the
-multipart ETag ("s3-etag", md5 of the parts' md5s) with the part size, which HEAD with
+Digests: the cheapest one S3 guarantees. An object's full-object additional checksum when
+the listing names one (ChecksumAlgorithm; S3 gives every new object a CRC64NVME since 2025),
+read with HEAD + x-amz-checksum-mode: CRC64NVME, CRC32C, CRC32 (verified per range as bytes
+arrive, combined, ~0.1 CPU-s/GB) or SHA-256. A composite checksum of a multipart upload
+("...-N", a checksum of part checksums) is not a digest of the file and is skipped. Else, and
+as the `anchor` a peer cannot forge beside a CRC, the ETag: the MD5 for single-part uploads,
+else the multipart ETag ("s3-etag", md5 of the parts' md5s) with the part size, which HEAD with
 partNumber=1 gives (the size of part 1; every part but the last has that size when the parts
 are uniform, as every common uploader makes them). Caveat: SSE-KMS/SSE-C objects have non-MD5
 single-part ETags.
@@ -45,8 +49,8 @@ from botocore.credentials import Credentials
 
 from localmodel import errors
 from localmodel.sources import _cloudhttp
-from localmodel.sources.base import (Digest, Listing, ListingLimit, RemoteFile, Settings, prefix_or_object,
-                                     size_from_listing)
+from localmodel.sources.base import (COMBINABLE, Digest, Listing, ListingLimit, RemoteFile, Settings,
+                                     prefix_or_object, size_from_listing)
 from localmodel.sources.uris import bucket_and_prefix
 
 _DEFAULT_REGION = "us-east-1"
@@ -59,6 +63,8 @@ _AUTH_CODES = frozenset({"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNot
                          "MissingSecurityHeader", "UnsupportedAlgorithm"})
 #: Parallel HEAD requests when fetching checksums of many objects.
 _HEAD_WORKERS = 8
+#: Full-object checksums the engine verifies, cheapest first (header x-amz-checksum-<name>).
+_CHECKSUMS = ("crc64nvme", "crc32c", "crc32", "sha256")
 _DNS_BUCKET = re.compile(r"^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")
 
 
@@ -133,6 +139,18 @@ def _multipart_count(etag: str) -> int | None:
     """N for a multipart ETag "<md5>-N", else None."""
     _, dash, count = etag.partition("-")
     return int(count) if dash and count.isdigit() and int(count) > 0 else None
+
+
+def _full_object_checksum(headers: Mapping[str, str]) -> Digest | None:
+    """The cheapest full-object checksum in a HEAD answer's headers, if any. A multipart upload
+    may carry a COMPOSITE checksum (a checksum of part checksums, "...-N"): not a file digest."""
+    if headers.get("x-amz-checksum-type", "FULL_OBJECT").upper() != "FULL_OBJECT":
+        return None
+    for name in _CHECKSUMS:
+        value = headers.get(f"x-amz-checksum-{name}", "")
+        if value and "-" not in value:
+            return Digest(name, _hex_from_b64(value))
+    return None
 
 
 @dataclass(frozen=True)
@@ -260,25 +278,21 @@ class S3Source:
         except errors.SourceNotFoundError:
             return None
         headers = resp.headers
-        algorithms = tuple(name.upper() for name in ("sha256", "crc32c")
+        algorithms = tuple(name.upper() for name in _CHECKSUMS
                            if headers.get(f"x-amz-checksum-{name}"))
         return _Entry(key, size_from_listing(headers.get("Content-Length", "0"), f"s3 key {key!r}"),
                       headers.get("ETag", "").strip('"'), algorithms)
 
     def _checksum_digest(self, key: str) -> Digest | None:
-        """A full-object SHA-256 or CRC32C checksum, from HEAD with checksum mode on."""
-        resp = self._send("HEAD", key, f"stat s3://{self._bucket}/{key}",
-                          extra={"x-amz-checksum-mode": "ENABLED"})
-        headers = resp.headers
-        sha256 = headers.get("x-amz-checksum-sha256", "")
-        # Multipart uploads carry a checksum of part checksums ("...-N"): not a file digest.
-        if sha256 and "-" not in sha256:
-            return Digest("sha256", _hex_from_b64(sha256))
-        crc32c = headers.get("x-amz-checksum-crc32c", "")
-        if crc32c and "-" not in crc32c and headers.get("x-amz-checksum-type",
-                                                        "FULL_OBJECT") == "FULL_OBJECT":
-            return Digest("crc32c", _hex_from_b64(crc32c))
-        return None
+        """The cheapest full-object checksum (`_CHECKSUMS`), from HEAD with checksum mode on;
+        None when HEAD finds no object (deleted since the listing, or a key a URL cannot
+        address, such as "m/../x": the ETag stands in, the engine judges the path)."""
+        try:
+            resp = self._send("HEAD", key, f"stat s3://{self._bucket}/{key}",
+                              extra={"x-amz-checksum-mode": "ENABLED"})
+        except errors.SourceNotFoundError:
+            return None
+        return _full_object_checksum(resp.headers)
 
     def _part_size(self, entry: _Entry) -> int | None:
         """The part size of a multipart upload, from HEAD ?partNumber=1; None when the parts
@@ -311,15 +325,18 @@ class S3Source:
         chosen = prefix_or_object(self._prefix, self._list_keys, lambda e: e.key, self._head,
                                   f"no objects under {self.uri}")
 
-        wanted = [e.key for _, e in chosen
-                  if {"SHA256", "CRC32C"} & set(e.checksum_algorithms)]
+        supported = {name.upper() for name in _CHECKSUMS}
+        wanted = [e.key for _, e in chosen if supported & set(e.checksum_algorithms)]
         checksums: dict[str, Digest | None] = {}
         part_sizes: dict[str, int | None] = {}
         if wanted:
             with concurrent.futures.ThreadPoolExecutor(min(_HEAD_WORKERS, len(wanted))) as pool:
                 checksums = dict(zip(wanted, pool.map(self._checksum_digest, wanted), strict=True))
+        # The part size makes a multipart ETag checkable: the digest of a file without a
+        # checksum, and the anchor of one with a CRC (what peers' bytes are checked against).
         multipart = [e for _, e in chosen
-                     if checksums.get(e.key) is None and _multipart_count(e.etag) is not None]
+                     if (checksums.get(e.key) is None or checksums[e.key].algorithm != "sha256")  # type: ignore[union-attr]
+                     and _multipart_count(e.etag) is not None]
         if multipart:
             with concurrent.futures.ThreadPoolExecutor(min(_HEAD_WORKERS, len(multipart))) as pool:
                 part_sizes = dict(zip((e.key for e in multipart),
@@ -328,10 +345,11 @@ class S3Source:
         files = []
         listed: dict[str, tuple[str, str]] = {}
         for path, entry in chosen:
-            digest = (checksums.get(entry.key)
-                      or self._etag_digest(entry.etag, part_sizes.get(entry.key)))
-            files.append(RemoteFile(path=path, size=entry.size, digest=digest,
-                                    version=entry.etag or None))
+            etag = self._etag_digest(entry.etag, part_sizes.get(entry.key))
+            checksum = checksums.get(entry.key)
+            anchor = etag if checksum is not None and checksum.algorithm in COMBINABLE else None
+            files.append(RemoteFile(path=path, size=entry.size, digest=checksum or etag,
+                                    version=entry.etag or None, anchor=anchor))
             listed[path] = (entry.key, entry.etag)
         with self._lock:
             self._listed = listed
