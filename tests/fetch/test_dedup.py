@@ -465,7 +465,8 @@ def test_s3_objects_with_sha256_checksums_are_not_fetched_twice(moto_s3: S3Serve
         for name, data in files.items():
             body = data if prefix == "v1" or name != "c.safetensors" else data[::-1]
             client.put_object(Bucket="dedup", Key=f"{prefix}/{name}", Body=body, ChecksumAlgorithm="SHA256")
-    # One object without a checksum: fetched, then shared on disk all the same.
+    # One object without a SHA-256 (boto3 uploads a CRC32 by default): fetched and verified with
+    # that CRC alone (one hash pass per byte, issue 14), so it has no sha256 and stays unshared.
     client.put_object(Bucket="dedup", Key="v2/copy-of-a.bin", Body=files["a.safetensors"])
     root = tmp_path / "root"
     layouts = {}
@@ -480,10 +481,12 @@ def test_s3_objects_with_sha256_checksums_are_not_fetched_twice(moto_s3: S3Serve
     # The changed object, the one without a checksum, and a probe of each of the two reused.
     assert counts["v2"] == len(files["c.safetensors"]) + len(files["a.safetensors"]) + 2 * content.PROBE_SIZE
     v1, v2 = layouts["v1"].dest, layouts["v2"].dest
-    assert inode(v1 / "a.safetensors") == inode(v2 / "a.safetensors") == inode(v2 / "copy-of-a.bin")
+    assert inode(v1 / "a.safetensors") == inode(v2 / "a.safetensors") != inode(v2 / "copy-of-a.bin")
+    assert (v2 / "copy-of-a.bin").read_bytes() == files["a.safetensors"]
     assert inode(v1 / "b.safetensors") == inode(v2 / "b.safetensors")
     assert (v2 / "c.safetensors").read_bytes() == files["c.safetensors"][::-1]
-    assert bytes_on_disk(root) == sum(map(len, files.values())) + len(files["c.safetensors"])
+    assert bytes_on_disk(root) == sum(map(len, files.values())) + len(files["c.safetensors"]) + len(
+        files["a.safetensors"])
 
 
 def test_a_second_tag_of_a_modelcar_links_the_first_ones_model_after_a_probe(
