@@ -10,6 +10,7 @@ from pathlib import Path
 
 from localmodel.api.keys import storage_key
 from localmodel.fetch import blobs as content
+from localmodel.fetch.hashing import file_sha256
 from localmodel.node.store import ModelStore
 from tests.fetch.test_dedup import bytes_on_disk, entries, publish, revisions
 from tests.node.agent_process import metric_value, wait_until
@@ -92,7 +93,7 @@ def test_damage_to_a_shared_file_repairs_every_model_holding_it_with_one_fetch(
     # (after a probe of it).
     assert sum(e - s for s, e in hf_hub.served(repo, shard)) - served == len(first[shard]) + content.PROBE_SIZE
     assert (model_dir(root, uri_1) / shard).stat().st_ino == (model_dir(root, uri_2) / shard).stat().st_ino
-    assert content.sha256_of(root / "blobs" / "sha256" / hashlib.sha256(first[shard]).hexdigest()) \
+    assert file_sha256(root / "blobs" / "sha256" / hashlib.sha256(first[shard]).hexdigest()) \
         == hashlib.sha256(first[shard]).hexdigest()
 
 

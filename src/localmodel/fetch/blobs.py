@@ -37,7 +37,6 @@ Rules, and why they make sharing safe:
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import stat
@@ -45,6 +44,8 @@ import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+
+from localmodel.fetch.hashing import file_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +58,6 @@ MIN_SIZE = 64 * 1024
 PROBE_SIZE = 64 * 1024
 _ALGORITHM = "sha256"
 _HEX = frozenset("0123456789abcdef")
-_READ_SIZE = 1024 * 1024
 _warned: set[str] = set()
 _warned_lock = threading.Lock()
 
@@ -75,18 +75,6 @@ def _warn_once(what: str, exc: OSError) -> None:
 
 def is_sha256(value: str | None) -> bool:
     return value is not None and len(value) == 64 and set(value) <= _HEX
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    buffer = memoryview(bytearray(_READ_SIZE))
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    try:
-        while count := os.readv(fd, [buffer]):
-            digest.update(buffer[:count])
-    finally:
-        os.close(fd)
-    return digest.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -179,7 +167,7 @@ class BlobStore:
         if entry is None or not verify:
             return entry
         try:
-            actual = sha256_of(entry.path)
+            actual = file_sha256(entry.path)
         except FileNotFoundError:
             return None  # collected meanwhile
         if actual != sha256:

@@ -63,7 +63,7 @@ from localmodel.fetch import layers as oci_layers
 from localmodel.fetch import manifest as manifests
 from localmodel.fetch import patterns, planning
 from localmodel.fetch.backoff import RetryBudget, backoff_delay
-from localmodel.fetch.hashing import FileHasher, HashResult, NoHasher, crc_of_file, crc_update
+from localmodel.fetch.hashing import FileHasher, HashResult, NoHasher, crc_of_file, crc_update, file_sha256
 from localmodel.fetch.layout import HIDDEN, Layout
 from localmodel.fetch.manifest import Manifest, ManifestFile
 from localmodel.fetch.options import FetchOptions
@@ -72,7 +72,7 @@ from localmodel.fetch.progress import Progress, ProgressCallback, RateMeter, eta
 from localmodel.fetch.ranges import RangeSet
 from localmodel.fetch.ratelimit import TokenBucket
 from localmodel.fetch.staging import Staging, allocated_bytes, create_file, is_no_space, make_parents
-from localmodel.sources.base import MAX_FILES_SETTING, Listing, ListingLimit, RemoteFile, Settings, Source
+from localmodel.sources.base import MAX_FILES_SETTING, Digest, Listing, ListingLimit, RemoteFile, Settings, Source
 from localmodel.sources.registry import SourceFactory, open_source
 from localmodel.sources.uris import redact_uri
 
@@ -471,11 +471,11 @@ class _Download:
                 return False  # what was fetched of it still counts
             if partial:
                 self.staging.record_reset(state.index)  # the partial copy is gone
-            self.staging.record_verified(state.index, sha256, True)
+            self.staging.record_verified(state.index, Digest("sha256", sha256), True)
             with state.lock:
                 self._reused_inodes.add(entry.inode)
                 state.reused = True
-                state.result = HashResult(sha256, True)
+                state.result = HashResult(Digest("sha256", sha256), True)
                 state.done = RangeSet()
                 state.done.add(0, state.remote.size)
                 state.hashed = state.remote.size
@@ -1009,7 +1009,7 @@ class _Download:
                     self._reused_inodes.add((st.st_dev, st.st_ino))
                 else:
                     shutil.copyfile(source, target, follow_symlinks=False)
-                if content.sha256_of(target) != item.sha256:
+                if file_sha256(target) != item.sha256:
                     raise IntegrityError(f"{item.path} no longer matches its manifest")
         except (OSError, LocalModelError) as exc:
             logger.info("not linked from the model with the same layers; fetching them", extra={"error": str(exc)})

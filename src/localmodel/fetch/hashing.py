@@ -59,10 +59,6 @@ class HashResult:
     #: Whether the provider digest was compared (False: none given, or not checkable).
     provider_checked: bool
 
-    def __post_init__(self) -> None:
-        if isinstance(self.local, str):  # a sha256 in hex, as callers gave it before CRCs
-            object.__setattr__(self, "local", Digest("sha256", self.local))
-
     @property
     def sha256(self) -> str | None:
         return self.local.value if self.local is not None and self.local.algorithm == "sha256" else None
@@ -227,7 +223,16 @@ def crc_of_file(fd: int, algorithm: str, start: int, end: int) -> int:
 
 def file_digest(path: Path, digest: Digest) -> str:
     """`digest`'s algorithm over the file at `path` (a scrub), as hex."""
-    hasher = new_hasher(digest.algorithm, digest.part_size)
+    return file_hexdigest(path, digest.algorithm, digest.part_size)
+
+
+def file_sha256(path: Path) -> str:
+    return file_hexdigest(path, "sha256")
+
+
+def file_hexdigest(path: Path, algorithm: str, part_size: int | None = None) -> str:
+    """One read of the file at `path` (never through a final symlink) into `algorithm`'s hasher."""
+    hasher = new_hasher(algorithm, part_size)
     buffer = memoryview(bytearray(_READ_SIZE))
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
     try:

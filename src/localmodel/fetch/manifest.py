@@ -20,7 +20,6 @@ Written as JSON beside the folder (see `layout`), after the folder is in place:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -30,14 +29,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from localmodel.fetch.hashing import file_digest
+from localmodel.fetch.hashing import file_digest, file_sha256
 from localmodel.fetch.layout import HIDDEN, Layout
 from localmodel.sources.base import Digest
 
 logger = logging.getLogger(__name__)
 
 FORMAT = 1
-_HASH_BLOCK = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -218,18 +216,6 @@ def verify_quick(layout: Layout, manifest: Manifest, *,
         if path not in expected:
             problems.append(f"unexpected: {path}")
     return problems
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    buffer = memoryview(bytearray(_HASH_BLOCK))
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
-    try:
-        while count := os.readv(fd, [buffer]):
-            digest.update(buffer[:count])
-    finally:
-        os.close(fd)
-    return digest.hexdigest()
 
 
 def verify_full(layout: Layout, manifest: Manifest, *, mismatched: list[str] | None = None) -> list[str]:

@@ -229,10 +229,8 @@ class Staging:
     def record_range(self, index: int, start: int, end: int) -> None:
         self._append({"f": index, "s": start, "e": end})
 
-    def record_verified(self, index: int, local: Digest | str | None, checked: bool) -> None:
-        """File `index` is complete and verified; `local` is its digest (a str: a sha256)."""
-        if isinstance(local, str):
-            local = Digest("sha256", local)
+    def record_verified(self, index: int, local: Digest | None, checked: bool) -> None:
+        """File `index` is complete and verified; `local` is the digest its bytes were hashed with."""
         sha256 = local.value if local is not None and local.algorithm == "sha256" else None
         record: dict[str, Any] = {"f": index, "sha256": sha256, "checked": checked}
         if local is not None and sha256 is None:
