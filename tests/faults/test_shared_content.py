@@ -25,6 +25,7 @@ from pathlib import Path
 
 from localmodel.api.keys import storage_key
 from localmodel.fetch import blobs as content
+from localmodel.fetch.hashing import file_sha256
 from localmodel.node.store import ModelStore
 from tests.faults import figures
 from tests.fetch.test_dedup import bytes_on_disk, entries, publish
@@ -56,7 +57,7 @@ def two_revisions(rng: random.Random) -> tuple[dict[str, bytes], dict[str, bytes
 
 def store_damage(root: Path) -> list[str]:
     """Store entries whose bytes no longer hash to their name."""
-    return [name for name in entries(root) if content.sha256_of(root / "blobs" / "sha256" / name) != name]
+    return [name for name in entries(root) if file_sha256(root / "blobs" / "sha256" / name) != name]
 
 
 def test_sigkill_while_sharing_never_damages_a_model_or_the_store(
@@ -112,7 +113,7 @@ def test_sigkill_while_sharing_never_damages_a_model_or_the_store(
     standalone.write(entry(uri_2, "v2"))
     wait_until(lambda: not model_dir(root, uri_1).exists(), "v1 to be deleted", agent=agent)
     wanted = {name for name in digests(second).values()} & {
-        content.sha256_of(p) for p in model_dir(root, uri_2).rglob("*") if p.stat().st_size >= content.MIN_SIZE}
+        file_sha256(p) for p in model_dir(root, uri_2).rglob("*") if p.stat().st_size >= content.MIN_SIZE}
     wait_until(lambda: set(entries(root)) == wanted, "the store to hold only v2's entries", agent=agent)
     assert ModelStore(root).scrub(storage_key(uri_2)) == []
     assert store_damage(root) == []

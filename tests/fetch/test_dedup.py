@@ -21,6 +21,7 @@ from localmodel.api.keys import storage_key
 from localmodel.errors import IntegrityError
 from localmodel.fetch import FetchOptions, Layout, Progress, download, verify_full
 from localmodel.fetch import blobs as content
+from localmodel.fetch.hashing import file_sha256
 from localmodel.fetch import engine
 from localmodel.fetch.staging import Staging
 from localmodel.node.store import ModelStore
@@ -221,7 +222,7 @@ def test_a_store_entry_that_rotted_is_evicted_and_fetched_afresh(hf_hub: LocalHu
     assert files_of(layout_2) == second  # the rotten bytes were not given to the new model
     assert len(hf_hub.served("acme/rot", shard)) > before
     assert inode(entry) != rotten and inode(entry) == inode(layout_2.dest / shard)
-    assert content.sha256_of(entry) == entry.name
+    assert file_sha256(entry) == entry.name
     # The first model still holds the rotten inode: its scrub finds it (and the agent repairs).
     assert any(shard in problem for problem in verify_full(layout_1, read_manifest_of(layout_1)))
 
@@ -396,7 +397,7 @@ def test_a_crash_after_linking_an_entry_into_staging_never_writes_through_it(
         fetch(hf_hub, uri_2, root, options=FetchOptions(concurrency=4, chunk_size=MiB, dedup=False))
     hf_hub.faults.corrupt.clear()
     for name in entries(root):
-        assert content.sha256_of(root / "blobs" / "sha256" / name) == name
+        assert file_sha256(root / "blobs" / "sha256" / name) == name
     assert verify_full(layout_1, read_manifest_of(layout_1)) == []
     layout_2, _ = fetch(hf_hub, uri_2, root)
     assert files_of(layout_2) == second and files_of(layout_1) == first
