@@ -39,9 +39,10 @@ from tests.servers.s3 import rclone_binary  # noqa: E402
 S3_KEY, S3_SECRET, S3_REGION = "bench-access-key", "bench-secret-key", "us-east-1"
 HF_REPO = "bench/model"
 
-# Every type is application/octet-stream: KServe's HTTP downloader refuses anything else
-# (config.json as application/json included). No access log: it would only cost CPU.
-_NGINX_CONF = """\
+# What both nginx configurations share (str.format templates). Every type is
+# application/octet-stream: KServe's HTTP downloader refuses anything else (config.json as
+# application/json included). No access log: it would only cost CPU.
+_NGINX_HTTP_HEAD = """\
 {user}
 worker_processes 1;
 pid {work}/nginx.pid;
@@ -59,6 +60,9 @@ http {{
     fastcgi_temp_path {work}/fastcgi;
     uwsgi_temp_path {work}/uwsgi;
     scgi_temp_path {work}/scgi;
+"""
+
+_NGINX_CONF = _NGINX_HTTP_HEAD + """\
     server {{
         listen 127.0.0.1:{port};
         root {root};
@@ -152,24 +156,7 @@ def _warm_rclone(server: Server) -> None:
         source.close()
 
 
-_S3_FRONT_CONF = """\
-{user}
-worker_processes 1;
-pid {work}/nginx.pid;
-error_log {work}/error.log warn;
-events {{ worker_connections 256; }}
-http {{
-    types {{ }}
-    default_type application/octet-stream;
-    access_log off;
-    sendfile on;
-    tcp_nopush on;
-    keepalive_requests 100000;
-    client_body_temp_path {work}/client_body;
-    proxy_temp_path {work}/proxy;
-    fastcgi_temp_path {work}/fastcgi;
-    uwsgi_temp_path {work}/uwsgi;
-    scgi_temp_path {work}/scgi;
+_S3_FRONT_CONF = _NGINX_HTTP_HEAD + """\
     map $uri $crc64nvme {{
         default "";
 {checksums}
