@@ -7,10 +7,7 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -21,7 +18,7 @@ from localmodel.fetch.hashing import crc_update
 from localmodel.fetch.ranges import RangeSet
 from tests.fetch import crcsource
 from tests.fetch.models import content, read_tree
-from tests.fetch.test_resume import journaled_bytes
+from tests.fetch.test_resume import journaled_bytes, sigkill_child
 
 MiB = 1024 * 1024
 SIZE = 6 * MiB
@@ -49,17 +46,8 @@ def overlap(first: RangeSet, second: RangeSet) -> int:
 
 def kill_midway(source: Path, dest: Path, digests: Path, log: Path, *, after: int) -> None:
     staging = Layout.beside(dest).staging
-    child = subprocess.Popen([sys.executable, "-m", "tests.fetch.crcsource", str(source), str(dest),
-                              str(digests), str(log), str(2 * MiB)], cwd=REPO)
-    try:
-        deadline = time.monotonic() + 120
-        while journaled_bytes(staging) < after:
-            assert child.poll() is None, "the download ended before it could be killed"
-            assert time.monotonic() < deadline, "the download made no progress"
-            time.sleep(0.01)
-    finally:
-        child.send_signal(signal.SIGKILL)
-        child.wait()
+    sigkill_child([sys.executable, "-m", "tests.fetch.crcsource", str(source), str(dest), str(digests), str(log),
+                   str(2 * MiB)], enough=lambda: journaled_bytes(staging) >= after, cwd=REPO)
 
 
 @pytest.fixture

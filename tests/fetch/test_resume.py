@@ -59,7 +59,12 @@ def journaled_bytes(staging: Path) -> int:
 
 def sigkill_when(code: str, *args: str, enough: Callable[[], bool]) -> None:
     """Run `python -c code args...` (a download) and SIGKILL it once `enough()` holds."""
-    child = subprocess.Popen([sys.executable, "-c", code, *args])
+    sigkill_child([sys.executable, "-c", code, *args], enough=enough)
+
+
+def sigkill_child(argv: list[str], *, enough: Callable[[], bool], cwd: Path | None = None) -> None:
+    """Run `argv` (a download) and SIGKILL it once `enough()` holds."""
+    child = subprocess.Popen(argv, cwd=cwd)
     try:
         deadline = time.monotonic() + 120
         while not enough():
