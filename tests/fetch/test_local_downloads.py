@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -19,7 +18,7 @@ from localmodel.fetch import (
     verify_quick,
 )
 from localmodel.fetch.progress import Progress
-from tests.fetch.models import NESTED, SMALL_CHUNKS, all_paths, content, read_tree, write_tree
+from tests.fetch.models import NESTED, SMALL_CHUNKS, all_paths, content, local_digest, read_tree, write_tree
 
 
 def test_nested_model_is_copied_byte_exact_with_manifest(tmp_path: Path) -> None:
@@ -29,8 +28,8 @@ def test_nested_model_is_copied_byte_exact_with_manifest(tmp_path: Path) -> None
     manifest = download(str(source), dest, options=SMALL_CHUNKS, progress=seen.append)
 
     assert read_tree(dest) == NESTED
-    assert {f.path: f.sha256 for f in manifest.files} == {
-        path: hashlib.sha256(data).hexdigest() for path, data in NESTED.items()}
+    assert {f.path: f.scrub_digest for f in manifest.files} == {
+        path: local_digest(data) for path, data in NESTED.items()}
     assert manifest.total_size == sum(map(len, NESTED.values()))
     assert manifest.source == str(source)
     # The manifest sits beside the folder, never inside it, and staging is gone.
@@ -69,9 +68,9 @@ def test_verification_finds_tampering(tmp_path: Path) -> None:
     target.write_bytes(bytes(data))
     assert verify_quick(layout, manifest) == []  # same size: only a full check sees it
     assert verify_full(layout, manifest) == [
-        f"sha256: weights/model-00002-of-00002.safetensors is "
-        f"{hashlib.sha256(data).hexdigest()}, manifest says "
-        f"{hashlib.sha256(NESTED['weights/model-00002-of-00002.safetensors']).hexdigest()}"]
+        f"blake3: weights/model-00002-of-00002.safetensors is "
+        f"{local_digest(bytes(data)).value}, manifest says "
+        f"{local_digest(NESTED['weights/model-00002-of-00002.safetensors']).value}"]
     (dest / "config.json").unlink()
     (dest / "intruder.py").write_text("print('hi')")
     (dest / "empty.txt").write_text("no longer empty")
@@ -204,6 +203,6 @@ def test_without_verification_sizes_are_checked_and_nothing_is_vouched_for(tmp_p
     assert len(problems) == len(NESTED) and all("unverifiable" in p for p in problems)
     # A verifying run does not take the unverified copy as complete: it hashes a fresh one.
     verified = download(str(source), dest, options=SMALL_CHUNKS)
-    assert {f.path: f.sha256 for f in verified.files} == {
-        path: hashlib.sha256(data).hexdigest() for path, data in NESTED.items()}
+    assert {f.path: f.scrub_digest for f in verified.files} == {
+        path: local_digest(data) for path, data in NESTED.items()}
     assert verify_full(layout, verified) == []

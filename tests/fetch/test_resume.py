@@ -4,7 +4,6 @@ server side), and never publishes anything half-done."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import signal
@@ -17,7 +16,7 @@ from pathlib import Path
 from localmodel.fetch import FetchOptions, Layout, download, read_manifest
 from localmodel.fetch.ranges import RangeSet
 from tests.faults.helpers import overlap, union
-from tests.fetch.models import content, read_tree
+from tests.fetch.models import content, local_digest, read_tree
 from tests.servers.http import FaultServer
 
 KiB, MiB = 1024, 1024 * 1024
@@ -159,4 +158,4 @@ def test_journaled_bytes_are_not_read_again_and_are_hashed_from_disk(tmp_path: P
         assert result[start:end] == old[start:end]
     for start, end in done.gaps(len(old)):
         assert result[start:end] == new[start:end]
-    assert manifest.files[0].sha256 == hashlib.sha256(result).hexdigest()
+    assert manifest.files[0].scrub_digest == local_digest(result)
