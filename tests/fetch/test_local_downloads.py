@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -55,6 +56,32 @@ def test_rerun_of_a_complete_model_does_not_touch_the_source(tmp_path: Path) -> 
     with pytest.raises(SourceNotFoundError):
         download(str(source), dest, options=FetchOptions(force=True, fsync=False))
     assert read_tree(dest) == NESTED  # a failed forced run leaves the good copy alone
+
+
+def test_a_manifest_written_with_sha256_before_blake3_still_verifies_and_is_kept(tmp_path: Path) -> None:
+    """Manifests of files hashed with sha256 for the manifest alone (plain HTTP, file://, before
+    BLAKE3 became that digest) keep their meaning: a scrub recomputes their sha256, and a rerun
+    takes the folder as complete instead of fetching it again."""
+    source = write_tree(tmp_path / "src", NESTED)
+    dest = tmp_path / "model"
+    layout = Layout.beside(dest)
+    download(str(source), dest, options=SMALL_CHUNKS)
+    raw = json.loads(layout.manifest.read_text())
+    for item in raw["files"]:  # what the engine wrote before: a sha256, no local_digest
+        assert item.pop("local_digest")["algorithm"] == "blake3" and item["sha256"] is None
+        item["sha256"] = hashlib.sha256(NESTED[item["path"]]).hexdigest()
+    layout.manifest.write_text(json.dumps(raw))
+    old = read_manifest(layout)
+    assert old is not None and all(f.local is None and f.scrub_digest.algorithm == "sha256" for f in old.files)
+    assert verify_full(layout, old) == []
+    assert download(str(source), dest, options=SMALL_CHUNKS) == old  # complete: kept as it is
+    target = dest / "weights/model-00002-of-00002.safetensors"
+    data = bytearray(target.read_bytes())
+    data[100] ^= 1
+    target.write_bytes(bytes(data))
+    assert verify_full(layout, old) == [
+        f"sha256: weights/model-00002-of-00002.safetensors is {hashlib.sha256(data).hexdigest()}, "
+        f"manifest says {hashlib.sha256(NESTED['weights/model-00002-of-00002.safetensors']).hexdigest()}"]
 
 
 def test_verification_finds_tampering(tmp_path: Path) -> None:
