@@ -292,6 +292,27 @@ def test_files_from_sources_without_digests_share_through_their_blake3(tmp_path:
     assert store.collect_blobs().removed == 1 and entries(root) == {}
 
 
+def test_a_symlink_planted_as_the_blake3_folder_is_never_followed(tmp_path: Path) -> None:
+    """Each algorithm's folder is checked like the store itself: a symlink in place of
+    `blobs/blake3` takes no entry, lookup or collection elsewhere."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / ("0" * 64)).write_bytes(b"x")  # an unlinked "entry" collection must not touch
+    store = content.BlobStore(tmp_path / "blobs")
+    (tmp_path / "blobs").mkdir()
+    (tmp_path / "blobs" / "blake3").symlink_to(elsewhere)
+    weights = tmp_path / "w.bin"
+    weights.write_bytes(random.Random(41).randbytes(content.MIN_SIZE))
+    value = blake3.blake3(weights.read_bytes()).hexdigest()
+    assert not store.enter(weights, value, "blake3")
+    assert store.lookup("0" * 64, 1, "blake3") is None
+    assert store.collect().removed == 0
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["0" * 64]
+    # The sha256 folder beside it is a real one and still works.
+    assert store.enter(weights, hashlib.sha256(weights.read_bytes()).hexdigest())
+    assert os.lstat(weights).st_nlink == 2
+
+
 def test_where_links_fail_files_stay_unshared_and_nothing_fails(
         hf_hub: LocalHub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     first, second = revisions(seed=4)

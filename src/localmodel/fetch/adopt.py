@@ -17,8 +17,8 @@ same layout), and no manifest. A folder is adopted when
   the evidence there is.
 
 Every byte is read once (the provider digest, else BLAKE3 for the manifest, which later scrubs
-compare against), so adoption costs a full read of the model instead of a download. Anything that does not qualify is
-left to the normal download, which replaces the folder atomically.
+compare against), so adoption costs a full read of the model instead of a download. Anything
+that does not qualify is left to the normal download, which replaces the folder atomically.
 """
 
 from __future__ import annotations
