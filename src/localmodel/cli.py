@@ -378,8 +378,9 @@ def _add_docker_config(settings: dict[str, str]) -> None:
               envvar="LOCALMODEL_FETCH_VERIFY",
               help="full: every file hashed once, with the cheapest digest its source guarantees "
                    "(S3 CRC64NVME/CRC32C/CRC32/SHA-256 checksums, GCS crc32c, HF sha256, else the "
-                   "ETag or Content-MD5), sha256 when there is none; sha256: never md5-based digests "
-                   "(S3 ETags, Content-MD5, which cost more CPU than sha256): sha256 instead; "
+                   "ETag or Content-MD5), BLAKE3 when there is none; sha256: never md5-based digests "
+                   "(S3 ETags, Content-MD5, which cost more CPU than sha256): BLAKE3 instead "
+                   "(the choice keeps its older name); "
                    "none: sizes only, no hashing, no digest in the manifest (benchmarks, "
                    "sources trusted end to end).")
 @click.option("--progress", "progress_mode", type=click.Choice(["auto", "bar", "json", "none"]),

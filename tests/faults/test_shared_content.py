@@ -25,10 +25,9 @@ from pathlib import Path
 
 from localmodel.api.keys import storage_key
 from localmodel.fetch import blobs as content
-from localmodel.fetch.hashing import file_sha256
 from localmodel.node.store import ModelStore
 from tests.faults import figures
-from tests.fetch.test_dedup import bytes_on_disk, entries, publish
+from tests.fetch.test_dedup import bytes_on_disk, entries, entry_intact, publish, store_name
 from tests.node.agent_process import wait_until
 from tests.node.models import model_dir, tree_digests
 from tests.node.test_standalone import Standalone, entry, standalone  # noqa: F401 - the fixture
@@ -57,7 +56,7 @@ def two_revisions(rng: random.Random) -> tuple[dict[str, bytes], dict[str, bytes
 
 def store_damage(root: Path) -> list[str]:
     """Store entries whose bytes no longer hash to their name."""
-    return [name for name in entries(root) if file_sha256(root / "blobs" / "sha256" / name) != name]
+    return [name for name in entries(root) if not entry_intact(root, name)]
 
 
 def test_sigkill_while_sharing_never_damages_a_model_or_the_store(
@@ -112,8 +111,7 @@ def test_sigkill_while_sharing_never_damages_a_model_or_the_store(
 
     standalone.write(entry(uri_2, "v2"))
     wait_until(lambda: not model_dir(root, uri_1).exists(), "v1 to be deleted", agent=agent)
-    wanted = {name for name in digests(second).values()} & {
-        file_sha256(p) for p in model_dir(root, uri_2).rglob("*") if p.stat().st_size >= content.MIN_SIZE}
+    wanted = {store_name(name, data) for name, data in second.items() if len(data) >= content.MIN_SIZE}
     wait_until(lambda: set(entries(root)) == wanted, "the store to hold only v2's entries", agent=agent)
     assert ModelStore(root).scrub(storage_key(uri_2)) == []
     assert store_damage(root) == []

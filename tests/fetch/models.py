@@ -10,13 +10,22 @@ import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
+import blake3
+
 from localmodel.fetch import FetchOptions
+from localmodel.sources.base import Digest
 
 KiB = 1024
 
 #: Small chunks so that even test-sized files are split into many ranged requests.
 SMALL_CHUNKS = FetchOptions(concurrency=4, chunk_size=64 * KiB, checkpoint_size=64 * KiB,
                             fsync=False)
+
+
+def local_digest(data: bytes) -> Digest:
+    """The digest the manifest keeps for a file whose source gives none (plain HTTP, file://):
+    BLAKE3 (`fetch.hashing.LOCAL_ALGORITHM`), computed here by the reference binding."""
+    return Digest("blake3", blake3.blake3(data).hexdigest())
 
 
 def content(seed: str, size: int) -> bytes:

@@ -7,7 +7,6 @@ the folder's own files, a download publishes new ones.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import uuid
@@ -17,7 +16,7 @@ import pytest
 
 from localmodel.fetch import FetchOptions, Layout, adopt, download, read_manifest, verify_full
 from localmodel.fetch.progress import Progress
-from tests.fetch.models import NESTED, SMALL_CHUNKS, content, read_tree, write_tree
+from tests.fetch.models import NESTED, SMALL_CHUNKS, content, local_digest, read_tree, write_tree
 from tests.servers.s3 import S3Server
 
 KiB = 1024
@@ -44,7 +43,7 @@ def test_folder_with_the_listed_files_is_adopted_not_downloaded(tmp_path: Path) 
     assert inodes(dest) == before  # the very same files
     assert read_tree(dest) == NESTED
     assert manifest.details["adopted"] == "true"
-    assert {f.path: f.sha256 for f in manifest.files} == {p: hashlib.sha256(d).hexdigest() for p, d in NESTED.items()}
+    assert {f.path: f.scrub_digest for f in manifest.files} == {p: local_digest(d) for p, d in NESTED.items()}
     layout = Layout.beside(dest)
     assert read_manifest(layout) == manifest
     assert verify_full(layout, manifest) == []

@@ -10,14 +10,13 @@ after that published the half-written files as verified (zeros where bytes were 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 from localmodel.fetch import FetchOptions, Layout, download, read_manifest
-from tests.fetch.models import content, read_tree
+from tests.fetch.models import content, local_digest, read_tree
 from tests.fetch.test_resume import _CHILD, sigkill_when
 from tests.servers.http import FaultServer
 
@@ -80,7 +79,7 @@ def test_crash_after_the_folder_moved_is_finished_without_fetching_again(
     manifest = download(url, dest, options=options())
     assert fault_server.body_bytes("/moved/w.bin") == served  # not one byte fetched again
     assert read_manifest(layout) == manifest
-    assert manifest.files[0].sha256 == hashlib.sha256(data).hexdigest()
+    assert manifest.files[0].scrub_digest == local_digest(data)
     assert read_tree(dest) == {"w.bin": data}
     assert not layout.staging.exists()
 
@@ -101,7 +100,7 @@ def test_records_of_a_lost_staging_file_are_never_trusted_again(
     fault_server.add("/lost/w.bin", data)
     manifest = download(url, dest, options=options())
     assert read_tree(dest) == {"w.bin": data}
-    assert manifest.files[0].sha256 == hashlib.sha256(data).hexdigest()
+    assert manifest.files[0].scrub_digest == local_digest(data)
 
 
 def test_staging_left_after_the_manifest_is_removed_by_the_next_run(

@@ -15,17 +15,18 @@ import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import blake3
 import pytest
 
 from localmodel.api.keys import storage_key
 from localmodel.errors import IntegrityError
 from localmodel.fetch import FetchOptions, Layout, Progress, download, verify_full
 from localmodel.fetch import blobs as content
-from localmodel.fetch.hashing import file_sha256
+from localmodel.fetch.hashing import file_hexdigest, file_sha256
 from localmodel.fetch import engine
 from localmodel.fetch.staging import Staging
 from localmodel.node.store import ModelStore
-from localmodel.sources.base import Settings, Source
+from localmodel.sources.base import Digest, Settings, Source
 from localmodel.sources.registry import open_source
 from tests.servers.hf import LocalHub
 from tests.servers.oci import Registry
@@ -77,8 +78,27 @@ def bytes_on_disk(root: Path) -> int:
 
 
 def entries(root: Path) -> dict[str, int]:
-    folder = root / "blobs" / "sha256"
-    return {p.name: p.stat().st_nlink for p in folder.iterdir()} if folder.is_dir() else {}
+    """Every content store entry, as "<algorithm>/<hex>" -> its link count, in both folders."""
+    found: dict[str, int] = {}
+    for algorithm in content.ALGORITHMS:
+        folder = root / "blobs" / algorithm
+        if folder.is_dir():
+            found.update({f"{algorithm}/{p.name}": p.stat().st_nlink for p in folder.iterdir()})
+    return found
+
+
+def store_name(path: str, data: bytes) -> str:
+    """The entry a file of `revisions` gets: LFS shards by the sha256 the listing names and the
+    download checked, the rest (no digest listed) by their local BLAKE3."""
+    if path.endswith(".safetensors"):
+        return "sha256/" + hashlib.sha256(data).hexdigest()
+    return "blake3/" + blake3.blake3(data).hexdigest()
+
+
+def entry_intact(root: Path, name: str) -> bool:
+    """Whether the entry's bytes still hash to its name, with its folder's algorithm."""
+    algorithm, value = name.split("/")
+    return file_hexdigest(root / "blobs" / name, algorithm) == value
 
 
 class Counting:
@@ -184,7 +204,8 @@ def test_deleting_one_model_never_damages_another_and_collection_frees_only_its_
     for uri in (uri_1, uri_2):
         store.download(storage_key(uri), uri, settings={"HF_ENDPOINT": hf_hub.url}, options=OPTIONS,
                        progress=lambda _: None)
-    big = {hashlib.sha256(v).hexdigest() for v in [*first.values(), *second.values()] if len(v) >= content.MIN_SIZE}
+    big = {store_name(k, v) for files in (first, second) for k, v in files.items() if len(v) >= content.MIN_SIZE}
+    assert any(name.startswith("blake3/") for name in big)  # the tokenizer: no digest listed
     assert set(entries(store.root)) == big
     assert store.collect_blobs().removed == 0  # every entry is some model's file
 
@@ -195,8 +216,7 @@ def test_deleting_one_model_never_damages_another_and_collection_frees_only_its_
     collected = store.collect_blobs()
     only_first = [v for k, v in first.items() if second[k] != v and len(v) >= content.MIN_SIZE]
     assert (collected.removed, collected.freed_bytes) == (len(only_first), sum(map(len, only_first)))
-    assert set(entries(store.root)) == {hashlib.sha256(v).hexdigest() for v in second.values()
-                                        if len(v) >= content.MIN_SIZE}
+    assert set(entries(store.root)) == {store_name(k, v) for k, v in second.items() if len(v) >= content.MIN_SIZE}
     assert store.scrub(storage_key(uri_2)) == []
 
     store.delete(storage_key(uri_2))
@@ -225,6 +245,72 @@ def test_a_store_entry_that_rotted_is_evicted_and_fetched_afresh(hf_hub: LocalHu
     assert file_sha256(entry) == entry.name
     # The first model still holds the rotten inode: its scrub finds it (and the agent repairs).
     assert any(shard in problem for problem in verify_full(layout_1, read_manifest_of(layout_1)))
+
+
+def test_files_from_sources_without_digests_share_through_their_blake3(tmp_path: Path) -> None:
+    """file:// (like plain HTTP and pvc://) names no digest: the engine hashes such files with
+    BLAKE3 (issue 14), and they share through `blobs/blake3/`, re-hashed with BLAKE3 before
+    reuse (a rotten entry is evicted, never linked into one more model), and collected with
+    the sha256 folder's entries."""
+    weights = random.Random(40).randbytes(3 * MiB)
+    root = tmp_path / "root"
+    store = ModelStore(root)
+    uris = []
+    for name in ("a", "b", "c"):
+        folder = tmp_path / "src" / name
+        folder.mkdir(parents=True)
+        (folder / "w.bin").write_bytes(weights)
+        (folder / "config.json").write_bytes(name.encode())
+        uris.append(str(folder))
+    name = "blake3/" + blake3.blake3(weights).hexdigest()
+
+    for uri in uris[:2]:
+        store.download(storage_key(uri), uri, settings={}, options=OPTIONS, progress=lambda _: None)
+    a, b = (store.layout(storage_key(uri)) for uri in uris[:2])
+    assert read_manifest_of(a).files[-1].local == Digest("blake3", name.split("/")[1])
+    assert entries(root) == {name: 3}  # two models and the store
+    assert inode(a.dest / "w.bin") == inode(b.dest / "w.bin") == inode(root / "blobs" / name)
+
+    entry = root / "blobs" / name
+    os.chmod(entry, 0o644)
+    with open(entry, "r+b") as handle:  # bit rot under every link of that inode
+        handle.seek(1000)
+        handle.write(b"\x00" * 8)
+    rotten = inode(entry)
+    store.download(storage_key(uris[2]), uris[2], settings={}, options=OPTIONS, progress=lambda _: None)
+    c = store.layout(storage_key(uris[2]))
+    assert (c.dest / "w.bin").read_bytes() == weights  # not the rotten entry's bytes
+    assert inode(entry) != rotten and inode(entry) == inode(c.dest / "w.bin")
+    assert entry_intact(root, name)
+    # The models holding the rotten inode find it in their scrub (verify_full with BLAKE3), and
+    # the scrub evicts nothing that is not theirs.
+    assert any("blake3: w.bin" in problem for problem in store.scrub(storage_key(uris[0])))
+    assert entry_intact(root, name)
+
+    for uri in uris:
+        store.delete(storage_key(uri))
+    assert store.collect_blobs().removed == 1 and entries(root) == {}
+
+
+def test_a_symlink_planted_as_the_blake3_folder_is_never_followed(tmp_path: Path) -> None:
+    """Each algorithm's folder is checked like the store itself: a symlink in place of
+    `blobs/blake3` takes no entry, lookup or collection elsewhere."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / ("0" * 64)).write_bytes(b"x")  # an unlinked "entry" collection must not touch
+    store = content.BlobStore(tmp_path / "blobs")
+    (tmp_path / "blobs").mkdir()
+    (tmp_path / "blobs" / "blake3").symlink_to(elsewhere)
+    weights = tmp_path / "w.bin"
+    weights.write_bytes(random.Random(41).randbytes(content.MIN_SIZE))
+    value = blake3.blake3(weights.read_bytes()).hexdigest()
+    assert not store.enter(weights, value, "blake3")
+    assert store.lookup("0" * 64, 1, "blake3") is None
+    assert store.collect().removed == 0
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["0" * 64]
+    # The sha256 folder beside it is a real one and still works.
+    assert store.enter(weights, hashlib.sha256(weights.read_bytes()).hexdigest())
+    assert os.lstat(weights).st_nlink == 2
 
 
 def test_where_links_fail_files_stay_unshared_and_nothing_fails(
@@ -397,7 +483,7 @@ def test_a_crash_after_linking_an_entry_into_staging_never_writes_through_it(
         fetch(hf_hub, uri_2, root, options=FetchOptions(concurrency=4, chunk_size=MiB, dedup=False))
     hf_hub.faults.corrupt.clear()
     for name in entries(root):
-        assert file_sha256(root / "blobs" / "sha256" / name) == name
+        assert entry_intact(root, name)
     assert verify_full(layout_1, read_manifest_of(layout_1)) == []
     layout_2, _ = fetch(hf_hub, uri_2, root)
     assert files_of(layout_2) == second and files_of(layout_1) == first
@@ -453,7 +539,7 @@ def test_a_modelcar_and_a_modelpack_of_the_same_files_share_them_on_disk(
         assert inode(pack.dest / name) == inode(modelcar.dest / name)
     assert bytes_on_disk(root) == sum(map(len, files.values()))
     # The modelcar's layer (a gzip tar, not a model file) is not kept in the store.
-    assert set(entries(root)) == {hashlib.sha256(v).hexdigest() for v in files.values()}
+    assert set(entries(root)) == {"sha256/" + hashlib.sha256(v).hexdigest() for v in files.values()}
 
 
 # --- S3: full-object SHA-256 checksums -----------------------------------------------------------

@@ -19,7 +19,7 @@ from localmodel.errors import (
 )
 from localmodel.fetch import BackoffPolicy, FetchOptions, Layout, download, read_manifest
 from localmodel.fetch.progress import Progress
-from tests.fetch.models import SMALL_CHUNKS, content, read_tree
+from tests.fetch.models import SMALL_CHUNKS, content, local_digest, read_tree
 from tests.servers.http import FaultServer
 from tests.servers.nginx import PRIVATE_TOKEN, NginxServer
 
@@ -44,7 +44,7 @@ def test_file_larger_than_a_chunk(nginx: NginxServer, tmp_path: Path, scheme: st
     settings = {"LOCALMODEL_HTTP_CA_BUNDLE": str(nginx.ca_bundle)}
     manifest = download(base + path, tmp_path / "m", settings=settings, options=OPTIONS)
     assert read_tree(tmp_path / "m") == {"weights.safetensors": data}
-    assert manifest.files[0].sha256 == hashlib.sha256(data).hexdigest()
+    assert manifest.files[0].scrub_digest == local_digest(data)
     ranged = [r for r in nginx.records(path) if r.method == "GET"]
     assert len(ranged) == 17 and all(r.status == 206 for r in ranged)
     assert sum(r.body_bytes_sent for r in ranged) == len(data)
@@ -54,7 +54,7 @@ def test_empty_file(nginx: NginxServer, tmp_path: Path) -> None:
     path = _publish(nginx, "empty.bin", b"")
     manifest = download(nginx.http_url + path, tmp_path / "m", options=OPTIONS)
     assert read_tree(tmp_path / "m") == {"empty.bin": b""}
-    assert manifest.files[0].sha256 == hashlib.sha256(b"").hexdigest()
+    assert manifest.files[0].scrub_digest == local_digest(b"")
 
 
 def test_https_needs_a_trusted_ca(nginx: NginxServer, tmp_path: Path) -> None:

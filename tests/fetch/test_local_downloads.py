@@ -19,7 +19,7 @@ from localmodel.fetch import (
     verify_quick,
 )
 from localmodel.fetch.progress import Progress
-from tests.fetch.models import NESTED, SMALL_CHUNKS, all_paths, content, read_tree, write_tree
+from tests.fetch.models import NESTED, SMALL_CHUNKS, all_paths, content, local_digest, read_tree, write_tree
 
 
 def test_nested_model_is_copied_byte_exact_with_manifest(tmp_path: Path) -> None:
@@ -29,8 +29,8 @@ def test_nested_model_is_copied_byte_exact_with_manifest(tmp_path: Path) -> None
     manifest = download(str(source), dest, options=SMALL_CHUNKS, progress=seen.append)
 
     assert read_tree(dest) == NESTED
-    assert {f.path: f.sha256 for f in manifest.files} == {
-        path: hashlib.sha256(data).hexdigest() for path, data in NESTED.items()}
+    assert {f.path: f.scrub_digest for f in manifest.files} == {
+        path: local_digest(data) for path, data in NESTED.items()}
     assert manifest.total_size == sum(map(len, NESTED.values()))
     assert manifest.source == str(source)
     # The manifest sits beside the folder, never inside it, and staging is gone.
@@ -58,6 +58,32 @@ def test_rerun_of_a_complete_model_does_not_touch_the_source(tmp_path: Path) -> 
     assert read_tree(dest) == NESTED  # a failed forced run leaves the good copy alone
 
 
+def test_a_manifest_written_with_sha256_before_blake3_still_verifies_and_is_kept(tmp_path: Path) -> None:
+    """Manifests of files hashed with sha256 for the manifest alone (plain HTTP, file://, before
+    BLAKE3 became that digest) keep their meaning: a scrub recomputes their sha256, and a rerun
+    takes the folder as complete instead of fetching it again."""
+    source = write_tree(tmp_path / "src", NESTED)
+    dest = tmp_path / "model"
+    layout = Layout.beside(dest)
+    download(str(source), dest, options=SMALL_CHUNKS)
+    raw = json.loads(layout.manifest.read_text())
+    for item in raw["files"]:  # what the engine wrote before: a sha256, no local_digest
+        assert item.pop("local_digest")["algorithm"] == "blake3" and item["sha256"] is None
+        item["sha256"] = hashlib.sha256(NESTED[item["path"]]).hexdigest()
+    layout.manifest.write_text(json.dumps(raw))
+    old = read_manifest(layout)
+    assert old is not None and all(f.local is None and f.scrub_digest.algorithm == "sha256" for f in old.files)
+    assert verify_full(layout, old) == []
+    assert download(str(source), dest, options=SMALL_CHUNKS) == old  # complete: kept as it is
+    target = dest / "weights/model-00002-of-00002.safetensors"
+    data = bytearray(target.read_bytes())
+    data[100] ^= 1
+    target.write_bytes(bytes(data))
+    assert verify_full(layout, old) == [
+        f"sha256: weights/model-00002-of-00002.safetensors is {hashlib.sha256(data).hexdigest()}, "
+        f"manifest says {hashlib.sha256(NESTED['weights/model-00002-of-00002.safetensors']).hexdigest()}"]
+
+
 def test_verification_finds_tampering(tmp_path: Path) -> None:
     source = write_tree(tmp_path / "src", NESTED)
     dest = tmp_path / "model"
@@ -69,9 +95,9 @@ def test_verification_finds_tampering(tmp_path: Path) -> None:
     target.write_bytes(bytes(data))
     assert verify_quick(layout, manifest) == []  # same size: only a full check sees it
     assert verify_full(layout, manifest) == [
-        f"sha256: weights/model-00002-of-00002.safetensors is "
-        f"{hashlib.sha256(data).hexdigest()}, manifest says "
-        f"{hashlib.sha256(NESTED['weights/model-00002-of-00002.safetensors']).hexdigest()}"]
+        f"blake3: weights/model-00002-of-00002.safetensors is "
+        f"{local_digest(bytes(data)).value}, manifest says "
+        f"{local_digest(NESTED['weights/model-00002-of-00002.safetensors']).value}"]
     (dest / "config.json").unlink()
     (dest / "intruder.py").write_text("print('hi')")
     (dest / "empty.txt").write_text("no longer empty")
@@ -204,6 +230,6 @@ def test_without_verification_sizes_are_checked_and_nothing_is_vouched_for(tmp_p
     assert len(problems) == len(NESTED) and all("unverifiable" in p for p in problems)
     # A verifying run does not take the unverified copy as complete: it hashes a fresh one.
     verified = download(str(source), dest, options=SMALL_CHUNKS)
-    assert {f.path: f.sha256 for f in verified.files} == {
-        path: hashlib.sha256(data).hexdigest() for path, data in NESTED.items()}
+    assert {f.path: f.scrub_digest for f in verified.files} == {
+        path: local_digest(data) for path, data in NESTED.items()}
     assert verify_full(layout, verified) == []

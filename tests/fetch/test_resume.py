@@ -16,8 +16,10 @@ from pathlib import Path
 
 from localmodel.fetch import FetchOptions, Layout, download, read_manifest
 from localmodel.fetch.ranges import RangeSet
+from localmodel.fetch.staging import Staging
+from localmodel.sources.base import Digest
 from tests.faults.helpers import overlap, union
-from tests.fetch.models import content, read_tree
+from tests.fetch.models import content, local_digest, read_tree
 from tests.servers.http import FaultServer
 
 KiB, MiB = 1024, 1024 * 1024
@@ -164,4 +166,24 @@ def test_journaled_bytes_are_not_read_again_and_are_hashed_from_disk(tmp_path: P
         assert result[start:end] == old[start:end]
     for start, end in done.gaps(len(old)):
         assert result[start:end] == new[start:end]
-    assert manifest.files[0].sha256 == hashlib.sha256(result).hexdigest()
+    assert manifest.files[0].scrub_digest == local_digest(result)
+
+
+def test_the_journal_keeps_each_files_local_digest_whatever_its_algorithm(tmp_path: Path) -> None:
+    """A resumed run trusts the files an earlier run journaled as verified, with the digest they
+    were hashed with: BLAKE3 for sources without digests, sha256 in journals written before it
+    (and for listed sha256s), CRCs; a reset record voids them."""
+    plan = {"source": "file:///m", "files": 4}
+    staging = Staging(tmp_path / "staging")
+    staging.open(plan)
+    b3 = Digest("blake3", local_digest(b"weights").value)
+    sha = Digest("sha256", hashlib.sha256(b"config").hexdigest())
+    crc = Digest("crc64nvme", "00112233aabbccdd")
+    staging.record_verified(0, b3, False)
+    staging.record_verified(1, sha, True)
+    staging.record_verified(2, crc, True)
+    staging.record_verified(3, b3, False)
+    staging.record_reset(3)
+    staging.close()
+    recovered = Staging(tmp_path / "staging").open(plan)
+    assert recovered.verified == {0: (b3, False), 1: (sha, True), 2: (crc, True)}

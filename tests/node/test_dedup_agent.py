@@ -12,7 +12,7 @@ from localmodel.api.keys import storage_key
 from localmodel.fetch import blobs as content
 from localmodel.fetch.hashing import file_sha256
 from localmodel.node.store import ModelStore
-from tests.fetch.test_dedup import bytes_on_disk, entries, publish, revisions
+from tests.fetch.test_dedup import bytes_on_disk, entries, publish, revisions, store_name
 from tests.node.agent_process import metric_value, wait_until
 from tests.node.models import model_dir, tree_digests
 from tests.node.test_standalone import Standalone, entry, standalone  # noqa: F401 - the fixture
@@ -52,7 +52,7 @@ def test_used_counts_shared_shards_once_and_deleting_one_revision_keeps_the_othe
 
     standalone.write(entry(uri_2, "v2"))
     wait_until(lambda: not model_dir(root, uri_1).exists(), "v1's folder to go", agent=agent)
-    wait_until(lambda: set(entries(root)) == {hashlib.sha256(v).hexdigest() for v in second.values()
+    wait_until(lambda: set(entries(root)) == {store_name(k, v) for k, v in second.items()
                                               if len(v) >= content.MIN_SIZE},
                "entries only v1 used to be collected", agent=agent)
     assert tree_digests(model_dir(root, uri_2)) == digests(second)

@@ -108,6 +108,23 @@ def test_a_peer_copy_is_the_origins_only_with_the_same_size_and_digest() -> None
     assert not compatible(None, remote) and not compatible({"sha256": sha}, remote)
 
 
+def test_a_local_blake3_never_stands_for_an_origin_digest() -> None:
+    """Files whose origin names no digest (plain HTTP, file://) are hashed with BLAKE3 by the
+    agent that fetched them: a digest of bytes a peer chooses. It never makes a file eligible
+    for peers, and it never matches the origin's digest in `compatible`, even spelled alike."""
+    value = "c" * 64
+    blake3_entry = {"size": 10, "sha256": None, "digest": None, "digest_checked": False,
+                    "local_digest": {"algorithm": "blake3", "value": value, "part_size": None}}
+    assert not strong_digest(RemoteFile("w", 10, None))
+    assert not compatible(blake3_entry, RemoteFile("w", 10, None))
+    assert not compatible(blake3_entry, RemoteFile("w", 10, Digest("sha256", value)))
+    assert not compatible(blake3_entry, RemoteFile("w", 10, Digest("blake3", value)))
+    # A peer's manifest of an HF LFS file written with BLAKE3 in place: the sha256 is still the
+    # origin's (checked on download), so the copy is compatible as before.
+    assert compatible({"size": 10, "sha256": value, "digest": {"algorithm": "sha256", "value": value},
+                       "digest_checked": True}, RemoteFile("w", 10, Digest("sha256", value)))
+
+
 def test_manifest_entries_and_compatible_peers() -> None:
     sha = hashlib.sha256(b"x").hexdigest()
     manifest = json.dumps({"files": [{"path": "w", "size": 1, "sha256": sha}, {"path": "c.json", "size": 2,

@@ -103,3 +103,10 @@ def test_every_native_module_finds_its_libraries(image_rootfs: Path) -> None:
          "import google_crc32c; print(google_crc32c.implementation)"],
         capture_output=True, text=True, timeout=60, check=False)
     assert implementation.stdout.strip() == "c", implementation.stderr
+    # BLAKE3 (the local digest of files whose source names none) has no fallback at all: the
+    # agent could not hash an HTTP model without it. The empty input's official test vector.
+    empty = subprocess.run(
+        ["chroot", str(image_rootfs), "/opt/localmodel/bin/python", "-W", "error", "-c",
+         "import blake3; print(blake3.blake3(b'').hexdigest())"],
+        capture_output=True, text=True, timeout=60, check=False)
+    assert empty.stdout.strip() == "af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262", empty.stderr

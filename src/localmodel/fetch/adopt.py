@@ -16,9 +16,9 @@ same layout), and no manifest. A folder is adopted when
   HTTP without a digest header, a multipart ETag without its part size), names and sizes are all
   the evidence there is.
 
-Every byte is read once (sha256 for the manifest, which later scrubs compare against), so
-adoption costs a full read of the model instead of a download. Anything that does not qualify is
-left to the normal download, which replaces the folder atomically.
+Every byte is read once (the provider digest, else BLAKE3 for the manifest, which later scrubs
+compare against), so adoption costs a full read of the model instead of a download. Anything
+that does not qualify is left to the normal download, which replaces the folder atomically.
 """
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ def candidate(layout: Layout, files: Sequence[RemoteFile]) -> tuple[Candidate | 
 
 def hash_files(layout: Layout, chosen: Candidate, *, verify_md5: bool, progress: Callable[[Progress], None] | None,
                interval: float) -> tuple[ManifestFile, ...] | None:
-    """Hash every file (sha256 and the provider digest); None when a digest disagrees.
+    """Hash every file once (the provider digest, else BLAKE3); None when a digest disagrees.
 
     `progress` may raise to cancel (the agent does); nothing has been changed by then.
     """

@@ -1,7 +1,20 @@
 """The content store: each verified file's bytes once per node, however many models hold them.
 
     <root>/blobs/sha256/<hex>     one entry per content (the sha256 of the bytes, lower-case hex)
+    <root>/blobs/blake3/<hex>     the same, for files whose local digest is BLAKE3
     <root>/models/<key>/<path>    a hard link to that entry: the same inode, a plain file
+
+An entry is named by the cryptographic digest the engine computed over the file's bytes while
+downloading it (one hash pass per byte, issue 14): sha256 where the source names one (OCI,
+Hugging Face LFS, S3 SHA-256 checksums: the download checked it), BLAKE3 where the source names
+none (plain HTTP, file://, pvc://, small Hugging Face git files: `hashing.LOCAL_ALGORITHM`).
+Each algorithm has its own folder; both are 256-bit, collision-resistant hashes, so either name
+stands for the bytes. Files hashed with anything weaker (a CRC, MD5, an S3 ETag: forgeable or
+collidable) never enter. The cost of two folders: the same bytes fetched once from an HTTP
+origin and once as a Hugging Face LFS file are two entries, not one (computing the other
+digest as well would double the CPU per byte, which is what issue 14 removed); files of the
+same kind of source still share among themselves. Only sha256 entries can spare a download
+(listings name sha256, never BLAKE3); BLAKE3 entries are shared after the bytes are fetched.
 
 Models or revisions that share files (the same weights under two tags, a modelcar and a
 ModelPack of the same files, two Hugging Face revisions whose shards did not change) keep the
@@ -11,9 +24,9 @@ same filesystem as staging, so every link is a plain link(2).
 
 Rules, and why they make sharing safe:
 
-- **Only verified bytes enter.** An entry is a hard link of a staging file whose sha256 the
-  engine computed from the bytes themselves while downloading (`enter`); its name is that
-  sha256, never a digest someone else claims. Downloads made without verification never enter.
+- **Only verified bytes enter.** An entry is a hard link of a staging file whose sha256 (or
+  BLAKE3) the engine computed from the bytes themselves while downloading (`enter`); its name
+  is that digest, never a digest someone else claims. Downloads made without verification never enter.
 - **An entry appears whole or not at all.** link(2) is atomic and the file is complete (and
   fdatasync'ed) before it gets the name; a crash leaves the name or no name, never half a file.
 - **Reuse re-checks.** Before a new model is given an entry, the entry is hashed again (when the
@@ -45,7 +58,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from localmodel.fetch.hashing import file_sha256
+from localmodel.fetch.hashing import file_hexdigest
+from localmodel.sources.base import Digest
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +70,9 @@ MIN_SIZE = 64 * 1024
 #: on the strength of a listed sha256: the origin must show it holds the content ("Reuse
 #: re-checks" above; `engine._Download._origin_holds`).
 PROBE_SIZE = 64 * 1024
-_ALGORITHM = "sha256"
+#: The digests entries are named by, one folder each (see above); the first is what
+#: listings name.
+ALGORITHMS: tuple[str, ...] = ("sha256", "blake3")
 _HEX = frozenset("0123456789abcdef")
 _warned: set[str] = set()
 _warned_lock = threading.Lock()
@@ -74,7 +90,22 @@ def _warn_once(what: str, exc: OSError) -> None:
 
 
 def is_sha256(value: str | None) -> bool:
+    return is_hex256(value)
+
+
+def is_hex256(value: str | None) -> bool:
+    """64 lower-case hex digits: a sha256 or a BLAKE3 (its default 32-byte output)."""
     return value is not None and len(value) == 64 and set(value) <= _HEX
+
+
+def store_key(sha256: str | None, local: Digest | None) -> tuple[str, str] | None:
+    """(algorithm, hex) naming a verified file's entry: its sha256, else its local digest when
+    that is one of `ALGORITHMS`; None when the file cannot enter (a CRC, MD5, ETag, or none)."""
+    if sha256 is not None:
+        return ("sha256", sha256) if is_hex256(sha256) else None
+    if local is not None and local.algorithm in ALGORITHMS and is_hex256(local.value):
+        return local.algorithm, local.value
+    return None
 
 
 @dataclass(frozen=True)
@@ -100,18 +131,22 @@ class BlobStore:
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self.folder = root / _ALGORITHM
 
-    def path(self, sha256: str) -> Path:
-        if not is_sha256(sha256):
-            raise ValueError(f"not a sha256: {sha256!r}")
-        return self.folder / sha256
+    def folder(self, algorithm: str = "sha256") -> Path:
+        if algorithm not in ALGORITHMS:
+            raise ValueError(f"no store folder for {algorithm!r}")
+        return self.root / algorithm
 
-    def _real_folders(self) -> bool | None:
+    def path(self, value: str, algorithm: str = "sha256") -> Path:
+        if not is_hex256(value):
+            raise ValueError(f"not a {algorithm}: {value!r}")
+        return self.folder(algorithm) / value
+
+    def _real_folders(self, algorithm: str = "sha256") -> bool | None:
         """True when the store's folders are real folders, None when they are missing, False
         when a name is something else (a symlink planted there must not take lookups, links
         or collection elsewhere: the store is then not used, and this is logged once)."""
-        for folder in (self.root, self.folder):
+        for folder in (self.root, self.folder(algorithm)):
             try:
                 st = os.lstat(folder)
             except (FileNotFoundError, NotADirectoryError):
@@ -121,9 +156,9 @@ class BlobStore:
                 return False
         return True
 
-    def _ensure(self) -> bool:
+    def _ensure(self, algorithm: str = "sha256") -> bool:
         """Create the store's folders if missing; False when the store cannot be used."""
-        for folder in (self.root, self.folder):
+        for folder in (self.root, self.folder(algorithm)):
             try:
                 os.mkdir(folder, 0o755)
             except FileExistsError:
@@ -131,24 +166,25 @@ class BlobStore:
             except OSError as exc:
                 _warn_once("create the store", exc)
                 return False
-        return self._real_folders() is True
+        return self._real_folders(algorithm) is True
 
-    def lookup(self, sha256: str, size: int) -> Entry | None:
+    def lookup(self, value: str, size: int, algorithm: str = "sha256") -> Entry | None:
         """The entry for this content, None if there is none (or something else has its name)."""
-        if not self._real_folders():
+        if not self._real_folders(algorithm):
             return None
+        path = self.path(value, algorithm)
         try:
-            st = os.lstat(self.path(sha256))
+            st = os.lstat(path)
         except (FileNotFoundError, NotADirectoryError):
             return None
         if not stat.S_ISREG(st.st_mode) or st.st_size != size:
             return None
-        return Entry(self.path(sha256), st.st_size, (st.st_dev, st.st_ino))
+        return Entry(path, st.st_size, (st.st_dev, st.st_ino))
 
-    def evict(self, sha256: str, inode: tuple[int, int] | None = None) -> None:
+    def evict(self, value: str, inode: tuple[int, int] | None = None, algorithm: str = "sha256") -> None:
         """Remove the store's name for this content (when it still names `inode`): the models
         holding it keep their links; the store just stops handing it out."""
-        path = self.path(sha256)
+        path = self.path(value, algorithm)
         try:
             if inode is not None:
                 st = os.lstat(path)
@@ -156,36 +192,37 @@ class BlobStore:
                     return
             os.unlink(path)
             logger.warning("content store: evicted an entry whose bytes no longer match its name",
-                           extra={"sha256": sha256})
+                           extra={"algorithm": algorithm, "digest": value})
         except FileNotFoundError:
             pass
 
-    def checked(self, sha256: str, size: int, *, verify: bool) -> Entry | None:
+    def checked(self, value: str, size: int, *, verify: bool, algorithm: str = "sha256") -> Entry | None:
         """The entry for this content, re-hashed first when `verify`: an entry whose bytes no
         longer match its name is evicted and None is returned."""
-        entry = self.lookup(sha256, size)
+        entry = self.lookup(value, size, algorithm)
         if entry is None or not verify:
             return entry
         try:
-            actual = file_sha256(entry.path)
+            actual = file_hexdigest(entry.path, algorithm)
         except FileNotFoundError:
             return None  # collected meanwhile
-        if actual != sha256:
-            self.evict(sha256, entry.inode)
+        if actual != value:
+            self.evict(value, entry.inode, algorithm)
             return None
         return entry
 
-    def enter(self, file: Path, sha256: str) -> bool:
-        """Give the verified file `file` (whose content hashes to `sha256`) a name in the store,
-        made read-only. False when it stays unshared (no links here, or the name is taken)."""
-        if not self._ensure():
+    def enter(self, file: Path, value: str, algorithm: str = "sha256") -> bool:
+        """Give the verified file `file` (whose content hashes to `value` with `algorithm`) a
+        name in the store, made read-only. False when it stays unshared (no links here, or the
+        name is taken)."""
+        if not self._ensure(algorithm):
             return False
         try:
             os.chmod(file, 0o444, follow_symlinks=False)
         except (NotImplementedError, OSError):
             pass  # the mode is a guard, not the guarantee
         try:
-            os.link(file, self.path(sha256), follow_symlinks=False)
+            os.link(file, self.path(value, algorithm), follow_symlinks=False)
         except FileExistsError:
             return False
         except OSError as exc:  # EXDEV, EMLINK, EPERM (protected_hardlinks), ENOSPC, EACCES...
@@ -215,22 +252,24 @@ class BlobStore:
         os.rename(spare, target)
         return True
 
-    def entries(self) -> Iterable[tuple[str, os.stat_result]]:
-        if not self._real_folders():
-            return
-        try:
-            scan = os.scandir(self.folder)
-        except (FileNotFoundError, NotADirectoryError):
-            return
-        with scan:
-            for item in scan:
-                if not is_sha256(item.name):
-                    continue
-                try:
-                    st = item.stat(follow_symlinks=False)
-                except FileNotFoundError:
-                    continue
-                yield item.name, st
+    def entries(self) -> Iterable[tuple[str, str, os.stat_result]]:
+        """(algorithm, hex, stat) of every entry, in every algorithm's folder."""
+        for algorithm in ALGORITHMS:
+            if not self._real_folders(algorithm):
+                continue
+            try:
+                scan = os.scandir(self.folder(algorithm))
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            with scan:
+                for item in scan:
+                    if not is_hex256(item.name):
+                        continue
+                    try:
+                        st = item.stat(follow_symlinks=False)
+                    except FileNotFoundError:
+                        continue
+                    yield algorithm, item.name, st
 
     def collect(self) -> Collected:
         """Remove every entry no model or download links to (link count 1).
@@ -238,14 +277,14 @@ class BlobStore:
         Racing a download that is linking the same entry costs at most that file's sharing: its
         own link keeps the bytes, and it re-enters them at publish."""
         removed = freed = kept = 0
-        for name, st in self.entries():
+        for algorithm, name, st in self.entries():
             if not stat.S_ISREG(st.st_mode):
                 continue  # never ours: left alone
             if st.st_nlink > 1:
                 kept += 1
                 continue
             try:
-                os.unlink(self.folder / name)
+                os.unlink(self.folder(algorithm) / name)
             except FileNotFoundError:
                 continue
             removed += 1

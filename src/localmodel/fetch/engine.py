@@ -860,7 +860,8 @@ class _Download:
     # -- 6b. sharing through the content store ---------------------------------------------
 
     def _share(self, manifest: Manifest) -> None:
-        """Make each verified file of the model a link to the store's entry for its sha256,
+        """Make each verified file of the model a link to the store's entry for its sha256 (or
+        its BLAKE3, the local digest of files whose source names none: `blobs.store_key`),
         entering it when the store has none. An entry is re-hashed before it replaces a file
         fetched afresh (`BlobStore.checked`); links are renamed over the staging file, so a
         crash leaves either the fetched copy or the link, both verified, and the journal still
@@ -871,24 +872,26 @@ class _Download:
         root = self.staging.data
         spare = self.staging.path / ".link-share"
         for item in manifest.files:
-            if item.sha256 is None or item.size < content.MIN_SIZE or not content.is_sha256(item.sha256):
+            key = content.store_key(item.sha256, item.local)
+            if key is None or item.size < content.MIN_SIZE:
                 continue
+            algorithm, value = key
             target = root / item.path
             st = os.lstat(target)
-            entry = store.lookup(item.sha256, item.size)
+            entry = store.lookup(value, item.size, algorithm)
             if entry is not None and entry.inode == (st.st_dev, st.st_ino):
                 if entry.inode in self._reused_inodes:
                     self.bytes_shared += item.size
                 continue
-            if entry is None and store.enter(target, item.sha256):
+            if entry is None and store.enter(target, value, algorithm):
                 continue
             # The store holds these bytes already (or another download entered them just now):
             # link to them, re-hashed first; if that fails too, try to enter ours once more.
-            entry = store.checked(item.sha256, item.size, verify=self.options.verify)
+            entry = store.checked(value, item.size, verify=self.options.verify, algorithm=algorithm)
             if entry is not None and store.link_to(entry, target, spare):
                 self.bytes_shared += item.size
             elif entry is None:
-                store.enter(target, item.sha256)
+                store.enter(target, value, algorithm)
 
     # -- 7. manifest and publishing --------------------------------------------------------
 

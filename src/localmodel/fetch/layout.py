@@ -9,7 +9,7 @@ siblings that KServe's orphan sweep of `models/` never sees):
     ├── models/<key>/          the model, exactly the source's files (what pods mount)
     ├── manifests/<key>.json   the proof the folder is complete (written last)
     ├── staging/<key>/         work in progress, see `localmodel.fetch.staging`
-    └── blobs/sha256/<hex>     the content store: files shared between models, see `blobs`
+    └── blobs/<alg>/<hex>      the content store (sha256, blake3): shared files, see `blobs`
 
 `Layout.beside(dest)`, any other folder (the CLI):
 

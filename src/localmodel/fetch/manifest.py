@@ -10,6 +10,8 @@ Written as JSON beside the folder (see `layout`), after the folder is in place:
                  "digest": {"algorithm": "md5", "value": "..."}, "digest_checked": true,
                  "verified_with": "md5",              the algorithm compared with the source
                  "local_digest": null}],              what scrubs recompute, when not sha256
+                                                      (a CRC, MD5 or ETag; BLAKE3 where the
+                                                      source gives no digest)
       "archive": null,                        or the downloaded archive's entry, if unpacked
       "total_size": 612,
       "completed_at": "2026-01-01T00:00:00Z",
@@ -29,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from localmodel.fetch.hashing import file_digest, file_sha256
+from localmodel.fetch.hashing import file_digest
 from localmodel.fetch.layout import HIDDEN, Layout
 from localmodel.sources.base import Digest
 
@@ -42,16 +44,17 @@ FORMAT = 1
 class ManifestFile:
     path: str
     size: int
-    #: The file's sha256 when that is the digest it was hashed with (Hugging Face, OCI, plain
-    #: HTTP, archives' members). None for downloads made without verification, and for files
-    #: verified with a cheaper provider digest (see `local`): one hash pass per byte.
+    #: The file's sha256 when that is the digest it was hashed with (Hugging Face LFS, OCI, S3
+    #: SHA-256 checksums, archives' members; plain HTTP before BLAKE3 became the local digest).
+    #: None for downloads made without verification, and for files hashed with another digest
+    #: (see `local`): one hash pass per byte.
     sha256: str | None
     #: The provider's digest, if it gave one.
     digest: Digest | None = None
     #: Whether that digest was compared with the downloaded bytes.
     digest_checked: bool = False
     #: The digest computed over the bytes when it is not a sha256 (a CRC64NVME, CRC32C, MD5 or
-    #: S3 ETag, the provider's): what a scrub recomputes.
+    #: S3 ETag, the provider's; BLAKE3 when the source gives none): what a scrub recomputes.
     local: Digest | None = None
 
     @property
@@ -236,7 +239,7 @@ def verify_full(layout: Layout, manifest: Manifest, *, mismatched: list[str] | N
         if expected is None:
             problems.append(f"unverifiable: {item.path} was downloaded without verification")
             continue
-        actual = file_sha256(path) if expected.algorithm == "sha256" else file_digest(path, expected)
+        actual = file_digest(path, expected)  # sha256 in manifests written before BLAKE3
         if actual != expected.value:
             problems.append(f"{expected.algorithm}: {item.path} is {actual}, manifest says {expected.value}")
             if mismatched is not None:

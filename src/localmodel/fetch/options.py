@@ -33,15 +33,15 @@ class FetchOptions:
     allow_patterns: tuple[str, ...] = ()
     ignore_patterns: tuple[str, ...] = ()
     #: Hash every byte once, with the cheapest digest the source guarantees (a CRC64NVME or
-    #: crc32c per range, else sha256 or md5; sha256 when the source gives none), check it
+    #: crc32c per range, else sha256 or md5; BLAKE3 when the source gives none), check it
     #: against the source's value, and keep it in the manifest for scrubs (`fetch/hashing.py`).
     #: False (for benchmarks and sources trusted end to end) checks sizes only, hashes nothing,
     #: and records no digest (`verify_full` then reports the files as unverifiable). Never the
     #: default: without it a corrupted byte goes unnoticed.
     verify: bool = True
     #: Use md5 / multipart-ETag provider digests (md5 costs ~1.5 CPU-s/GB here, more than
-    #: sha256 with SHA-NI); False hashes such files with sha256 instead, unchecked against the
-    #: source. CRC and sha256 digests are always checked.
+    #: sha256 with SHA-NI); False hashes such files with the local BLAKE3 instead, unchecked
+    #: against the source. CRC and sha256 digests are always checked.
     verify_md5: bool = True
     #: fdatasync every file before the manifest is written, so the manifest never vouches
     #: for bytes that a power loss could still take away.
@@ -54,7 +54,8 @@ class FetchOptions:
     adopt: bool = True
     #: Share files through the layout's content store (`Layout.blobs`, the agent's
     #: `<root>/blobs/`): a verified file whose bytes the store holds becomes a hard link to
-    #: them, and a listed file whose sha256 the store holds is not downloaded at all.
+    #: them (entries keyed by sha256 or BLAKE3, the digest the engine computed), and a listed
+    #: file whose sha256 the store holds is not downloaded at all.
     dedup: bool = True
     #: Largest ratio of unpacked size to archive size accepted (zip/tar bomb guard).
     max_unpack_ratio: float = 1000.0

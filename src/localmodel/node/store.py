@@ -6,7 +6,7 @@ The layout is the download engine's `Layout.in_store` (KServe's folder plus two 
     ├── models/<key>/              the model, what pods mount (KServe's layout, unchanged)
     ├── manifests/<key>.json       proof the folder is complete, written last by the engine
     ├── staging/<key>/             partial downloads, resumable
-    ├── blobs/sha256/<hex>         the content store: files shared by several models are hard
+    ├── blobs/<alg>/<hex>          the content store (sha256, blake3): shared files are hard
     │                              links to one entry (fetch/blobs.py); unreferenced entries
     │                              (link count 1) are collected every pass
     └── agent-state.json           when each model was last scrubbed; manifests withdrawn
@@ -35,7 +35,7 @@ from threading import Lock
 from localmodel.api.keys import is_storage_key
 from localmodel.fetch import adopt as engine_adopt
 from localmodel.fetch import download as engine_download
-from localmodel.fetch.blobs import BlobStore, Collected
+from localmodel.fetch.blobs import BlobStore, Collected, store_key
 from localmodel.fetch.layout import Layout
 from localmodel.fetch.manifest import (
     Manifest,
@@ -252,7 +252,7 @@ class ModelStore:
         mismatched: list[str] = []
         problems = verify_full(layout, manifest, mismatched=mismatched)
         shared: set[tuple[int, int]] = set()
-        digests = {item.path: item.sha256 for item in manifest.files}
+        keys = {item.path: store_key(item.sha256, item.local) for item in manifest.files}
         for path in mismatched:
             try:
                 st = os.lstat(layout.dest / path)
@@ -260,9 +260,9 @@ class ModelStore:
                 continue
             if st.st_nlink > 1:
                 shared.add((st.st_dev, st.st_ino))
-                sha256 = digests.get(path)
-                if sha256:
-                    self.blobs.evict(sha256, (st.st_dev, st.st_ino))
+                key = keys.get(path)
+                if key is not None:
+                    self.blobs.evict(key[1], (st.st_dev, st.st_ino), key[0])
         return problems, frozenset(shared)
 
     def discard_leftover_staging(self, key: str) -> bool:
