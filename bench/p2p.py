@@ -15,6 +15,8 @@ Scenarios, each on a fresh model (new URI, so no Lease or copy is shared between
     p2p        N agents at once, --origin-slots 1
     liar       (--liar) as p2p, with a malicious peer advertised as complete from the start: it
                serves every shard with a flipped byte and piece tables that match its bytes
+               (chain tables whose last entry is forged to the origin's sha256, so every piece
+               but the last passes: the costliest lie the protocol allows)
     baseline   N agents at once with --peer-port -1 (every node reads the origin, as today)
 
 Agents are started with an empty LocalModelNode and given the model all at once (one patch
@@ -53,7 +55,7 @@ from localmodel.peers.server import PeerServer, PeerServeSettings  # noqa: E402
 from tests.node.agent_process import AgentProcess  # noqa: E402
 from tests.node.cluster import install_crds  # noqa: E402
 from tests.node.tokens import AGENT_NAMESPACE, JOBS_NAMESPACE, agent_kubeconfig, install_agent_rbac  # noqa: E402
-from tests.p2p.peers import ConsistentLiar, advertise, corrupt_copy, mint_token  # noqa: E402
+from tests.p2p.peers import EndForgingLiar, advertise, corrupt_copy, mint_token  # noqa: E402
 from tests.servers.ports import free_port  # noqa: E402
 
 MiB = 2**20
@@ -176,7 +178,7 @@ class Bench:
             data = bytearray(target.read_bytes())
             data[2 * MiB] ^= 0xFF
             target.write_bytes(bytes(data))
-        server = ConsistentLiar(liar_root, PeerServeSettings(bind_address="127.0.0.1", port=0), _AnyCaller())
+        server = EndForgingLiar(liar_root, PeerServeSettings(bind_address="127.0.0.1", port=0), _AnyCaller())
         endpoint = f"http://127.0.0.1:{server.start()}"
         advertise(self.admin, "bench-liar", uri, endpoint)
         return server, key

@@ -28,10 +28,10 @@ from lightkube.resources.core_v1 import Node, Pod, ServiceAccount
 
 from localmodel.api.keys import storage_key
 from localmodel.dev.controlplane import ControlPlane
-from localmodel.fetch import Layout, download
+from localmodel.fetch import Layout, chaining, download
 from localmodel.fetch.manifest import ManifestFile
 from localmodel.peers.auth import PEER_AUDIENCE, TokenReviewAuthenticator
-from localmodel.peers.protocol import PIECE_SIZE
+from localmodel.peers.protocol import CHAIN, PIECE_SIZE, PIECES
 from localmodel.peers.server import PeerServer, PeerServeSettings
 from localmodel.peers.source import Peer
 from tests.node.tokens import (
@@ -198,28 +198,48 @@ def corrupt_copy(source_root: Path, target_root: Path, key: str, path: str, offs
     target.write_bytes(bytes(data))
 
 
-class ConsistentLiar(PeerServer):
-    """Serves its altered copy with a piece table of the altered bytes (never self-checks)."""
+def table_of(data: bytes, kind: str) -> bytes:
+    """The piece table of `kind` an agent would compute for `data` (see `peers.protocol`)."""
+    if kind == PIECES:
+        return b"".join(hashlib.sha256(data[i:i + PIECE_SIZE]).digest() for i in range(0, len(data), PIECE_SIZE))
+    hasher = chaining.Sha256()
+    entries = bytearray()
+    for start in range(0, len(data), PIECE_SIZE):
+        hasher.update(data[start:start + PIECE_SIZE])
+        entries += hasher.digest() if start + PIECE_SIZE >= len(data) else hasher.state().value
+    return bytes(entries)
 
-    def _compute_table(self, key: str, item: ManifestFile) -> bytes:
+
+class ConsistentLiar(PeerServer):
+    """Serves its altered copy with a piece table of the altered bytes (never self-checks). A
+    chain table then ends at the altered file's sha256, which is not the origin's."""
+
+    def _compute_table(self, key: str, item: ManifestFile, kind: str = PIECES) -> bytes:
         fd = self.open_file(key, item)
         try:
-            digests = bytearray()
-            for start in range(0, item.size, PIECE_SIZE):
-                digests += hashlib.sha256(os.pread(fd, min(PIECE_SIZE, item.size - start), start)).digest()
-            return bytes(digests)
+            return table_of(os.pread(fd, item.size, 0), kind)
         finally:
             os.close(fd)
+
+
+class EndForgingLiar(ConsistentLiar):
+    """A ConsistentLiar that knows the protocol: its chain table of the altered bytes ends at
+    the origin's sha256 (from its manifest), so every piece but the last matches it."""
+
+    def _compute_table(self, key: str, item: ManifestFile, kind: str = PIECES) -> bytes:
+        table = super()._compute_table(key, item, kind)
+        digest = item.scrub_digest
+        if kind != CHAIN or digest is None:
+            return table
+        return table[:-32] + bytes.fromhex(digest.value)
 
 
 def honest_table_liar(honest_root: Path) -> type[PeerServer]:
     """A peer class that serves altered bytes but the honest piece table (from `honest_root`)."""
 
     class BytesOnlyLiar(PeerServer):
-        def _compute_table(self, key: str, item: ManifestFile) -> bytes:
-            data = (honest_root / "models" / key / item.path).read_bytes()
-            return b"".join(hashlib.sha256(data[i:i + PIECE_SIZE]).digest()
-                            for i in range(0, len(data), PIECE_SIZE))
+        def _compute_table(self, key: str, item: ManifestFile, kind: str = PIECES) -> bytes:
+            return table_of((honest_root / "models" / key / item.path).read_bytes(), kind)
 
     return BytesOnlyLiar
 

@@ -21,7 +21,7 @@ from localmodel.peers.source import Peer, PeerClient, PeerHealth
 from tests.node.agent_process import wait_until
 from tests.node.tokens import AGENT_NAMESPACE
 from tests.p2p.peers import (
-    ConsistentLiar,
+    EndForgingLiar,
     HubModel,
     Identity,
     MiB,
@@ -182,7 +182,7 @@ def test_a_liar_is_quarantined_and_the_retry_goes_around_it(
     nodes.append(liar_node)
     receiver = Receiver(identity, tmp_path / "r")
     with peer_servers() as running:
-        liar = running.serve(liar_root, identity, liar_node, server_class=ConsistentLiar)
+        liar = running.serve(liar_root, identity, liar_node, server_class=EndForgingLiar)
         advertise(identity.admin, liar_node, model.uri, liar.endpoint)
         with pytest.raises(IntegrityError):
             receiver.download(model.uri, model.key, model.settings)

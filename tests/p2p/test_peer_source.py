@@ -4,12 +4,14 @@ peer answered per piece by another peer or the origin (the local Hub counts its 
 
 from __future__ import annotations
 
+import hashlib
+import threading
 from pathlib import Path
 
 import pytest
 
 from localmodel.errors import IntegrityError
-from localmodel.fetch import Layout, download, read_manifest
+from localmodel.fetch import Layout, chaining, download, read_manifest
 from localmodel.peers.protocol import PIECE_SIZE
 from localmodel.peers.server import PeerServer
 from localmodel.peers.source import (
@@ -23,6 +25,7 @@ from localmodel.peers.source import (
 from localmodel.sources.registry import open_source
 from tests.p2p.peers import (
     ConsistentLiar,
+    EndForgingLiar,
     HubModel,
     Identity,
     corrupt_copy,
@@ -134,7 +137,36 @@ def test_a_peer_serving_bad_bytes_is_refused_per_piece_and_quarantined(
     assert hf_hub.bytes_served - before == len(model.files["config.json"])
 
 
-def test_a_lying_piece_table_is_settled_by_one_origin_piece(
+def test_a_file_filled_from_peers_is_hashed_once(
+        seeded: tuple[HubModel, Path], tmp_path: Path, identity: Identity, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One sha256 pass per byte: each piece is checked against the chain table as it arrives,
+    and the engine takes the checked chaining values instead of hashing the file again."""
+    model, seed = seeded
+    hashed = {"bytes": 0}
+    lock = threading.Lock()
+    update = chaining.Sha256.update
+
+    def counting(self: chaining.Sha256, data: bytes | memoryview) -> None:
+        if threading.current_thread().name.startswith("localmodel-"):  # the receiver's engine
+            with lock:
+                hashed["bytes"] += memoryview(data).nbytes
+        update(self, data)
+
+    with peer_servers() as running:
+        peer = running.serve(seed, identity, "seed")
+        monkeypatch.setattr(chaining.Sha256, "update", counting)
+        fill = Fill(model, [peer], identity)
+        fill.run(tmp_path / "receiver")
+    assert tree_digests(tmp_path / "receiver" / "models" / model.key) == model.digests()
+    assert fill.counters.peer_bytes == lfs_bytes(model)
+    assert hashed["bytes"] == lfs_bytes(model)  # not twice that
+    manifest = read_manifest(Layout.in_store(tmp_path / "receiver", model.key))
+    assert manifest is not None
+    assert {f.path: f.sha256 for f in manifest.files if f.path.endswith(".safetensors")} == {
+        path: hashlib.sha256(data).hexdigest() for path, data in model.files.items() if path.endswith(".safetensors")}
+
+
+def test_a_chain_table_that_does_not_end_at_the_origins_sha256_is_refused_before_any_piece(
         seeded: tuple[HubModel, Path], tmp_path: Path, hf_hub: LocalHub, identity: Identity) -> None:
     model, seed = seeded
     liar_root = tmp_path / "liar"
@@ -142,6 +174,24 @@ def test_a_lying_piece_table_is_settled_by_one_origin_piece(
     with peer_servers() as running:
         honest = running.serve(seed, identity, "honest")
         liar = running.serve(liar_root, identity, "liar", server_class=ConsistentLiar)
+        before = hf_hub.bytes_served
+        fill = Fill(model, [liar, honest], identity)
+        fill.run(tmp_path / "receiver")
+    assert tree_digests(tmp_path / "receiver" / "models" / model.key) == model.digests()
+    assert "liar" in fill.health.quarantined()
+    # Refused on sight: no piece of it was checked and refused, no origin piece was needed.
+    assert fill.counters.arbitration_bytes == 0 and fill.counters.rejected_pieces == 0
+    assert hf_hub.bytes_served - before == len(model.files["config.json"])
+
+
+def test_a_lying_piece_table_is_settled_by_one_origin_piece(
+        seeded: tuple[HubModel, Path], tmp_path: Path, hf_hub: LocalHub, identity: Identity) -> None:
+    model, seed = seeded
+    liar_root = tmp_path / "liar"
+    corrupt_copy(seed, liar_root, model.key, SHARD, [PIECE_SIZE + 5])
+    with peer_servers() as running:
+        honest = running.serve(seed, identity, "honest")
+        liar = running.serve(liar_root, identity, "liar", server_class=EndForgingLiar)
         before = hf_hub.bytes_served
         fill = Fill(model, [liar, honest], identity)
         fill.run(tmp_path / "receiver")
@@ -159,14 +209,16 @@ def test_a_lone_consistent_liar_cannot_poison_the_cache(
     corrupt_copy(seed, liar_root, model.key, SHARD, [12345])
     receiver = tmp_path / "receiver"
     with peer_servers() as running:
-        liar = running.serve(liar_root, identity, "liar", server_class=ConsistentLiar)
+        liar = running.serve(liar_root, identity, "liar", server_class=EndForgingLiar)
         fill = Fill(model, [liar], identity)
         with pytest.raises(IntegrityError, match=SHARD):
             fill.run(receiver)
-    # Every piece matched the liar's own table; the whole-file sha256 from the origin did not.
+    # Every piece but the last matched the liar's own chain; the last link, the origin's
+    # sha256, did not, and the origin's copy of the last piece did not match the table either.
     assert read_manifest(Layout.in_store(receiver, model.key)) is None
     assert not (receiver / "models" / model.key).exists()
     assert fill.source is not None and fill.source.table_providers(SHARD) == {"liar"}
+    assert "liar" in fill.health.quarantined()
 
 
 def test_a_peer_that_fails_mid_body_is_replaced_per_piece(

@@ -14,12 +14,16 @@ from pathlib import Path
 import pytest
 
 from localmodel.api.keys import storage_key
+from localmodel.fetch import chaining
 from localmodel.peers.auth import token_expiry
 from localmodel.peers.discovery import endpoints_by_node, peers_by_key, valid_endpoint
 from localmodel.peers.partial import PartialDownloads, RecordingSource
 from localmodel.peers.protocol import (
+    CHAIN,
     PIECE_SIZE,
+    PIECES,
     PeerRequest,
+    PieceTable,
     compatible,
     decode_table,
     file_url,
@@ -34,6 +38,7 @@ from localmodel.peers.protocol import (
 )
 from localmodel.peers.source import Peer, compatible_peers
 from localmodel.sources.base import Digest, Listing, RemoteFile
+from tests.p2p.peers import table_of
 
 KEY = "0123456789abcdef"
 
@@ -175,11 +180,13 @@ class _Chunks:
 
     uri = "mem://x"
 
-    def __init__(self, data: bytes, step: int) -> None:
-        self.data, self.step = data, step
+    def __init__(self, data: bytes, step: int, algorithm: str = "md5") -> None:
+        # md5 (an Azure Content-MD5): a "pieces" table; sha256: a "chain" table.
+        self.data, self.step, self.algorithm = data, step, algorithm
+        self.width = 64 if algorithm == "sha256" else 32
 
     def list_files(self) -> Listing:
-        return Listing(files=(RemoteFile("w", len(self.data), Digest("sha256", "0" * 64)),))
+        return Listing(files=(RemoteFile("w", len(self.data), Digest(self.algorithm, "0" * self.width)),))
 
     def read_range(self, path: str, offset: int, length: int) -> Iterator[bytes]:
         for start in range(offset, offset + length, self.step):
@@ -215,6 +222,46 @@ def test_pieces_are_recorded_once_written_and_only_whole() -> None:
     partials.end(KEY, completed=True)
     assert partials.describe(KEY) is None
     assert partials.finished_table(KEY, "w", len(data)) is None  # piece 1 was never recorded
+
+
+def test_a_chain_file_is_recorded_from_the_engines_chaining_values_not_hashed_again() -> None:
+    data = bytes(range(256)) * (PIECE_SIZE // 256) * 2 + b"tail"
+    inner = _Chunks(data, 1024 * 1024 + 7, algorithm="sha256")
+    partials = PartialDownloads()
+    partials.begin(KEY, inner.list_files(), Path("/nonexistent"), "mem://x")
+    source = RecordingSource(inner, partials, KEY)
+    assert b"".join(source.read_range("w", 0, len(data))) == data
+    assert partials.table(KEY, "w", kind=CHAIN)[1] == 0  # type: ignore[index]  # nothing hashed here
+    assert partials.table(KEY, "w", kind=PIECES) is None  # the other kind is not served for it
+    hasher = chaining.Sha256()
+    hasher.update(data[:PIECE_SIZE])
+    source.chained("w", PIECE_SIZE, hasher.state().value, False)
+    source.chained("w", PIECE_SIZE + 64, bytes(32), False)  # not a piece boundary: ignored
+    table, count = partials.table(KEY, "w", kind=CHAIN)  # type: ignore[misc]
+    assert count == 1 and table[:32] == hasher.state().value
+    hasher.update(data[PIECE_SIZE:2 * PIECE_SIZE])
+    source.chained("w", 2 * PIECE_SIZE, hasher.state().value, False)
+    source.chained("w", len(data), hashlib.sha256(data).digest(), True)
+    partials.end(KEY, completed=True)
+    assert partials.finished_table(KEY, "w", len(data), CHAIN) == table_of(data, CHAIN)
+    assert partials.finished_table(KEY, "w", len(data), PIECES) is None
+
+
+@pytest.mark.parametrize("size", [1, 64, PIECE_SIZE, PIECE_SIZE + 1, 3 * PIECE_SIZE - 64])
+def test_a_chain_table_checks_each_piece_alone_and_ends_at_the_files_sha256(size: int) -> None:
+    data = (bytes(range(251)) * (size // 251 + 1))[:size]
+    table = decode_table(table_of(data, CHAIN), size, PIECE_SIZE, kind=CHAIN)
+    assert table is not None and table.digest(len(table) - 1) == hashlib.sha256(data).digest()
+    for index in reversed(range(len(table))):  # any order: each piece needs only its table
+        start, end = piece_bounds(index, size)
+        piece = data[start:end]
+        assert table.matches(index, piece)
+        assert not table.matches(index, piece[:-1] + bytes([piece[-1] ^ 1]))
+        assert not table.matches(index, piece[:-1])
+    # A lying entry breaks the chain where it is used as a start, too.
+    if len(table) > 1:
+        forged = PieceTable(PIECE_SIZE, b"\x01" * 32 + table.digests[32:], kind=CHAIN)
+        assert not forged.matches(1, data[PIECE_SIZE:2 * PIECE_SIZE])
 
 
 def test_a_long_poll_returns_when_a_piece_is_recorded() -> None:

@@ -242,6 +242,11 @@ class _Download:
         self._hash_pool: ThreadPoolExecutor | None = None
         self._hash_futures: list[Future[None]] = []
         self._hash_futures_lock = threading.Lock()
+        #: A source that checks sha256 chaining values itself (peer fill, `fetch.chaining`):
+        #: the hash jumps over the bytes it vouches for and reports where it got.
+        self._chain_every = int(getattr(source, "chain_interval", 0) or 0)
+        self._vouch = getattr(source, "vouch", None) if self._chain_every else None
+        self._chained = getattr(source, "chained", None) if self._chain_every else None
 
     # -- 2. listing ------------------------------------------------------------------------
 
@@ -416,7 +421,8 @@ class _Download:
                  verified: Mapping[int, tuple[str | None, bool]]) -> None:
         for index, remote in enumerate(selected):
             target = make_parents(root, remote.path, self.staging.known_folders)
-            hasher = (FileHasher(remote.digest, verify_md5=self.options.verify_md5)
+            hasher = (FileHasher(remote.digest, verify_md5=self.options.verify_md5,
+                                 checkpoint_every=self._chain_every)
                       if self.options.verify else NoHasher())
             state = _File(index, remote, target, hasher)
             present = target.exists()
@@ -712,13 +718,45 @@ class _Download:
             state.hashing = True
         hashed = position
         try:
-            state.hasher.update(view)
-            hashed = position + len(view)
+            end = position + len(view)
+            while hashed < end:
+                jumped = self._jump(state, hashed, end)
+                if jumped is None:
+                    state.hasher.update(view[hashed - position:])
+                    hashed = end
+                else:
+                    hashed = jumped
+            self._report_chain(state)
         finally:
             with state.lock:
                 state.hashed = hashed
                 state.hashing = False
         self._request_hash(state)
+
+    def _jump(self, state: _File, position: int, limit: int) -> int | None:
+        """Move the hash past bytes [position, end ≤ limit) that the source checked against
+        sha256 chaining values starting from the hash's own (`PeerSource.vouch`); the new
+        position, or None."""
+        if self._vouch is None:
+            return None
+        current = state.hasher.chain_state()
+        if current is None or current.length != position:
+            return None
+        found = self._vouch(state.remote.path, current, limit)
+        if found is None:
+            return None
+        end, value, final = found
+        if not position < end <= limit:
+            return None
+        state.hasher.jump(end, value, final=final)
+        return end
+
+    def _report_chain(self, state: _File) -> None:
+        """Tell a chaining source the sha256 chaining values the hash passed (in order: only
+        the thread that holds `state.hashing` calls this)."""
+        if self._chained is not None:
+            for point in state.hasher.take_checkpoints():
+                self._chained(state.remote.path, point.length, point.value, False)
 
     def _request_hash(self, state: _File) -> None:
         """Have the hash pool catch the file's hash up with its written prefix (and finish the
@@ -781,6 +819,11 @@ class _Download:
                 with state.lock:
                     state.hashed = hashed
                     state.hashing = False
+                    # Only part of a piece is written (see _hash_from_disk) and nothing more
+                    # since: the record of the rest asks again (it sees `hashing` released).
+                    stuck = hashed == position and state.done.prefix_end() == end
+            if stuck:
+                return
         self._finish(state)
 
     def _hash_from_disk(self, state: _File, position: int, end: int) -> int:
@@ -788,16 +831,33 @@ class _Download:
         if buffer is None:
             buffer = self._local.buffer = memoryview(bytearray(_HASH_READ_SIZE))
         fd = self._open(state)
+        every = self._chain_every if self._vouch is not None else 0
         while position < end:
-            count = os.preadv(fd, [buffer[: min(len(buffer), end - position)]], position)
-            if count == 0:
-                raise IntegrityError(f"staging copy of {state.remote.path!r} is short")
-            state.hasher.update(buffer[:count])
-            position += count
+            jumped = self._jump(state, position, end)
+            if jumped is not None:
+                position = jumped
+                self._report_chain(state)
+                continue
+            # With a source that vouches for pieces, hash whole pieces only, each after looking
+            # for a jump: half a piece hashed here would waste the check its bytes came with.
+            stop = min(state.remote.size, (position // every + 1) * every) if every else end
+            if stop > end:
+                break  # the rest of this piece is not written yet: its record asks again
+            while position < stop:
+                count = os.preadv(fd, [buffer[: min(len(buffer), stop - position)]], position)
+                if count == 0:
+                    raise IntegrityError(f"staging copy of {state.remote.path!r} is short")
+                state.hasher.update(buffer[:count])
+                position += count
+            self._report_chain(state)
         return position
 
     def _finish(self, state: _File) -> None:
+        chained = state.hasher.chaining
         result = state.hasher.finish(state.remote.path, state.remote.size)
+        if chained and self._chained is not None and result.local is not None:
+            # The last entry of a chain table: the file's sha256, just checked.
+            self._chained(state.remote.path, state.remote.size, bytes.fromhex(result.local.value), True)
         state.hasher = _FINISHED  # its state is no longer needed; 10^4 hashers add up
         fd = state.fd
         assert fd is not None

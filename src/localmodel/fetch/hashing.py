@@ -36,6 +36,7 @@ import blake3
 from awscrt import checksums as _crc
 
 from localmodel.errors import IntegrityError
+from localmodel.fetch import chaining
 from localmodel.sources.base import COMBINABLE, Digest, digest_check, etag_parts
 
 logger = logging.getLogger(__name__)
@@ -140,9 +141,14 @@ class FileHasher:
     """One file's hash. The bytes in order (`update`: adoption, scrubs, the engine's
     sequential hashes), or, for combinable algorithms, the CRC of each range in any order
     (`add_range`: the engine). `finish()` checks the provider digest and returns the local
-    digest."""
+    digest.
 
-    def __init__(self, digest: Digest | None, *, verify_md5: bool = True) -> None:
+    A sha256 also keeps its chaining value (`fetch.chaining`): with `checkpoint_every`, the
+    value at every multiple of it is kept for `take_checkpoints` (the pieces peers are offered
+    while this download runs), and `jump` moves the hash past bytes whose chaining values a
+    source has already checked (a piece filled from peers), without hashing them again."""
+
+    def __init__(self, digest: Digest | None, *, verify_md5: bool = True, checkpoint_every: int = 0) -> None:
         self.digest = digest
         kind = digest_check(digest, verify_md5=verify_md5)
         #: The algorithm whose provider value is checked; "" means none: the file is hashed
@@ -151,9 +157,15 @@ class FileHasher:
         self.algorithm = kind or LOCAL_ALGORITHM
         self.combinable = self.algorithm in COMBINABLE
         part_size = digest.part_size if digest is not None else None
-        self._hash: Any = None if self.combinable else new_hasher(self.algorithm, part_size)
+        self.chaining = self.algorithm == "sha256"
+        self._hash: Any = (None if self.combinable else chaining.Sha256() if self.chaining
+                           else new_hasher(self.algorithm, part_size))
         #: Combinable: start -> (end, crc) of every range hashed so far.
         self._ranges: dict[int, tuple[int, int]] = {}
+        self._checkpoint_every = checkpoint_every if self.chaining else 0
+        self._checkpoints: list[chaining.ChainState] = []
+        #: The file's sha256 once `jump` took its hash to the end.
+        self._final: bytes | None = None
 
     def update(self, data: memoryview | bytes) -> None:
         """The next bytes of the file, in order."""
@@ -161,8 +173,42 @@ class FileHasher:
             start = self._ranges.get(-1, (0, 0))[0]
             previous = self._ranges[-1][1] if -1 in self._ranges else 0
             self._ranges[-1] = (start + len(data), crc_update(self.algorithm, data, previous))
+        elif self._checkpoint_every:
+            if self._final is not None:  # pragma: no cover - would be an engine bug
+                raise IntegrityError("bytes hashed past the end of a file")
+            view = memoryview(data).cast("B")
+            every = self._checkpoint_every
+            while len(view):
+                take = min(len(view), every - self._hash.length % every)
+                self._hash.update(view[:take])
+                view = view[take:]
+                if self._hash.length % every == 0:
+                    self._checkpoints.append(self._hash.state())
         else:
             self._hash.update(data)
+
+    def chain_state(self) -> chaining.ChainState | None:
+        """The sha256 chaining value so far; None for other algorithms, between blocks, or
+        once the hash reached the end of the file."""
+        if not self.chaining or self._final is not None or self._hash.length % chaining.BLOCK:
+            return None
+        return self._hash.state()
+
+    def jump(self, end: int, value: bytes, *, final: bool) -> None:
+        """Continue as if the bytes up to `end` were hashed and left the chaining value
+        `value`, or, `final`, the whole file's sha256 `value`. Only for values checked from
+        this hasher's own `chain_state()` over the very bytes the engine wrote."""
+        assert self.chaining and self._final is None
+        if final:
+            self._final = value
+        else:
+            self._hash = chaining.Sha256(chaining.ChainState(end, value))
+            if self._checkpoint_every and end % self._checkpoint_every == 0:
+                self._checkpoints.append(chaining.ChainState(end, value))
+
+    def take_checkpoints(self) -> list[chaining.ChainState]:
+        taken, self._checkpoints = self._checkpoints, []
+        return taken
 
     def add_range(self, start: int, end: int, crc: int) -> None:
         """The CRC of bytes [start, end) (combinable algorithms). Callers add disjoint ranges."""
@@ -187,7 +233,10 @@ class FileHasher:
 
     def finish(self, path: str, size: int) -> HashResult:
         """The local digest; raises IntegrityError if the provider digest disagrees."""
-        actual = self._combined(path, size) if self.combinable else self._hash.hexdigest()
+        if self.combinable:
+            actual = self._combined(path, size)
+        else:
+            actual = self._final.hex() if self._final is not None else self._hash.hexdigest()
         digest = self.digest
         part_size = digest.part_size if digest is not None and self.algorithm == "s3-etag" else None
         local = Digest(self.algorithm, actual, part_size=part_size)
@@ -209,12 +258,19 @@ class NoHasher:
 
     digest: Digest | None = None
     combinable = False
+    chaining = False
 
     def update(self, data: memoryview | bytes) -> None:
         """Nothing to do: the engine does not even call this when verification is off."""
 
     def add_range(self, start: int, end: int, crc: int) -> None:
         """Nothing to do, as for `update`."""
+
+    def chain_state(self) -> None:
+        return None
+
+    def take_checkpoints(self) -> list[chaining.ChainState]:
+        return []
 
     def finish(self, path: str, size: int) -> HashResult:
         return HashResult(None, provider_checked=False)

@@ -6,12 +6,16 @@ A serving agent answers, for storage keys it holds complete (a manifest in
     GET /v1/models/<key>/manifest            the manifest JSON as written by the engine
     GET /v1/models/<key>/pieces/<path>       sha256 of every PIECE_SIZE piece of <path>,
                                              32 raw bytes each, in order
+    GET /v1/models/<key>/chain/<path>        for a file whose origin digest is a sha256: the
+                                             sha256 chaining value after every piece, the
+                                             last entry being the file's sha256 (see below)
     GET /v1/models/<key>/files/<path>        the file's bytes; one `Range: bytes=a-b` allowed
 
 and, for a key it is still downloading (see `peers.partial`):
 
     GET /v1/models/<key>/partial             the listing the download follows (JSON)
-    GET /v1/models/<key>/pieces/<path>       the same table, zeros for pieces not written yet,
+    GET /v1/models/<key>/pieces/<path>       the same tables, zeros for pieces not there yet,
+    GET /v1/models/<key>/chain/<path>
                                              with header X-Localmodel-Partial: <pieces present>;
                                              ?known=N&wait=S waits up to S seconds (at most
                                              MAX_WAIT) for more than N pieces (a long poll)
@@ -31,6 +35,19 @@ is checked with the CRC.
 The piece table lets the receiver check every piece as it arrives, so a bad piece is refused
 before it is written; the engine's whole-file digest check against the origin is the backstop
 that catches a lying table.
+
+Two kinds of table (`table_kind`, decided by the origin's listing, so both sides agree):
+- "chain" (the origin digest is a sha256: Hugging Face, OCI, S3 SHA-256): entry i is the sha256
+  chaining value after piece i (`fetch.chaining`), the last entry the file's sha256, which must
+  be the origin's. Piece i is checked by hashing it from entry i-1 (the start value for piece 0)
+  and comparing with entry i; a chain of checked pieces from the start value to the origin's
+  sha256 *is* the whole-file check (a piece that passes from a lying entry breaks the chain at
+  the next one, and the last link is the origin's own digest), so the receiver's engine takes
+  each checked piece's chaining value instead of hashing the bytes again (`PeerSource.vouch`):
+  one sha256 pass per byte. A partial table holds entries up to where its download's hash got
+  (in order), recorded by the engine as its sha256 passes piece boundaries.
+- "pieces" (an md5 or S3 ETag anchor beside a CRC): the sha256 of each piece, and the engine
+  checks the whole file against the anchor afterwards.
 """
 
 from __future__ import annotations
@@ -44,6 +61,7 @@ from typing import Any
 from urllib.parse import parse_qs, quote, unquote
 
 from localmodel.api.keys import is_storage_key
+from localmodel.fetch import chaining
 from localmodel.sources.base import Digest, RemoteFile, digest_check
 
 #: Bytes per verified piece. Small enough to buffer one per download thread (8 × 4 MiB), large
@@ -58,6 +76,9 @@ PARTIAL_HEADER = "X-Localmodel-Partial"
 #: Longest long poll for a partial table, in seconds.
 MAX_WAIT = 5.0
 ZERO_DIGEST = bytes(DIGEST_SIZE)
+#: Table kinds (see above); also the URL segment each is served under.
+CHAIN = "chain"
+PIECES = "pieces"
 
 
 def manifest_url(endpoint: str, key: str) -> str:
@@ -68,8 +89,9 @@ def partial_url(endpoint: str, key: str) -> str:
     return f"{endpoint.rstrip('/')}{API_PREFIX}{key}/partial"
 
 
-def pieces_url(endpoint: str, key: str, path: str, *, known: int | None = None, wait: float = 0.0) -> str:
-    url = f"{endpoint.rstrip('/')}{API_PREFIX}{key}/pieces/{quote(path, safe='/')}"
+def pieces_url(endpoint: str, key: str, path: str, *, known: int | None = None, wait: float = 0.0,
+               kind: str = PIECES) -> str:
+    url = f"{endpoint.rstrip('/')}{API_PREFIX}{key}/{kind}/{quote(path, safe='/')}"
     return f"{url}?known={known}&wait={wait:g}" if known is not None and wait > 0 else url
 
 
@@ -93,9 +115,9 @@ class PeerRequest:
     """A parsed request path."""
 
     key: str
-    #: "manifest", "partial", "pieces" or "files".
+    #: "manifest", "partial", "pieces", "chain" or "files".
     kind: str
-    #: The file path for "pieces" and "files" (decoded), else "".
+    #: The file path for "pieces", "chain" and "files" (decoded), else "".
     path: str = ""
 
 
@@ -110,7 +132,7 @@ def parse_request_path(raw_path: str) -> PeerRequest | None:
     if rest in ("manifest", "partial"):
         return PeerRequest(key, rest)
     kind, _, encoded = rest.partition("/")
-    if kind not in ("pieces", "files") or not encoded:
+    if kind not in (PIECES, CHAIN, "files") or not encoded:
         return None
     try:
         decoded = unquote(encoded, errors="strict")
@@ -155,14 +177,33 @@ def piece_bounds(index: int, size: int, piece_size: int = PIECE_SIZE) -> tuple[i
     return start, min(size, start + piece_size)
 
 
+def piece_matches(kind: str, index: int, count: int, piece_size: int, data: bytes | memoryview,
+                  expected: bytes, previous: bytes | None) -> bool:
+    """Whether piece `index` of `count` is `data`: its sha256 is `expected` ("pieces"), or,
+    hashed from the chaining value `previous` (ignored for piece 0), it ends at `expected`:
+    the next chaining value, or for the last piece the file's sha256 ("chain")."""
+    if kind == PIECES:
+        return hashlib.sha256(data).digest() == expected
+    if index == 0:
+        start = chaining.START
+    elif previous is None or previous == ZERO_DIGEST:
+        return False
+    else:
+        start = chaining.ChainState(index * piece_size, previous)
+    if index == count - 1:
+        return chaining.finish(start, data) == expected
+    return len(data) == piece_size and chaining.advance(start, data).value == expected
+
+
 @dataclass(frozen=True)
 class PieceTable:
-    """sha256 of every piece of one file, as some peer computed it. A partial table (a peer
-    still downloading) has zeros for the pieces it does not hold yet."""
+    """One entry per piece of one file, as some peer computed it (`kind`: see above). A
+    partial table (a peer still downloading) has zeros for the pieces it does not hold yet."""
 
     piece_size: int
     digests: bytes
     partial: bool = False
+    kind: str = PIECES
 
     def __len__(self) -> int:
         return len(self.digests) // DIGEST_SIZE
@@ -178,17 +219,21 @@ class PieceTable:
         return None if len(self) == len(other) else min(len(self), len(other))
 
     def matches(self, index: int, data: bytes | memoryview) -> bool:
-        return hashlib.sha256(data).digest() == self.digest(index)
+        previous = self.digest(index - 1) if index > 0 else None
+        return piece_matches(self.kind, index, len(self), self.piece_size, data, self.digest(index), previous)
 
     def has(self, index: int) -> bool:
         return self.digest(index) != ZERO_DIGEST
 
 
-def decode_table(body: bytes, size: int, piece_size: int, *, partial: bool = False) -> PieceTable | None:
+def decode_table(body: bytes, size: int, piece_size: int, *, partial: bool = False,
+                 kind: str = PIECES) -> PieceTable | None:
     """A table for a file of `size` bytes, or None when the body cannot be one."""
     if piece_size <= 0 or len(body) != piece_count(size, piece_size) * DIGEST_SIZE:
         return None
-    return PieceTable(piece_size, bytes(body), partial)
+    if kind == CHAIN and piece_size % chaining.BLOCK:
+        return None
+    return PieceTable(piece_size, bytes(body), partial, kind)
 
 
 # --- trust -----------------------------------------------------------------------------------
@@ -209,6 +254,24 @@ def peer_digest(remote: RemoteFile, *, verify_md5: bool = True) -> Digest | None
     if remote.anchor is not None and digest_check(remote.anchor, verify_md5=verify_md5) in _CRYPTOGRAPHIC:
         return remote.anchor
     return None
+
+
+def table_kind(remote: RemoteFile, *, verify_md5: bool = True) -> str:
+    """The piece table peers exchange for this file: chaining values when the digest a file
+    from peers is checked against is a sha256, per-piece sha256 otherwise."""
+    digest = peer_digest(remote, verify_md5=verify_md5)
+    return CHAIN if digest is not None and digest.algorithm.lower() == "sha256" else PIECES
+
+
+def chain_end(remote: RemoteFile) -> bytes | None:
+    """The last entry a chain table of this file must have: the origin's sha256."""
+    digest = remote.digest
+    if digest is None or digest.algorithm.lower() != "sha256":
+        return None
+    try:
+        return bytes.fromhex(digest.value.strip().strip('"'))
+    except ValueError:
+        return None
 
 
 def strong_digest(remote: RemoteFile, *, verify_md5: bool = True) -> bool:

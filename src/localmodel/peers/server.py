@@ -18,7 +18,8 @@ clients take as "busy, ask another peer" rather than as a failure.
 Piece tables come from this agent's own download when it recorded every piece (the file was
 just checked against the origin), else they are computed on first request by reading the file
 once; that pass also recomputes the file's local digest (`ManifestFile.scrub_digest`: its
-sha256, or the CRC/MD5 it was verified with), and a file that no longer matches its manifest
+sha256, or the CRC/MD5 it was verified with; a chain table's last entry *is* the file's
+sha256, so it takes one hash), and a file that no longer matches its manifest
 is never served again: `on_damage` is told (the agent withdraws the manifest and
 fetches the model again), so a peer whose disk rotted heals instead of spreading it.
 """
@@ -38,6 +39,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from localmodel.fetch import chaining
 from localmodel.fetch.hashing import new_hasher
 from localmodel.fetch.layout import Layout
 from localmodel.fetch.manifest import Manifest, ManifestFile, read_manifest
@@ -45,9 +47,11 @@ from localmodel.fetch.ratelimit import TokenBucket
 from localmodel.peers.auth import Authenticator, AuthUnavailableError, PeerIdentity
 from localmodel.peers.partial import PartialDownloads
 from localmodel.peers.protocol import (
+    CHAIN,
     PARTIAL_HEADER,
     PIECE_SIZE,
     PIECE_SIZE_HEADER,
+    PIECES,
     PeerRequest,
     long_poll,
     parse_range,
@@ -266,7 +270,7 @@ class PeerServer:
         return described
 
     def partial_table(self, request: PeerRequest, known: int, wait: float) -> tuple[bytes, int]:
-        found = self.partials.table(request.key, request.path, known=known, wait=wait) \
+        found = self.partials.table(request.key, request.path, known=known, wait=wait, kind=request.kind) \
             if self.partials is not None else None
         if found is None:
             raise _Refused(404, "not held")
@@ -303,9 +307,9 @@ class PeerServer:
             raise _Refused(404, "damaged")
         return fd
 
-    def piece_table(self, key: str, item: ManifestFile) -> bytes:
-        """The table of `item`, computed once (one reader at a time per file)."""
-        table_key = (key, item.path, _identity(item))
+    def piece_table(self, key: str, item: ManifestFile, kind: str = PIECES) -> bytes:
+        """The table of `kind` of `item`, computed once (one reader at a time per file)."""
+        table_key = (key, item.path, f"{kind}:{_identity(item)}")
         with self._lock:
             cached = self._tables.get(table_key)
             if cached is not None:
@@ -317,7 +321,7 @@ class PeerServer:
                 cached = self._tables.get(table_key)
             if cached is not None:
                 return cached
-            table = self._recorded_table(key, item) or self._compute_table(key, item)
+            table = self._recorded_table(key, item, kind) or self._compute_table(key, item, kind)
             with self._lock:
                 self._tables[table_key] = table
                 while len(self._tables) > self.settings.table_cache_entries:
@@ -325,18 +329,22 @@ class PeerServer:
                 self._table_locks.pop(table_key, None)
         return table
 
-    def _recorded_table(self, key: str, item: ManifestFile) -> bytes | None:
+    def _recorded_table(self, key: str, item: ManifestFile, kind: str) -> bytes | None:
         """The table this agent's own download recorded (its files were just checked against
         the origin's digests), instead of reading the file twice more."""
         if self.partials is None:
             return None
-        return self.partials.finished_table(key, item.path, item.size)
+        return self.partials.finished_table(key, item.path, item.size, kind)
 
-    def _compute_table(self, key: str, item: ManifestFile) -> bytes:
-        fd = self.open_file(key, item)
+    def _compute_table(self, key: str, item: ManifestFile, kind: str) -> bytes:
         expected = item.scrub_digest
         if expected is None:  # downloaded without verification: nothing to vouch for it
             raise _Refused(404, "unverified")
+        if kind == CHAIN:
+            if expected.algorithm != "sha256":
+                raise _Refused(404, "no sha256 to chain to")
+            return self._compute_chain(key, item, expected.value)
+        fd = self.open_file(key, item)
         whole = new_hasher(expected.algorithm, expected.part_size)
         digests = bytearray()
         buffer = memoryview(bytearray(_READ_SIZE))
@@ -360,6 +368,35 @@ class PeerServer:
             self._report_damage(key, item, f"{item.path} no longer matches its manifest ({expected.algorithm})")
             raise _Refused(404, "damaged")
         return bytes(digests)
+
+    def _compute_chain(self, key: str, item: ManifestFile, sha256: str) -> bytes:
+        """The chaining value after every piece and the file's sha256 last: one pass."""
+        fd = self.open_file(key, item)
+        hasher = chaining.Sha256()
+        entries = bytearray()
+        buffer = memoryview(bytearray(_READ_SIZE))
+        position = 0
+        try:
+            while position < item.size:
+                end = min(item.size, position + PIECE_SIZE)
+                while position < end:
+                    count = os.preadv(fd, [buffer[: min(len(buffer), end - position)]], position)
+                    if count == 0:  # shrank since it was opened
+                        self._report_damage(key, item, f"{item.path} is shorter than its manifest says")
+                        raise _Refused(404, "damaged")
+                    hasher.update(buffer[:count])
+                    position += count
+                if position < item.size:
+                    entries += hasher.state().value
+        finally:
+            os.close(fd)
+        digest = hasher.digest()
+        if digest.hex() != sha256:
+            self._report_damage(key, item, f"{item.path} no longer matches its manifest (sha256)")
+            raise _Refused(404, "damaged")
+        if item.size:
+            entries += digest
+        return bytes(entries)
 
     def _report_damage(self, key: str, item: ManifestFile, problem: str) -> None:
         with self._lock:
@@ -465,12 +502,12 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send_bytes(peer.manifest_body(request.key), "application/json", head)
             elif request.kind == "partial":
                 self._send_bytes(peer.partial_body(request.key), "application/json", head)
-            elif request.kind == "pieces" and peer.holds(request.key):
+            elif request.kind in (PIECES, CHAIN) and peer.holds(request.key):
                 _manifest, item = peer.entry(request)
-                table = peer.piece_table(request.key, item)
+                table = peer.piece_table(request.key, item, request.kind)
                 self._send_bytes(table, "application/octet-stream", head,
                                  {PIECE_SIZE_HEADER: str(PIECE_SIZE)})
-            elif request.kind == "pieces":
+            elif request.kind in (PIECES, CHAIN):
                 partial, present = peer.partial_table(request, *long_poll(self.path))
                 self._send_bytes(partial, "application/octet-stream", head,
                                  {PIECE_SIZE_HEADER: str(PIECE_SIZE), PARTIAL_HEADER: str(present)})

@@ -8,9 +8,13 @@ the origin as the fallback for every piece a peer cannot give.
       read_range()  → for a file with a strong origin digest and compatible peers:
                         piece table: from one peer, cross-checked with a second when there is
                         one; a disagreement is settled by one piece read from the origin
-                        every piece: read from a peer into a buffer, sha256 compared with the
+                        every piece: read from a peer into a buffer, checked against the
                         table before a byte is yielded; a mismatch quarantines that peer and
                         the piece is read again from another peer, else from the origin
+      vouch()       → (chain tables, `protocol`) the chaining value a checked piece ends at,
+                      so the engine's sha256 jumps over bytes already checked: one pass
+      chained()     ← the engine's sha256 chaining values as its hash passes each piece,
+                      recorded for the peers that fill from this download (`partial`)
                       otherwise → straight from the origin
 
 A lying peer therefore costs a re-read, never a bad byte on disk: pieces that do not match the
@@ -39,15 +43,20 @@ from urllib3.exceptions import HTTPError as Urllib3Error
 
 from localmodel.backoff import exponential_delay
 from localmodel.errors import IntegrityError, PeersStalledError, SourceUnavailableError
+from localmodel.fetch import chaining
+from localmodel.fetch.ranges import RangeSet
 from localmodel.peers.partial import PartialDownloads
 from localmodel.peers.protocol import (
+    CHAIN,
     DIGEST_SIZE,
     PARTIAL_HEADER,
     PIECE_SIZE,
     PIECE_SIZE_HEADER,
+    PIECES,
     ZERO_DIGEST,
     PieceTable,
     anchored,
+    chain_end,
     compatible,
     decode_table,
     file_url,
@@ -56,8 +65,10 @@ from localmodel.peers.protocol import (
     partial_url,
     piece_bounds,
     piece_count,
+    piece_matches,
     pieces_url,
     strong_digest,
+    table_kind,
 )
 from localmodel.sources.base import Listing, RemoteFile, Source
 
@@ -250,15 +261,16 @@ class PeerClient:
         return manifest_entries(body)
 
     def piece_table(self, peer: Peer, key: str, remote: RemoteFile, *, known: int | None = None,
-                    wait: float = 0.0) -> PieceTable:
-        """A peer's piece table; from a peer still downloading, `wait` seconds at most for
-        more than `known` pieces."""
-        body, headers = self.get_bytes(pieces_url(peer.endpoint, key, remote.path, known=known, wait=wait))
+                    wait: float = 0.0, kind: str = PIECES) -> PieceTable:
+        """A peer's piece table of `kind`; from a peer still downloading, `wait` seconds at
+        most for more than `known` pieces."""
+        body, headers = self.get_bytes(pieces_url(peer.endpoint, key, remote.path, known=known, wait=wait,
+                                                  kind=kind))
         try:
             piece_size = int(headers.get(PIECE_SIZE_HEADER, "0"))
         except ValueError:
             piece_size = 0
-        table = decode_table(body, remote.size, piece_size, partial=PARTIAL_HEADER in headers)
+        table = decode_table(body, remote.size, piece_size, partial=PARTIAL_HEADER in headers, kind=kind)
         if table is None or piece_size != PIECE_SIZE:
             raise PeerError(f"{peer.name}: malformed piece table for {remote.path!r}")
         return table
@@ -287,6 +299,16 @@ class FillCounters:
 
 
 @dataclass
+class _Vouch:
+    """A piece checked against chaining values: from `previous` (None: the start value) to
+    `end_value`, and the bytes of it yielded to the engine so far."""
+
+    previous: bytes | None
+    end_value: bytes
+    yielded: RangeSet = field(default_factory=RangeSet)
+
+
+@dataclass
 class _File:
     remote: RemoteFile
     #: Peers holding the file complete, whose manifest agrees with the origin.
@@ -310,6 +332,10 @@ class _File:
     changed: threading.Condition = field(init=False)
     #: When a piece of this file was last pinned or received (stall detection).
     progress_at: float = field(default_factory=time.monotonic)
+    #: The table kind peers exchange for this file (`protocol.table_kind`).
+    kind: str = PIECES
+    #: Chain tables: piece index → what was checked of it and yielded (see `vouch`).
+    vouches: dict[int, _Vouch] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.changed = threading.Condition(self.lock)
@@ -317,6 +343,9 @@ class _File:
 
 class PeerSource:
     """See the module docstring. Thread-safe, like every source."""
+
+    #: The engine keeps its sha256 chaining value at every piece boundary (`fetch.chaining`).
+    chain_interval = PIECE_SIZE
 
     def __init__(self, origin: Source, listing: Listing, key: str, peers: Mapping[str, Sequence[Peer]],
                  client: PeerClient, health: PeerHealth, *, self_name: str = "",
@@ -345,7 +374,8 @@ class PeerSource:
             else:
                 complete, partial = [], []
             self._files[remote.path] = _File(remote, complete, partial,
-                                             pinned=bytearray(piece_count(remote.size) * DIGEST_SIZE))
+                                             pinned=bytearray(piece_count(remote.size) * DIGEST_SIZE),
+                                             kind=table_kind(remote, verify_md5=verify_md5))
         served = {path for path, state in self._files.items() if state.complete or state.partial}
         self.listing = dataclasses.replace(listing, files=tuple(
             anchored(remote, verify_md5=verify_md5) if remote.path in served else remote
@@ -372,12 +402,50 @@ class PeerSource:
         while position < end:
             index = position // PIECE_SIZE
             start, stop = piece_bounds(index, state.remote.size)
-            piece, digest = self._piece(state, index, start, stop)
+            piece, (digest, previous) = self._piece(state, index, start, stop)
+            if state.kind == CHAIN:
+                with state.lock:
+                    vouch = state.vouches.get(index)
+                    if vouch is None or (vouch.previous, vouch.end_value) != (previous, digest):
+                        vouch = state.vouches[index] = _Vouch(previous, digest)
+                    vouch.yielded.add(position, min(end, stop))
             yield piece[position - start: min(end, stop) - start]
-            # Asked for more: the engine wrote it. A whole piece can be offered to others.
-            if self.partials is not None and position == start and min(end, stop) == stop:
+            # Asked for more: the engine wrote it. A whole piece can be offered to others
+            # (chain tables: the engine records its chaining values itself, see `chained`).
+            if (self.partials is not None and state.kind == PIECES and position == start
+                    and min(end, stop) == stop):
                 self.partials.record(self.key, path, index, digest)
             position = min(end, stop)
+
+    def vouch(self, path: str, current: chaining.ChainState, limit: int) -> tuple[int, bytes, bool] | None:
+        """For the engine's sha256 of `path`, now at `current`: when every byte of the piece
+        starting there was yielded from a piece checked against chaining values that start at
+        `current`, (the piece's end ≤ `limit`, the chaining value there or, for the last piece,
+        the file's sha256, whether it is the last). The engine then skips hashing those bytes:
+        they are the ones that were checked, hashed from the very state the engine holds."""
+        state = self._files.get(path)
+        if state is None or state.kind != CHAIN or current.length % PIECE_SIZE:
+            return None
+        index = current.length // PIECE_SIZE
+        count = piece_count(state.remote.size)
+        if index >= count:
+            return None
+        start, stop = piece_bounds(index, state.remote.size)
+        with state.lock:
+            vouch = state.vouches.get(index)
+            if vouch is None or stop > limit or vouch.yielded.covered() != stop - start:
+                return None
+            if (vouch.previous if index else chaining.START.value) != current.value:
+                return None
+            del state.vouches[index]
+        return stop, vouch.end_value, index == count - 1
+
+    def chained(self, path: str, end: int, value: bytes, final: bool) -> None:
+        """The engine's sha256 of `path` reached `end` with chaining value `value` (`final`:
+        the file's sha256): offered to peers filling from this download."""
+        state = self._files.get(path)
+        if self.partials is not None and state is not None and state.kind == CHAIN:
+            self.partials.record_chain(self.key, path, end, value, final)
 
     def close(self) -> None:
         if not self._closed:
@@ -432,7 +500,7 @@ class PeerSource:
                 continue
             skip.add(peer.name)
             try:
-                table = self.client.piece_table(peer, self.key, state.remote)
+                table = self.client.piece_table(peer, self.key, state.remote, kind=state.kind)
             except (PeerMissing, PeerBusy):
                 continue
             except PeerError as exc:
@@ -441,8 +509,18 @@ class PeerSource:
                 continue
             if table.partial:
                 continue
+            if not self._ends_at_origin(state, peer, table):
+                continue
             return peer, table
         return None
+
+    def _ends_at_origin(self, state: _File, peer: Peer, table: PieceTable) -> bool:
+        """A chain table's last entry, when present, is the origin's sha256, or the peer lies."""
+        last = len(table) - 1
+        if state.kind != CHAIN or last < 0 or not table.has(last) or table.digest(last) == chain_end(state.remote):
+            return True
+        self.health.quarantine(peer.name, f"chain table of {state.remote.path!r} does not end at the origin's sha256")
+        return False
 
     def _table(self, state: _File) -> PieceTable | None:
         """The complete peers' table, agreed by two or settled by the origin; None: no
@@ -503,7 +581,7 @@ class PeerSource:
                     break
                 try:
                     table = self.client.piece_table(peer, self.key, state.remote, known=known[peer.name],
-                                                    wait=LONG_POLL if position == 0 else 0.0)
+                                                    wait=LONG_POLL if position == 0 else 0.0, kind=state.kind)
                 except (PeerMissing, PeerBusy):
                     continue
                 except PeerError as exc:
@@ -520,6 +598,8 @@ class PeerSource:
             time.sleep(0.2 + random.random() * 0.3)
 
     def _learn(self, state: _File, peer: Peer, table: PieceTable) -> None:
+        if not self._ends_at_origin(state, peer, table):
+            return
         with state.lock:
             state.seen[peer.name] = table
             state.counts[peer.name] = sum(1 for index in range(len(table)) if table.has(index))
@@ -534,12 +614,21 @@ class PeerSource:
         digest = bytes(state.pinned[index * DIGEST_SIZE:(index + 1) * DIGEST_SIZE])
         return digest if digest != ZERO_DIGEST else None
 
-    def _expected(self, state: _File, index: int) -> bytes | None:
+    def _expected(self, state: _File, index: int) -> tuple[bytes, bytes | None] | None:
+        """(the entry piece `index` must match, the entry before it: a chain's start), or None
+        while unknown."""
         table = self._table(state) if state.complete else None
         if table is not None:
-            return table.digest(index)
+            return table.digest(index), (table.digest(index - 1) if index else None)
         with state.lock:
-            return self._pinned(state, index)
+            digest = self._pinned(state, index)
+            if digest is None:
+                return None
+            if state.kind != CHAIN or index == 0:
+                return digest, None
+            previous = self._pinned(state, index - 1)
+            # A chain entry is checked from the one before it: wait until that one is known.
+            return (digest, previous) if previous is not None else None
 
     def _candidates(self, state: _File, index: int, expected: bytes) -> list[Peer]:
         """Complete peers, then partial peers whose last table has this very piece."""
@@ -558,8 +647,9 @@ class PeerSource:
             buffer = self._local.buffer = memoryview(bytearray(PIECE_SIZE))
         return buffer
 
-    def _piece(self, state: _File, index: int, start: int, stop: int) -> tuple[memoryview, bytes]:
-        """Piece `index`, checked against its expected sha256, and that digest."""
+    def _piece(self, state: _File, index: int, start: int, stop: int) -> tuple[memoryview, tuple[bytes, bytes | None]]:
+        """Piece `index`, checked against its expected table entry, and (that entry, the one
+        before it)."""
         buffer = self._buffer()
         view = buffer[: stop - start]
         path = state.remote.path
@@ -567,7 +657,7 @@ class PeerSource:
         while True:
             expected = self._expected(state, index)
             busy = waiting = False
-            for peer in self._candidates(state, index, expected) if expected is not None else []:
+            for peer in self._candidates(state, index, expected[0]) if expected is not None else []:
                 try:
                     self.client.read_into(file_url(peer.endpoint, self.key, path), start, stop, view)
                 except PeerBusy:
@@ -582,14 +672,14 @@ class PeerSource:
                         "peer": peer.name, "path": path, "piece": index, "error": str(exc)})
                     continue
                 assert expected is not None
-                if hashlib.sha256(view).digest() == expected:
+                if piece_matches(state.kind, index, piece_count(state.remote.size), PIECE_SIZE, view, *expected):
                     self.health.succeeded(peer.name)
                     self.counters.add("peer_bytes", len(view))
                     with state.lock:
                         state.progress_at = time.monotonic()
                     return view, expected
                 self.counters.add("rejected_pieces", 1)
-                self.health.quarantine(peer.name, f"piece {index} of {path!r} does not match its sha256")
+                self.health.quarantine(peer.name, f"piece {index} of {path!r} does not match its table")
             if state.table is not None and not busy:
                 return self._origin_fallback(state, index, start, stop, buffer, state.table)
             if state.table is not None and time.monotonic() >= busy_until:
@@ -609,7 +699,7 @@ class PeerSource:
             time.sleep(0.2 + random.random() * 0.3)
 
     def _origin_fallback(self, state: _File, index: int, start: int, stop: int, buffer: memoryview,
-                         table: PieceTable) -> tuple[memoryview, bytes]:
+                         table: PieceTable) -> tuple[memoryview, tuple[bytes, bytes | None]]:
         path = state.remote.path
         piece = self._origin_piece(path, start, stop, buffer, "origin_bytes")
         if not table.matches(index, piece):
@@ -618,7 +708,7 @@ class PeerSource:
                 self.health.quarantine(name, f"piece table of {path!r} disagrees with the origin")
             raise IntegrityError(f"{path!r}: the peers' piece table disagrees with the origin at "
                                  f"piece {index}; download again without them")
-        return piece, table.digest(index)
+        return piece, (table.digest(index), table.digest(index - 1) if index else None)
 
 
 def compatible_peers(listing: Listing, manifests: Mapping[str, tuple[Peer, Mapping[str, Mapping[str, Any]]]],
