@@ -109,6 +109,14 @@ class IntegrityError(TransientError):
     reason = "IntegrityCheckFailed"
 
 
+class PeerTablesRejectedError(TransientError):
+    """Every peer holding a file complete was caught lying about its piece table (a chain
+    table that does not end at the origin's sha256) and no other peer has the file: the fill
+    starts again at once without them, through the origin slots, with staging kept."""
+
+    reason = "PeerDataRejected"
+
+
 class PeersStalledError(TransientError):
     """Filling from peers that are still downloading, none of which made progress for a while
     (the node downloading from the origin stopped). Staging is kept; the agent retries."""

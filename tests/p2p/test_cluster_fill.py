@@ -26,6 +26,7 @@ from tests.p2p.agents import (
 )
 from tests.p2p.peers import (
     ConsistentLiar,
+    EndForgingLiar,
     Identity,
     MiB,
     advertise,
@@ -96,7 +97,12 @@ def test_eight_agents_take_one_copy_from_the_origin(agents: PeerAgents, hf_hub: 
     assert "peerEndpoint" not in agents.cluster.status(leaving.name)
 
 
-def test_a_malicious_peer_is_detected_and_bypassed(agents: PeerAgents, hf_hub: LocalHub, tmp_path: Path) -> None:
+@pytest.mark.parametrize("liar_class", [ConsistentLiar, EndForgingLiar], ids=["own-end", "forged-end"])
+def test_a_malicious_peer_is_detected_and_bypassed(agents: PeerAgents, hf_hub: LocalHub, tmp_path: Path,
+                                                   liar_class: type[ConsistentLiar]) -> None:
+    """own-end: its chain table ends at its bad bytes' sha256 and is refused on sight;
+    forged-end: the table ends at the origin's sha256, every piece but the last passes, the
+    last fails, one origin piece shows the table lied, and the fill starts again without it."""
     model = hub_model(hf_hub, standard_files("liar", shard_mib=12))
     storage = hub_storage_key(agents.cluster, hf_hub.url)
     # A node that claims the model and serves altered bytes with a piece table to match.
@@ -106,7 +112,7 @@ def test_a_malicious_peer_is_detected_and_bypassed(agents: PeerAgents, hf_hub: L
     corrupt_copy(seed, liar_root, model.key, "model-00001-of-00002.safetensors", [3 * MiB, 9 * MiB + 1])
     liar_node = f"p2p-liar-{uuid.uuid4().hex[:6]}"
     with peer_servers() as running:
-        liar = running.serve(liar_root, agents.identity, liar_node, server_class=ConsistentLiar,
+        liar = running.serve(liar_root, agents.identity, liar_node, server_class=liar_class,
                              address=PEER_TEST_ADDRESS if agents.by_service else "127.0.0.1")
         advertise(agents.identity.admin, liar_node, model.uri, liar.endpoint)
         if agents.by_service:

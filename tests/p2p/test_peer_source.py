@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from localmodel.errors import IntegrityError
+from localmodel.errors import IntegrityError, PeerTablesRejectedError
 from localmodel.fetch import Layout, chaining, download, read_manifest
 from localmodel.peers.protocol import PIECE_SIZE
 from localmodel.peers.server import PeerServer
@@ -182,6 +182,26 @@ def test_a_chain_table_that_does_not_end_at_the_origins_sha256_is_refused_before
     # Refused on sight: no piece of it was checked and refused, no origin piece was needed.
     assert fill.counters.arbitration_bytes == 0 and fill.counters.rejected_pieces == 0
     assert hf_hub.bytes_served - before == len(model.files["config.json"])
+
+
+def test_a_lone_liar_whose_chain_ends_elsewhere_stops_the_fill_without_origin_bytes(
+        seeded: tuple[HubModel, Path], tmp_path: Path, hf_hub: LocalHub, identity: Identity) -> None:
+    """The only complete peer's table is refused on sight: the file is not read from the
+    origin behind the origin slots' back; the fill stops (staging kept) for a retry without it."""
+    model, seed = seeded
+    liar_root = tmp_path / "liar"
+    corrupt_copy(seed, liar_root, model.key, SHARD, [12345])
+    receiver = tmp_path / "receiver"
+    with peer_servers() as running:
+        liar = running.serve(liar_root, identity, "liar", server_class=ConsistentLiar)
+        before = hf_hub.bytes_served
+        fill = Fill(model, [liar], identity)
+        with pytest.raises(PeerTablesRejectedError, match=SHARD):
+            fill.run(receiver)
+    assert "liar" in fill.health.quarantined()
+    assert hf_hub.bytes_served - before <= len(model.files["config.json"])  # not the shard
+    assert read_manifest(Layout.in_store(receiver, model.key)) is None
+    assert (receiver / "staging" / model.key).is_dir()  # kept for the retry
 
 
 def test_a_lying_piece_table_is_settled_by_one_origin_piece(

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from localmodel.backoff import exponential_delay
-from localmodel.errors import IntegrityError
+from localmodel.errors import IntegrityError, PeerTablesRejectedError
 from localmodel.fetch.archive import archive_kind
 from localmodel.fetch.layout import Layout
 from localmodel.peers.discovery import PeerDirectory
@@ -219,6 +219,8 @@ class PeerFill:
             if blamed:
                 raise PeerDataRejectedError(f"{exc} (peers quarantined: {', '.join(sorted(blamed))})") from exc
             raise
+        except PeerTablesRejectedError as exc:  # already quarantined by the source; staging kept
+            raise PeerDataRejectedError(str(exc)) from exc
         finally:
             self.partials.end(key, completed=completed)
             source.close()

@@ -42,7 +42,7 @@ import urllib3
 from urllib3.exceptions import HTTPError as Urllib3Error
 
 from localmodel.backoff import exponential_delay
-from localmodel.errors import IntegrityError, PeersStalledError, SourceUnavailableError
+from localmodel.errors import IntegrityError, PeersStalledError, PeerTablesRejectedError, SourceUnavailableError
 from localmodel.fetch import chaining
 from localmodel.fetch.ranges import RangeSet
 from localmodel.peers.partial import PartialDownloads
@@ -334,6 +334,8 @@ class _File:
     progress_at: float = field(default_factory=time.monotonic)
     #: The table kind peers exchange for this file (`protocol.table_kind`).
     kind: str = PIECES
+    #: Complete peers refused for a table that lies on its face (`_ends_at_origin`).
+    lied: set[str] = field(default_factory=set)
     #: Chain tables: piece index → what was checked of it and yielded (see `vouch`).
     vouches: dict[int, _Vouch] = field(default_factory=dict)
 
@@ -395,6 +397,12 @@ class PeerSource:
             yield from self._from_origin(path, offset, length)
             return
         if state.complete and self._table(state) is None and not state.partial:
+            if state.lied:
+                # Not straight to the origin: every node that met this liar would read the
+                # file from it at once, around the origin slots. The fill starts again without it.
+                raise PeerTablesRejectedError(
+                    f"{path!r}: the piece table of {', '.join(sorted(state.lied))} does not end at the "
+                    "origin's sha256, and no other peer has the file")
             yield from self._from_origin(path, offset, length)
             return
         end = offset + length
@@ -520,6 +528,7 @@ class PeerSource:
         if state.kind != CHAIN or last < 0 or not table.has(last) or table.digest(last) == chain_end(state.remote):
             return True
         self.health.quarantine(peer.name, f"chain table of {state.remote.path!r} does not end at the origin's sha256")
+        state.lied.add(peer.name)  # no lock: `_table` calls this holding state.lock (set.add is atomic)
         return False
 
     def _table(self, state: _File) -> PieceTable | None:
