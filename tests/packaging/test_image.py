@@ -110,3 +110,11 @@ def test_every_native_module_finds_its_libraries(image_rootfs: Path) -> None:
          "import blake3; print(blake3.blake3(b'').hexdigest())"],
         capture_output=True, text=True, timeout=60, check=False)
     assert empty.stdout.strip() == "af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262", empty.stderr
+    # sha256 chaining values (peer fill's one pass) drive the image's own libcrypto through
+    # ctypes: the structure it expects must be the one there (the module checks itself at import).
+    chained = subprocess.run(
+        ["chroot", str(image_rootfs), "/opt/localmodel/bin/python", "-W", "error", "-c",
+         "from localmodel.fetch import chaining; h = chaining.Sha256(chaining.advance(chaining.START, b'a' * 64)); "
+         "h.update(b'bc'); print(h.hexdigest())"],
+        capture_output=True, text=True, timeout=60, check=False)
+    assert chained.stdout.strip() == hashlib.sha256(b"a" * 64 + b"bc").hexdigest(), chained.stderr
