@@ -17,7 +17,9 @@
                          │     sequential hash (sha256, md5) that follows the contiguous
                          │     written prefix: from memory at the frontier, else re-read from
                          │     the page cache by a separate hashing thread, so hashing (and
-                         │     the final fsync) overlaps the download and never stalls it
+                         │     the final fsync) overlaps the download and never stalls it;
+                         │     a source that checked pieces against sha256 chaining values
+                         │     (peer fill) lets the hash jump over them (`chaining`)
                          ├─ 5. verify: size and provider digest per file (IntegrityError)
                          ├─ 6. unpack a single-archive model (`archive`)
                          ├─ 6b. share: each verified file becomes a link to the content

@@ -440,6 +440,8 @@ class PeerSource:
             return None
         start, stop = piece_bounds(index, state.remote.size)
         with state.lock:
+            for passed in [i for i in state.vouches if i < index]:  # the hash only moves on
+                del state.vouches[passed]
             vouch = state.vouches.get(index)
             if vouch is None or stop > limit or vouch.yielded.covered() != stop - start:
                 return None
