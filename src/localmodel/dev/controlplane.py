@@ -28,6 +28,7 @@ from __future__ import annotations
 import atexit
 import hashlib
 import json
+import random
 import socket
 import ssl
 import subprocess
@@ -450,9 +451,30 @@ class ControlPlane:
 
 
 def free_port(host: str = "127.0.0.1") -> int:
+    """A port to hand to a process that binds it later. Chosen below the kernel's ephemeral
+    range: a port from that range (what binding port 0 gives) can be taken meanwhile by any
+    outgoing connection's local end, and was (an agent's health port, "address already in
+    use", with many agents connecting at once), and below Kubernetes' NodePort range
+    (30000-32767), which kube-proxy on the real nodes may hold."""
+    high = min(_ephemeral_low(), 30000)
+    for _ in range(64):
+        port = random.randrange(10000, high) if high > 10000 else 0
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            return int(sock.getsockname()[1])
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
 
 
 def _port_is_free(port: int, host: str = "127.0.0.1") -> bool:
