@@ -33,7 +33,7 @@ import socket
 import stat
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -344,26 +344,15 @@ class PeerServer:
             if expected.algorithm != "sha256":
                 raise _Refused(404, "no sha256 to chain to")
             return self._compute_chain(key, item, expected.value)
-        fd = self.open_file(key, item)
         whole = new_hasher(expected.algorithm, expected.part_size)
+        piece = hashlib.sha256()
         digests = bytearray()
-        buffer = memoryview(bytearray(_READ_SIZE))
-        position = 0
-        try:
-            while position < item.size:
-                piece = hashlib.sha256()
-                end = min(item.size, position + PIECE_SIZE)
-                while position < end:
-                    count = os.preadv(fd, [buffer[: min(len(buffer), end - position)]], position)
-                    if count == 0:  # shrank since it was opened
-                        self._report_damage(key, item, f"{item.path} is shorter than its manifest says")
-                        raise _Refused(404, "damaged")
-                    piece.update(buffer[:count])
-                    whole.update(buffer[:count])
-                    position += count
+        for data, piece_ends in self._read_by_piece(key, item):
+            piece.update(data)
+            whole.update(data)
+            if piece_ends:
                 digests += piece.digest()
-        finally:
-            os.close(fd)
+                piece = hashlib.sha256()
         if whole.hexdigest() != expected.value:
             self._report_damage(key, item, f"{item.path} no longer matches its manifest ({expected.algorithm})")
             raise _Refused(404, "damaged")
@@ -371,25 +360,12 @@ class PeerServer:
 
     def _compute_chain(self, key: str, item: ManifestFile, sha256: str) -> bytes:
         """The chaining value after every piece and the file's sha256 last: one pass."""
-        fd = self.open_file(key, item)
         hasher = chaining.Sha256()
         entries = bytearray()
-        buffer = memoryview(bytearray(_READ_SIZE))
-        position = 0
-        try:
-            while position < item.size:
-                end = min(item.size, position + PIECE_SIZE)
-                while position < end:
-                    count = os.preadv(fd, [buffer[: min(len(buffer), end - position)]], position)
-                    if count == 0:  # shrank since it was opened
-                        self._report_damage(key, item, f"{item.path} is shorter than its manifest says")
-                        raise _Refused(404, "damaged")
-                    hasher.update(buffer[:count])
-                    position += count
-                if position < item.size:
-                    entries += hasher.state().value
-        finally:
-            os.close(fd)
+        for data, piece_ends in self._read_by_piece(key, item):
+            hasher.update(data)
+            if piece_ends and hasher.length < item.size:
+                entries += hasher.state().value
         digest = hasher.digest()
         if digest.hex() != sha256:
             self._report_damage(key, item, f"{item.path} no longer matches its manifest (sha256)")
@@ -397,6 +373,24 @@ class PeerServer:
         if item.size:
             entries += digest
         return bytes(entries)
+
+    def _read_by_piece(self, key: str, item: ManifestFile) -> Iterator[tuple[memoryview, bool]]:
+        """`item`'s bytes in order, one read at a time, each with whether it ends a piece; a
+        file shorter than its manifest says is reported damaged."""
+        fd = self.open_file(key, item)
+        buffer = memoryview(bytearray(_READ_SIZE))
+        position = 0
+        try:
+            while position < item.size:
+                end = min(item.size, (position // PIECE_SIZE + 1) * PIECE_SIZE)  # this piece's
+                count = os.preadv(fd, [buffer[: min(len(buffer), end - position)]], position)
+                if count == 0:  # shrank since it was opened
+                    self._report_damage(key, item, f"{item.path} is shorter than its manifest says")
+                    raise _Refused(404, "damaged")
+                position += count
+                yield buffer[:count], position == end
+        finally:
+            os.close(fd)
 
     def _report_damage(self, key: str, item: ManifestFile, problem: str) -> None:
         with self._lock:

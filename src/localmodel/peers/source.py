@@ -453,8 +453,7 @@ class PeerSource:
     def chained(self, path: str, end: int, value: bytes, final: bool) -> None:
         """The engine's sha256 of `path` reached `end` with chaining value `value` (`final`:
         the file's sha256): offered to peers filling from this download."""
-        state = self._files.get(path)
-        if self.partials is not None and state is not None and state.kind == CHAIN:
+        if self.partials is not None:  # it records only files with a chain table
             self.partials.record_chain(self.key, path, end, value, final)
 
     def close(self) -> None:
