@@ -166,24 +166,6 @@ def test_a_file_filled_from_peers_is_hashed_once(
         path: hashlib.sha256(data).hexdigest() for path, data in model.files.items() if path.endswith(".safetensors")}
 
 
-def test_a_chain_table_that_does_not_end_at_the_origins_sha256_is_refused_before_any_piece(
-        seeded: tuple[HubModel, Path], tmp_path: Path, hf_hub: LocalHub, identity: Identity) -> None:
-    model, seed = seeded
-    liar_root = tmp_path / "liar"
-    corrupt_copy(seed, liar_root, model.key, SHARD, [PIECE_SIZE + 5])
-    with peer_servers() as running:
-        honest = running.serve(seed, identity, "honest")
-        liar = running.serve(liar_root, identity, "liar", server_class=ConsistentLiar)
-        before = hf_hub.bytes_served
-        fill = Fill(model, [liar, honest], identity)
-        fill.run(tmp_path / "receiver")
-    assert tree_digests(tmp_path / "receiver" / "models" / model.key) == model.digests()
-    assert "liar" in fill.health.quarantined()
-    # Refused on sight: no piece of it was checked and refused, no origin piece was needed.
-    assert fill.counters.arbitration_bytes == 0 and fill.counters.rejected_pieces == 0
-    assert hf_hub.bytes_served - before == len(model.files["config.json"])
-
-
 def test_a_lone_liar_whose_chain_ends_elsewhere_stops_the_fill_without_origin_bytes(
         seeded: tuple[HubModel, Path], tmp_path: Path, hf_hub: LocalHub, identity: Identity) -> None:
     """The only complete peer's table is refused on sight: the file is not read from the
@@ -204,21 +186,28 @@ def test_a_lone_liar_whose_chain_ends_elsewhere_stops_the_fill_without_origin_by
     assert (receiver / "staging" / model.key).is_dir()  # kept for the retry
 
 
-def test_a_lying_piece_table_is_settled_by_one_origin_piece(
-        seeded: tuple[HubModel, Path], tmp_path: Path, hf_hub: LocalHub, identity: Identity) -> None:
+@pytest.mark.parametrize(("liar_class", "origin_pieces"), [(ConsistentLiar, 0), (EndForgingLiar, 1)],
+                         ids=["own-end", "forged-end"])
+def test_a_lying_piece_table_beside_an_honest_one_is_caught(
+        seeded: tuple[HubModel, Path], tmp_path: Path, hf_hub: LocalHub, identity: Identity,
+        liar_class: type[ConsistentLiar], origin_pieces: int) -> None:
+    """own-end: a chain table that does not end at the origin's sha256 is refused on sight,
+    before any piece, with no origin piece; forged-end: the two tables differ at piece 1, and
+    one piece read from the origin settles who lied."""
     model, seed = seeded
     liar_root = tmp_path / "liar"
     corrupt_copy(seed, liar_root, model.key, SHARD, [PIECE_SIZE + 5])
     with peer_servers() as running:
         honest = running.serve(seed, identity, "honest")
-        liar = running.serve(liar_root, identity, "liar", server_class=EndForgingLiar)
+        liar = running.serve(liar_root, identity, "liar", server_class=liar_class)
         before = hf_hub.bytes_served
         fill = Fill(model, [liar, honest], identity)
         fill.run(tmp_path / "receiver")
     assert tree_digests(tmp_path / "receiver" / "models" / model.key) == model.digests()
     assert "liar" in fill.health.quarantined()
-    assert fill.counters.arbitration_bytes == PIECE_SIZE  # piece 1, where the tables differ
-    assert hf_hub.bytes_served - before == len(model.files["config.json"]) + PIECE_SIZE
+    assert fill.counters.rejected_pieces == 0  # caught by its table, not by a piece
+    assert fill.counters.arbitration_bytes == origin_pieces * PIECE_SIZE
+    assert hf_hub.bytes_served - before == len(model.files["config.json"]) + origin_pieces * PIECE_SIZE
     assert fill.source is not None and "liar" not in fill.source.table_providers(SHARD)
 
 
