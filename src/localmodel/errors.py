@@ -110,9 +110,10 @@ class IntegrityError(TransientError):
 
 
 class PeerTablesRejectedError(TransientError):
-    """Every peer holding a file complete was caught lying about its piece table (a chain
-    table that does not end at the origin's sha256) and no other peer has the file: the fill
-    starts again at once without them, through the origin slots, with staging kept."""
+    """The peers a file was to come from were caught lying about a piece table (a chain
+    table that does not end at the origin's sha256: for this file, or for another file of the
+    same fill) and no other peer has the file: the fill starts again at once without them,
+    through the origin slots, with staging kept."""
 
     reason = "PeerDataRejected"
 

@@ -63,7 +63,8 @@ class Fill:
         manifests = {p.name: (p, self.client.manifest(p, self.model.key)) for p in self.peers}
         return compatible_peers(listing, manifests)
 
-    def run(self, root: Path) -> None:
+    def open(self) -> PeerSource:
+        """The PeerSource `run` hands the engine (the caller closes it)."""
         origin = open_source(self.model.uri, self.model.settings)
         listing = origin.list_files()
         manifests = {}
@@ -77,7 +78,10 @@ class Fill:
             usable = {f.path: list(self.peers) for f in listing.files if f.digest is not None}
         self.source = PeerSource(origin, listing, self.model.key, usable, self.client, self.health,
                                  self_name="receiver", counters=self.counters, busy_patience=2.0)
-        source = self.source
+        return self.source
+
+    def run(self, root: Path) -> None:
+        source = self.open()
         download(self.model.uri, Layout.in_store(root, self.model.key), settings=self.model.settings,
                  source_factory=lambda _u, _s: source)
 
@@ -184,6 +188,37 @@ def test_a_lone_liar_whose_chain_ends_elsewhere_stops_the_fill_without_origin_by
     assert hf_hub.bytes_served - before <= len(model.files["config.json"])  # not the shard
     assert read_manifest(Layout.in_store(receiver, model.key)) is None
     assert (receiver / "staging" / model.key).is_dir()  # kept for the retry
+
+
+@pytest.mark.parametrize("caught", ["mid-file", "before-its-table"])
+def test_a_liar_caught_on_one_file_stops_the_files_it_was_filling_without_origin_bytes(
+        seeded: tuple[HubModel, Path], tmp_path: Path, hf_hub: LocalHub, identity: Identity, caught: str) -> None:
+    """The lone peer lies only about SHARD, but the engine fills files side by side: once it
+    is caught there, the other shard is not read from the origin around the origin slots
+    either (mid-file: the rest of it, piece by piece; before its table: all of it)."""
+    model, seed = seeded
+    other = "model-00002-of-00002.safetensors"
+    assert len(model.files[other]) > PIECE_SIZE  # a piece before the liar is caught, one after
+    corrupt_copy(seed, tmp_path / "liar", model.key, SHARD, [12345])
+    with peer_servers() as running:
+        liar = running.serve(tmp_path / "liar", identity, "liar", server_class=ConsistentLiar)
+        before = hf_hub.bytes_served
+        fill = Fill(model, [liar], identity)
+        source = fill.open()
+        try:
+            reading = source.read_range(other, 0, len(model.files[other]))
+            if caught == "mid-file":
+                first = bytes(next(reading))  # checked against the liar's honest table of `other`
+                assert first == model.files[other][:PIECE_SIZE]
+            with pytest.raises(PeerTablesRejectedError, match=SHARD):
+                list(source.read_range(SHARD, 0, len(model.files[SHARD])))
+            with pytest.raises(PeerTablesRejectedError, match=rf"{other}.*liar \(about '{SHARD}'\)"):
+                list(reading)
+        finally:
+            source.close()
+    assert fill.health.quarantined().keys() == {"liar"}
+    assert fill.counters.origin_bytes == 0
+    assert hf_hub.bytes_served == before
 
 
 @pytest.mark.parametrize(("liar_class", "origin_pieces"), [(ConsistentLiar, 0), (EndForgingLiar, 1)],

@@ -334,8 +334,6 @@ class _File:
     progress_at: float = field(default_factory=time.monotonic)
     #: The table kind peers exchange for this file (`protocol.table_kind`).
     kind: str = PIECES
-    #: Complete peers refused for a table that lies on its face (`_ends_at_origin`).
-    lied: set[str] = field(default_factory=set)
     #: Chain tables: piece index → what was checked of it and yielded (see `vouch`).
     vouches: dict[int, _Vouch] = field(default_factory=dict)
 
@@ -368,6 +366,8 @@ class PeerSource:
         self._spread = int(hashlib.sha256(self_name.encode()).hexdigest()[:8], 16)
         self._local = threading.local()
         self._closed = False
+        #: Peers caught with a table that lies on its face (`_ends_at_origin`) → that file.
+        self._caught: dict[str, str] = {}
         self._files: dict[str, _File] = {}
         for remote in listing.files:
             if strong_digest(remote, verify_md5=verify_md5):
@@ -397,12 +397,10 @@ class PeerSource:
             yield from self._from_origin(path, offset, length)
             return
         if state.complete and self._table(state) is None and not state.partial:
-            if state.lied:
-                # Not straight to the origin: every node that met this liar would read the
-                # file from it at once, around the origin slots. The fill starts again without it.
-                raise PeerTablesRejectedError(
-                    f"{path!r}: the piece table of {', '.join(sorted(state.lied))} does not end at the "
-                    "origin's sha256, and no other peer has the file")
+            # Not straight to the origin when a liar is why no peer can give the table (it
+            # lied about this file or, found out first, about another): every node that met
+            # it would read the file from it at once, around the origin slots.
+            self._stop_for_liars(state, state.complete)
             yield from self._from_origin(path, offset, length)
             return
         end = offset + length
@@ -529,8 +527,18 @@ class PeerSource:
         if state.kind != CHAIN or last < 0 or not table.has(last) or table.digest(last) == chain_end(state.remote):
             return True
         self.health.quarantine(peer.name, f"chain table of {state.remote.path!r} does not end at the origin's sha256")
-        state.lied.add(peer.name)  # no lock: `_table` calls this holding state.lock (set.add is atomic)
+        self._caught.setdefault(peer.name, state.remote.path)  # atomic: callers hold only their file's lock
         return False
+
+    def _stop_for_liars(self, state: _File, peers: Sequence[Peer | str]) -> None:
+        """Raise `PeerTablesRejectedError` when any of `peers` was caught lying on its face:
+        the fill starts again at once without it, through the origin slots (staging kept)."""
+        names = sorted({peer if isinstance(peer, str) else peer.name for peer in peers} & self._caught.keys())
+        if names:
+            lies = ", ".join(f"{name} (about {self._caught[name]!r})" for name in names)
+            raise PeerTablesRejectedError(
+                f"{state.remote.path!r}: no peer left to fill it from; caught with a chain table "
+                f"that does not end at the origin's sha256: {lies}")
 
     def _table(self, state: _File) -> PieceTable | None:
         """The complete peers' table, agreed by two or settled by the origin; None: no
@@ -691,6 +699,10 @@ class PeerSource:
                 self.counters.add("rejected_pieces", 1)
                 self.health.quarantine(peer.name, f"piece {index} of {path!r} does not match its table")
             if state.table is not None and not busy:
+                if not any(self.health.usable(name) for name in state.table_providers):
+                    # The table's peers were since caught lying about another file: not the
+                    # rest of this one from the origin, piece by piece, around the slots.
+                    self._stop_for_liars(state, state.table_providers)
                 return self._origin_fallback(state, index, start, stop, buffer, state.table)
             if state.table is not None and time.monotonic() >= busy_until:
                 # Load is no reason to go to the origin: the engine retries this range later.
