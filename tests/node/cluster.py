@@ -49,6 +49,30 @@ def install_crds(kube: ControlPlane, flavor: str) -> None:
         args += ["-f", str(path)]
     kube.kubectl(*args)
     kube.kubectl("wait", "--for=condition=Established", "--timeout=120s", *[f"crd/{n}" for n in CRD_NAMES])
+    wait_for_status_schema(kube, flavor)
+
+
+def wait_for_status_schema(kube: ControlPlane, flavor: str) -> None:
+    """Until the apiserver prunes LocalModelNode status as `flavor`'s schema says.
+
+    Over CRDs of the same names `Established` is already true: the apiserver swaps the schema
+    it serves a moment after the update, and an agent whose first status write still met the
+    old one would go on writing as under the other flavour (seen: status without peerEndpoint
+    right after the switch back to localmodel's CRDs). A probe object's status tells."""
+    name = unique("crd-probe")
+    kube.kubectl("create", "-f", "-", input=json.dumps({
+        "apiVersion": "serving.kserve.io/v1alpha1", "kind": "LocalModelNode",
+        "metadata": {"name": name}, "spec": {"localModels": []}}))
+    try:
+        def served() -> bool:
+            kube.kubectl("patch", "localmodelnode", name, "--subresource=status", "--type=merge",
+                         "-p", json.dumps({"status": {"modelsDownloaded": 1}}))
+            raw = kube.kubectl("get", "localmodelnode", name, "-o", "json").stdout
+            kept = "modelsDownloaded" in (json.loads(raw).get("status") or {})
+            return kept == (flavor == "localmodel")
+        wait_until(served, f"the apiserver serving the {flavor} LocalModelNode schema", timeout=60)
+    finally:
+        kube.kubectl("delete", "localmodelnode", name, "--wait=false", check=False)
 
 
 def installed_flavor(kube: ControlPlane) -> str:
