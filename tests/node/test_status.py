@@ -4,10 +4,12 @@ from datetime import datetime, timedelta, timezone
 
 from localmodel.api.types import ModelDetail, ModelStatus, NodeDisk
 from localmodel.node.status import (
+    PRUNE_RECHECK_PASSES,
     additive_fields_pruned,
     build_status,
     coarse_free_bytes,
     merge_patch,
+    prune_recheck_due,
     status_patch,
     write_due,
 )
@@ -102,3 +104,12 @@ def test_free_space_is_reported_coarsely_so_idle_nodes_write_nothing() -> None:
     assert coarse_free_bytes(100 * gib + 5 * mib, 200 * gib) == coarse_free_bytes(100 * gib + 90 * mib, 200 * gib)
     assert coarse_free_bytes(10 * mib, 50 * gib) == 0  # 64 MiB minimum step
     assert coarse_free_bytes(3 * tib + gib, 10 * tib) % (10 * gib) == 0
+
+
+def test_a_pruning_crd_is_looked_at_again_after_some_resync_periods() -> None:
+    seen = NOW
+    period = PRUNE_RECHECK_PASSES * 60.0
+    assert not prune_recheck_due(pruned_seen_at=None, now=seen + timedelta(days=1), resync_seconds=60)
+    assert not prune_recheck_due(pruned_seen_at=seen, now=seen + timedelta(seconds=period - 1), resync_seconds=60)
+    assert prune_recheck_due(pruned_seen_at=seen, now=seen + timedelta(seconds=period), resync_seconds=60)
+    assert prune_recheck_due(pruned_seen_at=seen, now=seen + timedelta(seconds=PRUNE_RECHECK_PASSES), resync_seconds=1)

@@ -84,8 +84,9 @@ class AgentMemory:
     last_write: datetime | None = None
     #: When a held-back progress write is due (status.write_due).
     status_wake: datetime | None = None
-    #: The CRD prunes localmodel's additive status fields (KServe's CRDs are installed).
-    additive_pruned: bool = False
+    #: When a status write last showed the CRD pruning localmodel's additive status fields
+    #: (KServe's CRDs are installed); None: they are kept.
+    pruned_seen_at: datetime | None = None
     #: A pass has reached the status step.
     synced: bool = False
     last_pass_at: datetime | None = None
@@ -206,8 +207,13 @@ class AgentMemory:
     def status_held(self, wake: datetime | None) -> AgentMemory:
         return replace(self, status_wake=wake)
 
-    def status_written(self, at: datetime, stored: Mapping[str, Any], *, additive_pruned: bool) -> AgentMemory:
-        return replace(self, last_write=at, server_status=stored, additive_pruned=additive_pruned,
+    @property
+    def additive_pruned(self) -> bool:
+        return self.pruned_seen_at is not None
+
+    def status_written(self, at: datetime, stored: Mapping[str, Any], *,
+                       pruned_seen_at: datetime | None) -> AgentMemory:
+        return replace(self, last_write=at, server_status=stored, pruned_seen_at=pruned_seen_at,
                        status_wake=None)
 
     def synced_now(self) -> AgentMemory:

@@ -57,6 +57,7 @@ from localmodel.node.status import (
     additive_fields_pruned,
     build_status,
     coarse_free_bytes,
+    prune_recheck_due,
     status_patch,
     write_due,
 )
@@ -493,11 +494,14 @@ class Reconciler:
         desired = build_status(current.model_status, current.model_details, disk=disk,
                                observed_generation=memory.desired.generation,
                                peer_endpoint=self.peer_endpoint)
-        patch, significant = status_patch(memory.server_status, desired, additive_pruned=memory.additive_pruned)
+        now = self._clock()
+        recheck = prune_recheck_due(pruned_seen_at=memory.pruned_seen_at, now=now,
+                                    resync_seconds=self.resync_seconds)
+        patch, significant = status_patch(memory.server_status, desired,
+                                          additive_pruned=memory.additive_pruned and not recheck)
         self.memory = self.memory.status_held(None)
         if not patch:
             return
-        now = self._clock()
         due, later = write_due(significant=significant, last_write=memory.last_write, now=now,
                                progress_interval=self.settings.status.progress_interval_seconds)
         if not due:
@@ -505,14 +509,19 @@ class Reconciler:
             return
         stored = await self.backend.write_status(patch, desired)
         self.metrics.status_writes.inc()
-        pruned = memory.additive_pruned
+        pruned_seen_at = memory.pruned_seen_at
         if stored is None:
             stored = apply_merge_patch(memory.server_status, patch)
-        elif not pruned and additive_fields_pruned(patch, stored):
-            pruned = True
-            logger.info("the LocalModelNode CRD prunes localmodel's status fields (KServe's CRDs are "
-                        "installed); writing status.modelStatus only")
-        self.memory = self.memory.status_written(now, dict(stored), additive_pruned=pruned)
+        elif additive_fields_pruned(patch, stored):
+            if pruned_seen_at is None:
+                logger.info("the LocalModelNode CRD prunes localmodel's status fields (KServe's CRDs are "
+                            "installed); writing status.modelStatus only")
+            pruned_seen_at = now
+        elif recheck:
+            pruned_seen_at = None
+            logger.info("the LocalModelNode CRD keeps localmodel's status fields now (localmodel's CRDs "
+                        "are installed); writing the whole status again")
+        self.memory = self.memory.status_written(now, dict(stored), pruned_seen_at=pruned_seen_at)
         if significant:
             logger.debug("status written", extra={"models": {k: v for k, v in desired["modelStatus"].items()}})
 

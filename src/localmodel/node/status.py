@@ -11,6 +11,9 @@ appears or disappears is written at once.
 With KServe's CRDs installed the apiserver prunes our additive fields (modelDetails, disk,
 modelsDownloaded, observedGeneration). The caller notices that in the patch response and from
 then on compares and sends the KServe fields only, so a pruned field never looks "changed".
+Every `PRUNE_RECHECK_PASSES` resync periods it sends the whole status once more: when
+localmodel's CRDs have replaced KServe's meanwhile (an upgrade while agents run), the fields
+are kept and the agent writes them from then on, without a restart.
 """
 
 from __future__ import annotations
@@ -29,6 +32,10 @@ from localmodel.kube.patches import merge_patch
 
 #: Status fields KServe's CRD knows; everything else is localmodel's and may be pruned.
 KSERVE_STATUS_FIELDS = frozenset({"modelStatus"})
+#: After this many resync periods (KServe's default: 60 s, so 10 min) an agent that found its
+#: additive fields pruned sends them again, to see whether the CRDs changed (a no-op write
+#: for the apiserver while they still prune).
+PRUNE_RECHECK_PASSES = 10
 #: Fields that move continuously and are written at a limited rate.
 _VOLATILE_DETAIL_FIELDS = frozenset({"bytesDone", "filesDone", "bytesPerSecond"})
 _VOLATILE_STATUS_FIELDS = frozenset({"disk"})
@@ -118,6 +125,14 @@ def write_due(
     if now >= next_slot:
         return True, None
     return False, next_slot
+
+
+def prune_recheck_due(*, pruned_seen_at: datetime | None, now: datetime, resync_seconds: float) -> bool:
+    """Whether to send the whole status again although the CRD pruned the additive fields
+    when last seen (`pruned_seen_at`; None: never seen pruning)."""
+    if pruned_seen_at is None:
+        return False
+    return now >= pruned_seen_at + timedelta(seconds=PRUNE_RECHECK_PASSES * resync_seconds)
 
 
 def additive_fields_pruned(sent: Mapping[str, Any], stored: Mapping[str, Any] | None) -> bool:
