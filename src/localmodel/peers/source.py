@@ -34,7 +34,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -400,7 +400,7 @@ class PeerSource:
             # Not straight to the origin when a liar is why no peer can give the table (it
             # lied about this file or, found out first, about another): every node that met
             # it would read the file from it at once, around the origin slots.
-            self._stop_for_liars(state, state.complete)
+            self._stop_for_liars(state, [peer.name for peer in state.complete])
             yield from self._from_origin(path, offset, length)
             return
         end = offset + length
@@ -530,12 +530,14 @@ class PeerSource:
         self._caught.setdefault(peer.name, state.remote.path)  # atomic: callers hold only their file's lock
         return False
 
-    def _stop_for_liars(self, state: _File, peers: Sequence[Peer | str]) -> None:
-        """Raise `PeerTablesRejectedError` when any of `peers` was caught lying on its face:
-        the fill starts again at once without it, through the origin slots (staging kept)."""
-        names = sorted({peer if isinstance(peer, str) else peer.name for peer in peers} & self._caught.keys())
-        if names:
-            lies = ", ".join(f"{name} (about {self._caught[name]!r})" for name in names)
+    def _stop_for_liars(self, state: _File, names: Iterable[str]) -> None:
+        """Raise `PeerTablesRejectedError` when any of the peers `names` was caught lying on
+        its face: the fill starts again at once without it, through the origin slots (staging
+        kept)."""
+        # Lookups only: another file's thread may add to `_caught` meanwhile.
+        caught = sorted({name for name in names if name in self._caught})
+        if caught:
+            lies = ", ".join(f"{name} (about {self._caught[name]!r})" for name in caught)
             raise PeerTablesRejectedError(
                 f"{state.remote.path!r}: no peer left to fill it from; caught with a chain table "
                 f"that does not end at the origin's sha256: {lies}")
