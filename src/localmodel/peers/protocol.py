@@ -218,9 +218,13 @@ class PieceTable:
                 return index
         return None if len(self) == len(other) else min(len(self), len(other))
 
+    def entry(self, index: int) -> tuple[bytes, bytes | None]:
+        """(entry `index`, the entry before it or None for piece 0): what piece `index` is
+        checked against (`piece_matches`; a chain entry is checked from the one before)."""
+        return self.digest(index), (self.digest(index - 1) if index > 0 else None)
+
     def matches(self, index: int, data: bytes | memoryview) -> bool:
-        previous = self.digest(index - 1) if index > 0 else None
-        return piece_matches(self.kind, index, len(self), self.piece_size, data, self.digest(index), previous)
+        return piece_matches(self.kind, index, len(self), self.piece_size, data, *self.entry(index))
 
     def has(self, index: int) -> bool:
         return self.digest(index) != ZERO_DIGEST

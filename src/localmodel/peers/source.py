@@ -639,7 +639,7 @@ class PeerSource:
         while unknown."""
         table = self._table(state) if state.complete else None
         if table is not None:
-            return table.digest(index), (table.digest(index - 1) if index else None)
+            return table.entry(index)
         with state.lock:
             digest = self._pinned(state, index)
             if digest is None:
@@ -732,7 +732,7 @@ class PeerSource:
                 self.health.quarantine(name, f"piece table of {path!r} disagrees with the origin")
             raise IntegrityError(f"{path!r}: the peers' piece table disagrees with the origin at "
                                  f"piece {index}; download again without them")
-        return piece, (table.digest(index), table.digest(index - 1) if index else None)
+        return piece, table.entry(index)
 
 
 def compatible_peers(listing: Listing, manifests: Mapping[str, tuple[Peer, Mapping[str, Mapping[str, Any]]]],
