@@ -113,7 +113,9 @@ class PeerTablesRejectedError(TransientError):
     """The peers a file was to come from were caught lying about a piece table (a chain
     table that does not end at the origin's sha256: for this file, or for another file of the
     same fill) and no other peer has the file: the fill starts again at once without them,
-    through the origin slots, with staging kept."""
+    through the origin slots, with staging kept. (A peer caught sending bytes or a table that
+    the origin contradicts stops the files it was to fill with an IntegrityError instead:
+    their bytes came checked against its tables; `peers.source`.)"""
 
     reason = "PeerDataRejected"
 

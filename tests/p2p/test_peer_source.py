@@ -191,17 +191,26 @@ def test_a_lone_liar_whose_chain_ends_elsewhere_stops_the_fill_without_origin_by
 
 
 @pytest.mark.parametrize("caught", ["mid-file", "before-its-table"])
+@pytest.mark.parametrize(("liar_class", "stop"), [(ConsistentLiar, PeerTablesRejectedError),
+                                                  (EndForgingLiar, IntegrityError)], ids=["own-end", "forged-end"])
 def test_a_liar_caught_on_one_file_stops_the_files_it_was_filling_without_origin_bytes(
-        seeded: tuple[HubModel, Path], tmp_path: Path, hf_hub: LocalHub, identity: Identity, caught: str) -> None:
+        seeded: tuple[HubModel, Path], tmp_path: Path, hf_hub: LocalHub, identity: Identity, caught: str,
+        liar_class: type[ConsistentLiar], stop: type[Exception]) -> None:
     """The lone peer lies only about SHARD, but the engine fills files side by side: once it
     is caught there, the other shard is not read from the origin around the origin slots
-    either (mid-file: the rest of it, piece by piece; before its table: all of it)."""
+    either (mid-file: the rest of it, piece by piece; before its table: all of it).
+    own-end: its SHARD table is refused on sight, and the other shard stops with its staging
+    kept (PeerTablesRejectedError); forged-end: SHARD's last piece does not match, one origin
+    piece shows the table lied (IntegrityError), and the other shard, whose bytes came checked
+    against that liar's table, stops as an integrity failure too (staging wiped)."""
     model, seed = seeded
     other = "model-00002-of-00002.safetensors"
     assert len(model.files[other]) > PIECE_SIZE  # a piece before the liar is caught, one after
     corrupt_copy(seed, tmp_path / "liar", model.key, SHARD, [12345])
+    last_piece = len(model.files[SHARD]) % PIECE_SIZE or PIECE_SIZE
+    settled_by = 0 if liar_class is ConsistentLiar else last_piece  # the origin piece that shows the lie
     with peer_servers() as running:
-        liar = running.serve(tmp_path / "liar", identity, "liar", server_class=ConsistentLiar)
+        liar = running.serve(tmp_path / "liar", identity, "liar", server_class=liar_class)
         before = hf_hub.bytes_served
         fill = Fill(model, [liar], identity)
         source = fill.open()
@@ -210,15 +219,15 @@ def test_a_liar_caught_on_one_file_stops_the_files_it_was_filling_without_origin
             if caught == "mid-file":
                 first = bytes(next(reading))  # checked against the liar's honest table of `other`
                 assert first == model.files[other][:PIECE_SIZE]
-            with pytest.raises(PeerTablesRejectedError, match=SHARD):
+            with pytest.raises(stop, match=SHARD):
                 list(source.read_range(SHARD, 0, len(model.files[SHARD])))
-            with pytest.raises(PeerTablesRejectedError, match=rf"{other}.*liar \(about '{SHARD}'\)"):
+            with pytest.raises(stop, match=rf"{other}.*liar \(about '{SHARD}'\)"):
                 list(reading)
         finally:
             source.close()
     assert fill.health.quarantined().keys() == {"liar"}
-    assert fill.counters.origin_bytes == 0
-    assert hf_hub.bytes_served == before
+    assert fill.counters.origin_bytes == settled_by
+    assert hf_hub.bytes_served - before == settled_by
 
 
 @pytest.mark.parametrize(("liar_class", "origin_pieces"), [(ConsistentLiar, 0), (EndForgingLiar, 1)],

@@ -21,7 +21,10 @@ A lying peer therefore costs a re-read, never a bad byte on disk: pieces that do
 table are dropped, and a table that lies consistently with its owner's bytes is caught by the
 engine's whole-file check against the origin digest (the agent then quarantines the peers
 whose tables were used, see `table_providers`). The origin is asked only when no peer can
-give a piece (errors, 404, quarantine); busy peers (503) are waited for, and after
+give a piece (errors, 404, quarantine for bad data about that very file); when a peer this
+fill quarantined was the only source of another file, that file is not read from the origin
+around the origin slots: the fill stops and starts again without it (`_stop_for_caught`).
+Busy peers (503) are waited for, and after
 `busy_patience` the range fails as transient (the engine retries it later), so load alone
 never turns into origin traffic.
 """
@@ -366,8 +369,9 @@ class PeerSource:
         self._spread = int(hashlib.sha256(self_name.encode()).hexdigest()[:8], 16)
         self._local = threading.local()
         self._closed = False
-        #: Peers caught with a table that lies on its face (`_ends_at_origin`) → that file.
-        self._caught: dict[str, str] = {}
+        #: Peers this fill quarantined for bad data → (the file, whether their table was
+        #: refused on sight, before any of their bytes: see `_stop_for_caught`).
+        self._caught: dict[str, tuple[str, bool]] = {}
         self._files: dict[str, _File] = {}
         for remote in listing.files:
             if strong_digest(remote, verify_md5=verify_md5):
@@ -400,7 +404,7 @@ class PeerSource:
             # Not straight to the origin when a liar is why no peer can give the table (it
             # lied about this file or, found out first, about another): every node that met
             # it would read the file from it at once, around the origin slots.
-            self._stop_for_liars(state, [peer.name for peer in state.complete])
+            self._stop_for_caught(state, [peer.name for peer in state.complete])
             yield from self._from_origin(path, offset, length)
             return
         end = offset + length
@@ -526,21 +530,33 @@ class PeerSource:
         last = len(table) - 1
         if state.kind != CHAIN or last < 0 or not table.has(last) or table.digest(last) == chain_end(state.remote):
             return True
-        self.health.quarantine(peer.name, f"chain table of {state.remote.path!r} does not end at the origin's sha256")
-        self._caught.setdefault(peer.name, state.remote.path)  # atomic: callers hold only their file's lock
+        self._quarantine(peer.name, state.remote.path,
+                         f"chain table of {state.remote.path!r} does not end at the origin's sha256",
+                         on_sight=True)
         return False
 
-    def _stop_for_liars(self, state: _File, names: Iterable[str]) -> None:
-        """Raise `PeerTablesRejectedError` when any of the peers `names` was caught lying on
-        its face: the fill starts again at once without it, through the origin slots (staging
-        kept)."""
+    def _quarantine(self, name: str, path: str, reason: str, *, on_sight: bool = False) -> None:
+        """Quarantine peer `name` for bad data about `path` (`on_sight`: a table refused
+        before any of its bytes were taken), and remember it for this fill."""
+        self.health.quarantine(name, reason)
+        self._caught.setdefault(name, (path, on_sight))  # atomic: callers hold at most their file's lock
+
+    def _stop_for_caught(self, state: _File, names: Iterable[str], *, other_files_only: bool = False) -> None:
+        """Raise when any of the peers `names` was quarantined by this fill (with
+        `other_files_only`, about another file than this one): rather than read the file from
+        the origin around the origin slots, the fill starts again at once without them,
+        through the slots. PeerTablesRejectedError (staging kept) when each was refused on
+        sight; else IntegrityError (staging wiped): the file's bytes so far came checked
+        against tables of a peer caught sending bad data."""
         # Lookups only: another file's thread may add to `_caught` meanwhile.
-        caught = sorted({name for name in names if name in self._caught})
-        if caught:
-            lies = ", ".join(f"{name} (about {self._caught[name]!r})" for name in caught)
-            raise PeerTablesRejectedError(
-                f"{state.remote.path!r}: no peer left to fill it from; caught with a chain table "
-                f"that does not end at the origin's sha256: {lies}")
+        caught = {name: found for name in set(names) if (found := self._caught.get(name)) is not None
+                  and not (other_files_only and found[0] == state.remote.path)}
+        if not caught:
+            return
+        error = PeerTablesRejectedError if all(on_sight for _, on_sight in caught.values()) else IntegrityError
+        lies = ", ".join(f"{name} (about {caught[name][0]!r})" for name in sorted(caught))
+        raise error(f"{state.remote.path!r}: no peer left to fill it from; quarantined by this fill for "
+                    f"bad data: {lies}")
 
     def _table(self, state: _File) -> PieceTable | None:
         """The complete peers' table, agreed by two or settled by the origin; None: no
@@ -568,10 +584,12 @@ class PeerSource:
         truth = self._origin_piece(state.remote.path, start, stop, self._buffer(), "arbitration_bytes")
         for winner, table, loser in ((peer_a, table_a, peer_b), (peer_b, table_b, peer_a)):
             if table.matches(index, truth):
-                self.health.quarantine(loser.name, f"piece table of {state.remote.path!r} disagrees with the origin")
+                self._quarantine(loser.name, state.remote.path,
+                                 f"piece table of {state.remote.path!r} disagrees with the origin")
                 return table, (winner.name,)
         for peer in (peer_a, peer_b):
-            self.health.quarantine(peer.name, f"piece table of {state.remote.path!r} disagrees with the origin")
+            self._quarantine(peer.name, state.remote.path,
+                             f"piece table of {state.remote.path!r} disagrees with the origin")
         found = self._fetch_table(state, asked)
         return (found[1], (found[0].name,)) if found else (None, ())
 
@@ -699,12 +717,14 @@ class PeerSource:
                         state.progress_at = time.monotonic()
                     return view, expected
                 self.counters.add("rejected_pieces", 1)
-                self.health.quarantine(peer.name, f"piece {index} of {path!r} does not match its table")
+                self._quarantine(peer.name, path, f"piece {index} of {path!r} does not match its table")
             if state.table is not None and not busy:
                 if not any(self.health.usable(name) for name in state.table_providers):
-                    # The table's peers were since caught lying about another file: not the
-                    # rest of this one from the origin, piece by piece, around the slots.
-                    self._stop_for_liars(state, state.table_providers)
+                    # The table's peers were since caught sending bad data about another file:
+                    # not the rest of this one from the origin, piece by piece, around the
+                    # slots. (Caught about this file, one origin piece settles whether the
+                    # piece or the table lied: `_origin_fallback`.)
+                    self._stop_for_caught(state, state.table_providers, other_files_only=True)
                 return self._origin_fallback(state, index, start, stop, buffer, state.table)
             if state.table is not None and time.monotonic() >= busy_until:
                 # Load is no reason to go to the origin: the engine retries this range later.
@@ -729,7 +749,7 @@ class PeerSource:
         if not table.matches(index, piece):
             # The origin is the truth: the agreed table was wrong.
             for name in state.table_providers:
-                self.health.quarantine(name, f"piece table of {path!r} disagrees with the origin")
+                self._quarantine(name, path, f"piece table of {path!r} disagrees with the origin")
             raise IntegrityError(f"{path!r}: the peers' piece table disagrees with the origin at "
                                  f"piece {index}; download again without them")
         return piece, table.entry(index)
